@@ -1,0 +1,536 @@
+//! Configuration: the `jobhost.yml` schema, its defaults, and where it is found.
+//!
+//! Every key has a default, so an empty file (or no file) is a valid configuration.
+//! The file is looked up as `--config PATH`, then `$JOBHOST_CONFIG`, then
+//! `./config/jobhost.yml` when it exists; command-line flags override what it says.
+//! Unknown keys and wrong types are rejected with the file, line and key, because a
+//! typo in a limit silently falling back to a default is how sandboxes get loose.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Deserializer};
+
+/// Where the configuration is looked for when neither `--config` nor `$JOBHOST_CONFIG` is set.
+pub const DEFAULT_CONFIG_PATH: &str = "config/jobhost.yml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The file this configuration was read from, if any; spawned workers are given it too.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    pub database: DatabaseConfig,
+    pub retry: RetryConfig,
+    pub worker: WorkerConfig,
+    pub checker: CheckerConfig,
+    pub reaper: ReaperConfig,
+    pub processors: ProcessorsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// How long a connection waits for another process's write lock before giving up.
+    pub busy_timeout: HumanDuration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/jobhost.db"),
+            synchronous: Synchronous::Normal,
+            busy_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma, restricted to the two settings that are safe in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// A committed transaction survives a crash of jobhost, but the last few may be lost
+    /// if the whole machine loses power before the WAL is checkpointed.
+    Normal,
+    /// Every commit is fsynced: it survives power loss, at the cost of one fsync per commit.
+    Full,
+}
+
+impl Synchronous {
+    pub fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts a job gets before it is poisoned (the first run counts as one).
+    pub max_attempts: u32,
+    pub backoff_initial: HumanDuration,
+    pub backoff_max: HumanDuration,
+    /// Fraction (0.0–1.0) of each backoff that is randomised, so retries of jobs that failed
+    /// together do not all come back together.
+    pub backoff_jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_initial: HumanDuration(Duration::from_secs(1)),
+            backoff_max: HumanDuration(Duration::from_secs(300)),
+            backoff_jitter: 0.2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub heartbeat_interval: HumanDuration,
+    /// Jobs one worker process keeps in flight at once.
+    pub concurrency: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { heartbeat_interval: HumanDuration(Duration::from_secs(5)), concurrency: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckerConfig {
+    pub max_workers: u32,
+    /// Pause between rounds of `jobhost check --interval`.
+    pub interval: HumanDuration,
+    /// How long a spawned worker may stay `starting` before it counts as lost.
+    pub start_grace: HumanDuration,
+}
+
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        Self {
+            max_workers: 4,
+            interval: HumanDuration(Duration::from_secs(10)),
+            start_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReaperConfig {
+    /// A worker silent for longer than this is lost; it is also the lease a claim gets,
+    /// renewed by every heartbeat.
+    pub stale_after: HumanDuration,
+}
+
+impl Default for ReaperConfig {
+    fn default() -> Self {
+        Self { stale_after: HumanDuration(Duration::from_secs(60)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorsConfig {
+    /// Folder scanned for drop-in `*.wasm` processors.
+    pub dir: PathBuf,
+    /// Folder for compiled modules; by default `cache/` beside the database.
+    pub cache_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// Per-processor changes to `limits`; keys left out keep the default.
+    pub overrides: BTreeMap<String, LimitOverrides>,
+}
+
+impl Default for ProcessorsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("processors"),
+            cache_dir: None,
+            limits: Limits::default(),
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// The bounds every processor run is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// CPU budget in wasm fuel units (about one per instruction).
+    pub fuel: u64,
+    /// Wall-clock deadline for one run, including time the guest spends blocked.
+    pub timeout: HumanDuration,
+    /// Cap on the guest's linear memory.
+    pub memory: ByteSize,
+    pub stdout: ByteSize,
+    pub stderr: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 10_000_000_000,
+            timeout: HumanDuration(Duration::from_secs(30)),
+            memory: ByteSize(64 << 20),
+            stdout: ByteSize(1 << 20),
+            stderr: ByteSize(64 << 10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitOverrides {
+    pub fuel: Option<u64>,
+    pub timeout: Option<HumanDuration>,
+    pub memory: Option<ByteSize>,
+    pub stdout: Option<ByteSize>,
+    pub stderr: Option<ByteSize>,
+}
+
+impl LimitOverrides {
+    pub fn apply_to(&self, base: Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.unwrap_or(base.fuel),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            memory: self.memory.unwrap_or(base.memory),
+            stdout: self.stdout.unwrap_or(base.stdout),
+            stderr: self.stderr.unwrap_or(base.stderr),
+        }
+    }
+}
+
+impl Config {
+    /// Finds and reads the configuration: `explicit` (from `--config` or `$JOBHOST_CONFIG`),
+    /// else the default path when that file exists, else the built-in defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config> {
+        match explicit {
+            Some(path) => Config::from_file(path),
+            None if Path::new(DEFAULT_CONFIG_PATH).is_file() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            None => Ok(Config::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read config file {}: check the path given by --config or JOBHOST_CONFIG",
+                path.display()
+            )
+        })?;
+        let mut config =
+            Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        // An empty (or comments-only) file is a valid "all defaults" configuration.
+        let config: Config = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text)?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let retry = &self.retry;
+        if retry.max_attempts == 0 {
+            bail!("retry.max_attempts must be at least 1 (the first run counts as an attempt)");
+        }
+        if !(0.0..=1.0).contains(&retry.backoff_jitter) {
+            bail!("retry.backoff_jitter must be between 0.0 and 1.0, got {}", retry.backoff_jitter);
+        }
+        if retry.backoff_max.0 < retry.backoff_initial.0 {
+            bail!(
+                "retry.backoff_max ({}) is shorter than retry.backoff_initial ({}): raise backoff_max",
+                retry.backoff_max,
+                retry.backoff_initial
+            );
+        }
+        if self.worker.concurrency == 0 {
+            bail!("worker.concurrency must be at least 1");
+        }
+        if self.worker.heartbeat_interval.0.is_zero() {
+            bail!("worker.heartbeat_interval must be longer than 0");
+        }
+        if self.reaper.stale_after.0 <= self.worker.heartbeat_interval.0 {
+            bail!(
+                "reaper.stale_after ({}) must be longer than worker.heartbeat_interval ({}), \
+                 or live workers would be reaped between heartbeats",
+                self.reaper.stale_after,
+                self.worker.heartbeat_interval
+            );
+        }
+        self.processors.limits.validate("processors.limits")?;
+        for (name, overrides) in &self.processors.overrides {
+            overrides
+                .apply_to(self.processors.limits)
+                .validate(&format!("processors.overrides.{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The limits that apply to processor `name`: the defaults with its overrides applied.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        match self.processors.overrides.get(name) {
+            Some(overrides) => overrides.apply_to(self.processors.limits),
+            None => self.processors.limits,
+        }
+    }
+
+    /// Where compiled modules are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        match &self.processors.cache_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let parent = self.database.path.parent().unwrap_or(Path::new(""));
+                parent.join("cache")
+            }
+        }
+    }
+}
+
+impl Limits {
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if self.fuel == 0 {
+            bail!("{key}.fuel must be more than 0");
+        }
+        if self.timeout.0.is_zero() {
+            bail!("{key}.timeout must be longer than 0");
+        }
+        if self.memory.0 < 64 << 10 {
+            bail!("{key}.memory must be at least 64KiB (one wasm page), got {}", self.memory);
+        }
+        if self.memory.0 > 4 << 30 {
+            bail!("{key}.memory must be at most 4GiB (the 32-bit wasm address space), got {}", self.memory);
+        }
+        Ok(())
+    }
+}
+
+/// A duration written for people: `500ms`, `2s`, `5m`, `1h`, `7d`, or `0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let amount: u64 = digits.parse().map_err(|_| {
+            format!("`{text}` is not a duration: write a whole number and a unit, like 500ms, 2s, 5m or 1h")
+        })?;
+        let millis_per_unit = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" if amount == 0 => 0,
+            other => {
+                return Err(format!(
+                    "`{text}` has unknown unit `{other}`: use ms, s, m, h or d (like 500ms, 2s, 5m, 7d)"
+                ));
+            }
+        };
+        let millis = amount
+            .checked_mul(millis_per_unit)
+            .ok_or_else(|| format!("`{text}` is too long a duration"))?;
+        Ok(HumanDuration(Duration::from_millis(millis)))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            0 => write!(f, "0s"),
+            _ if ms % 86_400_000 == 0 => write!(f, "{}d", ms / 86_400_000),
+            _ if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            _ if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            _ if ms % 1_000 == 0 => write!(f, "{}s", ms / 1_000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+/// A size written for people: `512`, `64KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB`, decimal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let amount: u64 = digits.parse().map_err(|_| {
+            format!("`{text}` is not a size: write a whole number and a unit, like 512KiB or 64MiB")
+        })?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "`{text}` has unknown unit `{other}`: use B, KiB, MiB or GiB (like 64MiB)"
+                ));
+            }
+        };
+        amount
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large a size"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0;
+        match bytes {
+            0 => write!(f, "0B"),
+            _ if bytes % (1 << 30) == 0 => write!(f, "{}GiB", bytes >> 30),
+            _ if bytes % (1 << 20) == 0 => write!(f, "{}MiB", bytes >> 20),
+            _ if bytes % (1 << 10) == 0 => write!(f, "{}KiB", bytes >> 10),
+            _ => write!(f, "{bytes}B"),
+        }
+    }
+}
+
+/// Reads a value written either as a string (`"2s"`) or a bare YAML number (`512`). The
+/// parse error is raised while the value is being visited, so serde_yaml names its full key.
+fn deserialize_from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    struct TextOrNumber<T>(std::marker::PhantomData<T>);
+
+    impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for TextOrNumber<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string like 500ms or 64MiB")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+            text.parse().map_err(E::custom)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<T, E> {
+            self.visit_str(&number.to_string())
+        }
+    }
+
+    deserializer.deserialize_any(TextOrNumber(std::marker::PhantomData))
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_from_str(deserializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_from_str(deserializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        let ms = |s: &str| s.parse::<HumanDuration>().map(|d| d.0.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("2s"), Ok(2_000));
+        assert_eq!(ms("5m"), Ok(300_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        assert_eq!(ms("7d"), Ok(604_800_000));
+        assert_eq!(ms("0"), Ok(0));
+        assert!(ms("5").unwrap_err().contains("unknown unit"));
+        assert!(ms("2 weeks").unwrap_err().contains("unknown unit"));
+        assert!(ms("fast").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn sizes_parse_in_every_unit() {
+        let bytes = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(bytes("512"), Ok(512));
+        assert_eq!(bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(bytes("2MB"), Ok(2_000_000));
+        assert!(bytes("64mb").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn empty_text_gives_the_defaults() {
+        let config = Config::parse("# nothing here\n").unwrap();
+        assert_eq!(config.retry.max_attempts, 3);
+        assert_eq!(config.processors.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("retry:\n  max_attempts: 2\n  max_atempts: 3\n").unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("max_atempts"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let err = Config::parse("processors:\n  limits:\n    timeout: soon\n").unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("processors.limits.timeout"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
+    }
+
+    #[test]
+    fn overrides_change_only_the_keys_they_name() {
+        let config = Config::parse(
+            "processors:\n  limits: {fuel: 1000}\n  overrides:\n    slow: {timeout: 5m}\n",
+        )
+        .unwrap();
+        let slow = config.limits_for("slow");
+        assert_eq!(slow.fuel, 1000);
+        assert_eq!(slow.timeout.0, Duration::from_secs(300));
+        assert_eq!(config.limits_for("other").timeout, Limits::default().timeout);
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        assert!(Config::parse("retry: {max_attempts: 0}").is_err());
+        assert!(Config::parse("retry: {backoff_jitter: 1.5}").is_err());
+        assert!(Config::parse("reaper: {stale_after: 1s}\nworker: {heartbeat_interval: 2s}").is_err());
+        assert!(Config::parse("processors: {limits: {memory: 1KiB}}").is_err());
+    }
+}
