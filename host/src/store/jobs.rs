@@ -1,0 +1,743 @@
+//! Jobs: enqueue, claim, complete, fail, recover, and the operator's inspect/retry/cancel/purge.
+//!
+//! A job's life: `pending` → (claim) → `claimed` → `completed`, or back to `pending`
+//! after a failed attempt with a backoff, until its attempts run out and it is `poisoned`.
+//! `cancelled` is for pending jobs an operator withdrew. Each claim writes an attempt row
+//! at once, so an attempt cut short by a dying worker is still on record, and is closed
+//! as `worker_lost` when the reaper recovers the job.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior, named_params, params};
+use serde::Serialize;
+
+use super::{Millis, RetryPolicy, Store, millis};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Claimed,
+    Completed,
+    Poisoned,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Pending,
+        JobStatus::Claimed,
+        JobStatus::Completed,
+        JobStatus::Poisoned,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Claimed => "claimed",
+            JobStatus::Completed => "completed",
+            JobStatus::Poisoned => "poisoned",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> rusqlite::Result<JobStatus> {
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("unknown job status {text:?}").into(),
+            )
+        })
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Poisoned | JobStatus::Cancelled)
+    }
+}
+
+/// A job to enqueue. `payload` must already be valid JSON text.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub pool: String,
+    pub processor: String,
+    pub payload: String,
+    pub priority: i64,
+    pub max_attempts: u32,
+    pub delay_ms: Millis,
+}
+
+/// A job a worker holds. Complete and fail are fenced on `worker_id` and `token`: only the
+/// holder of this exact claim can finish it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub seq: i64,
+    pub pool: String,
+    pub processor: String,
+    pub payload: String,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub token: i64,
+}
+
+/// What one attempt ended as; `kind` is one of the attempt outcome kinds.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptReport<'a> {
+    pub kind: &'a str,
+    pub message: Option<&'a str>,
+    pub stderr: Option<&'a str>,
+    pub fuel_used: Option<u64>,
+    pub duration_ms: Option<u64>,
+}
+
+/// Whether a fenced call took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    Applied,
+    /// The caller no longer holds the claim (it was reaped, or finished already): nothing changed.
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOutcome {
+    Retrying { run_at: Millis },
+    Poisoned,
+    Stale,
+}
+
+/// What the reaper recovered from dead workers and expired leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub released: u64,
+    pub poisoned: u64,
+}
+
+/// The answer for one id of a `retry` or `cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdAnswer {
+    Done,
+    NotFound,
+    WrongStatus(JobStatus),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter<'a> {
+    pub pool: Option<&'a str>,
+    pub status: Option<JobStatus>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub pool: String,
+    pub processor: String,
+    pub status: JobStatus,
+    pub priority: i64,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: Millis,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    /// `None` while the attempt is still running.
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+    pub stderr: Option<String>,
+    pub fuel_used: Option<u64>,
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    pub payload: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub attempt_history: Vec<AttemptRecord>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, pool, processor, status, priority, attempts, max_attempts, run_at, \
+     worker_id, lease_expires_at, last_error, created_at, updated_at, finished_at";
+
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
+    Ok(JobSummary {
+        id: row.get(0)?,
+        pool: row.get(1)?,
+        processor: row.get(2)?,
+        status: JobStatus::parse(&row.get::<_, String>(3)?)?,
+        priority: row.get(4)?,
+        attempts: row.get(5)?,
+        max_attempts: row.get(6)?,
+        run_at: row.get(7)?,
+        worker_id: row.get(8)?,
+        lease_expires_at: row.get(9)?,
+        last_error: row.get(10)?,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
+        finished_at: row.get(13)?,
+    })
+}
+
+impl Store {
+    /// Queues every job in one transaction: all of them or none. Returns their ids in order.
+    pub fn enqueue(&mut self, jobs: &[NewJob]) -> Result<Vec<String>> {
+        let now = self.now();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts,
+                                   max_attempts, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, 0, ?7, ?8, ?8)",
+            )?;
+            for job in jobs {
+                let id = uuid::Uuid::new_v4().to_string();
+                insert.execute(params![
+                    id,
+                    job.pool,
+                    job.processor,
+                    job.payload,
+                    job.priority,
+                    now + job.delay_ms,
+                    job.max_attempts,
+                    now
+                ])?;
+                ids.push(id);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Takes up to `limit` ready jobs of `pool` for `worker_id`, highest priority first, then
+    /// the longest ready. One transaction holding the write lock, so no job goes to two
+    /// workers and an empty answer means no job was ready at that instant. Only an `active`
+    /// worker can claim: one the reaper declared lost gets nothing.
+    pub fn claim(
+        &mut self,
+        pool: &str,
+        worker_id: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedJob>> {
+        let now = self.now();
+        let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let claimed = {
+            let mut claim = tx.prepare_cached(
+                "UPDATE jobs
+                    SET status = 'claimed', worker_id = :worker, claim_token = :token,
+                        attempts = attempts + 1, lease_expires_at = :lease_until, updated_at = :now
+                  WHERE seq IN (SELECT seq FROM jobs
+                                 WHERE pool = :pool AND status = 'pending' AND run_at <= :now
+                                 ORDER BY priority DESC, run_at, seq
+                                 LIMIT :limit)
+                    AND EXISTS (SELECT 1 FROM workers WHERE id = :worker AND status = 'active')
+                 RETURNING seq, id, pool, processor, payload, attempts",
+            )?;
+            let rows = claim.query_map(
+                named_params! {
+                    ":worker": worker_id,
+                    ":token": token,
+                    ":lease_until": now.saturating_add(millis(lease)),
+                    ":now": now,
+                    ":pool": pool,
+                    ":limit": limit,
+                },
+                |row| {
+                    Ok(ClaimedJob {
+                        seq: row.get(0)?,
+                        id: row.get(1)?,
+                        pool: row.get(2)?,
+                        processor: row.get(3)?,
+                        payload: row.get(4)?,
+                        attempt: row.get(5)?,
+                        worker_id: worker_id.to_owned(),
+                        token,
+                    })
+                },
+            )?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        {
+            let mut start_attempt = tx.prepare_cached(
+                "INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for job in &claimed {
+                start_attempt.execute(params![job.seq, job.attempt, worker_id, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    /// Marks a claimed job completed with `result` (JSON text), if `job` is still the live claim.
+    pub fn complete(&mut self, job: &ClaimedJob, result: &str, report: &AttemptReport<'_>) -> Result<Fence> {
+        let now = self.now();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE jobs
+                    SET status = 'completed', result = ?1, last_error = NULL, lease_expires_at = NULL,
+                        finished_at = ?2, updated_at = ?2
+                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5",
+            )?
+            .execute(params![result, now, job.seq, job.worker_id, job.token])?;
+        if changed == 0 {
+            return Ok(Fence::Stale);
+        }
+        finish_attempt(&tx, job.seq, job.attempt, report, now)?;
+        tx.commit()?;
+        Ok(Fence::Applied)
+    }
+
+    /// Records a failed attempt of a claimed job and applies the retry policy, if `job` is
+    /// still the live claim.
+    pub fn fail(&mut self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<FailOutcome> {
+        let now = self.now();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held = tx
+            .prepare_cached(
+                "SELECT attempts, max_attempts FROM jobs
+                  WHERE seq = ?1 AND status = 'claimed' AND worker_id = ?2 AND claim_token = ?3",
+            )?
+            .query_row(params![job.seq, job.worker_id, job.token], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((attempts, max_attempts)) = held else {
+            return Ok(FailOutcome::Stale);
+        };
+        let outcome = fail_claimed(&tx, job.seq, attempts, max_attempts, report, retry, now)?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobDetail>> {
+        let found = self
+            .conn
+            .query_row(
+                &format!("SELECT {SUMMARY_COLUMNS}, seq, payload, result FROM jobs WHERE id = ?1"),
+                [id],
+                |row| Ok((summary_from_row(row)?, row.get::<_, i64>(14)?, row.get::<_, String>(15)?, row.get::<_, Option<String>>(16)?)),
+            )
+            .optional()?;
+        let Some((job, seq, payload, result)) = found else {
+            return Ok(None);
+        };
+        let mut history = self.conn.prepare_cached(
+            "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
+               FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
+        )?;
+        let attempt_history = history
+            .query_map([seq], |row| {
+                Ok(AttemptRecord {
+                    attempt: row.get(0)?,
+                    worker_id: row.get(1)?,
+                    started_at: row.get(2)?,
+                    finished_at: row.get(3)?,
+                    outcome: row.get(4)?,
+                    message: row.get(5)?,
+                    stderr: row.get(6)?,
+                    fuel_used: row.get(7)?,
+                    duration_ms: row.get(8)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(JobDetail {
+            job,
+            payload: serde_json::from_str(&payload)?,
+            result: result.as_deref().map(serde_json::from_str).transpose()?,
+            attempt_history,
+        }))
+    }
+
+    /// Jobs matching `filter`, most recently changed first.
+    pub fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM jobs
+              WHERE (:pool IS NULL OR pool = :pool) AND (:status IS NULL OR status = :status)
+              ORDER BY updated_at DESC, seq DESC LIMIT :limit"
+        ))?;
+        let jobs = statement
+            .query_map(
+                named_params! {
+                    ":pool": filter.pool,
+                    ":status": filter.status.map(JobStatus::as_str),
+                    ":limit": filter.limit,
+                },
+                summary_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(jobs)
+    }
+
+    /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
+    pub fn retry_job(&mut self, id: &str) -> Result<IdAnswer> {
+        let now = self.now();
+        let changed = self.conn.execute(
+            &format!("{RETRY_UPDATE} WHERE id = ?2 AND status IN ('poisoned', 'cancelled')"),
+            params![now, id],
+        )?;
+        self.answer_for(id, changed)
+    }
+
+    /// Retries every poisoned job (of `pool`, if given); returns how many.
+    pub fn retry_poisoned(&mut self, pool: Option<&str>) -> Result<u64> {
+        let now = self.now();
+        let changed = self.conn.execute(
+            &format!("{RETRY_UPDATE} WHERE status = 'poisoned' AND (?2 IS NULL OR pool = ?2)"),
+            params![now, pool],
+        )?;
+        Ok(changed as u64)
+    }
+
+    /// Withdraws a pending job so no worker claims it.
+    pub fn cancel_job(&mut self, id: &str) -> Result<IdAnswer> {
+        let now = self.now();
+        let changed = self.conn.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?1, updated_at = ?1
+              WHERE id = ?2 AND status = 'pending'",
+            params![now, id],
+        )?;
+        self.answer_for(id, changed)
+    }
+
+    /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago,
+    /// with their attempt history. Returns how many jobs were deleted.
+    pub fn purge(&mut self, older_than: Duration, statuses: &[JobStatus]) -> Result<u64> {
+        let cutoff = self.now().saturating_sub(millis(older_than));
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted = 0;
+        for status in statuses.iter().filter(|s| s.is_finished()) {
+            deleted += tx.execute(
+                "DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2",
+                params![status.as_str(), cutoff],
+            )? as u64;
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    fn answer_for(&self, id: &str, changed: usize) -> Result<IdAnswer> {
+        if changed > 0 {
+            return Ok(IdAnswer::Done);
+        }
+        let status: Option<String> =
+            self.conn.query_row("SELECT status FROM jobs WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+        Ok(match status {
+            Some(status) => IdAnswer::WrongStatus(JobStatus::parse(&status)?),
+            None => IdAnswer::NotFound,
+        })
+    }
+}
+
+/// The attempt numbers already used stay in the history, so the fresh attempts are counted
+/// on top of them: `max_attempts` grows by its old value.
+const RETRY_UPDATE: &str = "UPDATE jobs
+    SET status = 'pending', run_at = ?1, max_attempts = attempts + max_attempts, worker_id = NULL,
+        claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL, updated_at = ?1";
+
+fn finish_attempt(tx: &Transaction<'_>, seq: i64, attempt: u32, report: &AttemptReport<'_>, now: Millis) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE attempts
+            SET finished_at = ?1, outcome = ?2, message = ?3, stderr = ?4, fuel_used = ?5, duration_ms = ?6
+          WHERE job_seq = ?7 AND attempt = ?8 AND outcome IS NULL",
+    )?
+    .execute(params![
+        now,
+        report.kind,
+        report.message,
+        report.stderr,
+        report.fuel_used,
+        report.duration_ms,
+        seq,
+        attempt
+    ])?;
+    Ok(())
+}
+
+/// Fails attempt number `attempts` of a job the caller has checked is claimed: back to
+/// `pending` after the backoff, or `poisoned` when no attempts are left.
+fn fail_claimed(
+    tx: &Transaction<'_>,
+    seq: i64,
+    attempts: u32,
+    max_attempts: u32,
+    report: &AttemptReport<'_>,
+    retry: &RetryPolicy,
+    now: Millis,
+) -> Result<FailOutcome> {
+    let last_error = match report.message {
+        Some(message) => format!("{}: {message}", report.kind),
+        None => report.kind.to_owned(),
+    };
+    let outcome = if attempts >= max_attempts {
+        tx.prepare_cached(
+            "UPDATE jobs SET status = 'poisoned', last_error = ?1, lease_expires_at = NULL,
+                             finished_at = ?2, updated_at = ?2
+              WHERE seq = ?3 AND status = 'claimed'",
+        )?
+        .execute(params![last_error, now, seq])?;
+        FailOutcome::Poisoned
+    } else {
+        let run_at = now.saturating_add(millis(retry.backoff(attempts)));
+        tx.prepare_cached(
+            "UPDATE jobs SET status = 'pending', run_at = ?1, last_error = ?2, worker_id = NULL,
+                             claim_token = NULL, lease_expires_at = NULL, updated_at = ?3
+              WHERE seq = ?4 AND status = 'claimed'",
+        )?
+        .execute(params![run_at, last_error, now, seq])?;
+        FailOutcome::Retrying { run_at }
+    };
+    finish_attempt(tx, seq, attempts, report, now)?;
+    Ok(outcome)
+}
+
+/// Sends back through the retry policy, as `worker_lost` attempts, every claimed job (of
+/// `pool`, if given) whose lease expired or whose worker is no longer `starting` or `active`.
+pub(super) fn recover_abandoned_in(
+    tx: &Transaction<'_>,
+    pool: Option<&str>,
+    retry: &RetryPolicy,
+    now: Millis,
+) -> Result<Recovery> {
+    let abandoned: Vec<(i64, u32, u32, Option<String>, Option<String>, Option<Millis>)> = tx
+        .prepare_cached(
+            "SELECT j.seq, j.attempts, j.max_attempts, j.worker_id, w.status, j.lease_expires_at
+               FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
+              WHERE j.status = 'claimed' AND (:pool IS NULL OR j.pool = :pool)
+                AND (j.lease_expires_at <= :now OR w.status IS NULL OR w.status IN ('terminated', 'lost'))",
+        )?
+        .query_map(named_params! { ":pool": pool, ":now": now }, |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut recovery = Recovery::default();
+    for (seq, attempts, max_attempts, worker, worker_status, lease_expires_at) in abandoned {
+        let worker = worker.unwrap_or_default();
+        let message = match worker_status.as_deref() {
+            Some(status @ ("terminated" | "lost")) => format!("worker {worker} is {status} and still held the job"),
+            None => format!("worker {worker} is not registered"),
+            Some(_) => format!(
+                "the lease of worker {worker} expired {} ms ago without a heartbeat",
+                now - lease_expires_at.unwrap_or(now)
+            ),
+        };
+        let report = AttemptReport { kind: "worker_lost", message: Some(&message), ..AttemptReport::default() };
+        match fail_claimed(tx, seq, attempts, max_attempts, &report, retry, now)? {
+            FailOutcome::Poisoned => recovery.poisoned += 1,
+            _ => recovery.released += 1,
+        }
+    }
+    Ok(recovery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestStore;
+    use crate::store::NewWorker;
+
+    const LEASE: Duration = Duration::from_secs(60);
+    const NO_BACKOFF: RetryPolicy = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
+
+    /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
+    fn recover(t: &mut TestStore) -> Recovery {
+        let never = Duration::from_secs(1 << 30);
+        t.store.reap(None, never, never, &NO_BACKOFF).unwrap().recovery
+    }
+
+    fn job(pool: &str, priority: i64) -> NewJob {
+        NewJob {
+            pool: pool.into(),
+            processor: "echo".into(),
+            payload: r#"{"n":1}"#.into(),
+            priority,
+            max_attempts: 3,
+            delay_ms: 0,
+        }
+    }
+
+    fn active_worker(t: &mut TestStore, id: &str) {
+        t.store.activate_worker(&NewWorker { id: id.into(), pool: "default".into(), host: None, pid: None }).unwrap();
+    }
+
+    fn claim_one(t: &mut TestStore, worker: &str) -> Option<ClaimedJob> {
+        t.store.claim("default", worker, LEASE, 1).unwrap().pop()
+    }
+
+    fn failure(kind: &str) -> AttemptReport<'_> {
+        AttemptReport { kind, message: Some("boom"), ..AttemptReport::default() }
+    }
+
+    #[test]
+    fn claim_takes_highest_priority_then_oldest_and_never_twice() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        let ids = t.store.enqueue(&[job("default", 0), job("default", 5), job("default", 0), job("other", 9)]).unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| claim_one(&mut t, "w1")).map(|j| j.id).collect();
+        assert_eq!(order, [ids[1].clone(), ids[0].clone(), ids[2].clone()]);
+    }
+
+    #[test]
+    fn a_delayed_job_is_not_ready_until_its_time() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        t.store.enqueue(&[NewJob { delay_ms: 5_000, ..job("default", 0) }]).unwrap();
+        assert!(claim_one(&mut t, "w1").is_none());
+        t.advance(5_000);
+        assert!(claim_one(&mut t, "w1").is_some());
+    }
+
+    #[test]
+    fn only_an_active_worker_can_claim() {
+        let mut t = TestStore::new();
+        t.store.enqueue(&[job("default", 0)]).unwrap();
+        assert!(claim_one(&mut t, "nobody").is_none(), "an unregistered worker gets nothing");
+        active_worker(&mut t, "w1");
+        assert!(claim_one(&mut t, "w1").is_some());
+    }
+
+    #[test]
+    fn complete_records_the_result_and_the_attempt() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
+        let claimed = claim_one(&mut t, "w1").unwrap();
+        let report = AttemptReport { kind: "ok", fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::default() };
+        assert_eq!(t.store.complete(&claimed, r#"{"done":true}"#, &report).unwrap(), Fence::Applied);
+
+        let detail = t.store.job(&id).unwrap().unwrap();
+        assert_eq!(detail.job.status, JobStatus::Completed);
+        assert_eq!(detail.result, Some(serde_json::json!({"done": true})));
+        assert_eq!(detail.attempt_history.len(), 1);
+        assert_eq!(detail.attempt_history[0].outcome.as_deref(), Some("ok"));
+        assert_eq!(detail.attempt_history[0].fuel_used, Some(42));
+    }
+
+    #[test]
+    fn a_stale_complete_or_fail_changes_nothing() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        active_worker(&mut t, "w2");
+        let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
+        let first = claim_one(&mut t, "w1").unwrap();
+        assert!(matches!(t.store.fail(&first, &failure("trap"), &NO_BACKOFF).unwrap(), FailOutcome::Retrying { .. }));
+        let second = claim_one(&mut t, "w2").unwrap();
+
+        let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
+        assert_eq!(t.store.complete(&first, "1", &ok).unwrap(), Fence::Stale, "first claim is gone");
+        assert_eq!(t.store.fail(&first, &failure("trap"), &NO_BACKOFF).unwrap(), FailOutcome::Stale);
+        let forged = ClaimedJob { token: second.token.wrapping_add(1), ..second.clone() };
+        assert_eq!(t.store.complete(&forged, "1", &ok).unwrap(), Fence::Stale, "a wrong token is refused");
+
+        assert_eq!(t.store.complete(&second, "2", &ok).unwrap(), Fence::Applied);
+        assert_eq!(t.store.complete(&second, "3", &ok).unwrap(), Fence::Stale, "completing twice is refused");
+        let detail = t.store.job(&id).unwrap().unwrap();
+        assert_eq!(detail.result, Some(serde_json::json!(2)));
+        assert_eq!(detail.attempt_history.len(), 2);
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_then_poison_at_max_attempts() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
+        let policy = RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(60), jitter: 0.0 };
+
+        let first = claim_one(&mut t, "w1").unwrap();
+        let retry_at = t.store.now() + 1_000;
+        assert_eq!(t.store.fail(&first, &failure("trap"), &policy).unwrap(), FailOutcome::Retrying { run_at: retry_at });
+        t.advance(999);
+        assert!(claim_one(&mut t, "w1").is_none(), "not ready during the backoff");
+        t.advance(1);
+        let second = claim_one(&mut t, "w1").unwrap();
+        assert_eq!(second.attempt, 2);
+        let retry_at = t.store.now() + 2_000;
+        assert_eq!(t.store.fail(&second, &failure("timeout"), &policy).unwrap(), FailOutcome::Retrying { run_at: retry_at });
+        t.advance(2_000);
+        let third = claim_one(&mut t, "w1").unwrap();
+        assert_eq!(t.store.fail(&third, &failure("exit"), &policy).unwrap(), FailOutcome::Poisoned);
+
+        let detail = t.store.job(&id).unwrap().unwrap();
+        assert_eq!(detail.job.status, JobStatus::Poisoned);
+        assert_eq!(detail.job.last_error.as_deref(), Some("exit: boom"));
+        let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.clone().unwrap()).collect();
+        assert_eq!(kinds, ["trap", "timeout", "exit"]);
+        t.advance(1_000_000);
+        assert!(claim_one(&mut t, "w1").is_none(), "a poisoned job is never claimed");
+    }
+
+    #[test]
+    fn abandoned_jobs_come_back_as_worker_lost_and_poison_at_the_limit() {
+        let mut t = TestStore::new();
+        let id = t.store.enqueue(&[NewJob { max_attempts: 2, ..job("default", 0) }]).unwrap().remove(0);
+        for (round, worker) in ["w1", "w2"].into_iter().enumerate() {
+            active_worker(&mut t, worker);
+            let held = claim_one(&mut t, worker).unwrap();
+            assert_eq!(recover(&mut t), Recovery::default(), "a live lease is left alone");
+            t.store.deregister_worker(worker).unwrap();
+            let expected = if round == 0 { Recovery { released: 1, poisoned: 0 } } else { Recovery { released: 0, poisoned: 1 } };
+            assert_eq!(recover(&mut t), expected);
+            let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
+            assert_eq!(t.store.complete(&held, "1", &ok).unwrap(), Fence::Stale, "the old holder cannot finish it");
+        }
+        let detail = t.store.job(&id).unwrap().unwrap();
+        assert_eq!(detail.job.status, JobStatus::Poisoned);
+        let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.clone().unwrap()).collect();
+        assert_eq!(kinds, ["worker_lost", "worker_lost"]);
+    }
+
+    #[test]
+    fn an_expired_lease_is_recovered_even_from_a_registered_worker() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        t.store.enqueue(&[job("default", 0)]).unwrap();
+        claim_one(&mut t, "w1").unwrap();
+        t.advance(millis(LEASE) - 1);
+        assert_eq!(recover(&mut t).released, 0);
+        t.advance(1);
+        assert_eq!(recover(&mut t).released, 1);
+    }
+
+    #[test]
+    fn retry_cancel_and_purge_act_only_on_the_right_statuses() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        let ids = t.store.enqueue(&[NewJob { max_attempts: 1, ..job("default", 9) }, job("default", 0)]).unwrap();
+        let claimed = claim_one(&mut t, "w1").unwrap();
+        assert_eq!(t.store.fail(&claimed, &failure("trap"), &NO_BACKOFF).unwrap(), FailOutcome::Poisoned);
+
+        assert_eq!(t.store.cancel_job(&ids[0]).unwrap(), IdAnswer::WrongStatus(JobStatus::Poisoned));
+        assert_eq!(t.store.cancel_job(&ids[1]).unwrap(), IdAnswer::Done);
+        assert_eq!(t.store.cancel_job("no-such-id").unwrap(), IdAnswer::NotFound);
+
+        assert_eq!(t.store.retry_poisoned(Some("other")).unwrap(), 0);
+        assert_eq!(t.store.retry_poisoned(None).unwrap(), 1);
+        let retried = claim_one(&mut t, "w1").unwrap();
+        assert_eq!((retried.id.as_str(), retried.attempt), (ids[0].as_str(), 2));
+        assert_eq!(t.store.job(&ids[0]).unwrap().unwrap().job.max_attempts, 2, "a fresh attempt on top of the used one");
+        let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
+        t.store.complete(&retried, "1", &ok).unwrap();
+
+        t.advance(10_000);
+        assert_eq!(t.store.purge(Duration::from_secs(20), &JobStatus::ALL).unwrap(), 0, "too recent");
+        assert_eq!(t.store.purge(Duration::from_secs(5), &[JobStatus::Completed]).unwrap(), 1);
+        assert!(t.store.job(&ids[0]).unwrap().is_none());
+        assert_eq!(t.store.job(&ids[1]).unwrap().unwrap().job.status, JobStatus::Cancelled);
+    }
+}

@@ -1,0 +1,178 @@
+//! The durable job pool: one SQLite file shared by every jobhost process on the machine.
+//!
+//! This module owns the schema and every statement that touches it; nothing else in
+//! jobhost writes SQL. The API is deliberately narrow (enqueue, claim, complete, fail,
+//! release, heartbeat, inspect) so that another backend could stand behind it.
+//!
+//! Rules every operation follows:
+//! - Every state change of a job is one statement or one `BEGIN IMMEDIATE` transaction,
+//!   fenced on the state it expects (`status`, and for a claimed job its worker and claim
+//!   token). A late or duplicate call changes nothing and says so.
+//! - Write transactions take the write lock up front (`IMMEDIATE`), so two processes never
+//!   deadlock upgrading read locks; waiting for the lock is bounded by `busy_timeout`.
+//! - Timestamps are integers: milliseconds since the Unix epoch, read from [`Clock`].
+//!
+//! Durability: the database runs in WAL mode. With `synchronous = NORMAL` (the default) a
+//! committed transaction survives a crash of any jobhost process, but the most recent
+//! commits can be lost if the machine itself loses power; `FULL` fsyncs every commit and
+//! survives that too, at the cost of an fsync per claim and per completion.
+
+mod jobs;
+mod retry;
+mod schema;
+mod workers;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::DatabaseConfig;
+
+pub use jobs::{AttemptReport, ClaimedJob, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob};
+pub use retry::RetryPolicy;
+pub use workers::NewWorker;
+
+/// Milliseconds since the Unix epoch; the unit of every timestamp in the store.
+pub type Millis = i64;
+
+/// Where the store reads the time. Tests swap in a hand-driven clock to check backoff
+/// and lease expiry without sleeping.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Millis + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| {
+            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            since_epoch.as_millis() as Millis
+        }))
+    }
+
+    #[cfg(test)]
+    pub fn manual(now: Arc<std::sync::atomic::AtomicI64>) -> Clock {
+        Clock(Arc::new(move || now.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
+    pub fn now(&self) -> Millis {
+        (self.0)()
+    }
+}
+
+pub fn millis(duration: Duration) -> Millis {
+    duration.as_millis().try_into().unwrap_or(Millis::MAX)
+}
+
+/// One connection to the pool.
+pub struct Store {
+    conn: Connection,
+    clock: Clock,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `config.path`, upgrading an older jobhost
+    /// schema and refusing files that are not jobhost databases or come from a newer jobhost.
+    pub fn open(config: &DatabaseConfig) -> Result<Store> {
+        Store::open_with_clock(config, Clock::system())
+    }
+
+    pub fn open_with_clock(config: &DatabaseConfig, clock: Clock) -> Result<Store> {
+        let path = &config.path;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| {
+                format!("cannot create the folder {} for the database", parent.display())
+            })?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+        let mut store = Store { conn, clock };
+        store.conn.busy_timeout(config.busy_timeout.0)?;
+        // Identity and version are checked before any pragma that writes to the file, so a
+        // foreign or newer file is refused exactly as it was.
+        schema::migrate(&mut store.conn).map_err(|err| describe_open_error(path, err))?;
+        store.configure(config).map_err(|err| describe_open_error(path, err))?;
+        Ok(store)
+    }
+
+    fn configure(&self, config: &DatabaseConfig) -> Result<()> {
+        let mode: String =
+            self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "SQLite refused WAL mode (got {mode}); put the database on a local filesystem"
+        );
+        self.conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())?;
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+}
+
+/// SQLite reports a non-database file only when it first reads it; say which file and what to do.
+fn describe_open_error(path: &Path, err: anyhow::Error) -> anyhow::Error {
+    let not_a_database = err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
+    });
+    if not_a_database {
+        anyhow::anyhow!(
+            "{} is not a SQLite database, or it is corrupt: point --db (or database.path) at a \
+             jobhost database or at a new file",
+            path.display()
+        )
+    } else {
+        err.context(format!("cannot use database {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A store on a temporary file with a clock the test moves by hand.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+
+    pub struct TestStore {
+        pub store: Store,
+        pub now: Arc<AtomicI64>,
+        pub config: DatabaseConfig,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestStore {
+        pub fn new() -> TestStore {
+            let dir = tempfile::tempdir().unwrap();
+            let config =
+                DatabaseConfig { path: dir.path().join("pool.db"), ..DatabaseConfig::default() };
+            let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+            let store = Store::open_with_clock(&config, Clock::manual(now.clone())).unwrap();
+            TestStore { store, now, config, _dir: dir }
+        }
+
+        pub fn advance(&self, millis: i64) {
+            self.now.fetch_add(millis, Ordering::SeqCst);
+        }
+
+        /// A second connection to the same file, sharing the clock.
+        pub fn reopen(&self) -> Store {
+            Store::open_with_clock(&self.config, Clock::manual(self.now.clone())).unwrap()
+        }
+    }
+}

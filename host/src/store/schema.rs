@@ -1,0 +1,195 @@
+//! The schema and its migrations.
+//!
+//! A jobhost database is marked by `PRAGMA application_id`, so a file from some other
+//! program is refused instead of being "upgraded". `PRAGMA user_version` counts the
+//! migrations applied; opening a file runs the missing ones in one transaction, and a
+//! file from a newer jobhost (a version this build does not know) is refused untouched.
+
+use anyhow::{Result, bail};
+use rusqlite::{Connection, TransactionBehavior};
+
+/// "JOBH": tells a jobhost database from any other SQLite file.
+const APPLICATION_ID: i32 = 0x4A4F_4248;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Append only: a released
+/// migration is never edited, because files out there already ran it.
+const MIGRATIONS: &[&str] = &[
+    // 1: the job pool and its attempt history.
+    r#"
+    CREATE TABLE jobs (
+        seq              INTEGER PRIMARY KEY,
+        id               TEXT    NOT NULL UNIQUE,
+        pool             TEXT    NOT NULL,
+        processor        TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        status           TEXT    NOT NULL
+                         CHECK (status IN ('pending', 'claimed', 'completed', 'poisoned', 'cancelled')),
+        priority         INTEGER NOT NULL DEFAULT 0,
+        run_at           INTEGER NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        worker_id        TEXT,
+        claim_token      INTEGER,
+        lease_expires_at INTEGER,
+        result           TEXT,
+        last_error       TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        finished_at      INTEGER
+    );
+    -- The claim query walks this index in order and stops at the first ready row.
+    CREATE INDEX jobs_ready ON jobs (pool, priority DESC, run_at, seq) WHERE status = 'pending';
+    CREATE INDEX jobs_claimed ON jobs (worker_id, lease_expires_at) WHERE status = 'claimed';
+    CREATE INDEX jobs_by_status ON jobs (pool, status);
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+
+    CREATE TABLE attempts (
+        job_seq     INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+        attempt     INTEGER NOT NULL,
+        worker_id   TEXT    NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        outcome     TEXT CHECK (outcome IN ('ok', 'exit', 'trap', 'fuel_exhausted', 'timeout',
+                                            'memory', 'output_too_large', 'load_error', 'worker_lost')),
+        message     TEXT,
+        stderr      TEXT,
+        fuel_used   INTEGER,
+        duration_ms INTEGER,
+        PRIMARY KEY (job_seq, attempt)
+    ) WITHOUT ROWID;
+    "#,
+    // 2: workers, added with the worker lifecycle.
+    r#"
+    CREATE TABLE workers (
+        id                TEXT    PRIMARY KEY,
+        pool              TEXT    NOT NULL,
+        status            TEXT    NOT NULL
+                          CHECK (status IN ('starting', 'active', 'terminated', 'lost')),
+        host              TEXT,
+        pid               INTEGER,
+        started_at        INTEGER NOT NULL,
+        last_heartbeat_at INTEGER NOT NULL,
+        stopped_at        INTEGER
+    );
+    CREATE INDEX workers_by_status ON workers (pool, status);
+    "#,
+];
+
+pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Brings the file to [`CURRENT_VERSION`], or refuses it.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    migrate_to(conn, CURRENT_VERSION)
+}
+
+pub fn migrate_to(conn: &mut Connection, target: i32) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let application_id: i32 = tx.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let version: i32 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if application_id != APPLICATION_ID {
+        let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
+        if application_id != 0 || tables > 0 {
+            bail!(
+                "this SQLite file was not made by jobhost (it already holds other tables): \
+                 point --db (or database.path) at a jobhost database or at a new file"
+            );
+        }
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    }
+    if version > CURRENT_VERSION {
+        bail!(
+            "the database has schema version {version}, but this jobhost only knows versions up to \
+             {CURRENT_VERSION}: it was written by a newer jobhost, so use that version (nothing was changed)"
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().take(target as usize).skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i32 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::{NewJob, Store};
+
+    fn new_job() -> NewJob {
+        NewJob {
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_older_file_is_upgraded_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut old = Connection::open(&path).unwrap();
+        migrate_to(&mut old, 1).unwrap();
+        old.execute(
+            "INSERT INTO jobs (id, pool, processor, payload, status, run_at, max_attempts, created_at, updated_at)
+             VALUES ('j1', 'default', 'echo', '{}', 'pending', 0, 3, 0, 0)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+
+        let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
+        let mut store = Store::open(&config).unwrap();
+        let version: i32 =
+            store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, CURRENT_VERSION);
+        assert!(store.job("j1").unwrap().is_some(), "the job written before the upgrade is still there");
+        store.enqueue(&[new_job()]).unwrap();
+        assert_eq!(store.status(None).unwrap().jobs.pending, 2);
+    }
+
+    #[test]
+    fn a_newer_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", CURRENT_VERSION + 1).unwrap();
+        drop(conn);
+
+        let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
+        let message = format!("{:#}", Store::open(&config).err().unwrap());
+        assert!(message.contains("newer jobhost"), "{message}");
+        let conn = Connection::open(&path).unwrap();
+        let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, CURRENT_VERSION + 1);
+    }
+
+    #[test]
+    fn a_foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE notes (body TEXT)").unwrap();
+
+        let config = DatabaseConfig { path, ..DatabaseConfig::default() };
+        let message = format!("{:#}", Store::open(&config).err().unwrap());
+        assert!(message.contains("not made by jobhost"), "{message}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+
+        let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
+        let message = format!("{:#}", Store::open(&config).err().unwrap());
+        assert!(message.contains("is not a SQLite database"), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192], "the file is left as it was");
+    }
+}
