@@ -1,0 +1,196 @@
+//! The job pool through the CLI: seeding, status, inspecting and operating on jobs, bad
+//! input of every kind, and many worker processes sharing one SQLite file.
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use support::{Pool, jobs_count};
+
+#[test]
+fn seed_queues_jobs_and_status_shows_the_fixed_shape() {
+    let pool = Pool::new("");
+    assert_eq!(pool.json(&["seed", "--count", "3"]), json!({"queued": 3, "pool": "default"}));
+    pool.ok(&["seed", "--count", "2", "--pool", "other", "--delay", "1h"]);
+
+    let status = pool.status();
+    assert_eq!(
+        status,
+        json!({
+            "jobs": {"pending": 5, "claimed": 0, "completed": 0, "poisoned": 0, "cancelled": 0},
+            "ready": 3,
+            "oldest_ready_age_ms": status["oldest_ready_age_ms"],
+            "workers": {"starting": 0, "active": 0, "terminated": 0, "lost": 0}
+        })
+    );
+    assert!(status["oldest_ready_age_ms"].as_i64().unwrap() >= 0);
+    let other = pool.json(&["status", "--pool", "other"]);
+    assert_eq!((jobs_count(&other, "pending"), other["ready"].as_u64(), &other["oldest_ready_age_ms"]), (2, Some(0), &Value::Null));
+}
+
+#[test]
+fn seed_defaults_to_a_numbered_payload_for_echo() {
+    let pool = Pool::new("");
+    pool.ok(&["seed", "--count", "2", "--priority", "-1", "--max-attempts", "7"]);
+    let jobs = pool.all_jobs();
+    let mut payloads: Vec<Value> = jobs.iter().map(|j| j["payload"].clone()).collect();
+    payloads.sort_by_key(|p| p["seq"].as_i64());
+    assert_eq!(payloads, [json!({"seq": 0}), json!({"seq": 1})]);
+    for job in &jobs {
+        assert_eq!((job["processor"].as_str(), job["priority"].as_i64(), job["max_attempts"].as_u64()), (Some("echo"), Some(-1), Some(7)));
+        assert_eq!(job["status"], "pending");
+    }
+}
+
+#[test]
+fn a_payload_file_is_all_or_nothing() {
+    let pool = Pool::new("");
+    std::fs::write(pool.path("good.jsonl"), "{\"a\":1}\n\n[1,2]\n\"text\"\n").unwrap();
+    assert_eq!(pool.json(&["seed", "--payload-file", "good.jsonl"])["queued"], 3);
+
+    std::fs::write(pool.path("bad.jsonl"), "{\"a\":1}\n{\"b\":\n{\"c\":3}\n").unwrap();
+    let error = pool.fails(&["seed", "--payload-file", "bad.jsonl"]);
+    assert!(error.contains("bad.jsonl line 2 is not valid JSON"), "{error}");
+    assert_eq!(jobs_count(&pool.status(), "pending"), 3, "nothing from the bad file was queued");
+
+    let mut child = pool.command(&["seed", "--payload-file", "-", "--json"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"{\"x\":1}\n{\"x\":2}\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&output.stdout).unwrap()["queued"], 2);
+}
+
+#[test]
+fn bad_seed_input_is_refused_by_name() {
+    let pool = Pool::new("");
+    let cases: &[(&[&str], &str)] = &[
+        (&["seed", "--payload", "{not json"], "--payload is not valid JSON"),
+        (&["seed", "--count", "0"], "--count must be at least 1"),
+        (&["seed", "--max-attempts", "0"], "--max-attempts must be at least 1"),
+        (&["seed", "--delay", "soon"], "not a duration"),
+        (&["seed", "--processor", "../etc/passwd"], "--processor"),
+        (&["seed", "--payload-file", "missing.jsonl"], "cannot open --payload-file missing.jsonl"),
+        (&["seed", "--count", "many"], "--count"),
+    ];
+    for (args, expected) in cases {
+        let error = pool.fails(args);
+        assert!(error.contains(expected), "{args:?}: expected {expected:?} in:\n{error}");
+    }
+    assert_eq!(jobs_count(&pool.status(), "pending"), 0);
+}
+
+#[test]
+fn jobs_can_be_listed_shown_cancelled_retried_and_purged() {
+    let pool = Pool::new("");
+    pool.ok(&["seed", "--count", "3"]);
+    let list = pool.json(&["jobs", "list"]);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+
+    let cancelled = pool.json(&["jobs", "cancel", ids[0]]);
+    assert_eq!(cancelled, json!({"cancelled": [ids[0]], "refused": []}));
+    let shown = pool.json(&["jobs", "show", ids[0]]);
+    assert_eq!(shown["status"], "cancelled");
+    assert_eq!(shown["attempt_history"], json!([]));
+    assert_eq!(pool.json(&["jobs", "list", "--status", "cancelled"]).as_array().unwrap().len(), 1);
+
+    let output = pool.run(&["jobs", "cancel", ids[0], "no-such-job"]);
+    assert!(!output.status.success(), "refusing any id is a failure");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("job is cancelled: only pending jobs can be cancelled"), "{stderr}");
+    assert!(stderr.contains("no-such-job: no such job"), "{stderr}");
+
+    let error = pool.fails(&["jobs", "retry", ids[1]]);
+    assert!(error.contains("job is pending: only poisoned or cancelled jobs can be retried"), "{error}");
+    assert_eq!(pool.json(&["jobs", "retry", ids[0]])["retried"], json!([ids[0]]));
+    assert_eq!(pool.json(&["jobs", "show", ids[0]])["status"], "pending");
+
+    pool.ok(&["jobs", "cancel", ids[2]]);
+    assert_eq!(pool.json(&["jobs", "purge", "--older-than", "1h"]), json!({"purged": 0}));
+    assert_eq!(pool.json(&["jobs", "purge", "--older-than", "0", "--status", "cancelled"]), json!({"purged": 1}));
+    let error = pool.fails(&["jobs", "show", ids[2]]);
+    assert!(error.contains(&format!("no job with id {}", ids[2])), "{error}");
+
+    let human = pool.ok(&["jobs", "show", ids[0]]);
+    assert!(human.contains("status     pending") && human.contains("payload    {\"seq\":"), "{human}");
+}
+
+#[test]
+fn config_errors_name_the_file_line_and_key() {
+    let pool = Pool::new("retry:\n  max_attempts: 3\n  backof_initial: 1s\n");
+    let error = pool.fails(&["status"]);
+    assert!(error.contains("jobhost.yml"), "{error}");
+    assert!(error.contains("backof_initial") && error.contains("line 3"), "{error}");
+
+    std::fs::write(pool.path("jobhost.yml"), "processors:\n  limits:\n    memory: lots\n").unwrap();
+    let error = pool.fails(&["status"]);
+    assert!(error.contains("processors.limits.memory") && error.contains("line 3"), "{error}");
+
+    let error = pool.command(&["status"]).env("JOBHOST_CONFIG", "x").arg("--config").arg(pool.path("nope.yml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&error.stderr);
+    assert!(!error.status.success() && stderr.contains("nope.yml"), "{stderr}");
+}
+
+#[test]
+fn a_database_that_is_not_a_jobhost_pool_is_refused_untouched() {
+    let pool = Pool::new("");
+    std::fs::create_dir_all(pool.path("data")).unwrap();
+    std::fs::write(pool.db(), b"this is a text file, not a database at all............").unwrap();
+    let error = pool.fails(&["seed"]);
+    assert!(error.contains("is not a SQLite database"), "{error}");
+    assert_eq!(std::fs::read(pool.db()).unwrap(), b"this is a text file, not a database at all............");
+}
+
+#[test]
+fn the_database_folder_is_created_and_env_vars_are_honoured() {
+    let pool = Pool::new("");
+    let output = std::process::Command::new(support::JOBHOST)
+        .current_dir(pool.dir.path())
+        .env("JOBHOST_DB", pool.path("deep/er/pool.db"))
+        .env("JOBHOST_CONFIG", pool.path("jobhost.yml"))
+        .args(["seed", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(pool.path("deep/er/pool.db").is_file());
+}
+
+/// Eight worker processes drain 2,000 jobs from one file. Each is told to take exactly
+/// 250: a claim that wrongly answered "empty" while jobs were ready would end that worker
+/// early (a draining worker stops at the first empty claim), so every worker reporting
+/// 250 shows no claim ever did.
+#[test]
+fn many_processes_share_one_file_and_complete_every_job_exactly_once() {
+    const WORKERS: usize = 8;
+    const PER_WORKER: usize = 250;
+    let pool = Pool::new("");
+    pool.ok(&["seed", "--count", &(WORKERS * PER_WORKER).to_string()]);
+
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| pool.spawn(&["work", "--max-jobs", &PER_WORKER.to_string(), "--json"]))
+        .collect();
+    // Read every worker's output at once, so none blocks on a full pipe.
+    let outputs: Vec<_> = workers
+        .into_iter()
+        .map(|worker| std::thread::spawn(move || worker.wait_with_output().unwrap()))
+        .collect();
+    for output in outputs {
+        let output = output.join().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "worker failed: {stderr}");
+        assert!(!stderr.contains("locked"), "a lock error surfaced: {stderr}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(summary["processed"], PER_WORKER, "{summary}");
+        assert_eq!(summary["completed"], PER_WORKER, "{summary}");
+    }
+
+    let status = pool.status();
+    assert_eq!(jobs_count(&status, "completed"), (WORKERS * PER_WORKER) as u64, "{status}");
+    assert_eq!(pool.count("SELECT count(*) FROM jobs WHERE attempts != 1"), 0, "a job was claimed twice");
+    assert_eq!(pool.count("SELECT count(*) FROM attempts"), (WORKERS * PER_WORKER) as i64);
+    assert_eq!(pool.count("SELECT count(*) FROM attempts WHERE outcome IS NOT 'ok'"), 0);
+    assert_eq!(pool.count("SELECT count(DISTINCT worker_id) FROM attempts"), WORKERS as i64);
+}

@@ -1,0 +1,152 @@
+//! Shared helpers for the black-box tests: each test gets a fresh folder holding its own
+//! database, processors folder and config, and drives the real `jobhost` binary in it.
+#![allow(dead_code)] // Each test binary uses its own subset of these helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const JOBHOST: &str = env!("CARGO_BIN_EXE_jobhost");
+
+/// The fixtures folder of test processors (`tests/fixtures/processors`).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/processors")
+}
+
+/// A scratch pool: `<tmp>/data/jobhost.db`, `<tmp>/processors/`, `<tmp>/jobhost.yml`.
+pub struct Pool {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pool {
+    /// A pool whose config is `config_yaml` (empty means all defaults).
+    pub fn new(config_yaml: &str) -> Pool {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("processors")).unwrap();
+        std::fs::write(dir.path().join("jobhost.yml"), config_yaml).unwrap();
+        Pool { dir }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("data/jobhost.db")
+    }
+
+    /// Copies fixture `name` (a `.wat` or `.wasm` file) into the processors folder as
+    /// `<as_name>.wasm`; wasmtime compiles WAT text as well as binary modules.
+    pub fn add_processor(&self, fixture: &str, as_name: &str) {
+        std::fs::copy(fixtures().join(fixture), self.path(&format!("processors/{as_name}.wasm")))
+            .unwrap_or_else(|e| panic!("cannot copy fixture {fixture}: {e}"));
+    }
+
+    /// `jobhost` with this pool's config, database and processors folder.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(JOBHOST);
+        command
+            .current_dir(self.dir.path())
+            .env_remove("JOBHOST_CONFIG")
+            .env_remove("JOBHOST_DB")
+            .env_remove("JOBHOST_PROCESSORS")
+            .env_remove("RUST_LOG")
+            .arg("--config")
+            .arg(self.path("jobhost.yml"))
+            .arg("--db")
+            .arg(self.db())
+            .arg("--processors-dir")
+            .arg(self.path("processors"))
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run jobhost")
+    }
+
+    /// Runs and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "jobhost {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs, insists on failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            !output.status.success(),
+            "jobhost {args:?} should have failed:\nstdout: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8(output.stderr).expect("utf-8 stderr")
+    }
+
+    /// Runs with `--json` appended and parses the (single-line) output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let stdout = self.ok(&args);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{stdout}"))
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn jobhost")
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    /// Polls `jobhost status` until `done` holds for it, failing after `timeout`.
+    pub fn wait_for_status(&self, timeout: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every job, with its full record (`jobs show --json`).
+    pub fn all_jobs(&self) -> Vec<Value> {
+        let list = self.json(&["jobs", "list", "--limit", "100000"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|job| self.json(&["jobs", "show", job["id"].as_str().unwrap()]))
+            .collect()
+    }
+}
+
+pub fn jobs_count(status: &Value, which: &str) -> u64 {
+    status["jobs"][which].as_u64().unwrap()
+}
+
+impl Pool {
+    /// Reads the database directly, for assertions over every row (the CLI shows one job
+    /// at a time).
+    pub fn query<T>(&self, sql: &str, read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
+        let conn = rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the test database");
+        let mut statement = conn.prepare(sql).expect("valid test SQL");
+        statement.query_map([], read).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.query(sql, |row| row.get(0))[0]
+    }
+}
