@@ -1,0 +1,156 @@
+//! `jobhost run NAME`: run one processor once, outside the pool, and print how it ended.
+//!
+//! This is the loop a processor author lives in, so it uses exactly the path a worker uses
+//! (registry, compile cache, sandbox, the processor's configured limits) with three knobs on
+//! top: `--fuel`, `--timeout` and `--memory`. The guest sees `JOB_ID=run-<uuid>`,
+//! `JOB_ATTEMPT=1` and `JOB_POOL=default`. Exit status is 0 only for the `ok` outcome.
+//!
+//! `--json` prints one object whose shape other tools rely on:
+//! `{"processor", "outcome", "result", "exit_code", "message", "stderr", "fuel_used",
+//! "duration_ms"}`, with `null` for fields that do not apply to the outcome.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, ensure};
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+
+use crate::cli::RunArgs;
+use crate::config::{Config, Limits};
+use crate::processors::Registry;
+use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
+
+/// The pool name a one-off run reports to its processor.
+const RUN_POOL: &str = "default";
+
+pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
+    let payload = read_payload(&args)?;
+    let limits = limits_for_run(config, &args)?;
+    let sandbox = Sandbox::new(1)?;
+    let report = match Registry::new(config, &sandbox).load(&args.name) {
+        Ok(program) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let job_id = format!("run-{}", uuid::Uuid::new_v4());
+            let job = JobInput {
+                job_id: &job_id,
+                attempt: 1,
+                pool: RUN_POOL,
+                processor: &args.name,
+                payload: &payload,
+            };
+            runtime.block_on(sandbox.run(&program, job, &limits))
+        }
+        Err(err) => RunReport::load_error(err.to_string()),
+    };
+    if args.json {
+        println!("{}", report_json(&args.name, &report));
+    } else {
+        print_report(&args.name, &report);
+    }
+    Ok(match report.outcome {
+        Outcome::Ok(_) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+/// The payload bytes, checked to be JSON (the processor contract promises JSON on stdin).
+fn read_payload(args: &RunArgs) -> Result<Vec<u8>> {
+    if let Some(text) = &args.payload {
+        serde_json::from_str::<IgnoredAny>(text).with_context(|| {
+            format!("--payload is not valid JSON: pass one JSON document, e.g. --payload '{{\"x\": 1}}' (got {text:?})")
+        })?;
+        return Ok(text.clone().into_bytes());
+    }
+    let Some(path) = &args.payload_file else {
+        return Ok(b"{}".to_vec());
+    };
+    let bytes = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read --payload-file - (stdin)")?;
+        bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read --payload-file {}", path.display()))?
+    };
+    serde_json::from_slice::<IgnoredAny>(&bytes).with_context(|| {
+        format!(
+            "--payload-file {} is not valid JSON: it must hold one JSON document",
+            path.display()
+        )
+    })?;
+    Ok(bytes)
+}
+
+/// The processor's configured limits with the command line's changes.
+fn limits_for_run(config: &Config, args: &RunArgs) -> Result<Limits> {
+    let mut limits = config.limits_for(&args.name);
+    if let Some(fuel) = args.fuel {
+        ensure!(fuel > 0, "--fuel must be more than 0");
+        limits.fuel = fuel;
+    }
+    if let Some(timeout) = args.timeout {
+        ensure!(!timeout.0.is_zero(), "--timeout must be longer than 0");
+        limits.timeout = timeout;
+    }
+    if let Some(memory) = args.memory {
+        ensure!(
+            (64 << 10..=4 << 30).contains(&memory.0),
+            "--memory must be between 64KiB (one wasm page) and 4GiB, got {memory}"
+        );
+        limits.memory = memory;
+    }
+    Ok(limits)
+}
+
+fn report_json(name: &str, report: &RunReport) -> Value {
+    let (result, exit_code) = match &report.outcome {
+        Outcome::Ok(result) => (result.clone(), json!(0)),
+        Outcome::Exit(code) => (Value::Null, json!(code)),
+        _ => (Value::Null, Value::Null),
+    };
+    let ran = !matches!(report.outcome, Outcome::LoadError(_));
+    json!({
+        "processor": name,
+        "outcome": report.outcome.kind(),
+        "result": result,
+        "exit_code": exit_code,
+        "message": report.outcome.message(),
+        "stderr": ran.then_some(&report.stderr),
+        "fuel_used": report.fuel_used,
+        "duration_ms": duration_ms(report),
+    })
+}
+
+fn print_report(name: &str, report: &RunReport) {
+    println!(
+        "{name}: {} in {:.3} ms, {} fuel used",
+        report.outcome.kind(),
+        duration_ms(report),
+        report.fuel_used
+    );
+    match &report.outcome {
+        Outcome::Ok(result) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(result).expect("a Value always serializes")
+            );
+        }
+        outcome => {
+            if let Some(message) = outcome.message() {
+                println!("{message}");
+            }
+        }
+    }
+    if !report.stderr.is_empty() {
+        println!("--- stderr ---\n{}", report.stderr.trim_end());
+    }
+}
+
+fn duration_ms(report: &RunReport) -> f64 {
+    report.duration.as_micros() as f64 / 1000.0
+}

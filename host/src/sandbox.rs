@@ -1,0 +1,721 @@
+//! The sandbox: runs one processor (a WASI preview1 command module) for one job, bounded in
+//! CPU, wall-clock time, memory and output, and says how the run ended.
+//!
+//! This module owns everything wasmtime-specific about *running* code; finding and compiling
+//! processors is [`crate::processors`]' job. The pieces, and why each is there:
+//!
+//! - **One [`Engine`] per process** ([`Sandbox::new`]). It enables fuel (a deterministic CPU
+//!   budget) and epoch interruption, and uses the pooling allocator with one slot per run the
+//!   caller keeps in flight, so instantiating a job costs microseconds instead of an `mmap`.
+//!   The pool keeps 2 MiB of each freed memory and table resident (reset with `memset` rather
+//!   than `madvise`), which is what keeps several threads from collapsing on TLB shootdowns.
+//!   If the pool's address space cannot be reserved (small VA, `ulimit -v`), instances are
+//!   allocated on demand, with bounds-checked memories that reserve nothing in advance:
+//!   slower, but it runs wherever the memory cap fits.
+//! - **An epoch ticker** on a plain OS thread (not a tokio task, which a CPU-bound guest could
+//!   starve). Every tick, a running guest yields to the async executor; that yield is what
+//!   lets the wall-clock timeout below fire while a guest spins in a loop.
+//! - **An async [`Linker`]** with the WASI preview1 functions and nothing else. Async matters:
+//!   a guest sleeping in `poll_oneoff` is blocked inside the host, where neither fuel nor epochs
+//!   can reach it. The whole instantiate-and-call future runs under `tokio::time::timeout`,
+//!   and dropping that future at the deadline cancels the sleep.
+//! - **A fresh [`Store`] per job** holding the WASI context (stdin = payload; stdout and stderr
+//!   are in-memory pipes with a cap; env exactly `JOB_ID`, `JOB_ATTEMPT`, `JOB_POOL`; argv
+//!   `[name]`; no preopened directories, hence no files and no sockets) and a limiter that caps
+//!   linear memory and tables and *records* a refused growth. Hitting the memory cap is not a
+//!   trap in wasmtime (the guest sees `memory.grow` return -1 and usually aborts), so without
+//!   that record a memory problem would look like a random `unreachable`.
+//!
+//! A run ends in exactly one [`Outcome`]; the order of the checks in `classify` is the
+//! contract: a refused memory growth explains a failure better than the trap it caused, and
+//! output past a cap invalidates even a run that then exits 0 (its result is truncated).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use wasmtime::{
+    Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap, WasmBacktrace,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use crate::config::Limits;
+
+/// Epoch granularity: how often a running guest yields, hence how late a timeout can fire.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Fuel between yields of a CPU-bound guest (about 1–2 ms of work): bounds how stale the fuel
+/// count of a timed-out run can be, at a cost of a few hundred cheap yields per second.
+const FUEL_YIELD_INTERVAL: u64 = 10_000_000;
+
+/// Bytes of each freed memory/table the pool resets with `memset` instead of `madvise`.
+const KEEP_RESIDENT: usize = 2 << 20;
+
+/// Most elements any table may grow to. Tables hold function references (8 bytes each); a
+/// Rust guest needs a few hundred. Same as the pooling allocator's default slot size.
+const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Runs processors. Cheap to clone (the engine, linker and slot count are shared), `Send` and
+/// `Sync`; create one per process.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<JobState>>,
+    /// One permit per pool slot: an exhausted pool makes instantiation fail rather than wait,
+    /// so runs past the configured concurrency queue here instead.
+    slots: Arc<Semaphore>,
+}
+
+/// A processor checked against the host's imports, ready to instantiate once per job.
+pub struct Prepared {
+    pre: InstancePre<JobState>,
+}
+
+/// What a run knows about its job; becomes the guest's stdin, environment and argv.
+#[derive(Debug, Clone, Copy)]
+pub struct JobInput<'a> {
+    pub job_id: &'a str,
+    pub attempt: u32,
+    pub pool: &'a str,
+    pub processor: &'a str,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// What the guest wrote to stderr, cut at the stderr cap, invalid UTF-8 replaced.
+    pub stderr: String,
+    pub fuel_used: u64,
+    pub duration: Duration,
+}
+
+/// How a run ended. [`Outcome::kind`] names are the attempt kinds stored in the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Exit status 0; the result is stdout as JSON, or as a JSON string when it is not JSON,
+    /// or `null` when it is empty.
+    Ok(Value),
+    /// Non-zero exit status, from `proc_exit` (e.g. Rust's `std::process::exit`).
+    Exit(i32),
+    /// The guest trapped; `kind` is the trap in snake_case (`unreachable_code_reached`,
+    /// `stack_overflow`, `memory_out_of_bounds`, ...) or `host_error` for a failed host call.
+    Trap {
+        kind: String,
+        message: String,
+    },
+    FuelExhausted,
+    Timeout,
+    /// The guest asked for more linear memory (or table space) than its cap and then failed.
+    Memory,
+    OutputTooLarge {
+        stream: &'static str,
+    },
+    /// The processor could not be found, compiled, linked or instantiated.
+    LoadError(String),
+}
+
+impl Outcome {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "ok",
+            Outcome::Exit(_) => "exit",
+            Outcome::Trap { .. } => "trap",
+            Outcome::FuelExhausted => "fuel_exhausted",
+            Outcome::Timeout => "timeout",
+            Outcome::Memory => "memory",
+            Outcome::OutputTooLarge { .. } => "output_too_large",
+            Outcome::LoadError(_) => "load_error",
+        }
+    }
+
+    /// A sentence for people (`last_error`, `jobhost run`), naming the limit to raise where
+    /// one was hit. `None` for success.
+    pub fn message(&self) -> Option<String> {
+        let text = match self {
+            Outcome::Ok(_) => return None,
+            Outcome::Exit(code) => format!("the processor exited with status {code}"),
+            Outcome::Trap { kind, message } => format!("the processor trapped ({kind}): {message}"),
+            Outcome::FuelExhausted => "the processor used up its fuel (CPU budget); raise \
+                processors.limits.fuel or its override if the work is legitimate"
+                .to_string(),
+            Outcome::Timeout => "the processor did not finish before its deadline; raise \
+                processors.limits.timeout or its override if the work is legitimate"
+                .to_string(),
+            Outcome::Memory => "the processor hit its memory cap and failed; raise \
+                processors.limits.memory or its override if the work is legitimate"
+                .to_string(),
+            Outcome::OutputTooLarge { stream } => format!(
+                "the processor wrote more to {stream} than its cap allows; raise \
+                 processors.limits.{stream} or its override, or write less"
+            ),
+            Outcome::LoadError(message) => message.clone(),
+        };
+        Some(text)
+    }
+}
+
+impl RunReport {
+    /// The report for a processor that never ran (not found, not compilable, ...).
+    pub fn load_error(message: String) -> RunReport {
+        RunReport {
+            outcome: Outcome::LoadError(message),
+            stderr: String::new(),
+            fuel_used: 0,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// The per-job data a [`Store`] carries.
+struct JobState {
+    wasi: WasiP1Ctx,
+    limiter: CapLimiter,
+}
+
+/// Refuses growth past the caps and remembers that it did.
+struct CapLimiter {
+    memory_cap: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for CapLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Refuse rather than error: a guest that handles a failed `memory.grow` may carry on,
+        // and `hit` still explains the failure if it does not.
+        let allowed = desired <= self.memory_cap;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= MAX_TABLE_ELEMENTS;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine, sized for `max_concurrent_runs` runs in flight at once (more wait
+    /// for a slot), and starts its epoch ticker.
+    pub fn new(max_concurrent_runs: u32) -> Result<Sandbox> {
+        let slots = max_concurrent_runs.max(1);
+        let engine = match Engine::new(&engine_config(Some(slots))) {
+            Ok(engine) => engine,
+            Err(err) => {
+                tracing::warn!(
+                    "cannot reserve an instance pool for {slots} concurrent runs ({err:#}); \
+                     allocating instances on demand instead, which is slower (a larger \
+                     virtual address space or `ulimit -v unlimited` avoids this)"
+                );
+                Engine::new(&engine_config(None))
+                    .map_err(|err| anyhow::Error::from(err).context("cannot create the wasmtime engine"))?
+            }
+        };
+        spawn_epoch_ticker(&engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut JobState| &mut state.wasi)?;
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+            slots: Arc::new(Semaphore::new(slots as usize)),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Checks that `module` is a WASI command the host can run: it exports `_start: () -> ()`
+    /// and imports nothing but WASI preview1 functions.
+    pub fn prepare(&self, module: &Module) -> Result<Prepared> {
+        match module.get_export("_start") {
+            Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {}
+            Some(_) => bail!(
+                "its `_start` export is not a function without parameters or results; \
+                 a WASI command's entry point is `_start: () -> ()`"
+            ),
+            None => bail!(
+                "it exports no `_start` function, so it is not a WASI command module \
+                 (in Rust: build a binary crate for wasm32-wasip1, not a library)"
+            ),
+        }
+        let pre = self.linker.instantiate_pre(module).map_err(|err| {
+            anyhow::Error::from(err).context(
+                "it imports something the host does not provide \
+                 (processors may import only wasi_snapshot_preview1 functions)",
+            )
+        })?;
+        Ok(Prepared { pre })
+    }
+
+    /// Runs `program` once for `job` under `limits`. Never fails: every way a run can end,
+    /// including not starting, is an [`Outcome`].
+    pub async fn run(&self, program: &Prepared, job: JobInput<'_>, limits: &Limits) -> RunReport {
+        let _slot = self.slots.acquire().await.expect("the slot semaphore is never closed");
+        let started = Instant::now();
+        let stdout_cap = to_usize(limits.stdout.0);
+        let stderr_cap = to_usize(limits.stderr.0);
+        // One byte of room past each cap tells "wrote exactly the cap" from "wrote past it".
+        let stdout = MemoryOutputPipe::new(stdout_cap.saturating_add(1));
+        let stderr = MemoryOutputPipe::new(stderr_cap.saturating_add(1));
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(job.payload.to_vec()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .env("JOB_ID", job.job_id)
+            .env("JOB_ATTEMPT", job.attempt.to_string())
+            .env("JOB_POOL", job.pool)
+            .arg(job.processor)
+            .build_p1();
+        let limiter = CapLimiter {
+            memory_cap: to_usize(limits.memory.0),
+            hit: false,
+        };
+        let mut store = Store::new(&self.engine, JobState { wasi, limiter });
+        store.limiter(|state| &mut state.limiter);
+        // Compiled code keeps its fuel count in a register and writes it back only at calls and
+        // fuel checks, not at epoch yields; a run cancelled inside a loop would report no fuel
+        // used. Yielding every FUEL_YIELD_INTERVAL units writes it back regularly.
+        store
+            .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
+            .expect("the engine is configured with fuel");
+        store.set_fuel(limits.fuel).expect("the engine is configured with fuel");
+        // Deadlines are relative to the current epoch, so set them last. Each tick yields to
+        // the executor and grants one more tick: the wall-clock limit is the timeout below.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let ending = match tokio::time::timeout(limits.timeout.0, call_start(&program.pre, &mut store)).await {
+            Ok(ending) => ending,
+            Err(_elapsed) => Err(Failure::TimedOut),
+        };
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().expect("the engine is configured with fuel"));
+        let memory_hit = store.data().limiter.hit;
+        drop(store);
+
+        let out = stdout.contents();
+        let err = stderr.contents();
+        let overflow = if out.len() > stdout_cap {
+            Some("stdout")
+        } else if err.len() > stderr_cap {
+            Some("stderr")
+        } else {
+            None
+        };
+        RunReport {
+            outcome: classify(ending, memory_hit, overflow, &out),
+            stderr: String::from_utf8_lossy(&err[..err.len().min(stderr_cap)]).into_owned(),
+            fuel_used,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true).epoch_interruption(true);
+    if let Some(slots) = pool_slots {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_stacks(slots)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    } else {
+        // The fallback exists for address spaces too small for the pool, and an on-demand
+        // memory would still reserve 4 GiB plus guards. Reserve nothing up front instead:
+        // memories then grow by moving and accesses are bounds-checked, which is slower
+        // but fits in any address space the guest's memory cap fits in.
+        config
+            .memory_reservation(0)
+            .memory_guard_size(0)
+            .memory_reservation_for_growth(1 << 20);
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("jobhost-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                // Hold the engine only for the increment, so dropping the last Sandbox ends
+                // this thread at its next tick.
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|err| anyhow::anyhow!("cannot start the epoch ticker thread: {err}"))?;
+    Ok(())
+}
+
+/// Why a run did not return normally from `_start`.
+enum Failure {
+    TimedOut,
+    /// Instantiation failed: a trap in a start function or data segment, a refused initial
+    /// memory, or a module the pool cannot hold.
+    NotInstantiated(wasmtime::Error),
+    /// `_start` failed: a trap, a `proc_exit` (even with status 0), or a failed host call.
+    Errored(wasmtime::Error),
+}
+
+async fn call_start(pre: &InstancePre<JobState>, store: &mut Store<JobState>) -> Result<(), Failure> {
+    let instance = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(Failure::NotInstantiated)?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(Failure::NotInstantiated)?;
+    start.call_async(&mut *store, ()).await.map_err(Failure::Errored)
+}
+
+/// Turns how the run ended into an [`Outcome`]. Order matters; see the module docs.
+fn classify(ending: Result<(), Failure>, memory_hit: bool, overflow: Option<&'static str>, stdout: &[u8]) -> Outcome {
+    let failure = match ending {
+        Ok(()) => None,
+        Err(Failure::Errored(err)) if err.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => None,
+        Err(failure) => Some(failure),
+    };
+    if memory_hit && failure.is_some() {
+        return Outcome::Memory;
+    }
+    if let Some(stream) = overflow {
+        return Outcome::OutputTooLarge { stream };
+    }
+    match failure {
+        None => Outcome::Ok(parse_result(stdout)),
+        Some(Failure::TimedOut) => Outcome::Timeout,
+        Some(Failure::NotInstantiated(err)) if err.downcast_ref::<Trap>().is_none() => {
+            Outcome::LoadError(format!("cannot instantiate the processor: {err:#}"))
+        }
+        Some(Failure::NotInstantiated(err) | Failure::Errored(err)) => error_outcome(&err),
+    }
+}
+
+fn error_outcome(err: &wasmtime::Error) -> Outcome {
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return Outcome::Exit(exit.0);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
+        Some(trap) => Outcome::Trap {
+            kind: snake_case(&format!("{trap:?}")),
+            message: trap_message(trap, err),
+        },
+        // A host function failed, e.g. `proc_exit` with a status WASI cannot represent.
+        None => Outcome::Trap {
+            kind: "host_error".to_string(),
+            message: format!("{err:#}"),
+        },
+    }
+}
+
+/// The trap and where it happened, on one line: `wasm trap: call stack exhausted at recurse <-
+/// recurse <- ... (9000 frames)`. Innermost frames first; enough to find the bug, short enough
+/// for `last_error`.
+fn trap_message(trap: &Trap, err: &wasmtime::Error) -> String {
+    const SHOWN_FRAMES: usize = 8;
+    let mut message = trap.to_string();
+    if let Some(backtrace) = err.downcast_ref::<WasmBacktrace>() {
+        let frames = backtrace.frames();
+        let names: Vec<String> = frames
+            .iter()
+            .take(SHOWN_FRAMES)
+            .map(|frame| match frame.func_name() {
+                Some(name) => name.to_string(),
+                None => format!("<wasm function {}>", frame.func_index()),
+            })
+            .collect();
+        if !names.is_empty() {
+            message.push_str(" at ");
+            message.push_str(&names.join(" <- "));
+        }
+        if frames.len() > SHOWN_FRAMES {
+            message.push_str(&format!(" <- ... ({} frames)", frames.len()));
+        }
+    }
+    message
+}
+
+/// The result rule: JSON when stdout is JSON, else the text as a JSON string; nothing (or only
+/// whitespace) is `null`.
+fn parse_result(stdout: &[u8]) -> Value {
+    if stdout.trim_ascii().is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(stdout).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(stdout).into_owned()))
+}
+
+fn snake_case(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn to_usize(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, HumanDuration};
+
+    /// A module that writes `text` to `fd` and returns from `_start`.
+    fn writer(fd: u32, text: &str) -> String {
+        let escaped: String = text.bytes().map(|b| format!("\\{b:02x}")).collect();
+        format!(
+            r#"(module
+                 (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (data (i32.const 64) "{escaped}")
+                 (func (export "_start")
+                   (i32.store (i32.const 0) (i32.const 64))
+                   (i32.store (i32.const 4) (i32.const {len}))
+                   (drop (call $w (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+            len = text.len()
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    async fn run_wat(sandbox: &Sandbox, wat: &str, limits: &Limits) -> RunReport {
+        let module = Module::new(sandbox.engine(), wat).expect("valid WAT");
+        let program = sandbox.prepare(&module).expect("a runnable module");
+        let job = JobInput {
+            job_id: "j1",
+            attempt: 2,
+            pool: "p",
+            processor: "test",
+            payload: b"{}",
+        };
+        sandbox.run(&program, job, limits).await
+    }
+
+    #[tokio::test]
+    async fn stdout_is_json_when_it_parses_else_text_and_empty_is_null() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let cases = [
+            ("{\"a\": [1, 2]}\n", serde_json::json!({"a": [1, 2]})),
+            ("42", serde_json::json!(42)),
+            ("hello\n", serde_json::json!("hello\n")),
+            ("", Value::Null),
+            (" \n", Value::Null),
+        ];
+        for (stdout, expected) in cases {
+            let report = run_wat(&sandbox, &writer(1, stdout), &limits()).await;
+            assert_eq!(report.outcome, Outcome::Ok(expected), "stdout {stdout:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn output_may_fill_its_cap_but_not_pass_it() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let capped = Limits {
+            stdout: ByteSize(5),
+            stderr: ByteSize(5),
+            ..limits()
+        };
+        assert_eq!(
+            run_wat(&sandbox, &writer(1, "12345"), &capped).await.outcome,
+            Outcome::Ok(serde_json::json!(12345))
+        );
+        assert_eq!(
+            run_wat(&sandbox, &writer(1, "123456"), &capped).await.outcome,
+            Outcome::OutputTooLarge { stream: "stdout" }
+        );
+        let report = run_wat(&sandbox, &writer(2, "oops!!"), &capped).await;
+        assert_eq!(report.outcome, Outcome::OutputTooLarge { stream: "stderr" });
+        assert_eq!(report.stderr, "oops!", "stderr is kept up to its cap");
+    }
+
+    #[tokio::test]
+    async fn initial_memory_above_the_cap_is_a_memory_outcome() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let two_mib = r#"(module (memory (export "memory") 32) (func (export "_start")))"#;
+        let capped = Limits {
+            memory: ByteSize(1 << 20),
+            ..limits()
+        };
+        assert_eq!(run_wat(&sandbox, two_mib, &capped).await.outcome, Outcome::Memory);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_copes_with_a_refused_growth_still_succeeds() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let polite = r#"(module (memory (export "memory") 1)
+            (func (export "_start")
+              (if (i32.ne (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#;
+        let capped = Limits {
+            memory: ByteSize(1 << 20),
+            ..limits()
+        };
+        assert_eq!(
+            run_wat(&sandbox, polite, &capped).await.outcome,
+            Outcome::Ok(Value::Null)
+        );
+    }
+
+    #[tokio::test]
+    async fn environment_and_argv_are_exactly_the_job_fields() {
+        let sandbox = Sandbox::new(1).unwrap();
+        // Prints environ then argv, NUL-separated, straight from the WASI buffers.
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "environ_sizes_get" (func $es (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "environ_get" (func $eg (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "args_sizes_get" (func $as (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "args_get" (func $ag (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (func (export "_start")
+              (drop (call $es (i32.const 16) (i32.const 20)))
+              (drop (call $eg (i32.const 1024) (i32.const 4096)))
+              (drop (call $as (i32.const 24) (i32.const 28)))
+              (drop (call $ag (i32.const 2048) (i32.add (i32.const 4096) (i32.load (i32.const 20)))))
+              (i32.store (i32.const 0) (i32.const 4096))
+              (i32.store (i32.const 4) (i32.add (i32.load (i32.const 20)) (i32.load (i32.const 28))))
+              (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+        let report = run_wat(&sandbox, wat, &limits()).await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Ok(Value::String("JOB_ID=j1\0JOB_ATTEMPT=2\0JOB_POOL=p\0test\0".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cpu_loop_with_fuel_to_spare_stops_at_the_deadline() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let spin = r#"(module (func (export "_start") (loop $l (br $l))))"#;
+        let bounded = Limits {
+            fuel: u64::MAX,
+            timeout: HumanDuration(Duration::from_millis(100)),
+            ..limits()
+        };
+        let report = run_wat(&sandbox, spin, &bounded).await;
+        assert_eq!(report.outcome, Outcome::Timeout);
+        assert!(report.duration < Duration::from_millis(600), "{:?}", report.duration);
+        assert!(report.fuel_used > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_past_the_pool_size_wait_for_a_slot() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let module = Module::new(sandbox.engine(), writer(1, "1")).unwrap();
+        let program = Arc::new(sandbox.prepare(&module).unwrap());
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                let (sandbox, program) = (sandbox.clone(), program.clone());
+                // Spawning also proves the run future is Send.
+                tokio::spawn(async move {
+                    let job = JobInput {
+                        job_id: "j",
+                        attempt: 1,
+                        pool: "p",
+                        processor: "one",
+                        payload: b"",
+                    };
+                    sandbox.run(&program, job, &Limits::default()).await.outcome
+                })
+            })
+            .collect();
+        for run in runs {
+            assert_eq!(run.await.unwrap(), Outcome::Ok(serde_json::json!(1)));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exit_status_wasi_cannot_carry_is_a_host_error() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let exit200 = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func (export "_start") (call $exit (i32.const 200))))"#;
+        match run_wat(&sandbox, exit200, &limits()).await.outcome {
+            Outcome::Trap { kind, message } => {
+                assert_eq!(kind, "host_error");
+                assert!(message.contains("exit status"), "{message}");
+            }
+            other => panic!("expected a host_error trap, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prepare_refuses_modules_that_are_not_wasi_commands() {
+        let sandbox = Sandbox::new(1).unwrap();
+        let prepare = |wat: &str| {
+            sandbox
+                .prepare(&Module::new(sandbox.engine(), wat).unwrap())
+                .err()
+                .map(|e| format!("{e:#}"))
+        };
+        assert!(
+            prepare(r#"(module (func (export "main")))"#)
+                .unwrap()
+                .contains("no `_start`")
+        );
+        assert!(
+            prepare(r#"(module (func (export "_start") (param i32)))"#)
+                .unwrap()
+                .contains("not a function without parameters")
+        );
+        let import = prepare(r#"(module (import "env" "f" (func)) (func (export "_start")))"#).unwrap();
+        assert!(
+            import.contains("does not provide") && import.contains("env::f"),
+            "{import}"
+        );
+        assert!(prepare(r#"(module (func (export "_start")))"#).is_none());
+    }
+
+    #[test]
+    fn outcome_kinds_are_the_attempt_kinds_of_the_store() {
+        let kinds = [
+            Outcome::Ok(Value::Null),
+            Outcome::Exit(1),
+            Outcome::Trap {
+                kind: "k".into(),
+                message: "m".into(),
+            },
+            Outcome::FuelExhausted,
+            Outcome::Timeout,
+            Outcome::Memory,
+            Outcome::OutputTooLarge { stream: "stdout" },
+            Outcome::LoadError("x".into()),
+        ]
+        .map(|outcome| outcome.kind());
+        assert_eq!(
+            kinds,
+            [
+                "ok",
+                "exit",
+                "trap",
+                "fuel_exhausted",
+                "timeout",
+                "memory",
+                "output_too_large",
+                "load_error"
+            ]
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! The sandbox through the CLI: `jobhost run` with one purpose-built processor per outcome,
+//! the built-in echo, drop-in processors, `jobhost processors`, and the compile cache.
+//!
+//! The processors are WAT text in `tests/fixtures/processors/`. The registry only looks at
+//! `NAME.wasm` files, so [`Pool::add_processor`] copies `foo.wat` in as `foo.wasm`: wasmtime
+//! compiles text modules as well as binary ones, so the copy runs as is.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::Pool;
+
+/// `jobhost run NAME --json EXTRA...`: the report, after checking its fixed shape and that
+/// the exit status is 0 exactly when the outcome is `ok`.
+fn run(pool: &Pool, name: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["run", name, "--json"];
+    args.extend_from_slice(extra);
+    let output = pool.run(&args);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "jobhost {args:?} printed no JSON report ({err}):\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let keys: BTreeSet<&str> = report.as_object().expect("an object").keys().map(String::as_str).collect();
+    let expected = ["processor", "outcome", "result", "exit_code", "message", "stderr", "fuel_used", "duration_ms"];
+    assert_eq!(keys, BTreeSet::from(expected), "{report}");
+    assert_eq!(report["processor"], name);
+    assert_eq!(output.status.success(), report["outcome"] == "ok", "exit status {} for {report}", output.status);
+    report
+}
+
+/// Copies fixture `NAME.wat` into a fresh pool as processor `NAME` and runs it.
+fn run_fixture(name: &str, extra: &[&str]) -> Value {
+    let pool = Pool::new("");
+    pool.add_processor(&format!("{name}.wat"), name);
+    run(&pool, name, extra)
+}
+
+fn message(report: &Value) -> &str {
+    report["message"].as_str().unwrap_or_else(|| panic!("no message in {report}"))
+}
+
+fn millis(report: &Value) -> f64 {
+    report["duration_ms"].as_f64().unwrap()
+}
+
+#[test]
+fn echo_wraps_its_payload() {
+    let pool = Pool::new("");
+    let report = run(&pool, "echo", &["--payload", r#"{"x":1}"#]);
+    assert_eq!(report["outcome"], "ok");
+    assert_eq!(report["result"], json!({"status": "completed", "processed": true, "echo": {"x": 1}}));
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["message"], Value::Null);
+    assert_eq!(report["stderr"], "");
+    assert!(report["fuel_used"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn run_without_json_prints_the_result_for_people() {
+    let pool = Pool::new("");
+    let stdout = pool.ok(&["run", "echo", "--payload", r#"{"x":1}"#]);
+    assert!(stdout.starts_with("echo: ok in "), "{stdout}");
+    assert!(stdout.contains("\"echo\": {\n    \"x\": 1\n  }"), "{stdout}");
+}
+
+#[test]
+fn echo_round_trips_unicode_and_nested_payloads() {
+    let pool = Pool::new("");
+    let payload = json!({
+        "text": "héllo wörld — 日本語 🚀 \u{0} \"quoted\" \\ \n",
+        "deep": [[[[{"a": [1, 2.5, -3e10, true, null, {}, []]}]]]],
+        "delay_ms_is_not_this": "delay_ms",
+    });
+    let report = run(&pool, "echo", &["--payload", &payload.to_string()]);
+    assert_eq!(report["result"]["echo"], payload);
+}
+
+#[test]
+fn echo_round_trips_a_payload_of_almost_a_mebibyte() {
+    let pool = Pool::new("");
+    let item = "ü→x".repeat(166); // 996 bytes of UTF-8
+    let payload = json!({"items": (0..1000).map(|n| json!({"n": n, "s": item})).collect::<Vec<_>>()});
+    let text = payload.to_string();
+    assert!((1_000_000..1_040_000).contains(&text.len()), "payload is {} bytes", text.len());
+    let file = pool.path("payload.json");
+    fs::write(&file, &text).unwrap();
+    let report = run(&pool, "echo", &["--payload-file", file.to_str().unwrap()]);
+    assert_eq!(report["outcome"], "ok", "{}", message(&report));
+    assert_eq!(report["result"]["echo"], payload);
+}
+
+#[test]
+fn echo_sleeps_for_delay_ms() {
+    let pool = Pool::new("");
+    let report = run(&pool, "echo", &["--payload", r#"{"delay_ms": 120}"#]);
+    assert_eq!(report["outcome"], "ok");
+    assert!(millis(&report) >= 120.0, "{report}");
+}
+
+#[test]
+fn invalid_payload_is_refused_naming_the_flag() {
+    let pool = Pool::new("");
+    let stderr = pool.fails(&["run", "echo", "--payload", "{not json"]);
+    assert!(stderr.contains("--payload is not valid JSON"), "{stderr}");
+
+    fs::write(pool.path("bad.json"), "[1,").unwrap();
+    let stderr = pool.fails(&["run", "echo", "--payload-file", pool.path("bad.json").to_str().unwrap()]);
+    assert!(stderr.contains("--payload-file") && stderr.contains("not valid JSON"), "{stderr}");
+}
+
+#[test]
+fn trap_is_reported_with_its_kind_and_stderr() {
+    let report = run_fixture("trap", &[]);
+    assert_eq!(report["outcome"], "trap");
+    assert!(message(&report).contains("unreachable_code_reached"), "{report}");
+    assert!(message(&report).contains("wasm `unreachable` instruction executed at "), "{report}");
+    assert_eq!(report["stderr"], "about to trap\n");
+    assert_eq!((&report["result"], &report["exit_code"]), (&Value::Null, &Value::Null));
+}
+
+#[test]
+fn endless_recursion_is_a_stack_overflow_trap() {
+    let report = run_fixture("stack_overflow", &[]);
+    assert_eq!(report["outcome"], "trap");
+    let message = message(&report);
+    assert!(message.contains("stack_overflow") && message.contains("at recurse <- recurse"), "{report}");
+    assert!(message.ends_with(" frames)") && message.len() < 500, "the backtrace is cut short: {message}");
+}
+
+#[test]
+fn endless_loop_runs_out_of_fuel() {
+    let report = run_fixture("spin", &["--fuel", "1000000"]);
+    assert_eq!(report["outcome"], "fuel_exhausted");
+    assert_eq!(report["fuel_used"], 1_000_000);
+    assert!(message(&report).contains("processors.limits.fuel"), "{report}");
+}
+
+#[test]
+fn endless_loop_with_fuel_to_spare_stops_at_the_deadline() {
+    let started = Instant::now();
+    let report = run_fixture("spin", &["--fuel", "1000000000000000", "--timeout", "300ms"]);
+    assert_eq!(report["outcome"], "timeout");
+    assert!(report["fuel_used"].as_u64().unwrap() > 1_000_000, "the fuel burnt is counted: {report}");
+    assert!((300.0..1500.0).contains(&millis(&report)), "{report}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn guest_sleeping_past_the_deadline_is_cut_off_at_it() {
+    let started = Instant::now();
+    let report = run_fixture("sleeper", &["--timeout", "300ms"]);
+    assert_eq!(report["outcome"], "timeout");
+    assert!(message(&report).contains("processors.limits.timeout"), "{report}");
+    assert!((300.0..1500.0).contains(&millis(&report)), "{report}");
+    // The whole process, start-up and compilation included, not just the run.
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn echo_sleeping_past_the_deadline_is_cut_off_at_it() {
+    let pool = Pool::new("");
+    let report = run(&pool, "echo", &["--payload", r#"{"delay_ms": 600000}"#, "--timeout", "300ms"]);
+    assert_eq!(report["outcome"], "timeout");
+    assert!((300.0..1500.0).contains(&millis(&report)), "{report}");
+}
+
+#[test]
+fn allocation_bomb_ends_at_the_memory_cap_and_host_memory_stays_bounded() {
+    let report = run_fixture("alloc_bomb", &["--memory", "32MiB"]);
+    assert_eq!(report["outcome"], "memory");
+    assert!(message(&report).contains("processors.limits.memory"), "{report}");
+    // Unbounded, the bomb would make 4 GiB resident. The peak over every child this test
+    // binary has waited for must stay near the cap plus the host's own footprint.
+    let peak = peak_child_rss_bytes();
+    assert!(peak < 256 << 20, "a jobhost child peaked at {} MiB resident", peak >> 20);
+}
+
+#[test]
+fn output_flood_fails_as_too_large_without_hanging() {
+    let started = Instant::now();
+    let report = run_fixture("flood", &[]);
+    assert_eq!(report["outcome"], "output_too_large");
+    assert!(message(&report).contains("stdout"), "{report}");
+    assert_eq!(report["result"], Value::Null);
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn guest_finds_no_files_and_only_its_job_environment() {
+    let report = run_fixture("snoop", &[]);
+    assert_eq!(report["outcome"], "ok");
+    // Not JSON, so the result is the text.
+    let text = report["result"].as_str().unwrap_or_else(|| panic!("{report}"));
+    let lines: BTreeMap<&str, Vec<&str>> = text
+        .lines()
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next().unwrap(), words.collect())
+        })
+        .collect();
+    const EBADF: &str = "8";
+    assert_eq!(lines["prestat"], [EBADF], "a directory was preopened: {text}");
+    assert_eq!(lines["open"], [EBADF], "path_open found something: {text}");
+    assert_eq!(lines["args"], ["snoop"]);
+    let env = &lines["env"];
+    assert_eq!(env.len(), 3, "{text}");
+    assert!(env[0].starts_with("JOB_ID=run-") && env[0].len() > "JOB_ID=run-".len(), "{text}");
+    assert_eq!(env[1..], ["JOB_ATTEMPT=1", "JOB_POOL=default"]);
+}
+
+#[test]
+fn nonzero_exit_is_reported_with_its_code_and_stderr() {
+    let report = run_fixture("exit3", &[]);
+    assert_eq!(report["outcome"], "exit");
+    assert_eq!(report["exit_code"], 3);
+    assert_eq!(report["stderr"], "bad input\n");
+    assert!(message(&report).contains("status 3"), "{report}");
+}
+
+#[test]
+fn proc_exit_zero_is_success() {
+    let report = run_fixture("exit0", &[]);
+    assert_eq!(report["outcome"], "ok");
+    assert_eq!(report["result"], json!({"done": true}));
+    assert_eq!(report["exit_code"], 0);
+}
+
+#[test]
+fn modules_that_cannot_load_are_load_errors() {
+    let pool = Pool::new("");
+    fs::write(pool.path("processors/garbage.wasm"), b"\x7fELF\x02\x01\x01\0 definitely not wasm").unwrap();
+    fs::write(pool.path("processors/empty.wasm"), b"").unwrap();
+    pool.add_processor("no_start.wat", "no_start");
+    pool.add_processor("bad_import.wat", "bad_import");
+    let cases = [
+        ("garbage", "garbage.wasm"),
+        ("empty", "empty file"),
+        ("no_start", "_start"),
+        ("bad_import", "launch_missiles"),
+        ("nope", "no nope.wasm in"),
+        ("../etc", "invalid processor name"),
+    ];
+    for (name, expected) in cases {
+        let report = run(&pool, name, &[]);
+        assert_eq!(report["outcome"], "load_error", "{name}: {report}");
+        assert!(message(&report).contains(expected), "{name}: expected {expected:?} in {report}");
+        assert_eq!(report["stderr"], Value::Null, "{report}");
+    }
+}
+
+#[test]
+fn processors_lists_broken_files_beside_working_ones() {
+    let pool = Pool::new("processors:\n  overrides:\n    spin: {fuel: 1234}\n");
+    pool.add_processor("spin.wat", "spin");
+    pool.add_processor("no_start.wat", "no_start");
+    fs::write(pool.path("processors/garbage.wasm"), b"garbage").unwrap();
+    fs::write(pool.path("processors/bad name.wasm"), b"(module)").unwrap();
+    // Ignored: not `*.wasm`, or not directly in the folder.
+    fs::write(pool.path("processors/README.md"), b"notes").unwrap();
+    fs::create_dir(pool.path("processors/src")).unwrap();
+    pool.add_processor("spin.wat", "src/nested");
+
+    let list = pool.json(&["processors"]);
+    let by_name: BTreeMap<&str, &Value> =
+        list.as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap(), p)).collect();
+    assert_eq!(by_name.keys().copied().collect::<Vec<_>>(), ["bad name", "echo", "garbage", "no_start", "spin"]);
+
+    let echo = by_name["echo"];
+    assert_eq!((&echo["status"], &echo["source"], &echo["overrides_builtin"]), (&json!("ok"), &json!("built-in"), &json!(false)));
+    assert_eq!(echo["limits"]["fuel"], 10_000_000_000u64);
+
+    let spin = by_name["spin"];
+    assert_eq!(spin["status"], "ok");
+    assert_eq!(spin["error"], Value::Null);
+    assert!(spin["source"].as_str().unwrap().ends_with("spin.wasm"));
+    assert_eq!(spin["size"], fs::metadata(pool.path("processors/spin.wasm")).unwrap().len());
+    assert_eq!(spin["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(spin["limits"], json!({"fuel": 1234, "timeout_ms": 30000, "memory_bytes": 64 << 20, "stdout_bytes": 1 << 20, "stderr_bytes": 64 << 10}));
+
+    for (name, expected) in [("no_start", "_start"), ("garbage", "cannot be loaded"), ("bad name", "invalid processor name")] {
+        assert_eq!(by_name[name]["status"], "broken", "{name}");
+        let error = by_name[name]["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{name}: expected {expected:?} in {error}");
+    }
+}
+
+#[test]
+fn a_file_named_like_a_builtin_overrides_it() {
+    let pool = Pool::new("");
+    pool.add_processor("exit0.wat", "echo");
+    let list = pool.json(&["processors"]);
+    let echo = &list[0];
+    assert_eq!((&echo["name"], &echo["overrides_builtin"]), (&json!("echo"), &json!(true)), "{list}");
+    assert!(echo["source"].as_str().unwrap().ends_with("echo.wasm"));
+    assert_eq!(run(&pool, "echo", &[])["result"], json!({"done": true}));
+}
+
+#[test]
+fn a_processor_dropped_in_is_picked_up() {
+    let pool = Pool::new("");
+    assert_eq!(run(&pool, "late", &[])["outcome"], "load_error");
+    pool.add_processor("exit0.wat", "late");
+    assert_eq!(run(&pool, "late", &[])["outcome"], "ok");
+    // Replaced the safe way (a new file renamed over the old one).
+    fs::copy(support::fixtures().join("exit3.wat"), pool.path("processors/late.tmp")).unwrap();
+    fs::rename(pool.path("processors/late.tmp"), pool.path("processors/late.wasm")).unwrap();
+    assert_eq!(run(&pool, "late", &[])["exit_code"], 3);
+}
+
+/// The compile cache's entries (`*.cwasm`).
+fn cache_entries(pool: &Pool) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = fs::read_dir(pool.path("data/cache"))
+        .expect("the cache folder beside the database")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn compiled_modules_are_cached_and_a_damaged_entry_is_rebuilt() {
+    let pool = Pool::new("");
+    assert_eq!(run(&pool, "echo", &[])["outcome"], "ok");
+    let entries = cache_entries(&pool);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    let original = fs::read(entry).unwrap();
+    let modified = fs::metadata(entry).unwrap().modified().unwrap();
+
+    // A hit leaves the entry alone.
+    assert_eq!(run(&pool, "echo", &[])["outcome"], "ok");
+    assert_eq!(fs::metadata(entry).unwrap().modified().unwrap(), modified);
+
+    // Damage in the middle (machine code, which wasmtime itself does not check) and a
+    // truncated entry are both caught, logged, and replaced by a fresh compile.
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    for byte in &mut flipped[middle..middle + 16] {
+        *byte ^= 0xA5;
+    }
+    for damaged in [flipped, original[..100].to_vec()] {
+        fs::write(entry, &damaged).unwrap();
+        let output = pool.run(&["run", "echo", "--json"]);
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["outcome"], "ok", "{report}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is unusable") && stderr.contains("recompiling"), "{stderr}");
+        assert_eq!(cache_entries(&pool), entries);
+        assert_eq!(fs::read(entry).unwrap(), original, "the rebuilt entry differs from the first compile");
+    }
+}
+
+/// The largest resident set of any child process this test binary has waited for.
+fn peak_child_rss_bytes() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage), 0);
+        usage
+    };
+    // Linux reports kibibytes.
+    usage.ru_maxrss as u64 * 1024
+}
