@@ -1,0 +1,144 @@
+//! `jobhost check`: compare ready jobs with live workers and spawn the missing workers.
+//!
+//! needed = min(ready jobs, max_workers); spawn = needed − live, where live counts
+//! `starting` workers and `active` ones with a fresh heartbeat. New workers are registered
+//! as `starting` in the same transaction that counted (see `Store::plan_workers`), before
+//! they are launched, so checks run back to back or side by side never over-spawn.
+//!
+//! Workers are fire-and-forget: each is a `jobhost work` process in a session of its own
+//! (a signal to the checker's terminal does not reach it), with the checker's config and
+//! database, logging to `<data dir>/logs/<worker-id>.log`.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::CheckArgs;
+use crate::config::Config;
+use crate::reaper;
+use crate::store::Store;
+
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    queue_depth: u64,
+    active_workers: u64,
+    workers_needed: u64,
+    spawned: usize,
+    spawned_ids: Vec<String>,
+}
+
+pub fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
+    let max_workers = args.max_workers.unwrap_or(config.checker.max_workers);
+    let mut store = Store::open(&config.database)?;
+    let Some(interval) = args.interval else {
+        check_once(&mut store, config, &args.pool, max_workers, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    anyhow::ensure!(interval > 0, "--interval must be at least 1 second");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut children = Vec::new();
+        loop {
+            let reaped = reaper::reap_once(&mut store, config, Some(&args.pool), config.reaper.stale_after.0)?;
+            if reaped.reaped_count > 0 || reaped.jobs_released > 0 || reaped.jobs_poisoned > 0 {
+                tracing::info!(?reaped, "reaped");
+            }
+            children.extend(check_once(&mut store, config, &args.pool, max_workers, args.json)?);
+            // Collect the workers that exited, so they do not linger as zombies.
+            children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, json: bool) -> Result<Vec<Child>> {
+    let plan = store.plan_workers(pool, max_workers, config.reaper.stale_after.0)?;
+    let mut children = Vec::new();
+    for worker_id in &plan.new_workers {
+        match spawn_worker(config, pool, worker_id) {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                // Nothing will ever run under this id: end its registration now rather
+                // than leaving it to the start grace.
+                store.deregister_worker(worker_id)?;
+                return Err(err);
+            }
+        }
+    }
+    let report = CheckReport {
+        queue_depth: plan.queue_depth,
+        active_workers: plan.live_workers,
+        workers_needed: plan.workers_needed,
+        spawned: plan.new_workers.len(),
+        spawned_ids: plan.new_workers,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "pool {pool}: {} ready job(s), {} live worker(s), {} needed; spawned {}",
+            report.queue_depth, report.active_workers, report.workers_needed, report.spawned
+        );
+        for id in &report.spawned_ids {
+            println!("  started worker {id}");
+        }
+    }
+    Ok(children)
+}
+
+/// Launches `jobhost work` for a worker already registered as `starting`.
+fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
+    let log_dir = data_dir(config).join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create the worker log folder {}", log_dir.display()))?;
+    let log_path = log_dir.join(format!("{worker_id}.log"));
+    let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+
+    let exe = std::env::current_exe().context("cannot find the jobhost executable to spawn workers")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("--db")
+        .arg(absolute(&config.database.path))
+        .arg("--processors-dir")
+        .arg(absolute(&config.processors.dir));
+    if let Some(source) = &config.source {
+        command.arg("--config").arg(absolute(source));
+    }
+    command
+        .args(["--log-level", "info", "work", "--pool", pool, "--worker-id", worker_id])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Safety: setsid is async-signal-safe, as required between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().context("cannot spawn a `jobhost work` process")
+}
+
+fn data_dir(config: &Config) -> PathBuf {
+    config.database.path.parent().map_or_else(PathBuf::new, Path::to_path_buf)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

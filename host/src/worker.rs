@@ -1,0 +1,341 @@
+//! `jobhost work`: one worker process — register, claim, run in the sandbox, record, exit.
+//!
+//! Shape of a worker:
+//! - a tokio runtime drives up to `concurrency` sandboxed runs at once; claims are batched
+//!   to the free slots, so a busy worker takes one write transaction per batch, not per job;
+//! - store calls are short blocking SQLite transactions, made on tokio's blocking pool so
+//!   they never stall a running guest;
+//! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
+//!   cannot delay them and a long job keeps its lease;
+//! - the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within their
+//!   deadlines; a second one exits at once (the reaper recovers what was held).
+//!
+//! Every complete/fail is fenced on the claim: if the reaper gave the job away meanwhile,
+//! the late answer changes nothing and is logged.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::cli::WorkArgs;
+use crate::config::Config;
+use crate::processors::Registry;
+use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
+use crate::store::{AttemptReport, ClaimedJob, FailOutcome, Fence, NewWorker, RetryPolicy, Store};
+
+/// Everything the job tasks share.
+struct Shared {
+    config: Config,
+    store: Mutex<Store>,
+    registry: Mutex<Registry>,
+    sandbox: Sandbox,
+    retry: RetryPolicy,
+    worker_id: String,
+    json: bool,
+}
+
+/// What became of one job, printed as a JSON line with `--json`.
+#[derive(Debug, Serialize)]
+struct JobLine {
+    job_id: String,
+    processor: String,
+    attempt: u32,
+    outcome: &'static str,
+    /// `completed`, `retrying`, `poisoned`, or `stale` when the claim had been taken away.
+    status: &'static str,
+    message: Option<String>,
+    duration_ms: u64,
+    fuel_used: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    worker_id: String,
+    processed: u64,
+    completed: u64,
+    failed: u64,
+    /// The worker's final status: `terminated`, or `lost` when the reaper had given up on it.
+    status: &'static str,
+}
+
+pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
+    let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
+    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    let max_jobs = if args.once { Some(1) } else { args.max_jobs };
+    anyhow::ensure!(max_jobs != Some(0), "--max-jobs must be at least 1");
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+
+    let mut store = Store::open(&config.database)?;
+    store.activate_worker(&NewWorker {
+        id: worker_id.clone(),
+        pool: args.pool.clone(),
+        host: hostname(),
+        pid: Some(std::process::id()),
+    })?;
+    tracing::info!(worker_id, pool = args.pool, concurrency, "worker started");
+
+    let setup = || -> Result<Shared> {
+        let sandbox = Sandbox::new(concurrency)?;
+        Ok(Shared {
+            config: config.clone(),
+            store: Mutex::new(store),
+            registry: Mutex::new(Registry::new(config, &sandbox)),
+            sandbox,
+            retry: RetryPolicy::from_config(&config.retry),
+            worker_id: worker_id.clone(),
+            json: args.json,
+        })
+    };
+    let shared = match setup() {
+        Ok(shared) => Arc::new(shared),
+        Err(err) => {
+            // Deregister so the failed start is not mistaken for a crash.
+            if let Ok(mut store) = Store::open(&config.database) {
+                let _ = store.deregister_worker(&worker_id);
+            }
+            return Err(err);
+        }
+    };
+
+    let lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = Heartbeat::start(config, &worker_id, lost.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency.min(available_cores()) as usize)
+        .enable_all()
+        .build()
+        .context("cannot start the worker's async runtime")?;
+    let result = runtime.block_on(work_loop(shared.clone(), &args.pool, concurrency, max_jobs, lost.clone()));
+    heartbeat.stop();
+
+    let mut summary = result?;
+    summary.worker_id = worker_id.clone();
+    summary.status = if lost.load(Ordering::SeqCst) { "lost" } else { "terminated" };
+    shared.store.lock().unwrap().deregister_worker(&worker_id)?;
+    tracing::info!(worker_id, processed = summary.processed, "worker finished");
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if summary.processed == 0 {
+        println!("worker {worker_id}: no work available");
+    } else {
+        println!(
+            "worker {worker_id}: processed {} job(s): {} completed, {} failed",
+            summary.processed, summary.completed, summary.failed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
+/// the reaper declares this worker lost.
+async fn work_loop(
+    shared: Arc<Shared>,
+    pool: &str,
+    concurrency: u32,
+    max_jobs: Option<u64>,
+    lost: Arc<AtomicBool>,
+) -> Result<Summary> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stop_notify = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(watch_signals(stopping.clone(), stop_notify.clone()));
+
+    let mut summary = Summary::default();
+    let mut in_flight: JoinSet<Result<JobLine>> = JoinSet::new();
+    let mut claimed_total: u64 = 0;
+    loop {
+        let may_claim = !stopping.load(Ordering::SeqCst)
+            && !lost.load(Ordering::SeqCst)
+            && max_jobs.is_none_or(|max| claimed_total < max);
+        let free_slots = concurrency as u64 - in_flight.len() as u64;
+        if may_claim && free_slots > 0 {
+            let want = max_jobs.map_or(free_slots, |max| free_slots.min(max - claimed_total));
+            let claimed = blocking(&shared, {
+                let pool = pool.to_owned();
+                let lease = shared.config.reaper.stale_after.0;
+                let worker_id = shared.worker_id.clone();
+                move |shared| shared.store.lock().unwrap().claim(&pool, &worker_id, lease, want as u32)
+            })
+            .await?;
+            claimed_total += claimed.len() as u64;
+            let got_any = !claimed.is_empty();
+            for job in claimed {
+                in_flight.spawn(process(shared.clone(), job));
+            }
+            if got_any {
+                continue;
+            }
+        }
+        // Nothing more to claim right now: wait for a running job (whose failure may make
+        // its job ready again), or stop when nothing is running.
+        let finished = tokio::select! {
+            finished = in_flight.join_next() => finished,
+            _ = stop_notify.notified(), if !in_flight.is_empty() => continue,
+        };
+        let Some(finished) = finished else { break };
+        let line = finished.context("a job task panicked")??;
+        summary.processed += 1;
+        if line.status == "completed" {
+            summary.completed += 1;
+        } else {
+            summary.failed += 1;
+        }
+        if shared.json {
+            println!("{}", serde_json::to_string(&line)?);
+        }
+    }
+    Ok(summary)
+}
+
+/// Runs one claimed job in the sandbox and records the outcome, fenced on the claim.
+async fn process(shared: Arc<Shared>, job: ClaimedJob) -> Result<JobLine> {
+    let program = blocking(&shared, {
+        let name = job.processor.clone();
+        move |shared| Ok(shared.registry.lock().unwrap().load(&name))
+    })
+    .await?;
+    let limits = shared.config.limits_for(&job.processor);
+    let report = match program {
+        Ok(program) => {
+            let input = JobInput {
+                job_id: &job.id,
+                attempt: job.attempt,
+                pool: &job.pool,
+                processor: &job.processor,
+                payload: job.payload.as_bytes(),
+            };
+            shared.sandbox.run(&program, input, &limits).await
+        }
+        Err(err) => RunReport::load_error(format!("{err:#}")),
+    };
+    let line = blocking(&shared, move |shared| record(shared, &job, &report)).await?;
+    tracing::info!(job_id = line.job_id, outcome = line.outcome, status = line.status, "job finished");
+    Ok(line)
+}
+
+/// Completes or fails the job according to `report`.
+fn record(shared: &Shared, job: &ClaimedJob, report: &RunReport) -> Result<JobLine> {
+    let message = report.outcome.message();
+    let attempt = AttemptReport {
+        kind: report.outcome.kind(),
+        message: message.as_deref(),
+        stderr: Some(report.stderr.as_str()).filter(|s| !s.is_empty()),
+        fuel_used: Some(report.fuel_used),
+        duration_ms: Some(report.duration.as_millis() as u64),
+    };
+    let mut store = shared.store.lock().unwrap();
+    let status = match &report.outcome {
+        Outcome::Ok(result) => match store.complete(job, &result.to_string(), &attempt)? {
+            Fence::Applied => "completed",
+            Fence::Stale => "stale",
+        },
+        _ => match store.fail(job, &attempt, &shared.retry)? {
+            FailOutcome::Retrying { .. } => "retrying",
+            FailOutcome::Poisoned => "poisoned",
+            FailOutcome::Stale => "stale",
+        },
+    };
+    if status == "stale" {
+        tracing::warn!(
+            job_id = job.id,
+            worker_id = shared.worker_id,
+            "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
+            attempt.kind
+        );
+    }
+    Ok(JobLine {
+        job_id: job.id.clone(),
+        processor: job.processor.clone(),
+        attempt: job.attempt,
+        outcome: report.outcome.kind(),
+        status,
+        message: message.clone(),
+        duration_ms: report.duration.as_millis() as u64,
+        fuel_used: report.fuel_used,
+    })
+}
+
+/// Runs a short blocking call (store or registry) off the async workers.
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    call: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || call(&shared)).await.context("a store call panicked")?
+}
+
+/// First signal: stop claiming. Second: exit at once.
+async fn watch_signals(stopping: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; SIGTERM will kill the worker at once");
+        return;
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round > 0 {
+            tracing::warn!("second signal: exiting now; the reaper will recover the jobs still held");
+            std::process::exit(130);
+        }
+        tracing::info!("signal received: finishing the jobs in flight, claiming no more");
+        stopping.store(true, Ordering::SeqCst);
+        notify.notify_waiters();
+    }
+}
+
+/// The heartbeat thread: renews the worker's liveness and its jobs' leases on a fixed
+/// schedule, with its own connection so job work never delays it.
+struct Heartbeat {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(config: &Config, worker_id: &str, lost: Arc<AtomicBool>) -> Result<Heartbeat> {
+        let mut store = Store::open(&config.database)?;
+        let interval = config.worker.heartbeat_interval.0;
+        let lease = config.reaper.stale_after.0;
+        let worker_id = worker_id.to_owned();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+            loop {
+                match stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                match store.heartbeat(&worker_id, lease) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(worker_id, "the reaper declared this worker lost; it stops claiming");
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(err) => tracing::warn!(worker_id, "heartbeat failed (will retry): {err:#}"),
+                }
+            }
+        })?;
+        Ok(Heartbeat { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+fn available_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}

@@ -1,0 +1,248 @@
+//! The worker lifecycle with real processes on a real SQLite file: the checker spawning
+//! workers, workers running jobs in the sandbox, retries and poisoning, workers killed
+//! mid-job and recovered by the reaper, heartbeats, graceful shutdown, and chaos.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Pool, jobs_count};
+
+/// Fast heartbeats and short staleness so lost workers are noticed within a test.
+const FAST_LIFECYCLE: &str = "
+retry: {backoff_initial: 0, backoff_max: 0}
+worker: {heartbeat_interval: 100ms}
+reaper: {stale_after: 2s}
+checker: {start_grace: 10s}
+";
+
+/// Traps on every run.
+const ALWAYS_TRAPS: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") unreachable))"#;
+
+/// Exits 1 unless its environment holds `JOB_ATTEMPT=3`, so it succeeds on the third try.
+const THIRD_TIME_LUCKY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  ;; The entry to look for, NUL-terminated by the zeroed byte after it.
+  (data (i32.const 0) "JOB_ATTEMPT=3")
+  (func (export "_start")
+    (local $count i32) (local $i i32) (local $entry i32) (local $j i32)
+    (drop (call $sizes (i32.const 16) (i32.const 20)))
+    (local.set $count (i32.load (i32.const 16)))
+    (drop (call $environ (i32.const 1024) (i32.const 4096)))
+    (block $none
+      (loop $next_entry
+        (br_if $none (i32.ge_u (local.get $i) (local.get $count)))
+        (local.set $entry (i32.load (i32.add (i32.const 1024) (i32.shl (local.get $i) (i32.const 2)))))
+        (local.set $j (i32.const 0))
+        (block $differs
+          (loop $next_byte
+            (br_if $differs (i32.ne (i32.load8_u (i32.add (local.get $entry) (local.get $j)))
+                                    (i32.load8_u (local.get $j))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br_if $next_byte (i32.lt_u (local.get $j) (i32.const 14))))
+          (return))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next_entry)))
+    (call $exit (i32.const 1))))"#;
+
+fn outcomes(job: &Value) -> Vec<String> {
+    job["attempt_history"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap_or("running").to_owned()).collect()
+}
+
+fn job_by_payload(pool: &Pool, payload: &str) -> Value {
+    pool.all_jobs().into_iter().find(|j| j["payload"].to_string() == payload).expect("job with that payload")
+}
+
+fn signal(child: &Child, signal: i32) {
+    // Safety: plain kill(2) on a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0, "kill failed");
+}
+
+#[test]
+fn check_spawns_workers_that_drain_the_pool() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--count", "20", "--payload", r#"{"delay_ms": 100}"#]);
+
+    let first = pool.json(&["check", "--max-workers", "3"]);
+    assert_eq!((first["queue_depth"].as_u64(), first["workers_needed"].as_u64(), first["spawned"].as_u64()), (Some(20), Some(3), Some(3)), "{first}");
+    let second = pool.json(&["check", "--max-workers", "3"]);
+    assert_eq!((second["active_workers"].as_u64(), second["spawned"].as_u64()), (Some(3), Some(0)), "{second}");
+
+    let status = pool.wait_for_status(Duration::from_secs(60), "the pool to drain", |s| {
+        jobs_count(s, "completed") == 20 && s["workers"]["starting"] == 0 && s["workers"]["active"] == 0
+    });
+    assert_eq!(status["workers"]["terminated"], 3, "exactly the three spawned workers ever ran: {status}");
+    for job in pool.all_jobs() {
+        assert_eq!(job["result"], json!({"status": "completed", "processed": true, "echo": job["payload"]}));
+        assert_eq!(outcomes(&job), ["ok"]);
+    }
+    let ids = first["spawned_ids"].as_array().unwrap();
+    for id in ids {
+        let log = std::fs::read_to_string(pool.path(&format!("data/logs/{}.log", id.as_str().unwrap()))).unwrap();
+        assert!(log.contains("worker started"), "each worker logs to its own file: {log}");
+    }
+}
+
+#[test]
+fn a_killed_workers_job_completes_once_on_another_worker() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 1500}"#]);
+    let mut victim = pool.spawn(&["work", "--once"]);
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
+    let start = Instant::now();
+    while pool.json(&["reap", "--stale-after", "1"])["jobs_released"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the dead worker's job was never released");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let summary: Value = serde_json::from_str(pool.ok(&["work", "--json"]).lines().last().unwrap()).unwrap();
+    assert_eq!((summary["processed"].as_u64(), summary["completed"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let job = job_by_payload(&pool, r#"{"delay_ms":1500}"#);
+    assert_eq!(job["status"], "completed");
+    assert_eq!(outcomes(&job), ["worker_lost", "ok"]);
+}
+
+#[test]
+fn failing_processors_retry_then_poison_and_a_flaky_one_recovers() {
+    let pool = Pool::new(&format!("{FAST_LIFECYCLE}processors: {{overrides: {{echo: {{timeout: 200ms}}}}}}\n"));
+    std::fs::write(pool.path("processors/always_traps.wasm"), ALWAYS_TRAPS).unwrap();
+    std::fs::write(pool.path("processors/third_time_lucky.wasm"), THIRD_TIME_LUCKY).unwrap();
+    pool.ok(&["seed", "--processor", "always_traps", "--payload", r#""trap""#]);
+    pool.ok(&["seed", "--processor", "third_time_lucky", "--payload", r#""flaky""#]);
+    pool.ok(&["seed", "--processor", "echo", "--payload", r#"{"delay_ms": 60000}"#]);
+
+    let summary: Value = serde_json::from_str(pool.ok(&["work", "--json", "--concurrency", "3"]).lines().last().unwrap()).unwrap();
+    assert_eq!((summary["processed"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()), (Some(9), Some(1), Some(8)), "{summary}");
+
+    let trap = job_by_payload(&pool, r#""trap""#);
+    assert_eq!(trap["status"], "poisoned");
+    assert_eq!(outcomes(&trap), ["trap", "trap", "trap"]);
+    assert!(trap["attempt_history"][0]["message"].as_str().unwrap().contains("unreachable"), "{trap}");
+    assert!(trap["last_error"].as_str().unwrap().starts_with("trap"), "{trap}");
+
+    let flaky = job_by_payload(&pool, r#""flaky""#);
+    assert_eq!(flaky["status"], "completed");
+    assert_eq!(outcomes(&flaky), ["exit", "exit", "ok"]);
+
+    let sleepy = job_by_payload(&pool, r#"{"delay_ms":60000}"#);
+    assert_eq!(sleepy["status"], "poisoned");
+    assert_eq!(outcomes(&sleepy), ["timeout", "timeout", "timeout"]);
+    for attempt in sleepy["attempt_history"].as_array().unwrap() {
+        assert!(attempt["duration_ms"].as_u64().unwrap() < 5_000, "the deadline cut the sleep short: {attempt}");
+    }
+}
+
+#[test]
+fn a_long_job_keeps_its_worker_alive_through_heartbeats() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 5000}"#]);
+    let mut worker = pool.spawn(&["work", "--once"]);
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    let started = Instant::now();
+    // Reap with a threshold far below the job's length for as long as the job runs.
+    while worker.try_wait().unwrap().is_none() {
+        let reap = pool.json(&["reap", "--stale-after", "1"]);
+        assert_eq!(reap["reaped_count"], 0, "a live worker was reaped after {:?}: {reap}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(started.elapsed() > Duration::from_secs(2), "the job outlived the reap threshold");
+    let job = job_by_payload(&pool, r#"{"delay_ms":5000}"#);
+    assert_eq!((job["status"].as_str(), outcomes(&job)), (Some("completed"), vec!["ok".to_owned()]));
+}
+
+#[test]
+fn sigterm_finishes_the_job_in_flight_and_claims_no_more() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--count", "3", "--payload", r#"{"delay_ms": 1000}"#]);
+    let worker = pool.spawn(&["work", "--json"]);
+    pool.wait_for_status(Duration::from_secs(30), "a job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    signal(&worker, libc::SIGTERM);
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!((summary["processed"].as_u64(), summary["completed"].as_u64(), summary["status"].as_str()), (Some(1), Some(1), Some("terminated")));
+    let status = pool.status();
+    assert_eq!((jobs_count(&status, "completed"), jobs_count(&status, "pending"), jobs_count(&status, "claimed")), (1, 2, 0), "{status}");
+    assert_eq!(status["workers"]["terminated"], 1);
+}
+
+/// Workers are SIGKILLed at random while the reaper and checker run, then the pool is
+/// left to settle. Whatever the timing, every job must end completed or poisoned, no job
+/// may stay claimed or complete twice, and every attempt must be on record and closed.
+#[test]
+fn chaos_kills_lose_no_job_and_complete_none_twice() {
+    const JOBS: usize = 300;
+    let pool = Pool::new(
+        "retry: {backoff_initial: 0, backoff_max: 0, max_attempts: 10}\n\
+         worker: {heartbeat_interval: 100ms}\nreaper: {stale_after: 1s}\nchecker: {start_grace: 5s}\n",
+    );
+    pool.ok(&["seed", "--count", &JOBS.to_string(), "--payload", r#"{"delay_ms": 100}"#]);
+
+    // A small deterministic generator: the schedule of kills is the same on every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next_random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut workers: HashMap<u32, Child> = HashMap::new();
+    let keep_four_workers = |workers: &mut HashMap<u32, Child>| {
+        workers.retain(|_, child| child.try_wait().unwrap().is_none());
+        while workers.len() < 4 {
+            let child = pool.spawn(&["work", "--concurrency", "2"]);
+            workers.insert(child.id(), child);
+        }
+    };
+    // Chaos: twelve rounds, each killing one worker in the middle of its jobs.
+    for _ in 0..12 {
+        keep_four_workers(&mut workers);
+        std::thread::sleep(Duration::from_millis(300));
+        let pids: Vec<u32> = workers.keys().copied().collect();
+        let victim = pids[(next_random() % pids.len() as u64) as usize];
+        let mut child = workers.remove(&victim).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        pool.ok(&["reap"]);
+    }
+    // Settle: no more kills; reap and replace workers until nothing is pending or claimed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = pool.status();
+        if jobs_count(&status, "pending") == 0 && jobs_count(&status, "claimed") == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not settle: {status}");
+        keep_four_workers(&mut workers);
+        pool.ok(&["reap"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (_, mut child) in workers {
+        child.wait().unwrap();
+    }
+
+    let status = pool.status();
+    assert_eq!(jobs_count(&status, "completed") + jobs_count(&status, "poisoned"), JOBS as u64, "{status}");
+    assert_eq!(pool.count("SELECT count(*) FROM attempts WHERE outcome IS NULL"), 0, "an attempt was left open");
+    assert_eq!(
+        pool.count("SELECT count(*) FROM jobs j WHERE attempts != (SELECT count(*) FROM attempts a WHERE a.job_seq = j.seq)"),
+        0,
+        "every attempt counted on a job is in its history"
+    );
+    assert_eq!(
+        pool.count("SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM attempts a WHERE a.job_seq = j.seq AND a.outcome = 'ok') != (j.status = 'completed')"),
+        0,
+        "each completed job has exactly one successful attempt, the others none"
+    );
+    assert!(pool.count("SELECT count(*) FROM attempts WHERE outcome = 'worker_lost'") > 0, "the kills cost some attempts");
+}
