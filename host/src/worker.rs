@@ -1,8 +1,9 @@
 //! `jobhost work`: one worker process — register, claim, run in the sandbox, record, exit.
 //!
 //! Shape of a worker:
-//! - a tokio runtime drives up to `concurrency` sandboxed runs at once; claims are batched
-//!   to the free slots, so a busy worker takes one write transaction per batch, not per job;
+//! - a tokio runtime drives up to `concurrency` sandboxed runs at once; the jobs that
+//!   finished are recorded and their replacements claimed in one write transaction, so a
+//!   busy worker commits once per batch, not twice per job;
 //! - store calls are short blocking SQLite transactions, made on tokio's blocking pool so
 //!   they never stall a running guest;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
@@ -24,9 +25,9 @@ use tokio::task::JoinSet;
 
 use crate::cli::WorkArgs;
 use crate::config::Config;
-use crate::processors::Registry;
-use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
-use crate::store::{AttemptReport, ClaimedJob, FailOutcome, Fence, NewWorker, RetryPolicy, Store};
+use crate::processors::{LoadError, Registry};
+use crate::sandbox::{JobInput, Outcome, Prepared, RunReport, Sandbox};
+use crate::store::{AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, NewWorker, RetryPolicy, Store};
 
 /// Everything the job tasks share.
 struct Shared {
@@ -130,8 +131,17 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A job whose run ended, waiting to be recorded in the next batch.
+struct Finished {
+    job: ClaimedJob,
+    report: RunReport,
+}
+
 /// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
 /// the reaper declares this worker lost.
+///
+/// Each turn of the loop is one write transaction: it records every job that finished
+/// since the last turn and claims as many new ones as there are free slots.
 async fn work_loop(
     shared: Arc<Shared>,
     pool: &str,
@@ -144,62 +154,119 @@ async fn work_loop(
     tokio::spawn(watch_signals(stopping.clone(), stop_notify.clone()));
 
     let mut summary = Summary::default();
-    let mut in_flight: JoinSet<Result<JobLine>> = JoinSet::new();
+    let mut in_flight: JoinSet<Finished> = JoinSet::new();
+    let mut finished: Vec<Finished> = Vec::new();
     let mut claimed_total: u64 = 0;
     loop {
         let may_claim = !stopping.load(Ordering::SeqCst)
             && !lost.load(Ordering::SeqCst)
             && max_jobs.is_none_or(|max| claimed_total < max);
-        let free_slots = concurrency as u64 - in_flight.len() as u64;
-        if may_claim && free_slots > 0 {
-            let want = max_jobs.map_or(free_slots, |max| free_slots.min(max - claimed_total));
-            let claimed = blocking(&shared, {
-                let pool = pool.to_owned();
-                let lease = shared.config.reaper.stale_after.0;
-                let worker_id = shared.worker_id.clone();
-                move |shared| shared.store.lock().unwrap().claim(&pool, &worker_id, lease, want as u32)
-            })
-            .await?;
-            claimed_total += claimed.len() as u64;
-            let got_any = !claimed.is_empty();
-            for job in claimed {
-                in_flight.spawn(process(shared.clone(), job));
-            }
-            if got_any {
-                continue;
-            }
-        }
-        // Nothing more to claim right now: wait for a running job (whose failure may make
-        // its job ready again), or stop when nothing is running.
-        let finished = tokio::select! {
-            finished = in_flight.join_next() => finished,
-            _ = stop_notify.notified(), if !in_flight.is_empty() => continue,
+        let free_slots = u64::from(concurrency) - in_flight.len() as u64;
+        let want = match max_jobs {
+            _ if !may_claim => 0,
+            Some(max) => free_slots.min(max - claimed_total),
+            None => free_slots,
         };
-        let Some(finished) = finished else { break };
-        let line = finished.context("a job task panicked")??;
-        summary.processed += 1;
-        if line.status == "completed" {
-            summary.completed += 1;
-        } else {
-            summary.failed += 1;
+        if want > 0 || !finished.is_empty() {
+            let request = Settle { finished: std::mem::take(&mut finished), pool: pool.to_owned(), want: want as u32 };
+            let (lines, claimed) = blocking(&shared, move |shared| settle(shared, request)).await?;
+            for line in lines {
+                summary.count(&line);
+                if shared.json {
+                    println!("{}", serde_json::to_string(&line)?);
+                }
+            }
+            claimed_total += claimed.len() as u64;
+            for (job, program) in claimed {
+                in_flight.spawn(run_job(shared.clone(), job, program));
+            }
         }
-        if shared.json {
-            println!("{}", serde_json::to_string(&line)?);
+        if in_flight.is_empty() {
+            // Nothing running and nothing more to claim: the pool is drained (or we stop).
+            break;
+        }
+        // Wait for a run to end (its failure may make its job ready again), then take every
+        // other run that ended meanwhile into the same batch.
+        tokio::select! {
+            done = in_flight.join_next() => {
+                if let Some(done) = done {
+                    finished.push(done.context("a job task panicked")?);
+                }
+            }
+            _ = stop_notify.notified() => {}
+        }
+        while let Some(done) = in_flight.try_join_next() {
+            finished.push(done.context("a job task panicked")?);
         }
     }
     Ok(summary)
 }
 
-/// Runs one claimed job in the sandbox and records the outcome, fenced on the claim.
-async fn process(shared: Arc<Shared>, job: ClaimedJob) -> Result<JobLine> {
-    let program = blocking(&shared, {
-        let name = job.processor.clone();
-        move |shared| Ok(shared.registry.lock().unwrap().load(&name))
-    })
-    .await?;
-    let limits = shared.config.limits_for(&job.processor);
+impl Summary {
+    fn count(&mut self, line: &JobLine) {
+        self.processed += 1;
+        if line.status == "completed" {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+/// One turn's store work: record `finished`, claim up to `want` jobs.
+struct Settle {
+    finished: Vec<Finished>,
+    pool: String,
+    want: u32,
+}
+
+type Program = Result<Arc<Prepared>, LoadError>;
+
+/// Records the finished jobs and claims new ones in one transaction, then finds each new
+/// job's processor (after the commit, so the write lock is held as briefly as possible).
+fn settle(shared: &Shared, request: Settle) -> Result<(Vec<JobLine>, Vec<(ClaimedJob, Program)>)> {
+    let mut store = shared.store.lock().unwrap();
+    let mut batch = store.batch()?;
+    let mut lines = Vec::with_capacity(request.finished.len());
+    for Finished { job, report } in &request.finished {
+        lines.push(record(&mut batch, shared, job, report)?);
+    }
+    let claimed = if request.want > 0 {
+        batch.claim(&request.pool, &shared.worker_id, shared.config.reaper.stale_after.0, request.want)?
+    } else {
+        Vec::new()
+    };
+    batch.commit()?;
+    drop(store);
+
+    for line in &lines {
+        if line.status == "stale" {
+            tracing::warn!(
+                job_id = line.job_id,
+                worker_id = shared.worker_id,
+                "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
+                line.outcome
+            );
+        } else {
+            tracing::info!(job_id = line.job_id, outcome = line.outcome, status = line.status, "job finished");
+        }
+    }
+    let mut registry = shared.registry.lock().unwrap();
+    let claimed = claimed
+        .into_iter()
+        .map(|job| {
+            let program = registry.load(&job.processor);
+            (job, program)
+        })
+        .collect();
+    Ok((lines, claimed))
+}
+
+/// Runs one claimed job in the sandbox.
+async fn run_job(shared: Arc<Shared>, job: ClaimedJob, program: Program) -> Finished {
     let report = match program {
         Ok(program) => {
+            let limits = shared.config.limits_for(&job.processor);
             let input = JobInput {
                 job_id: &job.id,
                 attempt: job.attempt,
@@ -209,15 +276,13 @@ async fn process(shared: Arc<Shared>, job: ClaimedJob) -> Result<JobLine> {
             };
             shared.sandbox.run(&program, input, &limits).await
         }
-        Err(err) => RunReport::load_error(format!("{err:#}")),
+        Err(err) => RunReport::load_error(err.to_string()),
     };
-    let line = blocking(&shared, move |shared| record(shared, &job, &report)).await?;
-    tracing::info!(job_id = line.job_id, outcome = line.outcome, status = line.status, "job finished");
-    Ok(line)
+    Finished { job, report }
 }
 
-/// Completes or fails the job according to `report`.
-fn record(shared: &Shared, job: &ClaimedJob, report: &RunReport) -> Result<JobLine> {
+/// Completes or fails the job according to `report`, fenced on its claim.
+fn record(batch: &mut Batch<'_>, shared: &Shared, job: &ClaimedJob, report: &RunReport) -> Result<JobLine> {
     let message = report.outcome.message();
     let attempt = AttemptReport {
         kind: report.outcome.kind(),
@@ -226,33 +291,24 @@ fn record(shared: &Shared, job: &ClaimedJob, report: &RunReport) -> Result<JobLi
         fuel_used: Some(report.fuel_used),
         duration_ms: Some(report.duration.as_millis() as u64),
     };
-    let mut store = shared.store.lock().unwrap();
     let status = match &report.outcome {
-        Outcome::Ok(result) => match store.complete(job, &result.to_string(), &attempt)? {
+        Outcome::Ok(result) => match batch.complete(job, &result.to_string(), &attempt)? {
             Fence::Applied => "completed",
             Fence::Stale => "stale",
         },
-        _ => match store.fail(job, &attempt, &shared.retry)? {
+        _ => match batch.fail(job, &attempt, &shared.retry)? {
             FailOutcome::Retrying { .. } => "retrying",
             FailOutcome::Poisoned => "poisoned",
             FailOutcome::Stale => "stale",
         },
     };
-    if status == "stale" {
-        tracing::warn!(
-            job_id = job.id,
-            worker_id = shared.worker_id,
-            "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
-            attempt.kind
-        );
-    }
     Ok(JobLine {
         job_id: job.id.clone(),
         processor: job.processor.clone(),
         attempt: job.attempt,
         outcome: report.outcome.kind(),
         status,
-        message: message.clone(),
+        message,
         duration_ms: report.duration.as_millis() as u64,
         fuel_used: report.fuel_used,
     })

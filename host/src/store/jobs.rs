@@ -224,106 +224,11 @@ impl Store {
         Ok(ids)
     }
 
-    /// Takes up to `limit` ready jobs of `pool` for `worker_id`, highest priority first, then
-    /// the longest ready. One transaction holding the write lock, so no job goes to two
-    /// workers and an empty answer means no job was ready at that instant. Only an `active`
-    /// worker can claim: one the reaper declared lost gets nothing.
-    pub fn claim(
-        &mut self,
-        pool: &str,
-        worker_id: &str,
-        lease: Duration,
-        limit: u32,
-    ) -> Result<Vec<ClaimedJob>> {
-        let now = self.now();
-        let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let claimed = {
-            let mut claim = tx.prepare_cached(
-                "UPDATE jobs
-                    SET status = 'claimed', worker_id = :worker, claim_token = :token,
-                        attempts = attempts + 1, lease_expires_at = :lease_until, updated_at = :now
-                  WHERE seq IN (SELECT seq FROM jobs
-                                 WHERE pool = :pool AND status = 'pending' AND run_at <= :now
-                                 ORDER BY priority DESC, run_at, seq
-                                 LIMIT :limit)
-                    AND EXISTS (SELECT 1 FROM workers WHERE id = :worker AND status = 'active')
-                 RETURNING seq, id, pool, processor, payload, attempts",
-            )?;
-            let rows = claim.query_map(
-                named_params! {
-                    ":worker": worker_id,
-                    ":token": token,
-                    ":lease_until": now.saturating_add(millis(lease)),
-                    ":now": now,
-                    ":pool": pool,
-                    ":limit": limit,
-                },
-                |row| {
-                    Ok(ClaimedJob {
-                        seq: row.get(0)?,
-                        id: row.get(1)?,
-                        pool: row.get(2)?,
-                        processor: row.get(3)?,
-                        payload: row.get(4)?,
-                        attempt: row.get(5)?,
-                        worker_id: worker_id.to_owned(),
-                        token,
-                    })
-                },
-            )?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        {
-            let mut start_attempt = tx.prepare_cached(
-                "INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for job in &claimed {
-                start_attempt.execute(params![job.seq, job.attempt, worker_id, now])?;
-            }
-        }
-        tx.commit()?;
-        Ok(claimed)
-    }
-
-    /// Marks a claimed job completed with `result` (JSON text), if `job` is still the live claim.
-    pub fn complete(&mut self, job: &ClaimedJob, result: &str, report: &AttemptReport<'_>) -> Result<Fence> {
+    /// Opens a write transaction for [`Batch`] operations.
+    pub fn batch(&mut self) -> Result<Batch<'_>> {
         let now = self.now();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = tx
-            .prepare_cached(
-                "UPDATE jobs
-                    SET status = 'completed', result = ?1, last_error = NULL, lease_expires_at = NULL,
-                        finished_at = ?2, updated_at = ?2
-                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5",
-            )?
-            .execute(params![result, now, job.seq, job.worker_id, job.token])?;
-        if changed == 0 {
-            return Ok(Fence::Stale);
-        }
-        finish_attempt(&tx, job.seq, job.attempt, report, now)?;
-        tx.commit()?;
-        Ok(Fence::Applied)
-    }
-
-    /// Records a failed attempt of a claimed job and applies the retry policy, if `job` is
-    /// still the live claim.
-    pub fn fail(&mut self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<FailOutcome> {
-        let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let held = tx
-            .prepare_cached(
-                "SELECT attempts, max_attempts FROM jobs
-                  WHERE seq = ?1 AND status = 'claimed' AND worker_id = ?2 AND claim_token = ?3",
-            )?
-            .query_row(params![job.seq, job.worker_id, job.token], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        let Some((attempts, max_attempts)) = held else {
-            return Ok(FailOutcome::Stale);
-        };
-        let outcome = fail_claimed(&tx, job.seq, attempts, max_attempts, report, retry, now)?;
-        tx.commit()?;
-        Ok(outcome)
+        Ok(Batch { tx, now })
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobDetail>> {
@@ -442,6 +347,110 @@ impl Store {
             Some(status) => IdAnswer::WrongStatus(JobStatus::parse(&status)?),
             None => IdAnswer::NotFound,
         })
+    }
+}
+
+/// Claims, completions and failures applied in one write transaction, so a worker reports
+/// every job that finished and claims their replacements with a single commit. Each
+/// operation is fenced on its own; a stale one changes nothing and the others still apply.
+/// Nothing is visible to other processes until [`Batch::commit`]; dropping the batch rolls
+/// it back.
+pub struct Batch<'s> {
+    tx: Transaction<'s>,
+    now: Millis,
+}
+
+impl Batch<'_> {
+    /// Takes up to `limit` ready jobs of `pool` for `worker_id`, highest priority first, then
+    /// the longest ready. The transaction holds the write lock, so no job goes to two
+    /// workers and an empty answer means no job was ready at that instant. Only an `active`
+    /// worker can claim: one the reaper declared lost gets nothing.
+    pub fn claim(&mut self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
+        let now = self.now;
+        let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        let claimed = {
+            let mut claim = self.tx.prepare_cached(
+                "UPDATE jobs
+                    SET status = 'claimed', worker_id = :worker, claim_token = :token,
+                        attempts = attempts + 1, lease_expires_at = :lease_until, updated_at = :now
+                  WHERE seq IN (SELECT seq FROM jobs
+                                 WHERE pool = :pool AND status = 'pending' AND run_at <= :now
+                                 ORDER BY priority DESC, run_at, seq
+                                 LIMIT :limit)
+                    AND EXISTS (SELECT 1 FROM workers WHERE id = :worker AND status = 'active')
+                 RETURNING seq, id, pool, processor, payload, attempts",
+            )?;
+            let rows = claim.query_map(
+                named_params! {
+                    ":worker": worker_id,
+                    ":token": token,
+                    ":lease_until": now.saturating_add(millis(lease)),
+                    ":now": now,
+                    ":pool": pool,
+                    ":limit": limit,
+                },
+                |row| {
+                    Ok(ClaimedJob {
+                        seq: row.get(0)?,
+                        id: row.get(1)?,
+                        pool: row.get(2)?,
+                        processor: row.get(3)?,
+                        payload: row.get(4)?,
+                        attempt: row.get(5)?,
+                        worker_id: worker_id.to_owned(),
+                        token,
+                    })
+                },
+            )?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let mut start_attempt = self.tx.prepare_cached(
+            "INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for job in &claimed {
+            start_attempt.execute(params![job.seq, job.attempt, worker_id, now])?;
+        }
+        Ok(claimed)
+    }
+
+    /// Marks a claimed job completed with `result` (JSON text), if `job` is still the live claim.
+    pub fn complete(&mut self, job: &ClaimedJob, result: &str, report: &AttemptReport<'_>) -> Result<Fence> {
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE jobs
+                    SET status = 'completed', result = ?1, last_error = NULL, lease_expires_at = NULL,
+                        finished_at = ?2, updated_at = ?2
+                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5",
+            )?
+            .execute(params![result, self.now, job.seq, job.worker_id, job.token])?;
+        if changed == 0 {
+            return Ok(Fence::Stale);
+        }
+        finish_attempt(&self.tx, job.seq, job.attempt, report, self.now)?;
+        Ok(Fence::Applied)
+    }
+
+    /// Records a failed attempt of a claimed job and applies the retry policy, if `job` is
+    /// still the live claim.
+    pub fn fail(&mut self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<FailOutcome> {
+        let held = self
+            .tx
+            .prepare_cached(
+                "SELECT attempts, max_attempts FROM jobs
+                  WHERE seq = ?1 AND status = 'claimed' AND worker_id = ?2 AND claim_token = ?3",
+            )?
+            .query_row(params![job.seq, job.worker_id, job.token], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((attempts, max_attempts)) = held else {
+            return Ok(FailOutcome::Stale);
+        };
+        fail_claimed(&self.tx, job.seq, attempts, max_attempts, report, retry, self.now)
+    }
+
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit()?;
+        Ok(())
     }
 }
 

@@ -31,7 +31,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::DatabaseConfig;
 
-pub use jobs::{AttemptReport, ClaimedJob, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob};
+pub use jobs::{AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob};
 pub use retry::RetryPolicy;
 pub use workers::NewWorker;
 
@@ -148,6 +148,31 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::config::DatabaseConfig;
+
+    /// Single operations, each in a batch of its own, for tests that take one step at a time.
+    impl Store {
+        pub fn claim(&mut self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
+            let mut batch = self.batch()?;
+            let claimed = batch.claim(pool, worker_id, lease, limit)?;
+            batch.commit()?;
+            Ok(claimed)
+        }
+
+        pub fn complete(&mut self, job: &ClaimedJob, result: &str, report: &AttemptReport<'_>) -> Result<Fence> {
+            let mut batch = self.batch()?;
+            let fence = batch.complete(job, result, report)?;
+            batch.commit()?;
+            Ok(fence)
+        }
+
+        pub fn fail(&mut self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<FailOutcome> {
+            let mut batch = self.batch()?;
+            let outcome = batch.fail(job, report, retry)?;
+            batch.commit()?;
+            Ok(outcome)
+        }
+    }
+
 
     pub struct TestStore {
         pub store: Store,
