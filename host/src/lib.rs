@@ -1,0 +1,44 @@
+//! jobhost: a durable SQLite job pool whose jobs run in WebAssembly sandboxes.
+//!
+//! Data flows one way: [`cli`] parses the command line, [`commands`] (and the long-running
+//! [`worker`], [`checker`] and [`reaper`]) carry it out, using [`store`] for the pool and
+//! [`sandbox`] (fed by [`processors`]) to run job code.
+//!
+//! The `jobhost` binary is a thin `main` over this library; the library exists so the
+//! benchmark (`bench/`) can measure the store and the sandbox in-process.
+
+pub mod checker;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod processors;
+pub mod reaper;
+pub mod sandbox;
+pub mod store;
+pub mod worker;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+
+/// Carries out a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::discover(cli.global.config.as_deref())?;
+    if let Some(db) = cli.global.db {
+        config.database.path = db;
+    }
+    if let Some(dir) = cli.global.processors_dir {
+        config.processors.dir = dir;
+    }
+    match cli.command {
+        Command::Seed(args) => commands::seed::run(&config, args),
+        Command::Status(args) => commands::status::run(&config, args),
+        Command::Jobs(command) => commands::jobs::run(&config, command),
+        Command::Processors(args) => commands::processors::run(&config, args),
+        Command::Run(args) => commands::run::run(&config, args),
+        Command::Work(args) => worker::run(&config, args),
+        Command::Check(args) => checker::run(&config, args),
+        Command::Reap(args) => reaper::run(&config, args),
+    }
+}
