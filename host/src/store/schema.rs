@@ -40,8 +40,9 @@ const MIGRATIONS: &[&str] = &[
     -- The claim query walks this index in order and stops at the first ready row.
     CREATE INDEX jobs_ready ON jobs (pool, priority DESC, run_at, seq) WHERE status = 'pending';
     CREATE INDEX jobs_claimed ON jobs (worker_id, lease_expires_at) WHERE status = 'claimed';
-    CREATE INDEX jobs_by_status ON jobs (pool, status);
-    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    -- Status counts and purge; finished jobs need no index of their own (every index is one
+    -- more write on the hot path, and purge is rare).
+    CREATE INDEX jobs_by_status ON jobs (status, pool);
 
     CREATE TABLE attempts (
         job_seq     INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
@@ -79,6 +80,13 @@ pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Brings the file to [`CURRENT_VERSION`], or refuses it.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
+    // The common case, an up-to-date file, is settled by two reads without taking the write
+    // lock, which every worker start would otherwise queue for.
+    let application_id: i32 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if application_id == APPLICATION_ID && version == CURRENT_VERSION {
+        return Ok(());
+    }
     migrate_to(conn, CURRENT_VERSION)
 }
 
