@@ -1,11 +1,10 @@
 //! `jobhost work`: one worker process — register, claim, run in the sandbox, record, exit.
 //!
 //! Shape of a worker:
-//! - a tokio runtime drives up to `concurrency` sandboxed runs at once; the jobs that
-//!   finished are recorded and their replacements claimed in one write transaction, so a
-//!   busy worker commits once per batch, not twice per job;
-//! - store calls are short blocking SQLite transactions, made on tokio's blocking pool so
-//!   they never stall a running guest;
+//! - a single-threaded tokio runtime drives up to `concurrency` sandboxed runs at once
+//!   (guests yield at every epoch tick, so one busy guest cannot starve the others);
+//! - between runs, the loop records every job that finished and claims replacements in one
+//!   write transaction, so a busy worker commits once per turn, not twice per job;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
 //! - the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within their
@@ -15,9 +14,9 @@
 //! the late answer changes nothing and is logged.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -28,17 +27,6 @@ use crate::config::Config;
 use crate::processors::{LoadError, Registry};
 use crate::sandbox::{JobInput, Outcome, Prepared, RunReport, Sandbox};
 use crate::store::{AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, NewWorker, RetryPolicy, Store};
-
-/// Everything the job tasks share.
-struct Shared {
-    config: Config,
-    store: Mutex<Store>,
-    registry: Mutex<Registry>,
-    sandbox: Sandbox,
-    retry: RetryPolicy,
-    worker_id: String,
-    json: bool,
-}
 
 /// What became of one job, printed as a JSON line with `--json`.
 #[derive(Debug, Serialize)]
@@ -64,6 +52,39 @@ struct Summary {
     status: &'static str,
 }
 
+impl Summary {
+    fn count(&mut self, line: &JobLine) {
+        self.processed += 1;
+        if line.status == "completed" {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+/// What a job task needs to run its job: shared, read-only.
+struct Runner {
+    sandbox: Sandbox,
+    config: Config,
+}
+
+/// The worker's loop state. Only the loop touches the store and the registry; job tasks
+/// only run guests.
+struct Worker {
+    store: Store,
+    registry: Registry,
+    runner: Arc<Runner>,
+    retry: RetryPolicy,
+    worker_id: String,
+    pool: String,
+    concurrency: u32,
+    max_jobs: Option<u64>,
+    json: bool,
+    /// Set by the heartbeat thread when the reaper declared this worker lost.
+    lost: Arc<AtomicBool>,
+}
+
 pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
     anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
@@ -79,44 +100,42 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
         pid: Some(std::process::id()),
     })?;
     tracing::info!(worker_id, pool = args.pool, concurrency, "worker started");
-
-    let setup = || -> Result<Shared> {
-        let sandbox = Sandbox::new(concurrency)?;
-        Ok(Shared {
-            config: config.clone(),
-            store: Mutex::new(store),
-            registry: Mutex::new(Registry::new(config, &sandbox)),
-            sandbox,
-            retry: RetryPolicy::from_config(&config.retry),
-            worker_id: worker_id.clone(),
-            json: args.json,
-        })
-    };
-    let shared = match setup() {
-        Ok(shared) => Arc::new(shared),
+    let sandbox = match Sandbox::new(concurrency) {
+        Ok(sandbox) => sandbox,
         Err(err) => {
             // Deregister so the failed start is not mistaken for a crash.
-            if let Ok(mut store) = Store::open(&config.database) {
-                let _ = store.deregister_worker(&worker_id);
-            }
+            store.deregister_worker(&worker_id)?;
             return Err(err);
         }
     };
-
     let lost = Arc::new(AtomicBool::new(false));
+    let mut worker = Worker {
+        registry: Registry::new(config, &sandbox),
+        store,
+        runner: Arc::new(Runner { sandbox, config: config.clone() }),
+        retry: RetryPolicy::from_config(&config.retry),
+        worker_id: worker_id.clone(),
+        pool: args.pool.clone(),
+        concurrency,
+        max_jobs,
+        json: args.json,
+        lost: lost.clone(),
+    };
+
     let heartbeat = Heartbeat::start(config, &worker_id, lost.clone())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(concurrency.min(available_cores()) as usize)
+    // One thread: store calls are short and run inline between guest runs, with no hand-offs
+    // between threads. A worker uses one core; `jobhost check` starts one worker per core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the worker's async runtime")?;
-    let result = runtime.block_on(work_loop(shared.clone(), &args.pool, concurrency, max_jobs, lost.clone()));
+    let result = runtime.block_on(worker.work_loop());
     heartbeat.stop();
 
     let mut summary = result?;
     summary.worker_id = worker_id.clone();
     summary.status = if lost.load(Ordering::SeqCst) { "lost" } else { "terminated" };
-    shared.store.lock().unwrap().deregister_worker(&worker_id)?;
+    worker.store.deregister_worker(&worker_id)?;
     tracing::info!(worker_id, processed = summary.processed, "worker finished");
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -137,136 +156,114 @@ struct Finished {
     report: RunReport,
 }
 
-/// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
-/// the reaper declares this worker lost.
-///
-/// Each turn of the loop is one write transaction: it records every job that finished
-/// since the last turn and claims as many new ones as there are free slots.
-async fn work_loop(
-    shared: Arc<Shared>,
-    pool: &str,
-    concurrency: u32,
-    max_jobs: Option<u64>,
-    lost: Arc<AtomicBool>,
-) -> Result<Summary> {
-    let stopping = Arc::new(AtomicBool::new(false));
-    let stop_notify = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(watch_signals(stopping.clone(), stop_notify.clone()));
-
-    let mut summary = Summary::default();
-    let mut in_flight: JoinSet<Finished> = JoinSet::new();
-    let mut finished: Vec<Finished> = Vec::new();
-    let mut claimed_total: u64 = 0;
-    loop {
-        let may_claim = !stopping.load(Ordering::SeqCst)
-            && !lost.load(Ordering::SeqCst)
-            && max_jobs.is_none_or(|max| claimed_total < max);
-        let free_slots = u64::from(concurrency) - in_flight.len() as u64;
-        let want = match max_jobs {
-            _ if !may_claim => 0,
-            Some(max) => free_slots.min(max - claimed_total),
-            None => free_slots,
-        };
-        if want > 0 || !finished.is_empty() {
-            let request = Settle { finished: std::mem::take(&mut finished), pool: pool.to_owned(), want: want as u32 };
-            let (lines, claimed) = blocking(&shared, move |shared| settle(shared, request)).await?;
-            for line in lines {
-                summary.count(&line);
-                if shared.json {
-                    println!("{}", serde_json::to_string(&line)?);
-                }
-            }
-            claimed_total += claimed.len() as u64;
-            for (job, program) in claimed {
-                in_flight.spawn(run_job(shared.clone(), job, program));
-            }
-        }
-        if in_flight.is_empty() {
-            // Nothing running and nothing more to claim: the pool is drained (or we stop).
-            break;
-        }
-        // Wait for a run to end (its failure may make its job ready again), then take every
-        // other run that ended meanwhile into the same batch.
-        tokio::select! {
-            done = in_flight.join_next() => {
-                if let Some(done) = done {
-                    finished.push(done.context("a job task panicked")?);
-                }
-            }
-            _ = stop_notify.notified() => {}
-        }
-        while let Some(done) = in_flight.try_join_next() {
-            finished.push(done.context("a job task panicked")?);
-        }
-    }
-    Ok(summary)
-}
-
-impl Summary {
-    fn count(&mut self, line: &JobLine) {
-        self.processed += 1;
-        if line.status == "completed" {
-            self.completed += 1;
-        } else {
-            self.failed += 1;
-        }
-    }
-}
-
-/// One turn's store work: record `finished`, claim up to `want` jobs.
-struct Settle {
-    finished: Vec<Finished>,
-    pool: String,
-    want: u32,
-}
-
 type Program = Result<Arc<Prepared>, LoadError>;
 
-/// Records the finished jobs and claims new ones in one transaction, then finds each new
-/// job's processor (after the commit, so the write lock is held as briefly as possible).
-fn settle(shared: &Shared, request: Settle) -> Result<(Vec<JobLine>, Vec<(ClaimedJob, Program)>)> {
-    let mut store = shared.store.lock().unwrap();
-    let mut batch = store.batch()?;
-    let mut lines = Vec::with_capacity(request.finished.len());
-    for Finished { job, report } in &request.finished {
-        lines.push(record(&mut batch, shared, job, report)?);
-    }
-    let claimed = if request.want > 0 {
-        batch.claim(&request.pool, &shared.worker_id, shared.config.reaper.stale_after.0, request.want)?
-    } else {
-        Vec::new()
-    };
-    batch.commit()?;
-    drop(store);
+impl Worker {
+    /// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
+    /// the reaper declares this worker lost.
+    ///
+    /// Each turn of the loop is one write transaction: it records every job that finished
+    /// since the last turn and claims as many new ones as there are free slots.
+    async fn work_loop(&mut self) -> Result<Summary> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop_notify = Arc::new(tokio::sync::Notify::new());
+        // The handlers are installed here, before the first claim, not when the task first
+        // runs: a SIGTERM in between would otherwise kill the worker holding a job.
+        let signals = Signals::install()?;
+        tokio::spawn(watch_signals(signals, stopping.clone(), stop_notify.clone()));
 
-    for line in &lines {
-        if line.status == "stale" {
-            tracing::warn!(
-                job_id = line.job_id,
-                worker_id = shared.worker_id,
-                "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
-                line.outcome
-            );
-        } else {
-            tracing::info!(job_id = line.job_id, outcome = line.outcome, status = line.status, "job finished");
+        let mut summary = Summary::default();
+        let mut in_flight: JoinSet<Finished> = JoinSet::new();
+        let mut finished: Vec<Finished> = Vec::new();
+        let mut claimed_total: u64 = 0;
+        loop {
+            let may_claim = !stopping.load(Ordering::SeqCst)
+                && !self.lost.load(Ordering::SeqCst)
+                && self.max_jobs.is_none_or(|max| claimed_total < max);
+            let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
+            let want = match self.max_jobs {
+                _ if !may_claim => 0,
+                Some(max) => free_slots.min(max - claimed_total),
+                None => free_slots,
+            };
+            if want > 0 || !finished.is_empty() {
+                let (lines, claimed) = self.settle(std::mem::take(&mut finished), want as u32)?;
+                for line in lines {
+                    summary.count(&line);
+                    if self.json {
+                        println!("{}", serde_json::to_string(&line)?);
+                    }
+                }
+                claimed_total += claimed.len() as u64;
+                for (job, program) in claimed {
+                    in_flight.spawn(run_job(self.runner.clone(), job, program));
+                }
+            }
+            if in_flight.is_empty() {
+                // Nothing running and nothing more to claim: the pool is drained (or we stop).
+                break;
+            }
+            // Wait for a run to end (its failure may make its job ready again), then take
+            // every other run that ended meanwhile into the same batch.
+            tokio::select! {
+                done = in_flight.join_next() => {
+                    if let Some(done) = done {
+                        finished.push(done.context("a job task panicked")?);
+                    }
+                }
+                _ = stop_notify.notified() => {}
+            }
+            while let Some(done) = in_flight.try_join_next() {
+                finished.push(done.context("a job task panicked")?);
+            }
         }
+        Ok(summary)
     }
-    let mut registry = shared.registry.lock().unwrap();
-    let claimed = claimed
-        .into_iter()
-        .map(|job| {
-            let program = registry.load(&job.processor);
-            (job, program)
-        })
-        .collect();
-    Ok((lines, claimed))
+
+    /// Records the finished jobs and claims up to `want` new ones in one transaction, then
+    /// finds each new job's processor (after the commit, so the write lock is held briefly).
+    fn settle(&mut self, finished: Vec<Finished>, want: u32) -> Result<(Vec<JobLine>, Vec<(ClaimedJob, Program)>)> {
+        let mut batch = self.store.batch()?;
+        let mut lines = Vec::with_capacity(finished.len());
+        for Finished { job, report } in &finished {
+            lines.push(record(&mut batch, &self.retry, job, report)?);
+        }
+        let claimed = if want > 0 {
+            let lease = self.runner.config.reaper.stale_after.0;
+            batch.claim(&self.pool, &self.worker_id, lease, want)?
+        } else {
+            Vec::new()
+        };
+        batch.commit()?;
+
+        for line in &lines {
+            if line.status == "stale" {
+                tracing::warn!(
+                    job_id = line.job_id,
+                    worker_id = self.worker_id,
+                    "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
+                    line.outcome
+                );
+            } else {
+                tracing::info!(job_id = line.job_id, outcome = line.outcome, status = line.status, "job finished");
+            }
+        }
+        let claimed = claimed
+            .into_iter()
+            .map(|job| {
+                let program = self.registry.load(&job.processor);
+                (job, program)
+            })
+            .collect();
+        Ok((lines, claimed))
+    }
 }
 
 /// Runs one claimed job in the sandbox.
-async fn run_job(shared: Arc<Shared>, job: ClaimedJob, program: Program) -> Finished {
+async fn run_job(runner: Arc<Runner>, job: ClaimedJob, program: Program) -> Finished {
     let report = match program {
         Ok(program) => {
-            let limits = shared.config.limits_for(&job.processor);
+            let limits = runner.config.limits_for(&job.processor);
             let input = JobInput {
                 job_id: &job.id,
                 attempt: job.attempt,
@@ -274,7 +271,7 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, program: Program) -> Fini
                 processor: &job.processor,
                 payload: job.payload.as_bytes(),
             };
-            shared.sandbox.run(&program, input, &limits).await
+            runner.sandbox.run(&program, input, &limits).await
         }
         Err(err) => RunReport::load_error(err.to_string()),
     };
@@ -282,7 +279,7 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, program: Program) -> Fini
 }
 
 /// Completes or fails the job according to `report`, fenced on its claim.
-fn record(batch: &mut Batch<'_>, shared: &Shared, job: &ClaimedJob, report: &RunReport) -> Result<JobLine> {
+fn record(batch: &mut Batch<'_>, retry: &RetryPolicy, job: &ClaimedJob, report: &RunReport) -> Result<JobLine> {
     let message = report.outcome.message();
     let attempt = AttemptReport {
         kind: report.outcome.kind(),
@@ -296,7 +293,7 @@ fn record(batch: &mut Batch<'_>, shared: &Shared, job: &ClaimedJob, report: &Run
             Fence::Applied => "completed",
             Fence::Stale => "stale",
         },
-        _ => match batch.fail(job, &attempt, &shared.retry)? {
+        _ => match batch.fail(job, &attempt, retry)? {
             FailOutcome::Retrying { .. } => "retrying",
             FailOutcome::Poisoned => "poisoned",
             FailOutcome::Stale => "stale",
@@ -314,26 +311,28 @@ fn record(batch: &mut Batch<'_>, shared: &Shared, job: &ClaimedJob, report: &Run
     })
 }
 
-/// Runs a short blocking call (store or registry) off the async workers.
-async fn blocking<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    call: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || call(&shared)).await.context("a store call panicked")?
+/// The worker's SIGTERM and SIGINT streams.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
 }
 
 /// First signal: stop claiming. Second: exit at once.
-async fn watch_signals(stopping: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; SIGTERM will kill the worker at once");
-        return;
-    };
+async fn watch_signals(mut signals: Signals, stopping: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>) {
     for round in 0.. {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = signals.term.recv() => {}
+            _ = signals.int.recv() => {}
         }
         if round > 0 {
             tracing::warn!("second signal: exiting now; the reaper will recover the jobs still held");
@@ -354,18 +353,28 @@ struct Heartbeat {
 
 impl Heartbeat {
     fn start(config: &Config, worker_id: &str, lost: Arc<AtomicBool>) -> Result<Heartbeat> {
-        let mut store = Store::open(&config.database)?;
+        let database = config.database.clone();
         let interval = config.worker.heartbeat_interval.0;
         let lease = config.reaper.stale_after.0;
         let worker_id = worker_id.to_owned();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+            // Connected at the first beat, not at start: a worker that finishes sooner (a
+            // `--once` run) never pays for a second connection.
+            let mut store: Option<Store> = None;
             loop {
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-                match store.heartbeat(&worker_id, lease) {
+                let beat = match &mut store {
+                    Some(store) => store.heartbeat(&worker_id, lease),
+                    None => Store::open(&database).and_then(|opened| {
+                        let store = store.insert(opened);
+                        store.heartbeat(&worker_id, lease)
+                    }),
+                };
+                match beat {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::error!(worker_id, "the reaper declared this worker lost; it stops claiming");
@@ -390,8 +399,4 @@ fn hostname() -> Option<String> {
         .ok()
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
-}
-
-fn available_cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
