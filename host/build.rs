@@ -34,6 +34,7 @@ fn main() {
     let echo_dir = workspace.join("processors/echo");
     println!("cargo:rerun-if-changed={}", echo_dir.join("src").display());
     println!("cargo:rerun-if-changed={}", echo_dir.join("Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", echo_dir.join("build.rs").display());
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
 
     require_wasm_target();

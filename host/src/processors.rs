@@ -17,7 +17,7 @@
 //! 100 KB; a short-lived worker would pay it on every start. Compiled code is therefore kept in
 //! [`Config::cache_dir`], one file per `sha256(wasm bytes) + sha256(engine compatibility)`,
 //! so a changed module or a changed engine (wasmtime version, fuel/epoch settings, CPU
-//! features) simply misses. Each entry ends with the SHA-256 of its contents; an entry whose
+//! features) simply misses. Each entry ends with a CRC-32 of its contents; an entry whose
 //! checksum does not match, or that wasmtime refuses, is deleted and rebuilt. Entries are
 //! written to a temporary file and renamed into place, so readers never see half an entry.
 //!
@@ -317,7 +317,9 @@ struct CompileCache {
     engine_key: [u8; 32],
 }
 
-const CHECKSUM_LEN: usize = 32;
+/// A CRC-32 of the entry: it catches damage at a fraction of a cryptographic hash's cost,
+/// which every worker start would pay; malice is the folder's permissions' job (module docs).
+const CHECKSUM_LEN: usize = 4;
 
 impl CompileCache {
     fn new(dir: PathBuf, engine: &Engine) -> CompileCache {
@@ -382,8 +384,8 @@ impl CompileCache {
         let written = (|| -> anyhow::Result<()> {
             create_private_dir(&self.dir)?;
             let mut bytes = module.serialize()?;
-            let checksum = Sha256::digest(&bytes);
-            bytes.extend_from_slice(&checksum);
+            let checksum = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&checksum.to_le_bytes());
             // No fsync: an entry damaged by a crash fails its checksum and is rebuilt.
             fs::File::create(&temp)?.write_all(&bytes)?;
             fs::rename(&temp, path)?;
@@ -407,7 +409,7 @@ fn deserialize_verified(engine: &Engine, entry: &[u8]) -> Result<Module, String>
         return Err(format!("only {} bytes long", entry.len()));
     };
     let (body, checksum) = entry.split_at(body_len);
-    if Sha256::digest(body).as_slice() != checksum {
+    if crc32fast::hash(body).to_le_bytes() != checksum {
         return Err("its checksum does not match its contents".to_string());
     }
     // SAFETY: `deserialize` trusts the artifact to be code wasmtime produced. The checksum
@@ -564,11 +566,11 @@ mod tests {
         let cache = CompileCache::new(config.cache_dir(), engine);
         let module = cache.module(engine, EXIT0.as_bytes()).unwrap();
         let mut entry = module.serialize().unwrap();
-        entry.extend_from_slice(&Sha256::digest(&entry));
+        entry.extend_from_slice(&crc32fast::hash(&entry).to_le_bytes());
         assert!(deserialize_verified(engine, &entry).is_ok());
         let last = entry.len() - CHECKSUM_LEN - 1;
         entry[last] ^= 1;
         assert!(deserialize_verified(engine, &entry).unwrap_err().contains("checksum"));
-        assert!(deserialize_verified(engine, b"short").unwrap_err().contains("5 bytes"));
+        assert!(deserialize_verified(engine, b"abc").unwrap_err().contains("3 bytes"));
     }
 }
