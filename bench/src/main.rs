@@ -1,0 +1,210 @@
+//! `jobhost-bench`: measures jobhost against the targets of the v1 speed issue and writes the
+//! results to `BENCHMARKS.md`. Run it through `./scripts/bench`, which builds what it needs.
+//!
+//! One module per section, each documenting what it measures and why the measurement is fair:
+//! [`end_to_end`] (1), [`store`] (2), [`flatmachines`] (3, the original example's store),
+//! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7). Sections run one after
+//! another, never side by side, because the machine has few cores and is shared. A section
+//! that fails is reported as a failed row and the others still run.
+
+mod cold_start;
+mod end_to_end;
+mod flatmachines;
+mod memory;
+mod report;
+mod sandbox;
+mod scale;
+mod store;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::{Header, Report, Row};
+use crate::support::Bench;
+
+#[derive(Parser)]
+#[command(version, about = "Benchmarks jobhost and writes BENCHMARKS.md", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    /// Repetitions of the end-to-end and store measurements; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A fast smoke run: smaller workloads and one repetition. Writes no report file unless --out is given.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections (comma-separated). Writes no report file unless --out is given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Where to write the Markdown report. Default for a full run: BENCHMARKS.md at the workspace root.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// One process of the store benchmark (started by the benchmark itself).
+    #[command(hide = true)]
+    StoreWorker(store::WorkerArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    EndToEnd,
+    Store,
+    Flatmachines,
+    ColdStart,
+    Sandbox,
+    Scale,
+    Memory,
+}
+
+impl Section {
+    fn run(self, bench: &Bench, report: &mut Report) -> Result<()> {
+        match self {
+            Section::EndToEnd => end_to_end::run(bench, report),
+            Section::Store => store::run(bench, report),
+            Section::Flatmachines => flatmachines::run(bench, report),
+            Section::ColdStart => cold_start::run(bench, report),
+            Section::Sandbox => sandbox::run(bench, report),
+            Section::Scale => scale::run(bench, report),
+            Section::Memory => memory::run(bench, report),
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Section::EndToEnd => "1. end to end",
+            Section::Store => "2. store alone",
+            Section::Flatmachines => "3. the original example's store (flatmachines)",
+            Section::ColdStart => "4. cold start",
+            Section::Sandbox => "5. sandbox overhead",
+            Section::Scale => "6. scale",
+            Section::Memory => "7. memory",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Internal::StoreWorker(args)) => store::worker(args).map(|()| ExitCode::SUCCESS),
+        None => benchmark(cli),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn benchmark(cli: Cli) -> Result<ExitCode> {
+    let started = Instant::now();
+    let runs = if cli.quick { 1 } else { cli.runs };
+    let bench = Bench::new(cli.quick, runs)?;
+    let load_before = load_average();
+    let sections = if cli.only.is_empty() { Section::value_variants().to_vec() } else { cli.only.clone() };
+
+    let mut report = Report::default();
+    let mut failed = 0;
+    for section in sections {
+        println!("\n== {}", section.title());
+        let section_started = Instant::now();
+        if let Err(err) = section.run(&bench, &mut report) {
+            failed += 1;
+            eprintln!("error in section {}: {err:#}", section.title());
+            report.add(Row::info("error", section.title(), format!("failed: {err:#}")));
+        }
+        println!("  ({:.1} s)", section_started.elapsed().as_secs_f64());
+    }
+
+    let header = Header {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        date: utc_now(),
+        commit: commit(&bench.root),
+        command: command_line(&bench.root),
+        load_before,
+        load_after: load_average(),
+        wall_time: started.elapsed(),
+        quick: cli.quick,
+    };
+    println!("\n{}", report.table());
+    println!("wall time: {:.0} s; {} target(s) missed", header.wall_time.as_secs_f64(), report.missed());
+    let out = match cli.out {
+        Some(out) => Some(out),
+        None if !cli.quick && cli.only.is_empty() => Some(bench.root.join("BENCHMARKS.md")),
+        None => None,
+    };
+    if let Some(out) = out {
+        std::fs::write(&out, report.markdown(&header)).with_context(|| format!("cannot write {}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The 1-, 5- and 15-minute load averages: how busy the shared machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// The commit measured, and whether the working tree differed from it.
+fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain"]) {
+            Some(changes) if !changes.is_empty() => format!("{head} with uncommitted changes"),
+            _ => head,
+        },
+        None => "unknown (not a git checkout)".to_string(),
+    }
+}
+
+/// This process's command line, with paths inside the workspace made relative to it.
+fn command_line(root: &Path) -> String {
+    let root = format!("{}/", root.display());
+    std::env::args().map(|arg| arg.strip_prefix(&root).map(str::to_string).unwrap_or(arg)).collect::<Vec<_>>().join(" ")
+}
+
+/// `YYYY-MM-DD HH:MM UTC`, from the system clock.
+fn utc_now() -> String {
+    utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM UTC` (days to a civil date: Howard Hinnant's algorithm).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3_600, rem % 3_600 / 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc(951_782_400 + 3_600 + 120), "2000-02-29 01:02 UTC");
+        assert_eq!(super::utc(1_767_225_599), "2025-12-31 23:59 UTC");
+    }
+}

@@ -1,0 +1,87 @@
+//! Section 7, memory: the peak resident set of a `jobhost work` process, read from the kernel's
+//! own accounting (`wait4`'s `ru_maxrss`) when the benchmark reaps it.
+//!
+//! Two workers, both with the default limits (one job in flight, 64 MiB memory cap) and a warm
+//! compiled-module cache: one drains a pool of echo jobs; the other runs one job of the
+//! allocation-bomb test processor (`tests/fixtures/processors/alloc_bomb.wat`), which grows
+//! its memory 1 MiB at a time and touches every byte until the cap refuses it — the worst a
+//! job can do to its worker. Its attempt must end as `memory`, or the figure means nothing.
+//! The target is 50 MiB of the worker's own plus the cap of the job it runs.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use jobhost::config::Limits;
+
+use crate::report::{Report, Row, mib};
+use crate::support::{Bench, Pool, count};
+
+const SECTION: &str = "memory";
+const OWN_MEMORY: u64 = 50 << 20;
+
+pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
+    let echo_jobs = bench.pick(200, 50);
+    let cap = Limits::default().memory.0;
+    let target = OWN_MEMORY + cap;
+    let target_text = format!("≤ {} (50 MiB + {} cap)", mib(target), mib(cap));
+    report.note(format!(
+        "memory: peak RSS (`ru_maxrss` from `wait4`) of `jobhost work` draining {echo_jobs} echo jobs, and of \
+         `jobhost work --once` running alloc_bomb into its {} cap; module cache warm",
+        mib(cap)
+    ));
+
+    let pool = Pool::new(bench, "")?;
+    pool.seed(echo_jobs, "echo", 3)?;
+    pool.warm_echo()?;
+    let echo_peak = peak_rss(pool.command(&["work"]))?;
+    let completed = count(&pool.observe()?, "SELECT count(*) FROM jobs WHERE status = 'completed'")?;
+    ensure!(completed == echo_jobs as i64, "the echo worker completed {completed} of {echo_jobs} jobs");
+    report.add(Row::goal(
+        SECTION,
+        format!("worker running {echo_jobs} echo jobs, peak RSS"),
+        mib(echo_peak),
+        &target_text,
+        echo_peak <= target,
+    ));
+
+    let pool = Pool::new(bench, "")?;
+    let fixture = bench.root.join("tests/fixtures/processors/alloc_bomb.wat");
+    std::fs::copy(&fixture, pool.path("processors/alloc_bomb.wasm"))
+        .with_context(|| format!("cannot copy the test processor {}", fixture.display()))?;
+    pool.seed(1, "alloc_bomb", 1)?;
+    // Compiles it into the cache; the run itself fails, as it should.
+    pool.command(&["run", "alloc_bomb"]).status().context("cannot run jobhost")?;
+    let bomb_peak = peak_rss(pool.command(&["work", "--once"]))?;
+    let outcome: String = pool
+        .observe()?
+        .query_row("SELECT outcome FROM attempts", [], |row| row.get(0))
+        .context("the alloc_bomb job left no finished attempt")?;
+    ensure!(outcome == "memory", "the alloc_bomb job ended as {outcome:?}, not \"memory\": the cap did not hold");
+    report.add(Row::goal(
+        SECTION,
+        "worker running alloc_bomb into its cap, peak RSS",
+        mib(bomb_peak),
+        &target_text,
+        bomb_peak <= target,
+    ));
+    Ok(())
+}
+
+/// Runs `command` to the end and returns its peak resident set in bytes.
+fn peak_rss(mut command: Command) -> Result<u64> {
+    let child = command.spawn().context("cannot spawn jobhost")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; all-zero is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our unreaped child; both pointers are to live locals. `child` is not
+    // waited on after this, so std never reaps it a second time.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(reaped == pid, "wait4 on jobhost failed: {}", std::io::Error::last_os_error());
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "`jobhost work` exited abnormally (wait status {status})"
+    );
+    // Linux reports ru_maxrss in KiB.
+    Ok(usage.ru_maxrss as u64 * 1024)
+}
