@@ -120,6 +120,25 @@ impl Store {
         // planner looked at changes, such as the claim's `LIMIT`: a tenth of a busy
         // worker's CPU went to parsing the same SQL again.
         self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        // Keep the WAL file when the last connection closes (it is still checkpointed):
+        // deleting it there and creating it again in the next process cost a short-lived
+        // `jobhost work --once` an unlink, a create and a directory fsync. Any size limit
+        // makes SQLite empty the kept file at that close, so the next process need not
+        // re-read it; the limit itself is above the autocheckpoint size, so a busy WAL is not
+        // truncated and regrown at every checkpoint.
+        self.conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+        let mut persist: std::ffi::c_int = 1;
+        // SAFETY: a valid handle of this open connection, the "main" schema name as a C
+        // string, and the int that SQLITE_FCNTL_PERSIST_WAL reads and writes.
+        let code = unsafe {
+            rusqlite::ffi::sqlite3_file_control(
+                self.conn.handle(),
+                c"main".as_ptr(),
+                rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+                (&raw mut persist).cast(),
+            )
+        };
+        anyhow::ensure!(code == rusqlite::ffi::SQLITE_OK, "SQLite refused to keep its WAL file (code {code})");
         self.conn.set_prepared_statement_cache_capacity(64);
         Ok(())
     }
@@ -221,6 +240,29 @@ pub(crate) mod testing {
 
         pub fn advance(&self, millis: i64) {
             self.now.fetch_add(millis, Ordering::SeqCst);
+        }
+
+        /// Checks the trigger-kept `job_counts` against a count of the jobs themselves.
+        pub fn assert_counts_exact(&self) {
+            let counted: Vec<(String, String, i64)> = self
+                .store
+                .conn
+                .prepare("SELECT pool, status, count(*) FROM jobs GROUP BY pool, status ORDER BY 1, 2")
+                .unwrap()
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let kept: Vec<(String, String, i64)> = self
+                .store
+                .conn
+                .prepare("SELECT pool, status, jobs FROM job_counts WHERE jobs != 0 ORDER BY 1, 2")
+                .unwrap()
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(kept, counted, "job_counts drifted from the jobs table");
         }
     }
 }

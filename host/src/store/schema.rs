@@ -40,9 +40,9 @@ const MIGRATIONS: &[&str] = &[
     -- The claim query walks this index in order and stops at the first ready row.
     CREATE INDEX jobs_ready ON jobs (pool, priority DESC, run_at, seq) WHERE status = 'pending';
     CREATE INDEX jobs_claimed ON jobs (worker_id, lease_expires_at) WHERE status = 'claimed';
-    -- Status counts and purge; finished jobs need no index of their own (every index is one
-    -- more write on the hot path, and purge is rare).
-    CREATE INDEX jobs_by_status ON jobs (status, pool);
+    -- No index on status: each one is several more pages written by every claim and every
+    -- completion. `status` reads job_counts instead, kept exact by the triggers below in the
+    -- same transaction as the change; purge and filtered listings scan.
 
     CREATE TABLE attempts (
         job_seq     INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
@@ -58,6 +58,27 @@ const MIGRATIONS: &[&str] = &[
         duration_ms INTEGER,
         PRIMARY KEY (job_seq, attempt)
     ) WITHOUT ROWID;
+
+    CREATE TABLE job_counts (
+        pool   TEXT    NOT NULL,
+        status TEXT    NOT NULL,
+        jobs   INTEGER NOT NULL,
+        PRIMARY KEY (pool, status)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_counts (pool, status, jobs) VALUES (NEW.pool, NEW.status, 1)
+            ON CONFLICT (pool, status) DO UPDATE SET jobs = jobs + 1;
+    END;
+    CREATE TRIGGER job_counts_update AFTER UPDATE OF status ON jobs
+        WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE job_counts SET jobs = jobs - 1 WHERE pool = OLD.pool AND status = OLD.status;
+        INSERT INTO job_counts (pool, status, jobs) VALUES (NEW.pool, NEW.status, 1)
+            ON CONFLICT (pool, status) DO UPDATE SET jobs = jobs + 1;
+    END;
+    CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET jobs = jobs - 1 WHERE pool = OLD.pool AND status = OLD.status;
+    END;
     "#,
     // 2: workers, added with the worker lifecycle.
     r#"

@@ -211,7 +211,7 @@ impl Store {
     pub fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
         let mut snapshot = StatusSnapshot::default();
         let mut jobs = self.conn.prepare_cached(
-            "SELECT status, count(*) FROM jobs WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
+            "SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
         )?;
         for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
             let (status, count) = row?;
