@@ -154,15 +154,22 @@ static BUSY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
 
 /// SQLite's own busy handler sleeps whole milliseconds (1, 2, 5, 10 …), while our write
 /// transactions hold the lock for tens of microseconds, so two busy workers spent most of
-/// their time asleep waiting for each other. This one sleeps 10 µs, doubling up to 1 ms,
+/// their time asleep waiting for each other. This one first yields the CPU a few times (on a
+/// busy machine the holder is often waiting for it), then sleeps 10 µs, doubling up to 1 ms,
 /// until about `database.busy_timeout` has passed; then SQLite reports the database busy.
 fn wait_for_lock(attempt: i32) -> bool {
+    const YIELDS: i32 = 4;
     const DOUBLINGS: i32 = 7; // 10 µs · 2^7 ≈ 1.3 ms: from then on every wait is 1 ms.
     let timeout_ms = BUSY_TIMEOUT_MS.load(Ordering::Relaxed);
-    if attempt > DOUBLINGS && (attempt - DOUBLINGS) as u64 > timeout_ms {
+    let waits = attempt - YIELDS - DOUBLINGS;
+    if waits > 0 && waits as u64 > timeout_ms {
         return false;
     }
-    let wait_us = (10u64 << attempt.clamp(0, DOUBLINGS)).min(1_000);
+    if attempt < YIELDS {
+        std::thread::yield_now();
+        return true;
+    }
+    let wait_us = (10u64 << (attempt - YIELDS).clamp(0, DOUBLINGS)).min(1_000);
     std::thread::sleep(Duration::from_micros(wait_us));
     true
 }
