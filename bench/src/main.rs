@@ -179,32 +179,8 @@ fn command_line(root: &Path) -> String {
     std::env::args().map(|arg| arg.strip_prefix(&root).map(str::to_string).unwrap_or(arg)).collect::<Vec<_>>().join(" ")
 }
 
-/// `YYYY-MM-DD HH:MM UTC`, from the system clock.
+/// The current time as UTC, from the system clock, in the format jobhost prints timestamps.
 fn utc_now() -> String {
-    utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64)
-}
-
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM UTC` (days to a civil date: Howard Hinnant's algorithm).
-fn utc(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3_600, rem % 3_600 / 60)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(super::utc(951_782_400 + 3_600 + 120), "2000-02-29 01:02 UTC");
-        assert_eq!(super::utc(1_767_225_599), "2025-12-31 23:59 UTC");
-    }
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as i64;
+    jobhost::commands::format_time(millis)
 }

@@ -330,95 +330,71 @@ impl Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let amount: u64 = digits.parse().map_err(|_| {
-            format!("`{text}` is not a duration: write a whole number and a unit, like 500ms, 2s, 5m or 1h")
-        })?;
-        let millis_per_unit = match unit.trim() {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" if amount == 0 => 0,
-            other => {
-                return Err(format!(
-                    "`{text}` has unknown unit `{other}`: use ms, s, m, h or d (like 500ms, 2s, 5m, 7d)"
-                ));
-            }
-        };
-        let millis = amount
-            .checked_mul(millis_per_unit)
-            .ok_or_else(|| format!("`{text}` is too long a duration"))?;
-        Ok(HumanDuration(Duration::from_millis(millis)))
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        match ms {
-            0 => write!(f, "0s"),
-            _ if ms % 86_400_000 == 0 => write!(f, "{}d", ms / 86_400_000),
-            _ if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
-            _ if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
-            _ if ms % 1_000 == 0 => write!(f, "{}s", ms / 1_000),
-            _ => write!(f, "{ms}ms"),
-        }
-    }
-}
+/// Milliseconds per duration unit, largest first (the order [`fmt::Display`] tries them in).
+const DURATION_UNITS: &[(&str, u64)] = &[("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// A size written for people: `512`, `64KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB`, decimal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
+/// Bytes per size unit, binary ones first (the ones [`fmt::Display`] writes).
+const SIZE_UNITS: &[(&str, u64)] =
+    &[("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000)];
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let millis = parse_quantity(text, "a duration", "500ms, 2s, 5m or 7d", DURATION_UNITS, false)?;
+        Ok(HumanDuration(Duration::from_millis(millis)))
+    }
+}
+
 impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let amount: u64 = digits.parse().map_err(|_| {
-            format!("`{text}` is not a size: write a whole number and a unit, like 512KiB or 64MiB")
-        })?;
-        let multiplier: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "`{text}` has unknown unit `{other}`: use B, KiB, MiB or GiB (like 64MiB)"
-                ));
-            }
-        };
-        amount
-            .checked_mul(multiplier)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large a size"))
+        parse_quantity(text, "a size", "512KiB or 64MiB", SIZE_UNITS, true).map(ByteSize)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX);
+        write_quantity(f, millis, DURATION_UNITS)
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.0;
-        match bytes {
-            0 => write!(f, "0B"),
-            _ if bytes % (1 << 30) == 0 => write!(f, "{}GiB", bytes >> 30),
-            _ if bytes % (1 << 20) == 0 => write!(f, "{}MiB", bytes >> 20),
-            _ if bytes % (1 << 10) == 0 => write!(f, "{}KiB", bytes >> 10),
-            _ => write!(f, "{bytes}B"),
-        }
+        write_quantity(f, self.0, &SIZE_UNITS[..4])
+    }
+}
+
+/// Parses a whole number followed by one of `units`. A bare number is allowed when
+/// `bare_is_smallest` (it counts in the last unit) and, for any quantity, when it is 0.
+fn parse_quantity(text: &str, what: &str, example: &str, units: &[(&str, u64)], bare_is_smallest: bool) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not {what}: write a whole number and a unit, like {example}"))?;
+    let per_unit = match unit.trim() {
+        "" if bare_is_smallest || amount == 0 => 1,
+        unit => units.iter().find(|(name, _)| *name == unit).map(|(_, per_unit)| *per_unit).ok_or_else(|| {
+            let names: Vec<&str> = units.iter().map(|(name, _)| *name).collect();
+            format!("`{text}` has unknown unit `{unit}`: use one of {} (like {example})", names.join(", "))
+        })?,
+    };
+    amount.checked_mul(per_unit).ok_or_else(|| format!("`{text}` is too large for {what}"))
+}
+
+/// Writes `value` in the largest of `units` (largest first) that divides it exactly.
+fn write_quantity(f: &mut fmt::Formatter<'_>, value: u64, units: &[(&str, u64)]) -> fmt::Result {
+    match units.iter().find(|(_, per_unit)| value % per_unit == 0 && value > 0) {
+        Some((name, per_unit)) => write!(f, "{}{name}", value / per_unit),
+        None => write!(f, "0{}", units[units.len() - 1].0),
     }
 }
 
