@@ -475,6 +475,12 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_config_file_states_exactly_the_defaults() {
+        let documented = Config::parse(include_str!("../../config/jobhost.yml")).unwrap();
+        assert_eq!(format!("{documented:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let err = Config::parse("retry:\n  max_attempts: 2\n  max_atempts: 3\n").unwrap_err();
         let message = format!("{err:#}");
