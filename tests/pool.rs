@@ -63,7 +63,7 @@ fn a_payload_file_is_all_or_nothing() {
 }
 
 #[test]
-fn bad_seed_input_is_refused_by_name() {
+fn bad_flags_are_refused_by_name() {
     let pool = Pool::new("");
     let cases: &[(&[&str], &str)] = &[
         (&["seed", "--payload", "{not json"], "--payload is not valid JSON"),
@@ -73,6 +73,10 @@ fn bad_seed_input_is_refused_by_name() {
         (&["seed", "--processor", "../etc/passwd"], "--processor"),
         (&["seed", "--payload-file", "missing.jsonl"], "cannot open --payload-file missing.jsonl"),
         (&["seed", "--count", "many"], "--count"),
+        (&["check", "--max-workers", "0"], "--max-workers must be at least 1"),
+        (&["reap", "--stale-after", "0"], "--stale-after must be at least 1 second"),
+        (&["work", "--concurrency", "0"], "--concurrency must be at least 1"),
+        (&["work", "--max-jobs", "0"], "--max-jobs must be at least 1"),
     ];
     for (args, expected) in cases {
         let error = pool.fails(args);

@@ -34,6 +34,7 @@ struct CheckReport {
 
 pub fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     let max_workers = args.max_workers.unwrap_or(config.checker.max_workers);
+    anyhow::ensure!(max_workers >= 1, "--max-workers must be at least 1");
     let mut store = Store::open(&config.database)?;
     let Some(interval) = args.interval else {
         check_once(&mut store, config, &args.pool, max_workers, args.json)?;

@@ -268,6 +268,9 @@ impl Config {
         if self.worker.concurrency == 0 {
             bail!("worker.concurrency must be at least 1");
         }
+        if self.checker.max_workers == 0 {
+            bail!("checker.max_workers must be at least 1");
+        }
         if self.worker.heartbeat_interval.0.is_zero() {
             bail!("worker.heartbeat_interval must be longer than 0");
         }

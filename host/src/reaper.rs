@@ -25,6 +25,10 @@ pub struct ReapReport {
 }
 
 pub fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
+    anyhow::ensure!(
+        args.stale_after != Some(0),
+        "--stale-after must be at least 1 second: with 0 every running worker would be reaped"
+    );
     let stale_after = args.stale_after.map_or(config.reaper.stale_after.0, Duration::from_secs);
     let mut store = Store::open(&config.database)?;
     let report = reap_once(&mut store, config, args.pool.as_deref(), stale_after)?;
