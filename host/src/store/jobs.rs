@@ -43,7 +43,7 @@ impl JobStatus {
         }
     }
 
-    fn parse(text: &str) -> rusqlite::Result<JobStatus> {
+    pub(super) fn parse(text: &str) -> rusqlite::Result<JobStatus> {
         JobStatus::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
                 0,

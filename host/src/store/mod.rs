@@ -251,24 +251,13 @@ pub(crate) mod testing {
 
         /// Checks the trigger-kept `job_counts` against a count of the jobs themselves.
         pub fn assert_counts_exact(&self) {
-            let counted: Vec<(String, String, i64)> = self
-                .store
-                .conn
-                .prepare("SELECT pool, status, count(*) FROM jobs GROUP BY pool, status ORDER BY 1, 2")
-                .unwrap()
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
-            let kept: Vec<(String, String, i64)> = self
-                .store
-                .conn
-                .prepare("SELECT pool, status, jobs FROM job_counts WHERE jobs != 0 ORDER BY 1, 2")
-                .unwrap()
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
+            let rows = |sql: &str| -> Vec<(String, String, i64)> {
+                let mut statement = self.store.conn.prepare(sql).unwrap();
+                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap();
+                rows.collect::<rusqlite::Result<_>>().unwrap()
+            };
+            let counted = rows("SELECT pool, status, count(*) FROM jobs GROUP BY pool, status ORDER BY 1, 2");
+            let kept = rows("SELECT pool, status, jobs FROM job_counts WHERE jobs != 0 ORDER BY 1, 2");
             assert_eq!(kept, counted, "job_counts drifted from the jobs table");
         }
     }

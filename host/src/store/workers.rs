@@ -176,11 +176,7 @@ impl Store {
     pub fn plan_workers(&mut self, pool: &str, max_workers: u32, stale_after: Duration) -> Result<WorkerPlan> {
         let now = self.now();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let queue_depth: u64 = tx.query_row(
-            "SELECT count(*) FROM jobs WHERE status = 'pending' AND run_at <= ?1 AND pool = ?2",
-            params![now, pool],
-            |row| row.get(0),
-        )?;
+        let (queue_depth, _) = ready_in(&tx, Some(pool), now)?;
         let live_workers = live_workers_in(&tx, pool, now.saturating_sub(millis(stale_after)))?;
         let workers_needed = queue_depth.min(u64::from(max_workers));
         let mut new_workers = Vec::new();
@@ -197,17 +193,6 @@ impl Store {
         Ok(WorkerPlan { queue_depth, live_workers, workers_needed, new_workers })
     }
 
-    fn ready(&self, pool: Option<&str>) -> Result<(u64, Option<Millis>)> {
-        let now = self.now();
-        let (count, oldest): (u64, Option<Millis>) = self.conn.query_row(
-            "SELECT count(*), min(run_at) FROM jobs
-              WHERE status = 'pending' AND run_at <= ?1 AND (?2 IS NULL OR pool = ?2)",
-            params![now, pool],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        Ok((count, oldest.map(|run_at| now - run_at)))
-    }
-
     pub fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
         let mut snapshot = StatusSnapshot::default();
         let mut jobs = self.conn.prepare_cached(
@@ -216,12 +201,12 @@ impl Store {
         for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
             let (status, count) = row?;
             let counts = &mut snapshot.jobs;
-            match status.as_str() {
-                s if s == JobStatus::Pending.as_str() => counts.pending = count,
-                s if s == JobStatus::Claimed.as_str() => counts.claimed = count,
-                s if s == JobStatus::Completed.as_str() => counts.completed = count,
-                s if s == JobStatus::Poisoned.as_str() => counts.poisoned = count,
-                _ => counts.cancelled = count,
+            match JobStatus::parse(&status)? {
+                JobStatus::Pending => counts.pending = count,
+                JobStatus::Claimed => counts.claimed = count,
+                JobStatus::Completed => counts.completed = count,
+                JobStatus::Poisoned => counts.poisoned = count,
+                JobStatus::Cancelled => counts.cancelled = count,
             }
         }
         let mut workers = self.conn.prepare_cached(
@@ -237,9 +222,23 @@ impl Store {
                 _ => counts.lost = count,
             }
         }
-        (snapshot.ready, snapshot.oldest_ready_age_ms) = self.ready(pool)?;
+        let now = self.now();
+        let (ready, oldest_run_at) = ready_in(&self.conn, pool, now)?;
+        snapshot.ready = ready;
+        snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now - run_at);
         Ok(snapshot)
     }
+}
+
+/// Jobs ready to run at `now` (of `pool`, if given), and the earliest `run_at` among them.
+fn ready_in(conn: &rusqlite::Connection, pool: Option<&str>, now: Millis) -> Result<(u64, Option<Millis>)> {
+    let ready = conn.query_row(
+        "SELECT count(*), min(run_at) FROM jobs
+          WHERE status = 'pending' AND run_at <= ?1 AND (?2 IS NULL OR pool = ?2)",
+        params![now, pool],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(ready)
 }
 
 fn live_workers_in(conn: &rusqlite::Connection, pool: &str, heartbeat_cutoff: Millis) -> Result<u64> {
