@@ -27,10 +27,7 @@ const HOST_ONLY_VARS: &[&str] = &[
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest_dir
-        .parent()
-        .expect("host/ sits inside the workspace")
-        .to_path_buf();
+    let workspace = manifest_dir.parent().expect("host/ sits inside the workspace").to_path_buf();
     let echo_dir = workspace.join("processors/echo");
     println!("cargo:rerun-if-changed={}", echo_dir.join("src").display());
     println!("cargo:rerun-if-changed={}", echo_dir.join("Cargo.toml").display());
@@ -75,11 +72,7 @@ fn main() {
     }
 
     let wasm = target_dir.join(TARGET).join("release/echo.wasm");
-    assert!(
-        wasm.is_file(),
-        "the echo build succeeded but {} is missing",
-        wasm.display()
-    );
+    assert!(wasm.is_file(), "the echo build succeeded but {} is missing", wasm.display());
     println!("cargo:rustc-env=ECHO_WASM={}", wasm.display());
 }
 

@@ -54,7 +54,12 @@ const THIRD_TIME_LUCKY: &str = r#"(module
     (call $exit (i32.const 1))))"#;
 
 fn outcomes(job: &Value) -> Vec<String> {
-    job["attempt_history"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap_or("running").to_owned()).collect()
+    job["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("running").to_owned())
+        .collect()
 }
 
 fn job_by_payload(pool: &Pool, payload: &str) -> Value {
@@ -72,7 +77,11 @@ fn check_spawns_workers_that_drain_the_pool() {
     pool.ok(&["seed", "--count", "20", "--payload", r#"{"delay_ms": 100}"#]);
 
     let first = pool.json(&["check", "--max-workers", "3"]);
-    assert_eq!((first["queue_depth"].as_u64(), first["workers_needed"].as_u64(), first["spawned"].as_u64()), (Some(20), Some(3), Some(3)), "{first}");
+    assert_eq!(
+        (first["queue_depth"].as_u64(), first["workers_needed"].as_u64(), first["spawned"].as_u64()),
+        (Some(20), Some(3), Some(3)),
+        "{first}"
+    );
     let second = pool.json(&["check", "--max-workers", "3"]);
     assert_eq!((second["active_workers"].as_u64(), second["spawned"].as_u64()), (Some(3), Some(0)), "{second}");
 
@@ -121,8 +130,13 @@ fn failing_processors_retry_then_poison_and_a_flaky_one_recovers() {
     pool.ok(&["seed", "--processor", "third_time_lucky", "--payload", r#""flaky""#]);
     pool.ok(&["seed", "--processor", "echo", "--payload", r#"{"delay_ms": 60000}"#]);
 
-    let summary: Value = serde_json::from_str(pool.ok(&["work", "--json", "--concurrency", "3"]).lines().last().unwrap()).unwrap();
-    assert_eq!((summary["processed"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()), (Some(9), Some(1), Some(8)), "{summary}");
+    let summary: Value =
+        serde_json::from_str(pool.ok(&["work", "--json", "--concurrency", "3"]).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (summary["processed"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()),
+        (Some(9), Some(1), Some(8)),
+        "{summary}"
+    );
 
     let trap = job_by_payload(&pool, r#""trap""#);
     assert_eq!(trap["status"], "poisoned");
@@ -169,10 +183,18 @@ fn sigterm_finishes_the_job_in_flight_and_claims_no_more() {
     signal(&worker, libc::SIGTERM);
     let output = worker.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: Value = serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
-    assert_eq!((summary["processed"].as_u64(), summary["completed"].as_u64(), summary["status"].as_str()), (Some(1), Some(1), Some("terminated")));
+    let summary: Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (summary["processed"].as_u64(), summary["completed"].as_u64(), summary["status"].as_str()),
+        (Some(1), Some(1), Some("terminated"))
+    );
     let status = pool.status();
-    assert_eq!((jobs_count(&status, "completed"), jobs_count(&status, "pending"), jobs_count(&status, "claimed")), (1, 2, 0), "{status}");
+    assert_eq!(
+        (jobs_count(&status, "completed"), jobs_count(&status, "pending"), jobs_count(&status, "claimed")),
+        (1, 2, 0),
+        "{status}"
+    );
     assert_eq!(status["workers"]["terminated"], 1);
 }
 
@@ -235,7 +257,9 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
     assert_eq!(jobs_count(&status, "completed") + jobs_count(&status, "poisoned"), JOBS as u64, "{status}");
     assert_eq!(pool.count("SELECT count(*) FROM attempts WHERE outcome IS NULL"), 0, "an attempt was left open");
     assert_eq!(
-        pool.count("SELECT count(*) FROM jobs j WHERE attempts != (SELECT count(*) FROM attempts a WHERE a.job_seq = j.seq)"),
+        pool.count(
+            "SELECT count(*) FROM jobs j WHERE attempts != (SELECT count(*) FROM attempts a WHERE a.job_seq = j.seq)"
+        ),
         0,
         "every attempt counted on a job is in its history"
     );
@@ -244,5 +268,8 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
         0,
         "each completed job has exactly one successful attempt, the others none"
     );
-    assert!(pool.count("SELECT count(*) FROM attempts WHERE outcome = 'worker_lost'") > 0, "the kills cost some attempts");
+    assert!(
+        pool.count("SELECT count(*) FROM attempts WHERE outcome = 'worker_lost'") > 0,
+        "the kills cost some attempts"
+    );
 }

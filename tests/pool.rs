@@ -27,7 +27,10 @@ fn seed_queues_jobs_and_status_shows_the_fixed_shape() {
     );
     assert!(status["oldest_ready_age_ms"].as_i64().unwrap() >= 0);
     let other = pool.json(&["status", "--pool", "other"]);
-    assert_eq!((jobs_count(&other, "pending"), other["ready"].as_u64(), &other["oldest_ready_age_ms"]), (2, Some(0), &Value::Null));
+    assert_eq!(
+        (jobs_count(&other, "pending"), other["ready"].as_u64(), &other["oldest_ready_age_ms"]),
+        (2, Some(0), &Value::Null)
+    );
 }
 
 #[test]
@@ -39,7 +42,10 @@ fn seed_defaults_to_a_numbered_payload_for_echo() {
     payloads.sort_by_key(|p| p["seq"].as_i64());
     assert_eq!(payloads, [json!({"seq": 0}), json!({"seq": 1})]);
     for job in &jobs {
-        assert_eq!((job["processor"].as_str(), job["priority"].as_i64(), job["max_attempts"].as_u64()), (Some("echo"), Some(-1), Some(7)));
+        assert_eq!(
+            (job["processor"].as_str(), job["priority"].as_i64(), job["max_attempts"].as_u64()),
+            (Some("echo"), Some(-1), Some(7))
+        );
         assert_eq!(job["status"], "pending");
     }
 }
@@ -55,7 +61,12 @@ fn a_payload_file_is_all_or_nothing() {
     assert!(error.contains("bad.jsonl line 2 is not valid JSON"), "{error}");
     assert_eq!(jobs_count(&pool.status(), "pending"), 3, "nothing from the bad file was queued");
 
-    let mut child = pool.command(&["seed", "--payload-file", "-", "--json"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = pool
+        .command(&["seed", "--payload-file", "-", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"{\"x\":1}\n{\"x\":2}\n").unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
@@ -132,7 +143,13 @@ fn config_errors_name_the_file_line_and_key() {
     let error = pool.fails(&["status"]);
     assert!(error.contains("processors.limits.memory") && error.contains("line 3"), "{error}");
 
-    let error = pool.command(&["status"]).env("JOBHOST_CONFIG", "x").arg("--config").arg(pool.path("nope.yml")).output().unwrap();
+    let error = pool
+        .command(&["status"])
+        .env("JOBHOST_CONFIG", "x")
+        .arg("--config")
+        .arg(pool.path("nope.yml"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&error.stderr);
     assert!(!error.status.success() && stderr.contains("nope.yml"), "{stderr}");
 }
@@ -172,14 +189,11 @@ fn many_processes_share_one_file_and_complete_every_job_exactly_once() {
     let pool = Pool::new("");
     pool.ok(&["seed", "--count", &(WORKERS * PER_WORKER).to_string()]);
 
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| pool.spawn(&["work", "--max-jobs", &PER_WORKER.to_string(), "--json"]))
-        .collect();
+    let workers: Vec<_> =
+        (0..WORKERS).map(|_| pool.spawn(&["work", "--max-jobs", &PER_WORKER.to_string(), "--json"])).collect();
     // Read every worker's output at once, so none blocks on a full pipe.
-    let outputs: Vec<_> = workers
-        .into_iter()
-        .map(|worker| std::thread::spawn(move || worker.wait_with_output().unwrap()))
-        .collect();
+    let outputs: Vec<_> =
+        workers.into_iter().map(|worker| std::thread::spawn(move || worker.wait_with_output().unwrap())).collect();
     for output in outputs {
         let output = output.join().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);

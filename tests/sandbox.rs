@@ -274,7 +274,10 @@ fn processors_lists_broken_files_beside_working_ones() {
     assert_eq!(by_name.keys().copied().collect::<Vec<_>>(), ["bad name", "echo", "garbage", "no_start", "spin"]);
 
     let echo = by_name["echo"];
-    assert_eq!((&echo["status"], &echo["source"], &echo["overrides_builtin"]), (&json!("ok"), &json!("built-in"), &json!(false)));
+    assert_eq!(
+        (&echo["status"], &echo["source"], &echo["overrides_builtin"]),
+        (&json!("ok"), &json!("built-in"), &json!(false))
+    );
     assert_eq!(echo["limits"]["fuel"], 10_000_000_000u64);
 
     let spin = by_name["spin"];
@@ -283,9 +286,14 @@ fn processors_lists_broken_files_beside_working_ones() {
     assert!(spin["source"].as_str().unwrap().ends_with("spin.wasm"));
     assert_eq!(spin["size"], fs::metadata(pool.path("processors/spin.wasm")).unwrap().len());
     assert_eq!(spin["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(spin["limits"], json!({"fuel": 1234, "timeout_ms": 30000, "memory_bytes": 64 << 20, "stdout_bytes": 1 << 20, "stderr_bytes": 64 << 10}));
+    assert_eq!(
+        spin["limits"],
+        json!({"fuel": 1234, "timeout_ms": 30000, "memory_bytes": 64 << 20, "stdout_bytes": 1 << 20, "stderr_bytes": 64 << 10})
+    );
 
-    for (name, expected) in [("no_start", "_start"), ("garbage", "cannot be loaded"), ("bad name", "invalid processor name")] {
+    for (name, expected) in
+        [("no_start", "_start"), ("garbage", "cannot be loaded"), ("bad name", "invalid processor name")]
+    {
         assert_eq!(by_name[name]["status"], "broken", "{name}");
         let error = by_name[name]["error"].as_str().unwrap();
         assert!(error.contains(expected), "{name}: expected {expected:?} in {error}");

@@ -57,7 +57,8 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let mut cold = Vec::with_capacity(cold_runs);
     for _ in 0..cold_runs {
         let cache = pool.cache_dir();
-        std::fs::remove_dir_all(&cache).with_context(|| format!("cannot delete the module cache {}", cache.display()))?;
+        std::fs::remove_dir_all(&cache)
+            .with_context(|| format!("cannot delete the module cache {}", cache.display()))?;
         cold.push(time_process(&pool, &["work", "--once"])?);
     }
     let completed = count(&pool.observe()?, "SELECT count(*) FROM jobs WHERE status = 'completed'")?;
@@ -71,13 +72,23 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let steps = replay(&pool, warm_runs)?;
 
     let warm = median_duration(&warm);
-    report.add(Row::goal(SECTION, "`jobhost work --once`, module cache warm (median)", millis(warm), "≤ 10 ms", warm <= TARGET));
+    report.add(Row::goal(
+        SECTION,
+        "`jobhost work --once`, module cache warm (median)",
+        millis(warm),
+        "≤ 10 ms",
+        warm <= TARGET,
+    ));
     report.add(Row::info(
         SECTION,
         "`jobhost work --once`, module cache warm, pool open in another process (median)",
         millis(median_duration(&in_use)),
     ));
-    report.add(Row::info(SECTION, "`jobhost work --once`, module cache deleted (median)", millis(median_duration(&cold))));
+    report.add(Row::info(
+        SECTION,
+        "`jobhost work --once`, module cache deleted (median)",
+        millis(median_duration(&cold)),
+    ));
     report.add(Row::info(SECTION, "`jobhost status`, for scale (median)", millis(median_duration(&status))));
     let mut in_process = Duration::ZERO;
     for (step, samples) in STEPS.iter().zip(&steps) {
@@ -152,7 +163,8 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
             anyhow::bail!("echo failed in the replay: {}", ran.outcome.message().unwrap_or_default());
         };
         let mut batch = store.batch()?;
-        let fence = batch.complete(&job, &result.to_string(), &AttemptReport { kind: "ok", ..AttemptReport::default() })?;
+        let fence =
+            batch.complete(&job, &result.to_string(), &AttemptReport { kind: "ok", ..AttemptReport::default() })?;
         batch.commit()?;
         ensure!(fence == Fence::Applied, "the replay lost its claim on job {}", job.id);
         clock.lap();

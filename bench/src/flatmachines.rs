@@ -108,12 +108,15 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
                 number(twice as f64, 0),
             ));
         }
-        handed_twice += rounds
-            .iter()
-            .map(|round| round.separate.handed_twice + round.folded.handed_twice)
-            .sum::<i64>();
+        handed_twice += rounds.iter().map(|round| round.separate.handed_twice + round.folded.handed_twice).sum::<i64>();
     }
-    report.add(Row::goal(SECTION, "jobhost jobs handed to two workers, same rounds", number(handed_twice as f64, 0), "0", handed_twice == 0));
+    report.add(Row::goal(
+        SECTION,
+        "jobhost jobs handed to two workers, same rounds",
+        number(handed_twice as f64, 0),
+        "0",
+        handed_twice == 0,
+    ));
     report.add(Row::info(
         SECTION,
         format!(
@@ -162,8 +165,8 @@ impl Round {
 
 /// One run of `bench/flatmachines_store.py` on a fresh file in `dir`.
 fn flatmachines(python: &Path, script: &Path, dir: &Path, items: u64, processes: usize) -> Result<store::StoreRun> {
-    let scratch = tempfile::tempdir_in(dir)
-        .with_context(|| format!("cannot create a temporary folder in {}", dir.display()))?;
+    let scratch =
+        tempfile::tempdir_in(dir).with_context(|| format!("cannot create a temporary folder in {}", dir.display()))?;
     let db = scratch.path().join("flatmachines.db");
     let output = Command::new(python)
         .arg(script)
@@ -182,14 +185,10 @@ fn flatmachines(python: &Path, script: &Path, dir: &Path, items: u64, processes:
     let line = String::from_utf8_lossy(&output.stdout);
     let result: Value = serde_json::from_str(line.trim())
         .with_context(|| format!("{} printed {line:?}, not one JSON line", script.display()))?;
-    let field = |name: &str| {
-        result[name].as_f64().with_context(|| format!("{} printed no {name:?}: {line}", script.display()))
-    };
+    let field =
+        |name: &str| result[name].as_f64().with_context(|| format!("{} printed no {name:?}: {line}", script.display()));
     let completed = items as f64 - field("left")?;
-    Ok(store::StoreRun {
-        pairs_per_second: completed / field("seconds")?,
-        handed_twice: field("handed_twice")? as i64,
-    })
+    Ok(store::StoreRun { pairs_per_second: completed / field("seconds")?, handed_twice: field("handed_twice")? as i64 })
 }
 
 /// The virtualenv's python with flatmachines installed, making it if needed.

@@ -102,8 +102,7 @@ impl Report {
         }
         let mut out = String::new();
         for line in std::iter::once(&header).chain(&cells) {
-            let padded: Vec<String> =
-                line.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            let padded: Vec<String> = line.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
             writeln!(out, "{}", padded.join("  ").trim_end()).unwrap();
         }
         out
@@ -113,14 +112,24 @@ impl Report {
         let mut out = String::new();
         writeln!(out, "# Benchmarks\n").unwrap();
         if header.quick {
-            writeln!(out, "**A `--quick` smoke run: smaller workloads, single repetitions; not the reference figures.**\n").unwrap();
+            writeln!(
+                out,
+                "**A `--quick` smoke run: smaller workloads, single repetitions; not the reference figures.**\n"
+            )
+            .unwrap();
         }
-        writeln!(out, "- Machine: {} cores; load average {} before, {} after", header.cores, header.load_before, header.load_after).unwrap();
+        writeln!(
+            out,
+            "- Machine: {} cores; load average {} before, {} after",
+            header.cores, header.load_before, header.load_after
+        )
+        .unwrap();
         writeln!(out, "- Date: {}", header.date).unwrap();
         writeln!(out, "- Commit: {}", header.commit).unwrap();
         writeln!(out, "- Command: `{}` (what `./scripts/bench` runs after building)", header.command).unwrap();
         writeln!(out, "- Wall time of the whole benchmark: {:.0} s", header.wall_time.as_secs_f64()).unwrap();
-        writeln!(out, "\nTimings are medians of several runs; ratios compare figures measured in the same run.").unwrap();
+        writeln!(out, "\nTimings are medians of several runs; ratios compare figures measured in the same run.")
+            .unwrap();
         writeln!(out, "The machine is shared, so absolute figures move between runs; the load averages above say how busy it was.\n").unwrap();
         writeln!(out, "| section | measure | value | target | met |").unwrap();
         writeln!(out, "|---|---|---|---|---|").unwrap();

@@ -60,10 +60,8 @@ fn sandboxed(runs: usize) -> Result<Vec<Duration>> {
     let limits = config.limits_for("echo");
     let sandbox = Sandbox::new(1)?;
     let echo = Registry::new(&config, &sandbox).load("echo")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a tokio runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a tokio runtime")?;
     let job = JobInput { job_id: "bench", attempt: 1, pool: "default", processor: "echo", payload: PAYLOAD };
     runtime.block_on(async {
         let mut samples = Vec::with_capacity(runs);

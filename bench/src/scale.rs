@@ -34,8 +34,16 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let at_small = measure(small, pairs)?;
     let at_large = measure(large, pairs)?;
     for (jobs, at) in [(small, &at_small), (large, &at_large)] {
-        report.add(Row::info(SECTION, format!("claim+complete p50, {} pending", number(jobs as f64, 0)), micros(at.pair_p50)));
-        report.add(Row::info(SECTION, format!("status, {} pending (median)", number(jobs as f64, 0)), millis(at.status)));
+        report.add(Row::info(
+            SECTION,
+            format!("claim+complete p50, {} pending", number(jobs as f64, 0)),
+            micros(at.pair_p50),
+        ));
+        report.add(Row::info(
+            SECTION,
+            format!("status, {} pending (median)", number(jobs as f64, 0)),
+            millis(at.status),
+        ));
     }
     let slowdown = at_large.pair_p50.as_secs_f64() / at_small.pair_p50.as_secs_f64();
     report.add(Row::goal(

@@ -24,8 +24,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use jobhost::config::{DatabaseConfig, Synchronous};
 use clap::ValueEnum;
+use jobhost::config::{DatabaseConfig, Synchronous};
 use jobhost::store::{AttemptReport, Batch, ClaimedJob, Fence, NewJob, NewWorker, Store};
 
 use crate::report::{Report, Row, number, per_second};
@@ -116,7 +116,8 @@ pub fn measure(dir: &Path, jobs: u64, processes: usize, synchronous: Synchronous
     enqueue(&mut store, jobs)?;
     drop(store);
 
-    let mut workers = (0..processes).map(|_| StoreWorker::spawn(&db, synchronous, shape)).collect::<Result<Vec<_>>>()?;
+    let mut workers =
+        (0..processes).map(|_| StoreWorker::spawn(&db, synchronous, shape)).collect::<Result<Vec<_>>>()?;
     for worker in &mut workers {
         let line = worker.read_line()?;
         ensure!(line == "ready", "a store-worker said {line:?} instead of \"ready\"; its error is above");

@@ -25,10 +25,8 @@ impl Bench {
         ensure!(runs >= 1, "--runs must be at least 1");
         let exe = std::env::current_exe().context("cannot find the benchmark's own executable")?;
         let bin_dir = exe.parent().context("the benchmark executable has no folder")?.to_path_buf();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("bench/ sits inside the workspace")?
-            .to_path_buf();
+        let root =
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("bench/ sits inside the workspace")?.to_path_buf();
         let bench = Bench { root, bin_dir, quick, runs };
         let jobhost = bench.jobhost();
         ensure!(

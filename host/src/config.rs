@@ -219,22 +219,16 @@ impl Config {
     pub fn discover(explicit: Option<&Path>) -> Result<Config> {
         match explicit {
             Some(path) => Config::from_file(path),
-            None if Path::new(DEFAULT_CONFIG_PATH).is_file() => {
-                Config::from_file(Path::new(DEFAULT_CONFIG_PATH))
-            }
+            None if Path::new(DEFAULT_CONFIG_PATH).is_file() => Config::from_file(Path::new(DEFAULT_CONFIG_PATH)),
             None => Ok(Config::default()),
         }
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read config file {}: check the path given by --config or JOBHOST_CONFIG",
-                path.display()
-            )
+            format!("cannot read config file {}: check the path given by --config or JOBHOST_CONFIG", path.display())
         })?;
-        let mut config =
-            Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        let mut config = Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -284,9 +278,7 @@ impl Config {
         }
         self.processors.limits.validate("processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
-            overrides
-                .apply_to(self.processors.limits)
-                .validate(&format!("processors.overrides.{name}"))?;
+            overrides.apply_to(self.processors.limits).validate(&format!("processors.overrides.{name}"))?;
         }
         Ok(())
     }
@@ -341,8 +333,15 @@ const DURATION_UNITS: &[(&str, u64)] = &[("d", 86_400_000), ("h", 3_600_000), ("
 pub struct ByteSize(pub u64);
 
 /// Bytes per size unit, binary ones first (the ones [`fmt::Display`] writes).
-const SIZE_UNITS: &[(&str, u64)] =
-    &[("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000)];
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+    ("B", 1),
+    ("GB", 1_000_000_000),
+    ("MB", 1_000_000),
+    ("KB", 1_000),
+];
 
 impl FromStr for HumanDuration {
     type Err = String;
@@ -376,7 +375,13 @@ impl fmt::Display for ByteSize {
 
 /// Parses a whole number followed by one of `units`. A bare number is allowed when
 /// `bare_is_smallest` (it counts in the last unit) and, for any quantity, when it is 0.
-fn parse_quantity(text: &str, what: &str, example: &str, units: &[(&str, u64)], bare_is_smallest: bool) -> Result<u64, String> {
+fn parse_quantity(
+    text: &str,
+    what: &str,
+    example: &str,
+    units: &[(&str, u64)],
+    bare_is_smallest: bool,
+) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
@@ -501,10 +506,8 @@ mod tests {
 
     #[test]
     fn overrides_change_only_the_keys_they_name() {
-        let config = Config::parse(
-            "processors:\n  limits: {fuel: 1000}\n  overrides:\n    slow: {timeout: 5m}\n",
-        )
-        .unwrap();
+        let config =
+            Config::parse("processors:\n  limits: {fuel: 1000}\n  overrides:\n    slow: {timeout: 5m}\n").unwrap();
         let slow = config.limits_for("slow");
         assert_eq!(slow.fuel, 1000);
         assert_eq!(slow.timeout.0, Duration::from_secs(300));

@@ -140,10 +140,7 @@ impl Registry {
             Ok(meta) => Some(Stamp::of(&meta)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(err) => {
-                return Err(LoadError(format!(
-                    "processor \"{name}\": cannot read {}: {err}",
-                    path.display()
-                )));
+                return Err(LoadError(format!("processor \"{name}\": cannot read {}: {err}", path.display())));
             }
         };
         if let Some(loaded) = self.loaded.get(name)
@@ -156,10 +153,7 @@ impl Registry {
             // stamp and reloads, so a stale module is never kept.
             Some(_) => match fs::read(&path) {
                 Ok(wasm) => self.prepare(name, &Source::File(path), &wasm),
-                Err(err) => Err(LoadError(format!(
-                    "processor \"{name}\": cannot read {}: {err}",
-                    path.display()
-                ))),
+                Err(err) => Err(LoadError(format!("processor \"{name}\": cannot read {}: {err}", path.display()))),
             },
             None => match builtin(name) {
                 Some(wasm) => self.prepare(name, &Source::Builtin, wasm),
@@ -172,13 +166,7 @@ impl Registry {
                 }
             },
         };
-        self.loaded.insert(
-            name.to_string(),
-            Loaded {
-                stamp,
-                result: result.clone(),
-            },
-        );
+        self.loaded.insert(name.to_string(), Loaded { stamp, result: result.clone() });
         result
     }
 
@@ -212,9 +200,8 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries {
-                let path = entry
-                    .with_context(|| format!("cannot list the processors folder {}", dir.display()))?
-                    .path();
+                let path =
+                    entry.with_context(|| format!("cannot list the processors folder {}", dir.display()))?.path();
                 if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
                     files.push(path);
                 }
@@ -223,10 +210,7 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => {
             return Err(err).with_context(|| {
-                format!(
-                    "cannot list the processors folder {} (set processors.dir or --processors-dir)",
-                    dir.display()
-                )
+                format!("cannot list the processors folder {} (set processors.dir or --processors-dir)", dir.display())
             });
         }
     }
@@ -275,10 +259,7 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
             size: Some(wasm.len() as u64),
             sha256: Some(hex(&Sha256::digest(wasm))),
             limits: config.limits_for(name),
-            status: registry
-                .prepare(name, &Source::Builtin, wasm)
-                .map(drop)
-                .map_err(|e| e.0),
+            status: registry.prepare(name, &Source::Builtin, wasm).map(drop).map_err(|e| e.0),
         });
     }
     infos.sort_by(|a, b| a.name.cmp(&b.name));
@@ -286,19 +267,14 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
 }
 
 fn builtin(name: &str) -> Option<&'static [u8]> {
-    BUILTINS
-        .iter()
-        .find(|(builtin, _)| *builtin == name)
-        .map(|&(_, wasm)| wasm)
+    BUILTINS.iter().find(|(builtin, _)| *builtin == name).map(|&(_, wasm)| wasm)
 }
 
 /// Checks a processor name: 1 to 64 ASCII letters, digits, `_` or `-` (the file stem of
 /// `NAME.wasm`, so it can never point outside the processors folder).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let valid =
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if valid {
         Ok(())
     } else {
@@ -325,17 +301,11 @@ impl CompileCache {
     fn new(dir: PathBuf, engine: &Engine) -> CompileCache {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        CompileCache {
-            dir,
-            engine_key: hasher.0.finalize().into(),
-        }
+        CompileCache { dir, engine_key: hasher.0.finalize().into() }
     }
 
     fn module(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
-        let key = Sha256::new()
-            .chain_update(Sha256::digest(wasm))
-            .chain_update(self.engine_key)
-            .finalize();
+        let key = Sha256::new().chain_update(Sha256::digest(wasm)).chain_update(self.engine_key).finalize();
         let path = self.dir.join(format!("{}.cwasm", hex(&key)));
         if let Some(module) = self.read(engine, &path) {
             return Ok(module);
@@ -351,10 +321,7 @@ impl CompileCache {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
             Err(err) => {
-                tracing::warn!(
-                    "cannot read compiled-module cache entry {}: {err}; recompiling",
-                    path.display()
-                );
+                tracing::warn!("cannot read compiled-module cache entry {}: {err}; recompiling", path.display());
                 return None;
             }
         };
@@ -376,11 +343,8 @@ impl CompileCache {
     /// Best effort: a cache that cannot be written costs a recompile next time, not the run.
     fn write(&self, path: &Path, module: &Module) {
         static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
-        let temp = path.with_extension(format!(
-            "{}-{}.tmp",
-            std::process::id(),
-            NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
-        ));
+        let temp =
+            path.with_extension(format!("{}-{}.tmp", std::process::id(), NEXT_TEMP.fetch_add(1, Ordering::Relaxed)));
         let written = (|| -> anyhow::Result<()> {
             create_private_dir(&self.dir)?;
             let mut bytes = module.serialize()?;
@@ -470,13 +434,7 @@ mod tests {
     }
 
     async fn run(sandbox: &Sandbox, program: &Prepared, payload: &[u8]) -> crate::sandbox::RunReport {
-        let job = JobInput {
-            job_id: "j",
-            attempt: 1,
-            pool: "p",
-            processor: "t",
-            payload,
-        };
+        let job = JobInput { job_id: "j", attempt: 1, pool: "p", processor: "t", payload };
         sandbox.run(program, job, &Limits::default()).await
     }
 
@@ -492,22 +450,13 @@ mod tests {
         let (_tmp, config, sandbox) = setup();
         let mut registry = Registry::new(&config, &sandbox);
         let missing = registry.load("late").err().unwrap().to_string();
-        assert!(
-            missing.contains("processor \"late\" not found: no late.wasm in"),
-            "{missing}"
-        );
+        assert!(missing.contains("processor \"late\" not found: no late.wasm in"), "{missing}");
 
         let path = config.processors.dir.join("late.wasm");
         install(&path, EXIT0);
         let first = registry.load("late").unwrap();
-        assert_eq!(
-            run(&sandbox, &first, b"{}").await.outcome,
-            Outcome::Ok(serde_json::json!({"done": true}))
-        );
-        assert!(
-            Arc::ptr_eq(&first, &registry.load("late").unwrap()),
-            "an unchanged file is not reloaded"
-        );
+        assert_eq!(run(&sandbox, &first, b"{}").await.outcome, Outcome::Ok(serde_json::json!({"done": true})));
+        assert!(Arc::ptr_eq(&first, &registry.load("late").unwrap()), "an unchanged file is not reloaded");
 
         install(&path, EXIT3);
         let second = registry.load("late").unwrap();

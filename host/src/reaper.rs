@@ -48,12 +48,8 @@ pub fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
 
 /// One reaping pass; the checker's `--interval` loop calls this every round.
 pub fn reap_once(store: &mut Store, config: &Config, pool: Option<&str>, stale_after: Duration) -> Result<ReapReport> {
-    let reaped = store.reap(
-        pool,
-        stale_after,
-        config.checker.start_grace.0,
-        &RetryPolicy::from_config(&config.retry),
-    )?;
+    let reaped =
+        store.reap(pool, stale_after, config.checker.start_grace.0, &RetryPolicy::from_config(&config.retry))?;
     for worker in &reaped.workers {
         tracing::warn!(worker_id = worker, "worker marked lost: no heartbeat within {stale_after:?}");
     }

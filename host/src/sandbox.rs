@@ -220,11 +220,7 @@ impl Sandbox {
         spawn_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut JobState| &mut state.wasi)?;
-        Ok(Sandbox {
-            engine,
-            linker: Arc::new(linker),
-            slots: Arc::new(Semaphore::new(slots as usize)),
-        })
+        Ok(Sandbox { engine, linker: Arc::new(linker), slots: Arc::new(Semaphore::new(slots as usize)) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -273,18 +269,13 @@ impl Sandbox {
             .env("JOB_POOL", job.pool)
             .arg(job.processor)
             .build_p1();
-        let limiter = CapLimiter {
-            memory_cap: to_usize(limits.memory.0),
-            hit: false,
-        };
+        let limiter = CapLimiter { memory_cap: to_usize(limits.memory.0), hit: false };
         let mut store = Store::new(&self.engine, JobState { wasi, limiter });
         store.limiter(|state| &mut state.limiter);
         // Compiled code keeps its fuel count in a register and writes it back only at calls and
         // fuel checks, not at epoch yields; a run cancelled inside a loop would report no fuel
         // used. Yielding every FUEL_YIELD_INTERVAL units writes it back regularly.
-        store
-            .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
-            .expect("the engine is configured with fuel");
+        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)).expect("the engine is configured with fuel");
         store.set_fuel(limits.fuel).expect("the engine is configured with fuel");
         // Deadlines are relative to the current epoch, so set them last. Each tick yields to
         // the executor and grants one more tick: the wall-clock limit is the timeout below.
@@ -335,10 +326,7 @@ fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
         // memory would still reserve 4 GiB plus guards. Reserve nothing up front instead:
         // memories then grow by moving and accesses are bounds-checked, which is slower
         // but fits in any address space the guest's memory cap fits in.
-        config
-            .memory_reservation(0)
-            .memory_guard_size(0)
-            .memory_reservation_for_growth(1 << 20);
+        config.memory_reservation(0).memory_guard_size(0).memory_reservation_for_growth(1 << 20);
     }
     config
 }
@@ -374,13 +362,8 @@ enum Failure {
 }
 
 async fn call_start(pre: &InstancePre<JobState>, store: &mut Store<JobState>) -> Result<(), Failure> {
-    let instance = pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(Failure::NotInstantiated)?;
-    let start = instance
-        .get_typed_func::<(), ()>(&mut *store, "_start")
-        .map_err(Failure::NotInstantiated)?;
+    let instance = pre.instantiate_async(&mut *store).await.map_err(Failure::NotInstantiated)?;
+    let start = instance.get_typed_func::<(), ()>(&mut *store, "_start").map_err(Failure::NotInstantiated)?;
     start.call_async(&mut *store, ()).await.map_err(Failure::Errored)
 }
 
@@ -413,15 +396,9 @@ fn error_outcome(err: &wasmtime::Error) -> Outcome {
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
-        Some(trap) => Outcome::Trap {
-            kind: snake_case(&format!("{trap:?}")),
-            message: trap_message(trap, err),
-        },
+        Some(trap) => Outcome::Trap { kind: snake_case(&format!("{trap:?}")), message: trap_message(trap, err) },
         // A host function failed, e.g. `proc_exit` with a status WASI cannot represent.
-        None => Outcome::Trap {
-            kind: "host_error".to_string(),
-            message: format!("{err:#}"),
-        },
+        None => Outcome::Trap { kind: "host_error".to_string(), message: format!("{err:#}") },
     }
 }
 
@@ -504,13 +481,7 @@ mod tests {
     async fn run_wat(sandbox: &Sandbox, wat: &str, limits: &Limits) -> RunReport {
         let module = Module::new(sandbox.engine(), wat).expect("valid WAT");
         let program = sandbox.prepare(&module).expect("a runnable module");
-        let job = JobInput {
-            job_id: "j1",
-            attempt: 2,
-            pool: "p",
-            processor: "test",
-            payload: b"{}",
-        };
+        let job = JobInput { job_id: "j1", attempt: 2, pool: "p", processor: "test", payload: b"{}" };
         sandbox.run(&program, job, limits).await
     }
 
@@ -533,11 +504,7 @@ mod tests {
     #[tokio::test]
     async fn output_may_fill_its_cap_but_not_pass_it() {
         let sandbox = Sandbox::new(1).unwrap();
-        let capped = Limits {
-            stdout: ByteSize(5),
-            stderr: ByteSize(5),
-            ..limits()
-        };
+        let capped = Limits { stdout: ByteSize(5), stderr: ByteSize(5), ..limits() };
         assert_eq!(
             run_wat(&sandbox, &writer(1, "12345"), &capped).await.outcome,
             Outcome::Ok(serde_json::json!(12345))
@@ -555,10 +522,7 @@ mod tests {
     async fn initial_memory_above_the_cap_is_a_memory_outcome() {
         let sandbox = Sandbox::new(1).unwrap();
         let two_mib = r#"(module (memory (export "memory") 32) (func (export "_start")))"#;
-        let capped = Limits {
-            memory: ByteSize(1 << 20),
-            ..limits()
-        };
+        let capped = Limits { memory: ByteSize(1 << 20), ..limits() };
         assert_eq!(run_wat(&sandbox, two_mib, &capped).await.outcome, Outcome::Memory);
     }
 
@@ -568,14 +532,8 @@ mod tests {
         let polite = r#"(module (memory (export "memory") 1)
             (func (export "_start")
               (if (i32.ne (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#;
-        let capped = Limits {
-            memory: ByteSize(1 << 20),
-            ..limits()
-        };
-        assert_eq!(
-            run_wat(&sandbox, polite, &capped).await.outcome,
-            Outcome::Ok(Value::Null)
-        );
+        let capped = Limits { memory: ByteSize(1 << 20), ..limits() };
+        assert_eq!(run_wat(&sandbox, polite, &capped).await.outcome, Outcome::Ok(Value::Null));
     }
 
     #[tokio::test]
@@ -598,21 +556,14 @@ mod tests {
               (i32.store (i32.const 4) (i32.add (i32.load (i32.const 20)) (i32.load (i32.const 28))))
               (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
         let report = run_wat(&sandbox, wat, &limits()).await;
-        assert_eq!(
-            report.outcome,
-            Outcome::Ok(Value::String("JOB_ID=j1\0JOB_ATTEMPT=2\0JOB_POOL=p\0test\0".into()))
-        );
+        assert_eq!(report.outcome, Outcome::Ok(Value::String("JOB_ID=j1\0JOB_ATTEMPT=2\0JOB_POOL=p\0test\0".into())));
     }
 
     #[tokio::test]
     async fn a_cpu_loop_with_fuel_to_spare_stops_at_the_deadline() {
         let sandbox = Sandbox::new(1).unwrap();
         let spin = r#"(module (func (export "_start") (loop $l (br $l))))"#;
-        let bounded = Limits {
-            fuel: u64::MAX,
-            timeout: HumanDuration(Duration::from_millis(100)),
-            ..limits()
-        };
+        let bounded = Limits { fuel: u64::MAX, timeout: HumanDuration(Duration::from_millis(100)), ..limits() };
         let report = run_wat(&sandbox, spin, &bounded).await;
         assert_eq!(report.outcome, Outcome::Timeout);
         assert!(report.duration < Duration::from_millis(600), "{:?}", report.duration);
@@ -629,13 +580,7 @@ mod tests {
                 let (sandbox, program) = (sandbox.clone(), program.clone());
                 // Spawning also proves the run future is Send.
                 tokio::spawn(async move {
-                    let job = JobInput {
-                        job_id: "j",
-                        attempt: 1,
-                        pool: "p",
-                        processor: "one",
-                        payload: b"",
-                    };
+                    let job = JobInput { job_id: "j", attempt: 1, pool: "p", processor: "one", payload: b"" };
                     sandbox.run(&program, job, &Limits::default()).await.outcome
                 })
             })
@@ -664,27 +609,16 @@ mod tests {
     #[test]
     fn prepare_refuses_modules_that_are_not_wasi_commands() {
         let sandbox = Sandbox::new(1).unwrap();
-        let prepare = |wat: &str| {
-            sandbox
-                .prepare(&Module::new(sandbox.engine(), wat).unwrap())
-                .err()
-                .map(|e| format!("{e:#}"))
-        };
-        assert!(
-            prepare(r#"(module (func (export "main")))"#)
-                .unwrap()
-                .contains("no `_start`")
-        );
+        let prepare =
+            |wat: &str| sandbox.prepare(&Module::new(sandbox.engine(), wat).unwrap()).err().map(|e| format!("{e:#}"));
+        assert!(prepare(r#"(module (func (export "main")))"#).unwrap().contains("no `_start`"));
         assert!(
             prepare(r#"(module (func (export "_start") (param i32)))"#)
                 .unwrap()
                 .contains("not a function without parameters")
         );
         let import = prepare(r#"(module (import "env" "f" (func)) (func (export "_start")))"#).unwrap();
-        assert!(
-            import.contains("does not provide") && import.contains("env::f"),
-            "{import}"
-        );
+        assert!(import.contains("does not provide") && import.contains("env::f"), "{import}");
         assert!(prepare(r#"(module (func (export "_start")))"#).is_none());
     }
 
@@ -693,10 +627,7 @@ mod tests {
         let kinds = [
             Outcome::Ok(Value::Null),
             Outcome::Exit(1),
-            Outcome::Trap {
-                kind: "k".into(),
-                message: "m".into(),
-            },
+            Outcome::Trap { kind: "k".into(), message: "m".into() },
             Outcome::FuelExhausted,
             Outcome::Timeout,
             Outcome::Memory,
@@ -706,16 +637,7 @@ mod tests {
         .map(|outcome| outcome.kind());
         assert_eq!(
             kinds,
-            [
-                "ok",
-                "exit",
-                "trap",
-                "fuel_exhausted",
-                "timeout",
-                "memory",
-                "output_too_large",
-                "load_error"
-            ]
+            ["ok", "exit", "trap", "fuel_exhausted", "timeout", "memory", "output_too_large", "load_error"]
         );
     }
 }

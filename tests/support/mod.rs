@@ -124,11 +124,7 @@ impl Pool {
     /// Every job, with its full record (`jobs show --json`).
     pub fn all_jobs(&self) -> Vec<Value> {
         let list = self.json(&["jobs", "list", "--limit", "100000"]);
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|job| self.json(&["jobs", "show", job["id"].as_str().unwrap()]))
-            .collect()
+        list.as_array().unwrap().iter().map(|job| self.json(&["jobs", "show", job["id"].as_str().unwrap()])).collect()
     }
 }
 

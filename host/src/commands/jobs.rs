@@ -19,7 +19,10 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&jobs)?);
             } else {
-                println!("{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}", "ID", "POOL", "PROCESSOR", "STATUS", "ATTEMPTS", "UPDATED");
+                println!(
+                    "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",
+                    "ID", "POOL", "PROCESSOR", "STATUS", "ATTEMPTS", "UPDATED"
+                );
                 for job in &jobs {
                     println!(
                         "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",

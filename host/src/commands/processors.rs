@@ -66,9 +66,7 @@ fn print_table(config: &Config, infos: &[ProcessorInfo]) {
                 if info.status.is_ok() { "ok" } else { "broken" }.to_string(),
                 source,
                 info.size.map_or("-".to_string(), |size| size.to_string()),
-                info.sha256
-                    .as_deref()
-                    .map_or("-".to_string(), |sha| sha[..12].to_string()),
+                info.sha256.as_deref().map_or("-".to_string(), |sha| sha[..12].to_string()),
                 format!(
                     "fuel {} timeout {} memory {} stdout {} stderr {}",
                     limits.fuel, limits.timeout, limits.memory, limits.stdout, limits.stderr

@@ -35,13 +35,8 @@ pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
                 .build()
                 .context("cannot start the async runtime")?;
             let job_id = format!("run-{}", uuid::Uuid::new_v4());
-            let job = JobInput {
-                job_id: &job_id,
-                attempt: 1,
-                pool: RUN_POOL,
-                processor: &args.name,
-                payload: &payload,
-            };
+            let job =
+                JobInput { job_id: &job_id, attempt: 1, pool: RUN_POOL, processor: &args.name, payload: &payload };
             runtime.block_on(sandbox.run(&program, job, &limits))
         }
         Err(err) => RunReport::load_error(err.to_string()),
@@ -70,18 +65,13 @@ fn read_payload(args: &RunArgs) -> Result<Vec<u8>> {
     };
     let bytes = if path.as_os_str() == "-" {
         let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("cannot read --payload-file - (stdin)")?;
+        std::io::stdin().read_to_end(&mut bytes).context("cannot read --payload-file - (stdin)")?;
         bytes
     } else {
         std::fs::read(path).with_context(|| format!("cannot read --payload-file {}", path.display()))?
     };
     serde_json::from_slice::<IgnoredAny>(&bytes).with_context(|| {
-        format!(
-            "--payload-file {} is not valid JSON: it must hold one JSON document",
-            path.display()
-        )
+        format!("--payload-file {} is not valid JSON: it must hold one JSON document", path.display())
     })?;
     Ok(bytes)
 }
@@ -127,18 +117,10 @@ fn report_json(name: &str, report: &RunReport) -> Value {
 }
 
 fn print_report(name: &str, report: &RunReport) {
-    println!(
-        "{name}: {} in {:.3} ms, {} fuel used",
-        report.outcome.kind(),
-        duration_ms(report),
-        report.fuel_used
-    );
+    println!("{name}: {} in {:.3} ms, {} fuel used", report.outcome.kind(), duration_ms(report), report.fuel_used);
     match &report.outcome {
         Outcome::Ok(result) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(result).expect("a Value always serializes")
-            );
+            println!("{}", serde_json::to_string_pretty(result).expect("a Value always serializes"));
         }
         outcome => {
             if let Some(message) = outcome.message() {

@@ -67,8 +67,8 @@ fn read_payload_lines(path: &Path) -> Result<Vec<String>> {
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open --payload-file {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open --payload-file {}", path.display()))?;
         Box::new(BufReader::new(file))
     };
     let mut payloads = Vec::new();

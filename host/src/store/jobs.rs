@@ -25,13 +25,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Pending,
-        JobStatus::Claimed,
-        JobStatus::Completed,
-        JobStatus::Poisoned,
-        JobStatus::Cancelled,
-    ];
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Pending, JobStatus::Claimed, JobStatus::Completed, JobStatus::Poisoned, JobStatus::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -237,7 +232,14 @@ impl Store {
             .query_row(
                 &format!("SELECT {SUMMARY_COLUMNS}, seq, payload, result FROM jobs WHERE id = ?1"),
                 [id],
-                |row| Ok((summary_from_row(row)?, row.get::<_, i64>(14)?, row.get::<_, String>(15)?, row.get::<_, Option<String>>(16)?)),
+                |row| {
+                    Ok((
+                        summary_from_row(row)?,
+                        row.get::<_, i64>(14)?,
+                        row.get::<_, String>(15)?,
+                        row.get::<_, Option<String>>(16)?,
+                    ))
+                },
             )
             .optional()?;
         let Some((job, seq, payload, result)) = found else {
@@ -328,10 +330,9 @@ impl Store {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut deleted = 0;
         for status in statuses.iter().filter(|s| s.is_finished()) {
-            deleted += tx.execute(
-                "DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2",
-                params![status.as_str(), cutoff],
-            )? as u64;
+            deleted += tx
+                .execute("DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2", params![status.as_str(), cutoff])?
+                as u64;
         }
         tx.commit()?;
         Ok(deleted)
@@ -379,10 +380,9 @@ impl Batch<'_> {
                   ORDER BY priority DESC, run_at, seq
                   LIMIT :limit",
             )?
-            .query_map(
-                named_params! { ":pool": pool, ":now": now, ":worker": worker_id, ":limit": limit },
-                |row| row.get::<_, i64>(0),
-            )?
+            .query_map(named_params! { ":pool": pool, ":now": now, ":worker": worker_id, ":limit": limit }, |row| {
+                row.get::<_, i64>(0)
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut take = self.tx.prepare_cached(
             "UPDATE jobs
@@ -391,9 +391,9 @@ impl Batch<'_> {
               WHERE seq = ?5 AND status = 'pending'
              RETURNING id, pool, processor, payload, attempts",
         )?;
-        let mut start_attempt = self.tx.prepare_cached(
-            "INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)",
-        )?;
+        let mut start_attempt = self
+            .tx
+            .prepare_cached("INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)")?;
         let lease_until = now.saturating_add(millis(lease));
         let mut claimed = Vec::with_capacity(picked.len());
         for seq in picked {
@@ -560,8 +560,8 @@ pub(super) fn recover_abandoned_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::TestStore;
     use crate::store::NewWorker;
+    use crate::store::testing::TestStore;
 
     const LEASE: Duration = Duration::from_secs(60);
     const NO_BACKOFF: RetryPolicy = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
@@ -629,7 +629,8 @@ mod tests {
         active_worker(&mut t, "w1");
         let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
         let claimed = claim_one(&mut t, "w1").unwrap();
-        let report = AttemptReport { kind: "ok", fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::default() };
+        let report =
+            AttemptReport { kind: "ok", fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::default() };
         assert_eq!(t.store.complete(&claimed, r#"{"done":true}"#, &report).unwrap(), Fence::Applied);
 
         let detail = t.store.job(&id).unwrap().unwrap();
@@ -673,14 +674,20 @@ mod tests {
 
         let first = claim_one(&mut t, "w1").unwrap();
         let retry_at = t.store.now() + 1_000;
-        assert_eq!(t.store.fail(&first, &failure("trap"), &policy).unwrap(), FailOutcome::Retrying { run_at: retry_at });
+        assert_eq!(
+            t.store.fail(&first, &failure("trap"), &policy).unwrap(),
+            FailOutcome::Retrying { run_at: retry_at }
+        );
         t.advance(999);
         assert!(claim_one(&mut t, "w1").is_none(), "not ready during the backoff");
         t.advance(1);
         let second = claim_one(&mut t, "w1").unwrap();
         assert_eq!(second.attempt, 2);
         let retry_at = t.store.now() + 2_000;
-        assert_eq!(t.store.fail(&second, &failure("timeout"), &policy).unwrap(), FailOutcome::Retrying { run_at: retry_at });
+        assert_eq!(
+            t.store.fail(&second, &failure("timeout"), &policy).unwrap(),
+            FailOutcome::Retrying { run_at: retry_at }
+        );
         t.advance(2_000);
         let third = claim_one(&mut t, "w1").unwrap();
         assert_eq!(t.store.fail(&third, &failure("exit"), &policy).unwrap(), FailOutcome::Poisoned);
@@ -704,7 +711,8 @@ mod tests {
             let held = claim_one(&mut t, worker).unwrap();
             assert_eq!(recover(&mut t), Recovery::default(), "a live lease is left alone");
             t.store.deregister_worker(worker).unwrap();
-            let expected = if round == 0 { Recovery { released: 1, poisoned: 0 } } else { Recovery { released: 0, poisoned: 1 } };
+            let expected =
+                if round == 0 { Recovery { released: 1, poisoned: 0 } } else { Recovery { released: 0, poisoned: 1 } };
             assert_eq!(recover(&mut t), expected);
             let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
             assert_eq!(t.store.complete(&held, "1", &ok).unwrap(), Fence::Stale, "the old holder cannot finish it");
@@ -744,7 +752,11 @@ mod tests {
         assert_eq!(t.store.retry_poisoned(None).unwrap(), 1);
         let retried = claim_one(&mut t, "w1").unwrap();
         assert_eq!((retried.id.as_str(), retried.attempt), (ids[0].as_str(), 2));
-        assert_eq!(t.store.job(&ids[0]).unwrap().unwrap().job.max_attempts, 2, "a fresh attempt on top of the used one");
+        assert_eq!(
+            t.store.job(&ids[0]).unwrap().unwrap().job.max_attempts,
+            2,
+            "a fresh attempt on top of the used one"
+        );
         let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
         t.store.complete(&retried, "1", &ok).unwrap();
 

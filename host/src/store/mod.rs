@@ -83,15 +83,12 @@ impl Store {
     pub fn open_with_clock(config: &DatabaseConfig, clock: Clock) -> Result<Store> {
         let path = &config.path;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| {
-                format!("cannot create the folder {} for the database", parent.display())
-            })?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create the folder {} for the database", parent.display()))?;
         }
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("cannot open database {}", path.display()))?;
         let mut store = Store { conn, clock };
@@ -105,8 +102,7 @@ impl Store {
     }
 
     fn configure(&self, config: &DatabaseConfig) -> Result<()> {
-        let mode: String =
-            self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        let mode: String = self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         anyhow::ensure!(
             mode.eq_ignore_ascii_case("wal"),
             "SQLite refused WAL mode (got {mode}); put the database on a local filesystem"
@@ -220,14 +216,18 @@ pub(crate) mod testing {
             Ok(fence)
         }
 
-        pub fn fail(&mut self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<FailOutcome> {
+        pub fn fail(
+            &mut self,
+            job: &ClaimedJob,
+            report: &AttemptReport<'_>,
+            retry: &RetryPolicy,
+        ) -> Result<FailOutcome> {
             let mut batch = self.batch()?;
             let outcome = batch.fail(job, report, retry)?;
             batch.commit()?;
             Ok(outcome)
         }
     }
-
 
     pub struct TestStore {
         pub store: Store,
@@ -238,8 +238,7 @@ pub(crate) mod testing {
     impl TestStore {
         pub fn new() -> TestStore {
             let dir = tempfile::tempdir().unwrap();
-            let config =
-                DatabaseConfig { path: dir.path().join("pool.db"), ..DatabaseConfig::default() };
+            let config = DatabaseConfig { path: dir.path().join("pool.db"), ..DatabaseConfig::default() };
             let now = Arc::new(AtomicI64::new(1_700_000_000_000));
             let store = Store::open_with_clock(&config, Clock::manual(now.clone())).unwrap();
             TestStore { store, now, _dir: dir }

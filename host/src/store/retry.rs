@@ -16,11 +16,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn from_config(config: &RetryConfig) -> RetryPolicy {
-        RetryPolicy {
-            initial: config.backoff_initial.0,
-            max: config.backoff_max.0,
-            jitter: config.backoff_jitter,
-        }
+        RetryPolicy { initial: config.backoff_initial.0, max: config.backoff_max.0, jitter: config.backoff_jitter }
     }
 
     /// The wait after failed attempt number `attempt` (1-based).

@@ -174,8 +174,7 @@ mod tests {
 
         let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
         let mut store = Store::open(&config).unwrap();
-        let version: i32 =
-            store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        let version: i32 = store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, CURRENT_VERSION);
         assert!(store.job("j1").unwrap().is_some(), "the job written before the upgrade is still there");
         store.enqueue(&[new_job()]).unwrap();

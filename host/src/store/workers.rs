@@ -115,10 +115,8 @@ impl Store {
             .execute(params![now, worker_id])?
             > 0;
         if alive {
-            tx.prepare_cached(
-                "UPDATE jobs SET lease_expires_at = ?1 WHERE worker_id = ?2 AND status = 'claimed'",
-            )?
-            .execute(params![now.saturating_add(millis(lease)), worker_id])?;
+            tx.prepare_cached("UPDATE jobs SET lease_expires_at = ?1 WHERE worker_id = ?2 AND status = 'claimed'")?
+                .execute(params![now.saturating_add(millis(lease)), worker_id])?;
         }
         tx.commit()?;
         Ok(alive)
@@ -209,9 +207,9 @@ impl Store {
                 JobStatus::Cancelled => counts.cancelled = count,
             }
         }
-        let mut workers = self.conn.prepare_cached(
-            "SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
-        )?;
+        let mut workers = self
+            .conn
+            .prepare_cached("SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
         for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
             let (status, count) = row?;
             let counts = &mut snapshot.workers;
@@ -254,8 +252,8 @@ fn live_workers_in(conn: &rusqlite::Connection, pool: &str, heartbeat_cutoff: Mi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::TestStore;
     use crate::store::NewJob;
+    use crate::store::testing::TestStore;
 
     const NO_BACKOFF: RetryPolicy = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
     const STALE: Duration = Duration::from_secs(60);
@@ -270,12 +268,22 @@ mod tests {
         let mut t = TestStore::new();
         t.store.activate_worker(&worker("w1")).unwrap();
         t.store
-            .enqueue(&[NewJob { pool: "default".into(), processor: "echo".into(), payload: "{}".into(), priority: 0, max_attempts: 3, delay_ms: 0 }])
+            .enqueue(&[NewJob {
+                pool: "default".into(),
+                processor: "echo".into(),
+                payload: "{}".into(),
+                priority: 0,
+                max_attempts: 3,
+                delay_ms: 0,
+            }])
             .unwrap();
         assert_eq!(t.store.claim("default", "w1", STALE * 10, 1).unwrap().len(), 1);
 
         t.advance(millis(STALE));
-        assert!(t.store.reap(None, STALE, GRACE, &NO_BACKOFF).unwrap().workers.is_empty(), "exactly at the threshold it is alive");
+        assert!(
+            t.store.reap(None, STALE, GRACE, &NO_BACKOFF).unwrap().workers.is_empty(),
+            "exactly at the threshold it is alive"
+        );
         t.advance(1);
         let reaped = t.store.reap(None, STALE, GRACE, &NO_BACKOFF).unwrap();
         assert_eq!(reaped.workers, ["w1"]);
@@ -290,7 +298,14 @@ mod tests {
         let mut t = TestStore::new();
         t.store.activate_worker(&worker("w1")).unwrap();
         t.store
-            .enqueue(&[NewJob { pool: "default".into(), processor: "echo".into(), payload: "{}".into(), priority: 0, max_attempts: 3, delay_ms: 0 }])
+            .enqueue(&[NewJob {
+                pool: "default".into(),
+                processor: "echo".into(),
+                payload: "{}".into(),
+                priority: 0,
+                max_attempts: 3,
+                delay_ms: 0,
+            }])
             .unwrap();
         t.store.claim("default", "w1", STALE, 1).unwrap();
         for _ in 0..10 {
@@ -306,7 +321,14 @@ mod tests {
     fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace() {
         let mut t = TestStore::new();
         t.store
-            .enqueue(&[NewJob { pool: "default".into(), processor: "echo".into(), payload: "{}".into(), priority: 0, max_attempts: 3, delay_ms: 0 }])
+            .enqueue(&[NewJob {
+                pool: "default".into(),
+                processor: "echo".into(),
+                payload: "{}".into(),
+                priority: 0,
+                max_attempts: 3,
+                delay_ms: 0,
+            }])
             .unwrap();
         let planned = t.store.plan_workers("default", 1, STALE).unwrap().new_workers;
         assert_eq!(t.store.status(None).unwrap().workers.starting, 1);
@@ -319,10 +341,20 @@ mod tests {
     #[test]
     fn plan_workers_counts_starting_workers_and_never_overspawns() {
         let mut t = TestStore::new();
-        let new = NewJob { pool: "default".into(), processor: "echo".into(), payload: "{}".into(), priority: 0, max_attempts: 3, delay_ms: 0 };
+        let new = NewJob {
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms: 0,
+        };
         t.store.enqueue(&vec![new; 5]).unwrap();
         let first = t.store.plan_workers("default", 3, STALE).unwrap();
-        assert_eq!((first.queue_depth, first.live_workers, first.workers_needed, first.new_workers.len()), (5, 0, 3, 3));
+        assert_eq!(
+            (first.queue_depth, first.live_workers, first.workers_needed, first.new_workers.len()),
+            (5, 0, 3, 3)
+        );
         let second = t.store.plan_workers("default", 3, STALE).unwrap();
         assert_eq!((second.live_workers, second.new_workers.len()), (3, 0), "starting workers count as live");
         assert_eq!(t.store.plan_workers("default", 4, STALE).unwrap().new_workers.len(), 1);
@@ -332,7 +364,14 @@ mod tests {
     #[test]
     fn status_counts_jobs_and_workers_and_the_ready_backlog() {
         let mut t = TestStore::new();
-        let new = |delay_ms| NewJob { pool: "default".into(), processor: "echo".into(), payload: "{}".into(), priority: 0, max_attempts: 3, delay_ms };
+        let new = |delay_ms| NewJob {
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms,
+        };
         t.store.enqueue(&[new(0), new(0), new(60_000)]).unwrap();
         t.advance(250);
         t.store.activate_worker(&worker("w1")).unwrap();
