@@ -110,7 +110,7 @@ fn a_killed_workers_job_completes_once_on_another_worker() {
     victim.wait().unwrap();
 
     let start = Instant::now();
-    while pool.json(&["reap", "--stale-after", "1"])["jobs_released"] != 1 {
+    while pool.json(&["reap", "--stale-after", "1s"])["jobs_released"] != 1 {
         assert!(start.elapsed() < Duration::from_secs(30), "the dead worker's job was never released");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -165,7 +165,7 @@ fn a_long_job_keeps_its_worker_alive_through_heartbeats() {
     let started = Instant::now();
     // Reap with a threshold well below the job's length for as long as the job runs.
     while worker.try_wait().unwrap().is_none() {
-        let reap = pool.json(&["reap", "--stale-after", "2"]);
+        let reap = pool.json(&["reap", "--stale-after", "2s"]);
         assert_eq!(reap["reaped_count"], 0, "a live worker was reaped after {:?}: {reap}", started.elapsed());
         std::thread::sleep(Duration::from_millis(200));
     }

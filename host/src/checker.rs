@@ -13,7 +13,6 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -21,7 +20,7 @@ use serde::Serialize;
 use crate::cli::CheckArgs;
 use crate::config::Config;
 use crate::reaper;
-use crate::store::Store;
+use crate::store::{Access, Store};
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -33,14 +32,12 @@ struct CheckReport {
 }
 
 pub fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
-    let max_workers = args.max_workers.unwrap_or(config.checker.max_workers);
-    anyhow::ensure!(max_workers >= 1, "--max-workers must be at least 1");
-    let mut store = Store::open(&config.database)?;
-    let Some(interval) = args.interval else {
+    let max_workers = config.checker.max_workers;
+    let mut store = Store::open(&config.database, Access::Existing)?;
+    if args.interval.is_none() {
         check_once(&mut store, config, &args.pool, max_workers, args.json)?;
         return Ok(ExitCode::SUCCESS);
-    };
-    anyhow::ensure!(interval > 0, "--interval must be at least 1 second");
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -57,7 +54,7 @@ pub fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
             // Collect the workers that exited, so they do not linger as zombies.
             children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+                _ = tokio::time::sleep(config.checker.interval.0) => {}
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -88,14 +85,14 @@ fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, 
         spawned_ids: plan.new_workers,
     };
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        crate::outln!(
             "pool {pool}: {} ready job(s), {} live worker(s), {} needed; spawned {}",
             report.queue_depth, report.active_workers, report.workers_needed, report.spawned
-        );
+        )?;
         for id in &report.spawned_ids {
-            println!("  started worker {id}");
+            crate::outln!("  started worker {id}")?;
         }
     }
     Ok(children)

@@ -29,7 +29,7 @@ pub struct GlobalArgs {
     /// Configuration file (YAML). Default: ./config/jobhost.yml when it exists, else built-in defaults.
     #[arg(long, global = true, env = "JOBHOST_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// SQLite database file; overrides `database.path`. Missing parent folders are created.
+    /// SQLite database file; overrides `database.path`. `seed` creates it (and its folders); other commands need it to exist.
     #[arg(long, global = true, env = "JOBHOST_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// Folder of drop-in `*.wasm` processors; overrides `processors.dir`.
@@ -69,9 +69,12 @@ pub struct SeedArgs {
     /// Pool the jobs go into.
     #[arg(long, default_value = "default")]
     pub pool: String,
-    /// Processor that runs the jobs.
+    /// Processor that runs the jobs; it must exist on this host unless --processor-elsewhere.
     #[arg(long, default_value = "echo")]
     pub processor: String,
+    /// Queue for a processor this host does not have (it is installed where the workers run).
+    #[arg(long)]
+    pub processor_elsewhere: bool,
     /// JSON payload for every job. Default: `{"seq": i}` with i counting from 0.
     #[arg(long, value_name = "JSON", conflicts_with = "payload_file")]
     pub payload: Option<String>,
@@ -207,9 +210,9 @@ pub struct CheckArgs {
     /// Most workers to keep alive for the pool. Default: `checker.max_workers`.
     #[arg(long, value_name = "N")]
     pub max_workers: Option<u32>,
-    /// Check again every SECS seconds (reaping each round) until SIGTERM.
-    #[arg(long, value_name = "SECS")]
-    pub interval: Option<u64>,
+    /// Check again every DURATION (default `checker.interval`), reaping each round, until SIGTERM.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1)]
+    pub interval: Option<Option<HumanDuration>>,
     #[arg(long)]
     pub json: bool,
 }
@@ -219,9 +222,9 @@ pub struct ReapArgs {
     /// Only workers and jobs of this pool. Default: all pools.
     #[arg(long)]
     pub pool: Option<String>,
-    /// A worker silent for longer than SECS seconds is lost. Default: `reaper.stale_after`.
-    #[arg(long, value_name = "SECS")]
-    pub stale_after: Option<u64>,
+    /// A worker silent for longer than this is lost, e.g. `90s`. Default: `reaper.stale_after`.
+    #[arg(long, value_name = "DURATION")]
+    pub stale_after: Option<HumanDuration>,
     #[arg(long)]
     pub json: bool,
 }

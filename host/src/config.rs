@@ -29,7 +29,11 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub checker: CheckerConfig,
     pub reaper: ReaperConfig,
+    pub jobs: JobsConfig,
     pub processors: ProcessorsConfig,
+    /// Keys set by a command-line flag, and that flag: validation errors name what the user typed.
+    #[serde(skip)]
+    pub set_by_flag: BTreeMap<String, &'static str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +148,19 @@ impl Default for ReaperConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Largest payload a job may carry; `seed` and `run` refuse larger ones.
+    pub max_payload: ByteSize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { max_payload: ByteSize(1 << 20) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ProcessorsConfig {
     /// Folder scanned for drop-in `*.wasm` processors.
     pub dir: PathBuf,
@@ -244,11 +261,12 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every value and every rule between values. Run on the file alone and again
+    /// after the command line's flags are written in (see [`crate::settings`]), so a flag
+    /// never skips a check the file gets; errors name the flag when a flag set the value.
+    pub fn validate(&self) -> Result<()> {
         let retry = &self.retry;
-        if retry.max_attempts == 0 {
-            bail!("retry.max_attempts must be at least 1 (the first run counts as an attempt)");
-        }
+        check_range(self.name("retry.max_attempts"), retry.max_attempts, 1, MAX_ATTEMPTS, "the first run counts as one")?;
         if !(0.0..=1.0).contains(&retry.backoff_jitter) {
             bail!("retry.backoff_jitter must be between 0.0 and 1.0, got {}", retry.backoff_jitter);
         }
@@ -259,28 +277,58 @@ impl Config {
                 retry.backoff_initial
             );
         }
-        if self.worker.concurrency == 0 {
-            bail!("worker.concurrency must be at least 1");
+        check_range(self.name("worker.concurrency"), self.worker.concurrency, 1, MAX_CONCURRENCY, "jobs in flight")?;
+        check_range(self.name("checker.max_workers"), self.checker.max_workers, 1, MAX_WORKERS, "workers per pool")?;
+        if self.database.busy_timeout.0 < MIN_BUSY_TIMEOUT {
+            bail!(
+                "{} must be at least {}, got {}: shorter waits make busy workers fail with \
+                 \"database is locked\" instead of waiting their turn",
+                self.name("database.busy_timeout"),
+                HumanDuration(MIN_BUSY_TIMEOUT),
+                self.database.busy_timeout
+            );
         }
-        if self.checker.max_workers == 0 {
-            bail!("checker.max_workers must be at least 1");
-        }
-        if self.worker.heartbeat_interval.0.is_zero() {
-            bail!("worker.heartbeat_interval must be longer than 0");
+        for key in ["worker.heartbeat_interval", "checker.interval", "checker.start_grace"] {
+            let value = match key {
+                "worker.heartbeat_interval" => self.worker.heartbeat_interval,
+                "checker.interval" => self.checker.interval,
+                _ => self.checker.start_grace,
+            };
+            if value.0.is_zero() {
+                bail!("{} must be longer than 0", self.name(key));
+            }
         }
         if self.reaper.stale_after.0 <= self.worker.heartbeat_interval.0 {
             bail!(
-                "reaper.stale_after ({}) must be longer than worker.heartbeat_interval ({}), \
-                 or live workers would be reaped between heartbeats",
+                "{} ({}) must be longer than {} ({}), or live workers would be reaped between heartbeats",
+                self.name("reaper.stale_after"),
                 self.reaper.stale_after,
+                self.name("worker.heartbeat_interval"),
                 self.worker.heartbeat_interval
             );
         }
-        self.processors.limits.validate("processors.limits")?;
+        if !(2..=MAX_PAYLOAD_LIMIT).contains(&self.jobs.max_payload.0) {
+            bail!(
+                "{} must be between 2B and {}, got {}",
+                self.name("jobs.max_payload"),
+                ByteSize(MAX_PAYLOAD_LIMIT),
+                self.jobs.max_payload
+            );
+        }
+        self.processors.limits.validate(self, "processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
-            overrides.apply_to(self.processors.limits).validate(&format!("processors.overrides.{name}"))?;
+            crate::processors::validate_name(name).map_err(|err| anyhow::anyhow!("processors.overrides: {err}"))?;
+            overrides.apply_to(self.processors.limits).validate(self, &format!("processors.overrides.{name}"))?;
         }
         Ok(())
+    }
+
+    /// How to call `key` in an error: the flag that set it, or the key itself.
+    pub fn name(&self, key: &str) -> String {
+        match self.set_by_flag.get(key) {
+            Some(flag) => (*flag).to_string(),
+            None => key.to_string(),
+        }
     }
 
     /// The limits that apply to processor `name`: the defaults with its overrides applied.
@@ -304,21 +352,45 @@ impl Config {
 }
 
 impl Limits {
-    pub fn validate(&self, key: &str) -> Result<()> {
+    /// Checks the limits found at `key` (e.g. `processors.limits`) of `config`.
+    fn validate(&self, config: &Config, key: &str) -> Result<()> {
+        let name = |limit: &str| config.name(&format!("{key}.{limit}"));
         if self.fuel == 0 {
-            bail!("{key}.fuel must be more than 0");
+            bail!("{} must be more than 0", name("fuel"));
         }
         if self.timeout.0.is_zero() {
-            bail!("{key}.timeout must be longer than 0");
+            bail!("{} must be longer than 0", name("timeout"));
         }
-        if self.memory.0 < 64 << 10 {
-            bail!("{key}.memory must be at least 64KiB (one wasm page), got {}", self.memory);
-        }
-        if self.memory.0 > 4 << 30 {
-            bail!("{key}.memory must be at most 4GiB (the 32-bit wasm address space), got {}", self.memory);
+        if !(64 << 10..=4 << 30).contains(&self.memory.0) {
+            bail!(
+                "{} must be between 64KiB (one wasm page) and 4GiB (the 32-bit wasm address space), got {}",
+                name("memory"),
+                self.memory
+            );
         }
         Ok(())
     }
+}
+
+/// Most attempts a job can be given: enough for any retry schedule, and far from the
+/// integer widths the store counts attempts in.
+pub const MAX_ATTEMPTS: u32 = 10_000;
+/// Most jobs one worker keeps in flight; each holds an instance slot and up to its memory cap.
+pub const MAX_CONCURRENCY: u32 = 1_000;
+/// Most workers the checker keeps alive for one pool.
+pub const MAX_WORKERS: u32 = 1_000;
+/// Shortest wait for another process's write lock: busy workers hold it for milliseconds.
+const MIN_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// The largest `jobs.max_payload` allowed.
+const MAX_PAYLOAD_LIMIT: u64 = 64 << 20;
+/// The longest duration jobhost takes: a hundred years, far inside every timestamp's range.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn check_range(name: String, value: u32, min: u32, max: u32, what: &str) -> Result<()> {
+    if !(min..=max).contains(&value) {
+        bail!("{name} must be between {min} and {max} ({what}), got {value}");
+    }
+    Ok(())
 }
 
 /// A duration written for people: `500ms`, `2s`, `5m`, `1h`, `7d`, or `0`.
@@ -348,7 +420,11 @@ impl FromStr for HumanDuration {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let millis = parse_quantity(text, "a duration", "500ms, 2s, 5m or 7d", DURATION_UNITS, false)?;
-        Ok(HumanDuration(Duration::from_millis(millis)))
+        let duration = Duration::from_millis(millis);
+        if duration > MAX_DURATION {
+            return Err(format!("`{}` is too long: durations are at most {}", text.trim(), HumanDuration(MAX_DURATION)));
+        }
+        Ok(HumanDuration(duration))
     }
 }
 
@@ -390,6 +466,9 @@ fn parse_quantity(
         .map_err(|_| format!("`{text}` is not {what}: write a whole number and a unit, like {example}"))?;
     let per_unit = match unit.trim() {
         "" if bare_is_smallest || amount == 0 => 1,
+        "" => {
+            return Err(format!("`{text}` has no unit: {what} needs one, like {example}"));
+        }
         unit => units.iter().find(|(name, _)| *name == unit).map(|(_, per_unit)| *per_unit).ok_or_else(|| {
             let names: Vec<&str> = units.iter().map(|(name, _)| *name).collect();
             format!("`{text}` has unknown unit `{unit}`: use one of {} (like {example})", names.join(", "))
@@ -459,7 +538,9 @@ mod tests {
         assert_eq!(ms("1h"), Ok(3_600_000));
         assert_eq!(ms("7d"), Ok(604_800_000));
         assert_eq!(ms("0"), Ok(0));
-        assert!(ms("5").unwrap_err().contains("unknown unit"));
+        assert!(ms("5").unwrap_err().contains("has no unit: a duration needs one, like 500ms"));
+        assert!(ms("106751991167d").unwrap_err().contains("too long"));
+        assert!(ms("99999999999999999999s").unwrap_err().contains("not a duration"));
         assert!(ms("2 weeks").unwrap_err().contains("unknown unit"));
         assert!(ms("fast").unwrap_err().contains("not a duration"));
     }
@@ -520,5 +601,30 @@ mod tests {
         assert!(Config::parse("retry: {backoff_jitter: 1.5}").is_err());
         assert!(Config::parse("reaper: {stale_after: 1s}\nworker: {heartbeat_interval: 2s}").is_err());
         assert!(Config::parse("processors: {limits: {memory: 1KiB}}").is_err());
+        assert!(Config::parse("retry: {max_attempts: 4294967295}").is_err());
+        assert!(Config::parse("worker: {concurrency: 100000}").is_err());
+        assert!(Config::parse("checker: {interval: 0}").is_err());
+        assert!(Config::parse("jobs: {max_payload: 1GiB}").is_err());
+    }
+
+    #[test]
+    fn a_busy_timeout_too_short_to_wait_out_a_busy_worker_is_refused() {
+        let message = format!("{:#}", Config::parse("database: {busy_timeout: 0}").unwrap_err());
+        assert!(message.contains("database.busy_timeout must be at least 1s"), "{message}");
+    }
+
+    #[test]
+    fn an_override_with_an_invalid_processor_name_is_refused() {
+        let message = format!("{:#}", Config::parse("processors: {overrides: {'../x': {fuel: 5}}}").unwrap_err());
+        assert!(message.contains("processors.overrides: invalid processor name \"../x\""), "{message}");
+    }
+
+    #[test]
+    fn errors_name_the_flag_that_set_a_value() {
+        let mut config = Config::default();
+        config.reaper.stale_after = HumanDuration(Duration::from_secs(2));
+        config.set_by_flag.insert("reaper.stale_after".into(), "--stale-after");
+        let message = format!("{:#}", config.validate().unwrap_err());
+        assert!(message.starts_with("--stale-after (2s) must be longer than worker.heartbeat_interval (5s)"), "{message}");
     }
 }

@@ -11,34 +11,31 @@ pub mod checker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod outcome;
+pub mod output;
 pub mod processors;
 pub mod reaper;
 pub mod sandbox;
+pub mod settings;
 pub mod store;
 pub mod worker;
 
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
-use crate::config::Config;
 
 /// Carries out a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut config = Config::discover(cli.global.config.as_deref())?;
-    if let Some(db) = cli.global.db {
-        config.database.path = db;
-    }
-    if let Some(dir) = cli.global.processors_dir {
-        config.processors.dir = dir;
-    }
-    match cli.command {
-        Command::Seed(args) => commands::seed::run(&config, args),
-        Command::Status(args) => commands::status::run(&config, args),
-        Command::Jobs(command) => commands::jobs::run(&config, command),
-        Command::Processors(args) => commands::processors::run(&config, args),
-        Command::Run(args) => commands::run::run(&config, args),
-        Command::Work(args) => worker::run(&config, args),
-        Command::Check(args) => checker::run(&config, args),
-        Command::Reap(args) => reaper::run(&config, args),
+    let (config, command) = settings::settle(cli)?;
+    let config = &config;
+    match command {
+        Command::Seed(args) => commands::seed::run(config, args),
+        Command::Status(args) => commands::status::run(config, args),
+        Command::Jobs(command) => commands::jobs::run(config, command),
+        Command::Processors(args) => commands::processors::run(config, args),
+        Command::Run(args) => commands::run::run(config, args),
+        Command::Work(args) => worker::run(config, args),
+        Command::Check(args) => checker::run(config, args),
+        Command::Reap(args) => reaper::run(config, args),
     }
 }

@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     init_logging(cli.global.log_level.as_deref());
     match jobhost::run(cli) {
         Ok(code) => code,
+        // The reader of our output went away: there is no one left to tell, as with ripgrep.
+        Err(err) if jobhost::output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

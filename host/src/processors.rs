@@ -266,6 +266,35 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
     Ok(infos)
 }
 
+/// The names of every processor this host has, built-in or drop-in, without loading any:
+/// what `seed` checks a processor name against.
+pub fn names(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = BUILTINS.iter().map(|&(name, _)| name.to_string()).collect();
+    let dir = &config.processors.dir;
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry.with_context(|| format!("cannot list the processors folder {}", dir.display()))?.path();
+                if path.extension().is_some_and(|ext| ext == "wasm")
+                    && let Some(stem) = path.file_stem().and_then(|stem| stem.to_str())
+                    && validate_name(stem).is_ok()
+                {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!("cannot list the processors folder {} (set processors.dir or --processors-dir)", dir.display())
+            });
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 fn builtin(name: &str) -> Option<&'static [u8]> {
     BUILTINS.iter().find(|(builtin, _)| *builtin == name).map(|&(_, wasm)| wasm)
 }

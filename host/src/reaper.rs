@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cli::ReapArgs;
 use crate::config::Config;
-use crate::store::{RetryPolicy, Store};
+use crate::store::{Access, RetryPolicy, Store};
 
 #[derive(Debug, Serialize)]
 pub struct ReapReport {
@@ -25,22 +25,18 @@ pub struct ReapReport {
 }
 
 pub fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
-    anyhow::ensure!(
-        args.stale_after != Some(0),
-        "--stale-after must be at least 1 second: with 0 every running worker would be reaped"
-    );
-    let stale_after = args.stale_after.map_or(config.reaper.stale_after.0, Duration::from_secs);
-    let mut store = Store::open(&config.database)?;
+    let stale_after = config.reaper.stale_after.0;
+    let mut store = Store::open(&config.database, Access::Existing)?;
     let report = reap_once(&mut store, config, args.pool.as_deref(), stale_after)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        crate::outln!(
             "reaped {} worker(s); {} job(s) released for retry, {} poisoned",
             report.reaped_count, report.jobs_released, report.jobs_poisoned
-        );
+        )?;
         for worker in &report.reaped_workers {
-            println!("  lost: {worker}");
+            crate::outln!("  lost: {worker}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -26,7 +26,12 @@ use crate::cli::WorkArgs;
 use crate::config::Config;
 use crate::processors::{LoadError, Registry};
 use crate::sandbox::{JobInput, Outcome, Prepared, RunReport, Sandbox};
-use crate::store::{AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, NewWorker, RetryPolicy, Store};
+use crate::outcome::OutcomeKind;
+use crate::output::LineSink;
+use crate::store::{
+    Access, AttemptReport, Batch, ClaimedJob, ErrorKind, FailOutcome, Fence, Fingerprint, NewWorker, RetryPolicy, Store,
+    StoreError,
+};
 
 /// What became of one job, printed as a JSON line with `--json`.
 #[derive(Debug, Serialize)]
@@ -34,7 +39,7 @@ struct JobLine {
     job_id: String,
     processor: String,
     attempt: u32,
-    outcome: &'static str,
+    outcome: OutcomeKind,
     /// `completed`, `retrying`, `poisoned`, or `stale` when the claim had been taken away.
     status: &'static str,
     message: Option<String>,
@@ -81,18 +86,27 @@ struct Worker {
     concurrency: u32,
     max_jobs: Option<u64>,
     json: bool,
-    /// Set by the heartbeat thread when the reaper declared this worker lost.
-    lost: Arc<AtomicBool>,
+    /// Set by the heartbeat thread when this worker must stop claiming, and why.
+    stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    /// The `--json` lines; they stop (and the worker goes on) if the reader goes away.
+    out: LineSink,
+}
+
+/// Why the heartbeat thread stopped the worker; each is an abnormal end, exit status 1.
+#[derive(Debug, Clone)]
+enum StopReason {
+    /// The reaper declared this worker lost: its jobs are another worker's now.
+    Lost,
+    /// The database file was deleted or replaced under the worker.
+    DatabaseReplaced(String),
 }
 
 pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
-    let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
-    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    let concurrency = config.worker.concurrency;
     let max_jobs = if args.once { Some(1) } else { args.max_jobs };
-    anyhow::ensure!(max_jobs != Some(0), "--max-jobs must be at least 1");
     let worker_id = args.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
-    let mut store = Store::open(&config.database)?;
+    let mut store = Store::open(&config.database, Access::Existing)?;
     store.activate_worker(&NewWorker {
         id: worker_id.clone(),
         pool: args.pool.clone(),
@@ -108,7 +122,8 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
             return Err(err);
         }
     };
-    let lost = Arc::new(AtomicBool::new(false));
+    let stop_reason = Arc::new(std::sync::Mutex::new(None));
+    let fingerprint = store.fingerprint();
     let mut worker = Worker {
         registry: Registry::new(config, &sandbox),
         store,
@@ -119,10 +134,11 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
         concurrency,
         max_jobs,
         json: args.json,
-        lost: lost.clone(),
+        stop_reason: stop_reason.clone(),
+        out: LineSink::default(),
     };
 
-    let heartbeat = Heartbeat::start(config, &worker_id, lost.clone())?;
+    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, stop_reason.clone())?;
     // One thread: store calls are short and run inline between guest runs, with no hand-offs
     // between threads. A worker uses one core; `jobhost check` starts one worker per core.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -133,21 +149,33 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     heartbeat.stop();
 
     let mut summary = result?;
+    let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").clone();
     summary.worker_id = worker_id.clone();
-    summary.status = if lost.load(Ordering::SeqCst) { "lost" } else { "terminated" };
-    worker.store.deregister_worker(&worker_id)?;
+    summary.status = if matches!(stop_reason, Some(StopReason::Lost)) { "lost" } else { "terminated" };
+    if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
+        worker.store.deregister_worker(&worker_id)?;
+    }
     tracing::info!(worker_id, processed = summary.processed, "worker finished");
+    let out = &mut worker.out;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        out.line(format_args!("{}", serde_json::to_string(&summary)?));
     } else if summary.processed == 0 {
-        println!("worker {worker_id}: no work available");
+        out.line(format_args!("worker {worker_id}: no work available"));
     } else {
-        println!(
+        out.line(format_args!(
             "worker {worker_id}: processed {} job(s): {} completed, {} failed",
             summary.processed, summary.completed, summary.failed
-        );
+        ));
     }
-    Ok(ExitCode::SUCCESS)
+    match stop_reason {
+        None => Ok(ExitCode::SUCCESS),
+        Some(StopReason::Lost) => anyhow::bail!(
+            "worker {worker_id} stopped: the reaper declared it lost (no heartbeat within reaper.stale_after), \
+             so the jobs it held were handed back to the pool; check that the machine is not overloaded or \
+             suspended, or raise reaper.stale_after"
+        ),
+        Some(StopReason::DatabaseReplaced(why)) => anyhow::bail!("worker {worker_id} stopped: {why}"),
+    }
 }
 
 /// A job whose run ended, waiting to be recorded in the next batch.
@@ -178,7 +206,7 @@ impl Worker {
         let mut claimed_total: u64 = 0;
         loop {
             let may_claim = !stopping.load(Ordering::SeqCst)
-                && !self.lost.load(Ordering::SeqCst)
+                && self.stop_reason.lock().expect("never poisoned").is_none()
                 && self.max_jobs.is_none_or(|max| claimed_total < max);
             let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
             let want = match self.max_jobs {
@@ -191,7 +219,7 @@ impl Worker {
                 for line in lines {
                     summary.count(&line);
                     if self.json {
-                        println!("{}", serde_json::to_string(&line)?);
+                        self.out.line(format_args!("{}", serde_json::to_string(&line)?));
                     }
                 }
                 claimed_total += claimed.len() as u64;
@@ -242,10 +270,10 @@ impl Worker {
                     job_id = line.job_id,
                     worker_id = self.worker_id,
                     "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
-                    line.outcome
+                    line.outcome.as_str()
                 );
             } else {
-                tracing::info!(job_id = line.job_id, outcome = line.outcome, status = line.status, "job finished");
+                tracing::info!(job_id = line.job_id, outcome = line.outcome.as_str(), status = line.status, "job finished");
             }
         }
         let claimed = claimed
@@ -279,7 +307,12 @@ async fn run_job(runner: Arc<Runner>, job: ClaimedJob, program: Program) -> Fini
 }
 
 /// Completes or fails the job according to `report`, fenced on its claim.
-fn record(batch: &mut Batch<'_>, retry: &RetryPolicy, job: &ClaimedJob, report: &RunReport) -> Result<JobLine> {
+fn record(
+    batch: &mut Batch<'_>,
+    retry: &RetryPolicy,
+    job: &ClaimedJob,
+    report: &RunReport,
+) -> Result<JobLine, StoreError> {
     let message = report.outcome.message();
     let attempt = AttemptReport {
         kind: report.outcome.kind(),
@@ -352,7 +385,12 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(config: &Config, worker_id: &str, lost: Arc<AtomicBool>) -> Result<Heartbeat> {
+    fn start(
+        config: &Config,
+        worker_id: &str,
+        fingerprint: Fingerprint,
+        stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    ) -> Result<Heartbeat> {
         let database = config.database.clone();
         let interval = config.worker.heartbeat_interval.0;
         let lease = config.reaper.stale_after.0;
@@ -367,22 +405,29 @@ impl Heartbeat {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-                let beat = match &mut store {
+                // A new file at the database's path is another pool: beating there would
+                // renew nothing of ours, and claiming there would run someone else's jobs.
+                let beat = fingerprint.verify().and_then(|()| match &mut store {
                     Some(store) => store.heartbeat(&worker_id, lease),
-                    None => Store::open(&database).and_then(|opened| {
+                    None => Store::open(&database, Access::Existing).and_then(|opened| {
                         let store = store.insert(opened);
                         store.heartbeat(&worker_id, lease)
                     }),
-                };
-                match beat {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::error!(worker_id, "the reaper declared this worker lost; it stops claiming");
-                        lost.store(true, Ordering::SeqCst);
-                        return;
+                });
+                let stop = match beat {
+                    Ok(true) => continue,
+                    Ok(false) => StopReason::Lost,
+                    Err(err) if matches!(err.kind(), ErrorKind::Replaced | ErrorKind::Missing) => {
+                        StopReason::DatabaseReplaced(err.to_string())
                     }
-                    Err(err) => tracing::warn!(worker_id, "heartbeat failed (will retry): {err:#}"),
-                }
+                    Err(err) => {
+                        tracing::warn!(worker_id, "heartbeat failed (will retry): {err:#}");
+                        continue;
+                    }
+                };
+                tracing::error!(worker_id, "stopping: {stop:?}; claiming no more jobs");
+                *stop_reason.lock().expect("never poisoned") = Some(stop);
+                return;
             }
         })?;
         Ok(Heartbeat { stop, thread })

@@ -1,30 +1,36 @@
 //! `jobhost jobs …`: list, show, retry, cancel and purge jobs.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use crate::cli::{FinishedStatusArg, JobStatusArg, JobsCommand};
 use crate::config::Config;
-use crate::store::{IdAnswer, JobFilter, JobStatus, Store};
+use crate::output::for_terminal;
+use crate::store::{Access, IdAnswer, JobFilter, JobStatus, Store, StoreError};
 
 use super::format_time;
 
 pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
-    let mut store = Store::open(&config.database)?;
+    let mut store = Store::open(&config.database, Access::Existing)?;
+    // Text written by jobs and guests reaches a person's terminal escaped; pipes get it as is.
+    let show = |text: &str| -> String {
+        if std::io::stdout().is_terminal() { for_terminal(text).into_owned() } else { text.to_owned() }
+    };
     match command {
         JobsCommand::List { pool, status, limit, json } => {
             let filter = JobFilter { pool: pool.as_deref(), status: status.map(job_status), limit };
             let jobs = store.list_jobs(&filter)?;
             if json {
-                println!("{}", serde_json::to_string(&jobs)?);
+                crate::outln!("{}", serde_json::to_string(&jobs)?)?;
             } else {
-                println!(
+                crate::outln!(
                     "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",
                     "ID", "POOL", "PROCESSOR", "STATUS", "ATTEMPTS", "UPDATED"
-                );
+                )?;
                 for job in &jobs {
-                    println!(
+                    crate::outln!(
                         "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",
                         job.id,
                         job.pool,
@@ -32,7 +38,7 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                         job.status.as_str(),
                         format!("{}/{}", job.attempts, job.max_attempts),
                         format_time(job.updated_at)
-                    );
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -42,49 +48,55 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 anyhow::bail!("no job with id {id}: `jobhost jobs list` shows the ids");
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&detail)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&detail)?)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let job = &detail.job;
-            println!("job        {}", job.id);
-            println!("pool       {}", job.pool);
-            println!("processor  {}", job.processor);
-            println!("status     {}", job.status.as_str());
-            println!("priority   {}", job.priority);
-            println!("attempts   {} of {}", job.attempts, job.max_attempts);
-            println!("created    {}", format_time(job.created_at));
-            println!("run at     {}", format_time(job.run_at));
+            crate::outln!("job        {}", job.id)?;
+            crate::outln!("pool       {}", job.pool)?;
+            crate::outln!("processor  {}", job.processor)?;
+            crate::outln!("status     {}", job.status.as_str())?;
+            crate::outln!("priority   {}", job.priority)?;
+            crate::outln!("attempts   {} of {}", job.attempts, job.max_attempts)?;
+            crate::outln!("created    {}", format_time(job.created_at))?;
+            crate::outln!("run at     {}", format_time(job.run_at))?;
             if let Some(finished) = job.finished_at {
-                println!("finished   {}", format_time(finished));
+                crate::outln!("finished   {}", format_time(finished))?;
             }
             if let Some(worker) = &job.worker_id {
-                println!("worker     {worker}");
+                crate::outln!("worker     {worker}")?;
             }
             if let Some(error) = &job.last_error {
-                println!("last error {error}");
+                crate::outln!("last error {}", show(error))?;
             }
-            println!("payload    {}", detail.payload);
+            match &detail.payload_error {
+                None => crate::outln!("payload    {}", show(&detail.payload.to_string()))?,
+                Some(why) => crate::outln!(
+                    "payload    (stored text, not readable as JSON: {why}) {}",
+                    show(detail.payload.as_str().unwrap_or_default())
+                )?,
+            }
             if let Some(result) = &detail.result {
-                println!("result     {result}");
+                crate::outln!("result     {}", show(&result.to_string()))?;
             }
-            println!("history");
+            crate::outln!("history")?;
             for attempt in &detail.attempt_history {
                 let outcome = attempt.outcome.as_deref().unwrap_or("running");
                 let duration = attempt.duration_ms.map_or_else(String::new, |ms| format!(" in {ms} ms"));
                 let fuel = attempt.fuel_used.map_or_else(String::new, |fuel| format!(", {fuel} fuel"));
-                println!(
+                crate::outln!(
                     "  #{} {} on {} at {}{duration}{fuel}",
                     attempt.attempt,
                     outcome,
                     attempt.worker_id,
                     format_time(attempt.started_at)
-                );
+                )?;
                 if let Some(message) = &attempt.message {
-                    println!("     {message}");
+                    crate::outln!("     {}", show(message))?;
                 }
                 if let Some(stderr) = attempt.stderr.as_deref().filter(|s| !s.is_empty()) {
                     for line in stderr.lines() {
-                        println!("     stderr: {line}");
+                        crate::outln!("     stderr: {}", show(line))?;
                     }
                 }
             }
@@ -93,7 +105,7 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
         JobsCommand::Retry { ids, poisoned, pool, json } => {
             if poisoned {
                 let count = store.retry_poisoned(pool.as_deref())?;
-                report_count(json, "retried", count);
+                report_count(json, "retried", count)?;
                 return Ok(ExitCode::SUCCESS);
             }
             answer_each(&ids, json, "retried", "only poisoned or cancelled jobs can be retried", |id| {
@@ -109,18 +121,19 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 None => vec![JobStatus::Completed, JobStatus::Poisoned, JobStatus::Cancelled],
             };
             let count = store.purge(older_than.0, &statuses)?;
-            report_count(json, "purged", count);
+            report_count(json, "purged", count)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn report_count(json: bool, verb: &str, count: u64) {
+fn report_count(json: bool, verb: &str, count: u64) -> Result<()> {
     if json {
-        println!("{}", serde_json::json!({ verb: count }));
+        crate::outln!("{}", serde_json::json!({ verb: count }))?;
     } else {
-        println!("{verb} {count} job(s)");
+        crate::outln!("{verb} {count} job(s)")?;
     }
+    Ok(())
 }
 
 /// Applies `act` to every id and reports each; exits non-zero if any id was refused.
@@ -129,7 +142,7 @@ fn answer_each(
     json: bool,
     verb: &str,
     rule: &str,
-    mut act: impl FnMut(&str) -> Result<IdAnswer>,
+    mut act: impl FnMut(&str) -> Result<IdAnswer, StoreError>,
 ) -> Result<ExitCode> {
     let mut done = Vec::new();
     let mut refused = Vec::new();
@@ -138,14 +151,17 @@ fn answer_each(
             IdAnswer::Done => done.push(id.clone()),
             IdAnswer::NotFound => refused.push((id.clone(), "no such job".to_owned())),
             IdAnswer::WrongStatus(status) => refused.push((id.clone(), format!("job is {}: {rule}", status.as_str()))),
+            IdAnswer::NoAttemptsLeft => {
+                refused.push((id.clone(), "job has used every attempt jobhost can count: queue it anew".to_owned()))
+            }
         }
     }
     if json {
         let refused: Vec<_> = refused.iter().map(|(id, why)| serde_json::json!({"id": id, "error": why})).collect();
-        println!("{}", serde_json::json!({ verb: done, "refused": refused }));
+        crate::outln!("{}", serde_json::json!({ verb: done, "refused": refused }))?;
     } else {
         for id in &done {
-            println!("{verb} {id}");
+            crate::outln!("{verb} {id}")?;
         }
         for (id, why) in &refused {
             eprintln!("error: {id}: {why}");

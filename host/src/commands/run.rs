@@ -12,21 +12,21 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, ensure};
-use serde::de::IgnoredAny;
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::cli::RunArgs;
-use crate::config::{Config, Limits};
+use crate::config::Config;
 use crate::processors::Registry;
 use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
+use crate::store;
 
 /// The pool name a one-off run reports to its processor.
 const RUN_POOL: &str = "default";
 
 pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
-    let payload = read_payload(&args)?;
-    let limits = limits_for_run(config, &args)?;
+    let payload = read_payload(config, &args)?;
+    let limits = config.limits_for(&args.name);
     let sandbox = Sandbox::new(1)?;
     let report = match Registry::new(config, &sandbox).load(&args.name) {
         Ok(program) => {
@@ -52,11 +52,13 @@ pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// The payload bytes, checked to be JSON (the processor contract promises JSON on stdin).
-fn read_payload(args: &RunArgs) -> Result<Vec<u8>> {
+/// The payload bytes, checked as `seed` checks a job's payload (the processor contract
+/// promises JSON on stdin).
+fn read_payload(config: &Config, args: &RunArgs) -> Result<Vec<u8>> {
+    let max_payload = config.jobs.max_payload.0;
     if let Some(text) = &args.payload {
-        serde_json::from_str::<IgnoredAny>(text).with_context(|| {
-            format!("--payload is not valid JSON: pass one JSON document, e.g. --payload '{{\"x\": 1}}' (got {text:?})")
+        store::check_payload(text.as_bytes(), max_payload).map_err(|err| {
+            anyhow::anyhow!("--payload {err}: pass one JSON document, e.g. --payload '{{\"x\": 1}}'")
         })?;
         return Ok(text.clone().into_bytes());
     }
@@ -70,31 +72,9 @@ fn read_payload(args: &RunArgs) -> Result<Vec<u8>> {
     } else {
         std::fs::read(path).with_context(|| format!("cannot read --payload-file {}", path.display()))?
     };
-    serde_json::from_slice::<IgnoredAny>(&bytes).with_context(|| {
-        format!("--payload-file {} is not valid JSON: it must hold one JSON document", path.display())
-    })?;
+    store::check_payload(&bytes, max_payload)
+        .map_err(|err| anyhow::anyhow!("--payload-file {} {err}: it must hold one JSON document", path.display()))?;
     Ok(bytes)
-}
-
-/// The processor's configured limits with the command line's changes.
-fn limits_for_run(config: &Config, args: &RunArgs) -> Result<Limits> {
-    let mut limits = config.limits_for(&args.name);
-    if let Some(fuel) = args.fuel {
-        ensure!(fuel > 0, "--fuel must be more than 0");
-        limits.fuel = fuel;
-    }
-    if let Some(timeout) = args.timeout {
-        ensure!(!timeout.0.is_zero(), "--timeout must be longer than 0");
-        limits.timeout = timeout;
-    }
-    if let Some(memory) = args.memory {
-        ensure!(
-            (64 << 10..=4 << 30).contains(&memory.0),
-            "--memory must be between 64KiB (one wasm page) and 4GiB, got {memory}"
-        );
-        limits.memory = memory;
-    }
-    Ok(limits)
 }
 
 fn report_json(name: &str, report: &RunReport) -> Value {

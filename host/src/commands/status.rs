@@ -6,31 +6,31 @@ use anyhow::Result;
 
 use crate::cli::StatusArgs;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Access, Store};
 
 pub fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
-    let store = Store::open(&config.database)?;
+    let mut store = Store::open(&config.database, Access::Existing)?;
     let status = store.status(args.pool.as_deref())?;
     if args.json {
-        println!("{}", serde_json::to_string(&status)?);
+        crate::outln!("{}", serde_json::to_string(&status)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let jobs = &status.jobs;
     let workers = &status.workers;
     let scope = args.pool.as_deref().map_or_else(|| "all pools".to_owned(), |p| format!("pool {p}"));
-    println!("jobs ({scope})");
-    println!("  pending   {:>10}   (ready now: {})", jobs.pending, status.ready);
-    println!("  claimed   {:>10}", jobs.claimed);
-    println!("  completed {:>10}", jobs.completed);
-    println!("  poisoned  {:>10}", jobs.poisoned);
-    println!("  cancelled {:>10}", jobs.cancelled);
+    crate::outln!("jobs ({scope})")?;
+    crate::outln!("  pending   {:>10}   (ready now: {})", jobs.pending, status.ready)?;
+    crate::outln!("  claimed   {:>10}", jobs.claimed)?;
+    crate::outln!("  completed {:>10}", jobs.completed)?;
+    crate::outln!("  poisoned  {:>10}", jobs.poisoned)?;
+    crate::outln!("  cancelled {:>10}", jobs.cancelled)?;
     if let Some(age) = status.oldest_ready_age_ms {
-        println!("  oldest ready job has waited {age} ms");
+        crate::outln!("  oldest ready job has waited {age} ms")?;
     }
-    println!("workers");
-    println!("  starting  {:>10}", workers.starting);
-    println!("  active    {:>10}", workers.active);
-    println!("  terminated{:>10}", workers.terminated);
-    println!("  lost      {:>10}", workers.lost);
+    crate::outln!("workers")?;
+    crate::outln!("  starting  {:>10}", workers.starting)?;
+    crate::outln!("  active    {:>10}", workers.active)?;
+    crate::outln!("  terminated{:>10}", workers.terminated)?;
+    crate::outln!("  lost      {:>10}", workers.lost)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,14 +5,19 @@
 //! `cancelled` is for pending jobs an operator withdrew. Each claim writes an attempt row
 //! at once, so an attempt cut short by a dying worker is still on record, and is closed
 //! as `worker_lost` when the reaper recovers the job.
+//!
+//! Reading never fails on one odd row: counts are read at the width they were written and
+//! clamped, and a payload that cannot be parsed back is shown as its text, so one damaged
+//! job cannot stop listing, showing or reaping the others.
 
 use std::time::Duration;
 
-use anyhow::Result;
-use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior, named_params, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, named_params, params};
 use serde::Serialize;
 
+use super::error::{Result, StoreError};
 use super::{Millis, RetryPolicy, Store, millis};
+use crate::outcome::OutcomeKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,7 +58,47 @@ impl JobStatus {
     }
 }
 
-/// A job to enqueue. `payload` must already be valid JSON text.
+/// The most attempts a job can ever have been counted. `jobs retry` stops granting more
+/// there, so attempt numbers always fit every integer type they are read into.
+pub const ATTEMPTS_CEILING: u32 = i32::MAX as u32;
+
+/// Why a payload cannot be queued; reads as the end of a sentence naming the payload
+/// ("--payload is not valid JSON: …").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadError(String);
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// Checks a payload the way everything downstream reads it back (`jobs show`, the API, and
+/// processors using serde_json): one JSON value, numbers within f64, strings of valid
+/// Unicode, nesting at most 128 deep; and no larger than `max_bytes`.
+pub fn check_payload(text: &[u8], max_bytes: u64) -> Result<(), PayloadError> {
+    if text.len() as u64 > max_bytes {
+        return Err(PayloadError(format!(
+            "is {} bytes, more than jobs.max_payload ({}): send less, or raise jobs.max_payload",
+            text.len(),
+            crate::config::ByteSize(max_bytes)
+        )));
+    }
+    serde_json::from_slice::<serde_json::Value>(text).map(drop).map_err(|err| {
+        // serde_json ends its message with the position; say it once, in the caller's terms.
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        let position = match err.line() {
+            1 => format!("column {}", err.column()),
+            line => format!("line {line}, column {}", err.column()),
+        };
+        PayloadError(format!("is not valid JSON: {message} (at {position})"))
+    })
+}
+
+/// A job to enqueue; its payload has passed [`check_payload`].
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub pool: String,
@@ -78,14 +123,20 @@ pub struct ClaimedJob {
     pub token: i64,
 }
 
-/// What one attempt ended as; `kind` is one of the attempt outcome kinds.
-#[derive(Debug, Clone, Default)]
+/// What one attempt ended as.
+#[derive(Debug, Clone)]
 pub struct AttemptReport<'a> {
-    pub kind: &'a str,
+    pub kind: OutcomeKind,
     pub message: Option<&'a str>,
     pub stderr: Option<&'a str>,
     pub fuel_used: Option<u64>,
     pub duration_ms: Option<u64>,
+}
+
+impl AttemptReport<'_> {
+    pub fn of(kind: OutcomeKind) -> AttemptReport<'static> {
+        AttemptReport { kind, message: None, stderr: None, fuel_used: None, duration_ms: None }
+    }
 }
 
 /// Whether a fenced call took effect.
@@ -116,6 +167,8 @@ pub enum IdAnswer {
     Done,
     NotFound,
     WrongStatus(JobStatus),
+    /// `retry` of a job that has used every attempt jobhost can count.
+    NoAttemptsLeft,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -161,13 +214,27 @@ pub struct AttemptRecord {
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobSummary,
+    /// The payload; its text as a JSON string when it cannot be read back as JSON.
     pub payload: serde_json::Value,
+    /// Why the stored payload is shown as text: it was queued before payloads were checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_error: Option<String>,
     pub result: Option<serde_json::Value>,
     pub attempt_history: Vec<AttemptRecord>,
 }
 
 const SUMMARY_COLUMNS: &str = "id, pool, processor, status, priority, attempts, max_attempts, run_at, \
      worker_id, lease_expires_at, last_error, created_at, updated_at, finished_at";
+
+/// A count column read at the width SQLite stores (64 bits) and clamped into `u32`.
+fn count_at(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    Ok(row.get::<_, i64>(index)?.clamp(0, i64::from(u32::MAX)) as u32)
+}
+
+/// An optional non-negative measure read at 64 bits.
+fn measure_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(index)?.map(|value| value.max(0) as u64))
+}
 
 fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
     Ok(JobSummary {
@@ -176,8 +243,8 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
         processor: row.get(2)?,
         status: JobStatus::parse(&row.get::<_, String>(3)?)?,
         priority: row.get(4)?,
-        attempts: row.get(5)?,
-        max_attempts: row.get(6)?,
+        attempts: count_at(row, 5)?,
+        max_attempts: count_at(row, 6)?,
         run_at: row.get(7)?,
         worker_id: row.get(8)?,
         lease_expires_at: row.get(9)?,
@@ -188,166 +255,223 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
     })
 }
 
+/// Parses stored JSON text; text that does not parse is kept as a JSON string, with why.
+fn stored_json(text: String) -> (serde_json::Value, Option<String>) {
+    match serde_json::from_str(&text) {
+        Ok(value) => (value, None),
+        Err(err) => (serde_json::Value::String(text), Some(err.to_string())),
+    }
+}
+
 impl Store {
-    /// Queues every job in one transaction: all of them or none. Returns their ids in order.
-    pub fn enqueue(&mut self, jobs: &[NewJob]) -> Result<Vec<String>> {
+    /// Starts adding jobs in one transaction: all of them or none (see [`Enqueue`]).
+    pub fn enqueue(&mut self) -> Result<Enqueue<'_>> {
+        let location = self.fingerprint.path.display().to_string();
         let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut ids = Vec::with_capacity(jobs.len());
-        {
-            let mut insert = tx.prepare_cached(
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|err| StoreError::from(err).at(&location))?;
+        Ok(Enqueue { tx, now, location, queued: 0 })
+    }
+
+    /// Queues `jobs` in one transaction; returns their ids in order.
+    pub fn enqueue_all(&mut self, jobs: &[NewJob]) -> Result<Vec<String>> {
+        let mut enqueue = self.enqueue()?;
+        let ids = jobs.iter().map(|job| enqueue.push(job)).collect::<Result<Vec<_>>>()?;
+        enqueue.commit()?;
+        Ok(ids)
+    }
+
+    /// Opens a write transaction for [`Batch`] operations.
+    pub fn batch(&mut self) -> Result<Batch<'_>> {
+        let location = self.fingerprint.path.display().to_string();
+        let now = self.now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|err| StoreError::from(err).at(&location))?;
+        Ok(Batch { tx, now, location })
+    }
+
+    pub fn job(&mut self, id: &str) -> Result<Option<JobDetail>> {
+        self.with_conn(|conn, _| {
+            let found = conn
+                .query_row(
+                    &format!("SELECT {SUMMARY_COLUMNS}, seq, payload, result FROM jobs WHERE id = ?1"),
+                    [id],
+                    |row| {
+                        Ok((
+                            summary_from_row(row)?,
+                            row.get::<_, i64>(14)?,
+                            row.get::<_, String>(15)?,
+                            row.get::<_, Option<String>>(16)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((job, seq, payload, result)) = found else {
+                return Ok(None);
+            };
+            let mut history = conn.prepare_cached(
+                "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
+                   FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
+            )?;
+            let attempt_history = history
+                .query_map([seq], |row| {
+                    Ok(AttemptRecord {
+                        attempt: count_at(row, 0)?,
+                        worker_id: row.get(1)?,
+                        started_at: row.get(2)?,
+                        finished_at: row.get(3)?,
+                        outcome: row.get(4)?,
+                        message: row.get(5)?,
+                        stderr: row.get(6)?,
+                        fuel_used: measure_at(row, 7)?,
+                        duration_ms: measure_at(row, 8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let (payload, payload_error) = stored_json(payload);
+            let result = result.map(|text| stored_json(text).0);
+            Ok(Some(JobDetail { job, payload, payload_error, result, attempt_history }))
+        })
+    }
+
+    /// Jobs matching `filter`, most recently changed first.
+    pub fn list_jobs(&mut self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        self.with_conn(|conn, _| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {SUMMARY_COLUMNS} FROM jobs
+                  WHERE (:pool IS NULL OR pool = :pool) AND (:status IS NULL OR status = :status)
+                  ORDER BY updated_at DESC, seq DESC LIMIT :limit"
+            ))?;
+            let jobs = statement
+                .query_map(
+                    named_params! {
+                        ":pool": filter.pool,
+                        ":status": filter.status.map(JobStatus::as_str),
+                        ":limit": filter.limit,
+                    },
+                    summary_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(jobs)
+        })
+    }
+
+    /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
+    pub fn retry_job(&mut self, id: &str) -> Result<IdAnswer> {
+        self.with_conn(|conn, now| {
+            let changed = conn.execute(
+                &format!("{RETRY_UPDATE} WHERE id = ?3 AND status IN ('poisoned', 'cancelled') AND attempts < ?2"),
+                params![now, ATTEMPTS_CEILING, id],
+            )?;
+            answer_for(conn, id, changed, true)
+        })
+    }
+
+    /// Retries every poisoned job (of `pool`, if given); returns how many.
+    pub fn retry_poisoned(&mut self, pool: Option<&str>) -> Result<u64> {
+        self.with_conn(|conn, now| {
+            let changed = conn.execute(
+                &format!("{RETRY_UPDATE} WHERE status = 'poisoned' AND attempts < ?2 AND (?3 IS NULL OR pool = ?3)"),
+                params![now, ATTEMPTS_CEILING, pool],
+            )?;
+            Ok(changed as u64)
+        })
+    }
+
+    /// Withdraws a pending job so no worker claims it.
+    pub fn cancel_job(&mut self, id: &str) -> Result<IdAnswer> {
+        self.with_conn(|conn, now| {
+            let changed = conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?1, updated_at = ?1
+                  WHERE id = ?2 AND status = 'pending'",
+                params![now, id],
+            )?;
+            answer_for(conn, id, changed, false)
+        })
+    }
+
+    /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago,
+    /// with their attempt history. Returns how many jobs were deleted.
+    pub fn purge(&mut self, older_than: Duration, statuses: &[JobStatus]) -> Result<u64> {
+        self.with_conn(|conn, now| {
+            let cutoff = now.saturating_sub(millis(older_than));
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut deleted = 0;
+            for status in statuses.iter().filter(|s| s.is_finished()) {
+                deleted += tx.execute(
+                    "DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2",
+                    params![status.as_str(), cutoff],
+                )? as u64;
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })
+    }
+}
+
+/// Why `retry` (`retrying`) or `cancel` changed nothing for `id`.
+fn answer_for(conn: &Connection, id: &str, changed: usize, retrying: bool) -> Result<IdAnswer> {
+    if changed > 0 {
+        return Ok(IdAnswer::Done);
+    }
+    let found: Option<(String, i64)> = conn
+        .query_row("SELECT status, attempts FROM jobs WHERE id = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((status, attempts)) = found else {
+        return Ok(IdAnswer::NotFound);
+    };
+    Ok(match JobStatus::parse(&status)? {
+        JobStatus::Poisoned | JobStatus::Cancelled if retrying && attempts >= i64::from(ATTEMPTS_CEILING) => {
+            IdAnswer::NoAttemptsLeft
+        }
+        status => IdAnswer::WrongStatus(status),
+    })
+}
+
+/// Jobs being added in one write transaction. Nothing is visible to other processes until
+/// [`Enqueue::commit`]; dropping it (after an error, say) rolls every job back.
+pub struct Enqueue<'s> {
+    tx: Transaction<'s>,
+    now: Millis,
+    location: String,
+    queued: u64,
+}
+
+impl Enqueue<'_> {
+    /// Adds one job; returns its id.
+    pub fn push(&mut self, job: &NewJob) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.tx
+            .prepare_cached(
                 "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts,
                                    max_attempts, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, 0, ?7, ?8, ?8)",
-            )?;
-            for job in jobs {
-                let id = uuid::Uuid::new_v4().to_string();
+            )
+            .and_then(|mut insert| {
                 insert.execute(params![
                     id,
                     job.pool,
                     job.processor,
                     job.payload,
                     job.priority,
-                    now + job.delay_ms,
+                    self.now.saturating_add(job.delay_ms),
                     job.max_attempts,
-                    now
-                ])?;
-                ids.push(id);
-            }
-        }
-        tx.commit()?;
-        Ok(ids)
+                    self.now
+                ])
+            })
+            .map_err(|err| StoreError::from(err).at(&self.location))?;
+        self.queued += 1;
+        Ok(id)
     }
 
-    /// Opens a write transaction for [`Batch`] operations.
-    pub fn batch(&mut self) -> Result<Batch<'_>> {
-        let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(Batch { tx, now })
-    }
-
-    pub fn job(&self, id: &str) -> Result<Option<JobDetail>> {
-        let found = self
-            .conn
-            .query_row(
-                &format!("SELECT {SUMMARY_COLUMNS}, seq, payload, result FROM jobs WHERE id = ?1"),
-                [id],
-                |row| {
-                    Ok((
-                        summary_from_row(row)?,
-                        row.get::<_, i64>(14)?,
-                        row.get::<_, String>(15)?,
-                        row.get::<_, Option<String>>(16)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((job, seq, payload, result)) = found else {
-            return Ok(None);
-        };
-        let mut history = self.conn.prepare_cached(
-            "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
-               FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
-        )?;
-        let attempt_history = history
-            .query_map([seq], |row| {
-                Ok(AttemptRecord {
-                    attempt: row.get(0)?,
-                    worker_id: row.get(1)?,
-                    started_at: row.get(2)?,
-                    finished_at: row.get(3)?,
-                    outcome: row.get(4)?,
-                    message: row.get(5)?,
-                    stderr: row.get(6)?,
-                    fuel_used: row.get(7)?,
-                    duration_ms: row.get(8)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Some(JobDetail {
-            job,
-            payload: serde_json::from_str(&payload)?,
-            result: result.as_deref().map(serde_json::from_str).transpose()?,
-            attempt_history,
-        }))
-    }
-
-    /// Jobs matching `filter`, most recently changed first.
-    pub fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
-        let mut statement = self.conn.prepare_cached(&format!(
-            "SELECT {SUMMARY_COLUMNS} FROM jobs
-              WHERE (:pool IS NULL OR pool = :pool) AND (:status IS NULL OR status = :status)
-              ORDER BY updated_at DESC, seq DESC LIMIT :limit"
-        ))?;
-        let jobs = statement
-            .query_map(
-                named_params! {
-                    ":pool": filter.pool,
-                    ":status": filter.status.map(JobStatus::as_str),
-                    ":limit": filter.limit,
-                },
-                summary_from_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(jobs)
-    }
-
-    /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
-    pub fn retry_job(&mut self, id: &str) -> Result<IdAnswer> {
-        let now = self.now();
-        let changed = self.conn.execute(
-            &format!("{RETRY_UPDATE} WHERE id = ?2 AND status IN ('poisoned', 'cancelled')"),
-            params![now, id],
-        )?;
-        self.answer_for(id, changed)
-    }
-
-    /// Retries every poisoned job (of `pool`, if given); returns how many.
-    pub fn retry_poisoned(&mut self, pool: Option<&str>) -> Result<u64> {
-        let now = self.now();
-        let changed = self.conn.execute(
-            &format!("{RETRY_UPDATE} WHERE status = 'poisoned' AND (?2 IS NULL OR pool = ?2)"),
-            params![now, pool],
-        )?;
-        Ok(changed as u64)
-    }
-
-    /// Withdraws a pending job so no worker claims it.
-    pub fn cancel_job(&mut self, id: &str) -> Result<IdAnswer> {
-        let now = self.now();
-        let changed = self.conn.execute(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?1, updated_at = ?1
-              WHERE id = ?2 AND status = 'pending'",
-            params![now, id],
-        )?;
-        self.answer_for(id, changed)
-    }
-
-    /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago,
-    /// with their attempt history. Returns how many jobs were deleted.
-    pub fn purge(&mut self, older_than: Duration, statuses: &[JobStatus]) -> Result<u64> {
-        let cutoff = self.now().saturating_sub(millis(older_than));
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut deleted = 0;
-        for status in statuses.iter().filter(|s| s.is_finished()) {
-            deleted += tx
-                .execute("DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2", params![status.as_str(), cutoff])?
-                as u64;
-        }
-        tx.commit()?;
-        Ok(deleted)
-    }
-
-    fn answer_for(&self, id: &str, changed: usize) -> Result<IdAnswer> {
-        if changed > 0 {
-            return Ok(IdAnswer::Done);
-        }
-        let status: Option<String> =
-            self.conn.query_row("SELECT status FROM jobs WHERE id = ?1", [id], |row| row.get(0)).optional()?;
-        Ok(match status {
-            Some(status) => IdAnswer::WrongStatus(JobStatus::parse(&status)?),
-            None => IdAnswer::NotFound,
-        })
+    /// Makes every pushed job visible at once; returns how many were queued.
+    pub fn commit(self) -> Result<u64> {
+        self.tx.commit().map_err(|err| StoreError::from(err).at(&self.location))?;
+        Ok(self.queued)
     }
 }
 
@@ -359,6 +483,7 @@ impl Store {
 pub struct Batch<'s> {
     tx: Transaction<'s>,
     now: Millis,
+    location: String,
 }
 
 impl Batch<'_> {
@@ -367,6 +492,10 @@ impl Batch<'_> {
     /// workers and an empty answer means no job was ready at that instant. Only an `active`
     /// worker can claim: one the reaper declared lost gets nothing.
     pub fn claim(&mut self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
+        self.claim_in(pool, worker_id, lease, limit).map_err(|err| err.at(&self.location))
+    }
+
+    fn claim_in(&mut self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
         let now = self.now;
         let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
         // Pick, then take each pick by its key: the same effect as one UPDATE over an
@@ -404,7 +533,7 @@ impl Batch<'_> {
                     pool: row.get(1)?,
                     processor: row.get(2)?,
                     payload: row.get(3)?,
-                    attempt: row.get(4)?,
+                    attempt: count_at(row, 4)?,
                     worker_id: worker_id.to_owned(),
                     token,
                 })
@@ -424,45 +553,49 @@ impl Batch<'_> {
                     SET status = 'completed', result = ?1, last_error = NULL, lease_expires_at = NULL,
                         finished_at = ?2, updated_at = ?2
                   WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5",
-            )?
-            .execute(params![result, self.now, job.seq, job.worker_id, job.token])?;
+            )
+            .and_then(|mut update| update.execute(params![result, self.now, job.seq, job.worker_id, job.token]))
+            .map_err(|err| StoreError::from(err).at(&self.location))?;
         if changed == 0 {
             return Ok(Fence::Stale);
         }
-        finish_attempt(&self.tx, job.seq, job.attempt, report, self.now)?;
+        finish_attempt(&self.tx, job.seq, job.attempt, report, self.now).map_err(|err| err.at(&self.location))?;
         Ok(Fence::Applied)
     }
 
     /// Records a failed attempt of a claimed job and applies the retry policy, if `job` is
     /// still the live claim.
     pub fn fail(&mut self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<FailOutcome> {
-        let held = self
-            .tx
-            .prepare_cached(
-                "SELECT attempts, max_attempts FROM jobs
-                  WHERE seq = ?1 AND status = 'claimed' AND worker_id = ?2 AND claim_token = ?3",
-            )?
-            .query_row(params![job.seq, job.worker_id, job.token], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        let Some((attempts, max_attempts)) = held else {
-            return Ok(FailOutcome::Stale);
-        };
-        fail_claimed(&self.tx, job.seq, attempts, max_attempts, report, retry, self.now)
+        let failed = (|| {
+            let held = self
+                .tx
+                .prepare_cached(
+                    "SELECT attempts, max_attempts FROM jobs
+                      WHERE seq = ?1 AND status = 'claimed' AND worker_id = ?2 AND claim_token = ?3",
+                )?
+                .query_row(params![job.seq, job.worker_id, job.token], |row| Ok((count_at(row, 0)?, count_at(row, 1)?)))
+                .optional()?;
+            let Some((attempts, max_attempts)) = held else {
+                return Ok(FailOutcome::Stale);
+            };
+            fail_claimed(&self.tx, job.seq, attempts, max_attempts, report, retry, self.now)
+        })();
+        failed.map_err(|err| err.at(&self.location))
     }
 
     pub fn commit(self) -> Result<()> {
-        self.tx.commit()?;
-        Ok(())
+        self.tx.commit().map_err(|err| StoreError::from(err).at(&self.location))
     }
 }
 
 /// The attempt numbers already used stay in the history, so the fresh attempts are counted
-/// on top of them: `max_attempts` grows by its old value.
+/// on top of them: `max_attempts` grows by its old value, up to [`ATTEMPTS_CEILING`].
 const RETRY_UPDATE: &str = "UPDATE jobs
-    SET status = 'pending', run_at = ?1, max_attempts = attempts + max_attempts, worker_id = NULL,
+    SET status = 'pending', run_at = ?1, max_attempts = min(attempts + max_attempts, ?2), worker_id = NULL,
         claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL, updated_at = ?1";
 
 fn finish_attempt(tx: &Transaction<'_>, seq: i64, attempt: u32, report: &AttemptReport<'_>, now: Millis) -> Result<()> {
+    let clamp = |value: Option<u64>| value.map(|value| value.min(i64::MAX as u64) as i64);
     tx.prepare_cached(
         "UPDATE attempts
             SET finished_at = ?1, outcome = ?2, message = ?3, stderr = ?4, fuel_used = ?5, duration_ms = ?6
@@ -470,11 +603,11 @@ fn finish_attempt(tx: &Transaction<'_>, seq: i64, attempt: u32, report: &Attempt
     )?
     .execute(params![
         now,
-        report.kind,
+        report.kind.as_str(),
         report.message,
         report.stderr,
-        report.fuel_used,
-        report.duration_ms,
+        clamp(report.fuel_used),
+        clamp(report.duration_ms),
         seq,
         attempt
     ])?;
@@ -493,8 +626,8 @@ fn fail_claimed(
     now: Millis,
 ) -> Result<FailOutcome> {
     let last_error = match report.message {
-        Some(message) => format!("{}: {message}", report.kind),
-        None => report.kind.to_owned(),
+        Some(message) => format!("{}: {message}", report.kind.as_str()),
+        None => report.kind.as_str().to_owned(),
     };
     let outcome = if attempts >= max_attempts {
         tx.prepare_cached(
@@ -534,7 +667,7 @@ pub(super) fn recover_abandoned_in(
                 AND (j.lease_expires_at <= :now OR w.status IS NULL OR w.status IN ('terminated', 'lost'))",
         )?
         .query_map(named_params! { ":pool": pool, ":now": now }, |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+            Ok((row.get(0)?, count_at(row, 1)?, count_at(row, 2)?, row.get(3)?, row.get(4)?, row.get(5)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut recovery = Recovery::default();
@@ -545,10 +678,10 @@ pub(super) fn recover_abandoned_in(
             None => format!("worker {worker} is not registered"),
             Some(_) => format!(
                 "the lease of worker {worker} expired {} ms ago without a heartbeat",
-                now - lease_expires_at.unwrap_or(now)
+                now.saturating_sub(lease_expires_at.unwrap_or(now))
             ),
         };
-        let report = AttemptReport { kind: "worker_lost", message: Some(&message), ..AttemptReport::default() };
+        let report = AttemptReport { message: Some(&message), ..AttemptReport::of(OutcomeKind::WorkerLost) };
         match fail_claimed(tx, seq, attempts, max_attempts, &report, retry, now)? {
             FailOutcome::Poisoned => recovery.poisoned += 1,
             _ => recovery.released += 1,
@@ -591,15 +724,15 @@ mod tests {
         t.store.claim("default", worker, LEASE, 1).unwrap().pop()
     }
 
-    fn failure(kind: &str) -> AttemptReport<'_> {
-        AttemptReport { kind, message: Some("boom"), ..AttemptReport::default() }
+    fn failure(kind: OutcomeKind) -> AttemptReport<'static> {
+        AttemptReport { message: Some("boom"), ..AttemptReport::of(kind) }
     }
 
     #[test]
     fn claim_takes_highest_priority_then_oldest_and_never_twice() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        let ids = t.store.enqueue(&[job("default", 0), job("default", 5), job("default", 0), job("other", 9)]).unwrap();
+        let ids = t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0), job("other", 9)]).unwrap();
         let order: Vec<String> = std::iter::from_fn(|| claim_one(&mut t, "w1")).map(|j| j.id).collect();
         assert_eq!(order, [ids[1].clone(), ids[0].clone(), ids[2].clone()]);
     }
@@ -608,7 +741,7 @@ mod tests {
     fn a_delayed_job_is_not_ready_until_its_time() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        t.store.enqueue(&[NewJob { delay_ms: 5_000, ..job("default", 0) }]).unwrap();
+        t.store.enqueue_all(&[NewJob { delay_ms: 5_000, ..job("default", 0) }]).unwrap();
         assert!(claim_one(&mut t, "w1").is_none());
         t.advance(5_000);
         assert!(claim_one(&mut t, "w1").is_some());
@@ -617,7 +750,7 @@ mod tests {
     #[test]
     fn only_an_active_worker_can_claim() {
         let mut t = TestStore::new();
-        t.store.enqueue(&[job("default", 0)]).unwrap();
+        t.store.enqueue_all(&[job("default", 0)]).unwrap();
         assert!(claim_one(&mut t, "nobody").is_none(), "an unregistered worker gets nothing");
         active_worker(&mut t, "w1");
         assert!(claim_one(&mut t, "w1").is_some());
@@ -627,10 +760,10 @@ mod tests {
     fn complete_records_the_result_and_the_attempt() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
+        let id = t.store.enqueue_all(&[job("default", 0)]).unwrap().remove(0);
         let claimed = claim_one(&mut t, "w1").unwrap();
         let report =
-            AttemptReport { kind: "ok", fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::default() };
+            AttemptReport { fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::of(OutcomeKind::Ok) };
         assert_eq!(t.store.complete(&claimed, r#"{"done":true}"#, &report).unwrap(), Fence::Applied);
 
         let detail = t.store.job(&id).unwrap().unwrap();
@@ -646,14 +779,14 @@ mod tests {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
         active_worker(&mut t, "w2");
-        let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
+        let id = t.store.enqueue_all(&[job("default", 0)]).unwrap().remove(0);
         let first = claim_one(&mut t, "w1").unwrap();
-        assert!(matches!(t.store.fail(&first, &failure("trap"), &NO_BACKOFF).unwrap(), FailOutcome::Retrying { .. }));
+        assert!(matches!(t.store.fail(&first, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(), FailOutcome::Retrying { .. }));
         let second = claim_one(&mut t, "w2").unwrap();
 
-        let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
+        let ok = AttemptReport::of(OutcomeKind::Ok);
         assert_eq!(t.store.complete(&first, "1", &ok).unwrap(), Fence::Stale, "first claim is gone");
-        assert_eq!(t.store.fail(&first, &failure("trap"), &NO_BACKOFF).unwrap(), FailOutcome::Stale);
+        assert_eq!(t.store.fail(&first, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(), FailOutcome::Stale);
         let forged = ClaimedJob { token: second.token.wrapping_add(1), ..second.clone() };
         assert_eq!(t.store.complete(&forged, "1", &ok).unwrap(), Fence::Stale, "a wrong token is refused");
 
@@ -669,13 +802,13 @@ mod tests {
     fn failures_retry_with_backoff_then_poison_at_max_attempts() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        let id = t.store.enqueue(&[job("default", 0)]).unwrap().remove(0);
+        let id = t.store.enqueue_all(&[job("default", 0)]).unwrap().remove(0);
         let policy = RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(60), jitter: 0.0 };
 
         let first = claim_one(&mut t, "w1").unwrap();
         let retry_at = t.store.now() + 1_000;
         assert_eq!(
-            t.store.fail(&first, &failure("trap"), &policy).unwrap(),
+            t.store.fail(&first, &failure(OutcomeKind::Trap), &policy).unwrap(),
             FailOutcome::Retrying { run_at: retry_at }
         );
         t.advance(999);
@@ -685,12 +818,12 @@ mod tests {
         assert_eq!(second.attempt, 2);
         let retry_at = t.store.now() + 2_000;
         assert_eq!(
-            t.store.fail(&second, &failure("timeout"), &policy).unwrap(),
+            t.store.fail(&second, &failure(OutcomeKind::Timeout), &policy).unwrap(),
             FailOutcome::Retrying { run_at: retry_at }
         );
         t.advance(2_000);
         let third = claim_one(&mut t, "w1").unwrap();
-        assert_eq!(t.store.fail(&third, &failure("exit"), &policy).unwrap(), FailOutcome::Poisoned);
+        assert_eq!(t.store.fail(&third, &failure(OutcomeKind::Exit), &policy).unwrap(), FailOutcome::Poisoned);
 
         let detail = t.store.job(&id).unwrap().unwrap();
         assert_eq!(detail.job.status, JobStatus::Poisoned);
@@ -705,7 +838,7 @@ mod tests {
     #[test]
     fn abandoned_jobs_come_back_as_worker_lost_and_poison_at_the_limit() {
         let mut t = TestStore::new();
-        let id = t.store.enqueue(&[NewJob { max_attempts: 2, ..job("default", 0) }]).unwrap().remove(0);
+        let id = t.store.enqueue_all(&[NewJob { max_attempts: 2, ..job("default", 0) }]).unwrap().remove(0);
         for (round, worker) in ["w1", "w2"].into_iter().enumerate() {
             active_worker(&mut t, worker);
             let held = claim_one(&mut t, worker).unwrap();
@@ -714,7 +847,7 @@ mod tests {
             let expected =
                 if round == 0 { Recovery { released: 1, poisoned: 0 } } else { Recovery { released: 0, poisoned: 1 } };
             assert_eq!(recover(&mut t), expected);
-            let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
+            let ok = AttemptReport::of(OutcomeKind::Ok);
             assert_eq!(t.store.complete(&held, "1", &ok).unwrap(), Fence::Stale, "the old holder cannot finish it");
         }
         let detail = t.store.job(&id).unwrap().unwrap();
@@ -728,7 +861,7 @@ mod tests {
     fn an_expired_lease_is_recovered_even_from_a_registered_worker() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        t.store.enqueue(&[job("default", 0)]).unwrap();
+        t.store.enqueue_all(&[job("default", 0)]).unwrap();
         claim_one(&mut t, "w1").unwrap();
         t.advance(millis(LEASE) - 1);
         assert_eq!(recover(&mut t).released, 0);
@@ -740,9 +873,9 @@ mod tests {
     fn retry_cancel_and_purge_act_only_on_the_right_statuses() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        let ids = t.store.enqueue(&[NewJob { max_attempts: 1, ..job("default", 9) }, job("default", 0)]).unwrap();
+        let ids = t.store.enqueue_all(&[NewJob { max_attempts: 1, ..job("default", 9) }, job("default", 0)]).unwrap();
         let claimed = claim_one(&mut t, "w1").unwrap();
-        assert_eq!(t.store.fail(&claimed, &failure("trap"), &NO_BACKOFF).unwrap(), FailOutcome::Poisoned);
+        assert_eq!(t.store.fail(&claimed, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(), FailOutcome::Poisoned);
 
         assert_eq!(t.store.cancel_job(&ids[0]).unwrap(), IdAnswer::WrongStatus(JobStatus::Poisoned));
         assert_eq!(t.store.cancel_job(&ids[1]).unwrap(), IdAnswer::Done);
@@ -757,7 +890,7 @@ mod tests {
             2,
             "a fresh attempt on top of the used one"
         );
-        let ok = AttemptReport { kind: "ok", ..AttemptReport::default() };
+        let ok = AttemptReport::of(OutcomeKind::Ok);
         t.store.complete(&retried, "1", &ok).unwrap();
 
         t.advance(10_000);

@@ -17,23 +17,25 @@
 //! commits can be lost if the machine itself loses power; `FULL` fsyncs every commit and
 //! survives that too, at the cost of an fsync per claim and per completion.
 
+mod error;
 mod jobs;
 mod retry;
 mod schema;
 mod workers;
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::config::DatabaseConfig;
 
-pub use jobs::{AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob};
+pub use error::{ErrorKind, Result, StoreError};
+pub use jobs::{PayloadError, check_payload, Enqueue, AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob};
 pub use retry::RetryPolicy;
 pub use workers::NewWorker;
 
@@ -71,42 +73,93 @@ pub fn millis(duration: Duration) -> Millis {
 pub struct Store {
     conn: Connection,
     clock: Clock,
+    fingerprint: Fingerprint,
+}
+
+/// Whether opening may create the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create the database (and its folders) when it does not exist: commands that add jobs.
+    CreateIfMissing,
+    /// The database must exist: a typo in `--db` is an error, not a new empty pool.
+    Existing,
+}
+
+/// Which file a store opened, so a long-running process can tell that its database was
+/// deleted or replaced under it (a new file at the same path is a different pool).
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+impl Fingerprint {
+    fn of(path: &Path) -> Result<Fingerprint> {
+        let meta = std::fs::metadata(path).map_err(|err| {
+            StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&path.display().to_string())
+        })?;
+        Ok(Fingerprint { path: path.to_path_buf(), file: (meta.dev(), meta.ino()) })
+    }
+
+    /// Fails with [`ErrorKind::Replaced`] when the path no longer names the file opened.
+    pub fn verify(&self) -> Result<()> {
+        let detail = match std::fs::metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.file => return Ok(()),
+            Ok(_) => "another file now has its name",
+            Err(_) => "the file is gone",
+        };
+        Err(StoreError::new(ErrorKind::Replaced, format!("{detail}; stop and start again on the database you mean"))
+            .at(&self.path.display().to_string()))
+    }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `config.path`, upgrading an older jobhost
-    /// schema and refusing files that are not jobhost databases or come from a newer jobhost.
-    pub fn open(config: &DatabaseConfig) -> Result<Store> {
-        Store::open_with_clock(config, Clock::system())
+    /// Opens the database at `config.path`, upgrading an older jobhost schema and refusing
+    /// files that are not jobhost databases or come from a newer jobhost.
+    pub fn open(config: &DatabaseConfig, access: Access) -> Result<Store> {
+        Store::open_with_clock(config, access, Clock::system())
     }
 
-    pub fn open_with_clock(config: &DatabaseConfig, clock: Clock) -> Result<Store> {
+    pub fn open_with_clock(config: &DatabaseConfig, access: Access, clock: Clock) -> Result<Store> {
         let path = &config.path;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create the folder {} for the database", parent.display()))?;
+        let location = path.display().to_string();
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match access {
+            Access::CreateIfMissing => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|err| {
+                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}")).at(&location)
+                    })?;
+                }
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+            Access::Existing if !path.exists() => return Err(StoreError::new(ErrorKind::Missing, "").at(&location)),
+            Access::Existing => {}
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open database {}", path.display()))?;
-        let mut store = Store { conn, clock };
+        let conn = Connection::open_with_flags(path, flags).map_err(|err| StoreError::from(err).at(&location))?;
+        let fingerprint = Fingerprint::of(path)?;
+        let mut store = Store { conn, clock, fingerprint };
         BUSY_TIMEOUT_MS.store(millis(config.busy_timeout.0).max(0) as u64, Ordering::Relaxed);
-        store.conn.busy_handler(Some(wait_for_lock))?;
         // Identity and version are checked before any pragma that writes to the file, so a
         // foreign or newer file is refused exactly as it was.
-        schema::migrate(&mut store.conn).map_err(|err| describe_open_error(path, err))?;
-        store.configure(config).map_err(|err| describe_open_error(path, err))?;
+        let prepared = store
+            .conn
+            .busy_handler(Some(wait_for_lock))
+            .map_err(StoreError::from)
+            .and_then(|()| schema::migrate(&mut store.conn))
+            .and_then(|()| store.configure(config));
+        prepared.map_err(|err| err.at(&location))?;
         Ok(store)
     }
 
     fn configure(&self, config: &DatabaseConfig) -> Result<()> {
         let mode: String = self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        anyhow::ensure!(
-            mode.eq_ignore_ascii_case("wal"),
-            "SQLite refused WAL mode (got {mode}); put the database on a local filesystem"
-        );
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                format!("SQLite refused WAL mode (got {mode}); put the database on a local filesystem"),
+            ));
+        }
         self.conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())?;
         self.conn.pragma_update(None, "foreign_keys", true)?;
         // Checkpoint every ~16 MiB of WAL rather than SQLite's 4 MiB: a checkpoint costs two
@@ -134,9 +187,22 @@ impl Store {
                 (&raw mut persist).cast(),
             )
         };
-        anyhow::ensure!(code == rusqlite::ffi::SQLITE_OK, "SQLite refused to keep its WAL file (code {code})");
+        if code != rusqlite::ffi::SQLITE_OK {
+            return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None).into());
+        }
         self.conn.set_prepared_statement_cache_capacity(64);
         Ok(())
+    }
+
+    /// Which file this store opened; see [`Fingerprint::verify`].
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    /// Runs `op` on the connection, naming this database in any error it returns.
+    fn with_conn<T>(&mut self, op: impl FnOnce(&mut Connection, Millis) -> Result<T>) -> Result<T> {
+        let now = self.now();
+        op(&mut self.conn, now).map_err(|err| err.at(&self.fingerprint.path.display().to_string()))
     }
 
     pub fn now(&self) -> Millis {
@@ -168,26 +234,6 @@ fn wait_for_lock(attempt: i32) -> bool {
     let wait_us = (10u64 << (attempt - YIELDS).clamp(0, DOUBLINGS)).min(1_000);
     std::thread::sleep(Duration::from_micros(wait_us));
     true
-}
-
-/// SQLite reports a non-database file only when it first reads it; say which file and what to do.
-fn describe_open_error(path: &Path, err: anyhow::Error) -> anyhow::Error {
-    let not_a_database = err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
-        )
-    });
-    if not_a_database {
-        anyhow::anyhow!(
-            "{} is not a SQLite database, or it is corrupt: point --db (or database.path) at a \
-             jobhost database or at a new file",
-            path.display()
-        )
-    } else {
-        err.context(format!("cannot use database {}", path.display()))
-    }
 }
 
 #[cfg(test)]
@@ -240,7 +286,7 @@ pub(crate) mod testing {
             let dir = tempfile::tempdir().unwrap();
             let config = DatabaseConfig { path: dir.path().join("pool.db"), ..DatabaseConfig::default() };
             let now = Arc::new(AtomicI64::new(1_700_000_000_000));
-            let store = Store::open_with_clock(&config, Clock::manual(now.clone())).unwrap();
+            let store = Store::open_with_clock(&config, Access::CreateIfMissing, Clock::manual(now.clone())).unwrap();
             TestStore { store, now, _dir: dir }
         }
 

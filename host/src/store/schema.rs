@@ -5,8 +5,9 @@
 //! migrations applied; opening a file runs the missing ones in one transaction, and a
 //! file from a newer jobhost (a version this build does not know) is refused untouched.
 
-use anyhow::{Result, bail};
 use rusqlite::{Connection, TransactionBehavior};
+
+use super::error::{ErrorKind, Result, StoreError};
 
 /// "JOBH": tells a jobhost database from any other SQLite file.
 const APPLICATION_ID: i32 = 0x4A4F_4248;
@@ -118,18 +119,18 @@ pub fn migrate_to(conn: &mut Connection, target: i32) -> Result<()> {
     if application_id != APPLICATION_ID {
         let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
         if application_id != 0 || tables > 0 {
-            bail!(
-                "this SQLite file was not made by jobhost (it already holds other tables): \
-                 point --db (or database.path) at a jobhost database or at a new file"
-            );
+            return Err(StoreError::new(ErrorKind::Foreign, ""));
         }
         tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     }
     if version > CURRENT_VERSION {
-        bail!(
-            "the database has schema version {version}, but this jobhost only knows versions up to \
-             {CURRENT_VERSION}: it was written by a newer jobhost, so use that version (nothing was changed)"
-        );
+        return Err(StoreError::new(
+            ErrorKind::NewerSchema,
+            format!(
+                "it has schema version {version}, but this jobhost only knows versions up to {CURRENT_VERSION}: \
+                 it was written by a newer jobhost, so use that version (nothing was changed)"
+            ),
+        ));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().take(target as usize).skip(version as usize) {
         tx.execute_batch(sql)?;
@@ -145,7 +146,7 @@ mod tests {
 
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::store::{NewJob, Store};
+    use crate::store::{Access, NewJob, Store};
 
     fn new_job() -> NewJob {
         NewJob {
@@ -173,11 +174,11 @@ mod tests {
         drop(old);
 
         let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
-        let mut store = Store::open(&config).unwrap();
+        let mut store = Store::open(&config, Access::Existing).unwrap();
         let version: i32 = store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, CURRENT_VERSION);
         assert!(store.job("j1").unwrap().is_some(), "the job written before the upgrade is still there");
-        store.enqueue(&[new_job()]).unwrap();
+        store.enqueue_all(&[new_job()]).unwrap();
         assert_eq!(store.status(None).unwrap().jobs.pending, 2);
     }
 
@@ -191,7 +192,7 @@ mod tests {
         drop(conn);
 
         let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
-        let message = format!("{:#}", Store::open(&config).err().unwrap());
+        let message = format!("{:#}", Store::open(&config, Access::Existing).err().unwrap());
         assert!(message.contains("newer jobhost"), "{message}");
         let conn = Connection::open(&path).unwrap();
         let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
@@ -205,8 +206,8 @@ mod tests {
         Connection::open(&path).unwrap().execute_batch("CREATE TABLE notes (body TEXT)").unwrap();
 
         let config = DatabaseConfig { path, ..DatabaseConfig::default() };
-        let message = format!("{:#}", Store::open(&config).err().unwrap());
-        assert!(message.contains("not made by jobhost"), "{message}");
+        let message = format!("{:#}", Store::open(&config, Access::Existing).err().unwrap());
+        assert!(message.contains("was not made by jobhost"), "{message}");
     }
 
     #[test]
@@ -216,7 +217,7 @@ mod tests {
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
 
         let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
-        let message = format!("{:#}", Store::open(&config).err().unwrap());
+        let message = format!("{:#}", Store::open(&config, Access::Existing).err().unwrap());
         assert!(message.contains("is not a SQLite database"), "{message}");
         assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192], "the file is left as it was");
     }

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
 use rusqlite::{OptionalExtension, TransactionBehavior, named_params, params};
 use serde::Serialize;
 
+use super::error::{ErrorKind, Result, StoreError};
 use super::jobs::{JobStatus, Recovery, recover_abandoned_in};
 use super::{Millis, RetryPolicy, Store, millis};
 
@@ -69,8 +69,8 @@ impl Store {
     /// A worker coming up: turns its `starting` row (left by the checker) into `active`, or
     /// registers it afresh. Refuses an id whose worker already ended or was declared lost.
     pub fn activate_worker(&mut self, worker: &NewWorker) -> Result<()> {
-        let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.with_conn(|conn, now| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<(String, String)> = tx
             .query_row("SELECT status, pool FROM workers WHERE id = ?1", [&worker.id], |row| {
                 Ok((row.get(0)?, row.get(1)?))
@@ -91,25 +91,32 @@ impl Store {
                     params![worker.host, worker.pid, now, worker.id],
                 )?;
             }
-            Some((status, pool)) if status == "starting" => bail!(
-                "worker {} was registered for pool {pool:?}, not {:?}: start it with --pool {pool}",
-                worker.id,
-                worker.pool
-            ),
-            Some((status, _)) => bail!(
-                "worker {} is already {status}: a worker id is used once; start with a new --worker-id",
-                worker.id
-            ),
+            Some((status, pool)) if status == "starting" => {
+                return Err(StoreError::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "worker {} was registered for pool {pool:?}, not {:?}: start it with --pool {pool}",
+                        worker.id, worker.pool
+                    ),
+                ));
+            }
+            Some((status, _)) => {
+                return Err(StoreError::new(
+                    ErrorKind::Refused,
+                    format!("worker {} is already {status}: a worker id is used once; start with a new --worker-id", worker.id),
+                ));
+            }
         }
         tx.commit()?;
         Ok(())
+        })
     }
 
     /// Proves `worker_id` alive and extends the leases of the jobs it holds by `lease`.
     /// Returns false when the worker is no longer `active` (it was reaped): it must stop.
     pub fn heartbeat(&mut self, worker_id: &str, lease: Duration) -> Result<bool> {
-        let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.with_conn(|conn, now| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let alive = tx
             .prepare_cached("UPDATE workers SET last_heartbeat_at = ?1 WHERE id = ?2 AND status = 'active'")?
             .execute(params![now, worker_id])?
@@ -120,17 +127,19 @@ impl Store {
         }
         tx.commit()?;
         Ok(alive)
+        })
     }
 
     /// A clean exit. Jobs it still holds (it should hold none) are left to the reaper.
     pub fn deregister_worker(&mut self, worker_id: &str) -> Result<()> {
-        let now = self.now();
-        self.conn.execute(
-            "UPDATE workers SET status = 'terminated', stopped_at = ?1
-              WHERE id = ?2 AND status IN ('starting', 'active')",
-            params![now, worker_id],
-        )?;
-        Ok(())
+        self.with_conn(|conn, now| {
+            conn.execute(
+                "UPDATE workers SET status = 'terminated', stopped_at = ?1
+                  WHERE id = ?2 AND status IN ('starting', 'active')",
+                params![now, worker_id],
+            )?;
+            Ok(())
+        })
     }
 
     /// One reaping pass, in one transaction: `active` workers silent for longer than
@@ -143,8 +152,8 @@ impl Store {
         start_grace: Duration,
         retry: &RetryPolicy,
     ) -> Result<Reaped> {
-        let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.with_conn(|conn, now| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let workers = tx
             .prepare_cached(
                 "UPDATE workers SET status = 'lost', stopped_at = :now
@@ -166,14 +175,15 @@ impl Store {
         let recovery = recover_abandoned_in(&tx, pool, retry, now)?;
         tx.commit()?;
         Ok(Reaped { workers, recovery })
+        })
     }
 
     /// Registers as `starting` the workers `pool` lacks: `min(ready jobs, max_workers)`
     /// minus the live ones. Counting and registering happen in one transaction, so two
     /// checkers running at once never spawn more than `max_workers` between them.
     pub fn plan_workers(&mut self, pool: &str, max_workers: u32, stale_after: Duration) -> Result<WorkerPlan> {
-        let now = self.now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.with_conn(|conn, now| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (queue_depth, _) = ready_in(&tx, Some(pool), now)?;
         let live_workers = live_workers_in(&tx, pool, now.saturating_sub(millis(stale_after)))?;
         let workers_needed = queue_depth.min(u64::from(max_workers));
@@ -189,11 +199,13 @@ impl Store {
         }
         tx.commit()?;
         Ok(WorkerPlan { queue_depth, live_workers, workers_needed, new_workers })
+        })
     }
 
-    pub fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
+    pub fn status(&mut self, pool: Option<&str>) -> Result<StatusSnapshot> {
+        self.with_conn(|conn, now| {
         let mut snapshot = StatusSnapshot::default();
-        let mut jobs = self.conn.prepare_cached(
+        let mut jobs = conn.prepare_cached(
             "SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
         )?;
         for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
@@ -207,8 +219,7 @@ impl Store {
                 JobStatus::Cancelled => counts.cancelled = count,
             }
         }
-        let mut workers = self
-            .conn
+        let mut workers = conn
             .prepare_cached("SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
         for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
             let (status, count) = row?;
@@ -220,11 +231,11 @@ impl Store {
                 _ => counts.lost = count,
             }
         }
-        let now = self.now();
-        let (ready, oldest_run_at) = ready_in(&self.conn, pool, now)?;
+        let (ready, oldest_run_at) = ready_in(conn, pool, now)?;
         snapshot.ready = ready;
-        snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now - run_at);
+        snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now.saturating_sub(run_at).max(0));
         Ok(snapshot)
+        })
     }
 }
 
@@ -268,7 +279,7 @@ mod tests {
         let mut t = TestStore::new();
         t.store.activate_worker(&worker("w1")).unwrap();
         t.store
-            .enqueue(&[NewJob {
+            .enqueue_all(&[NewJob {
                 pool: "default".into(),
                 processor: "echo".into(),
                 payload: "{}".into(),
@@ -298,7 +309,7 @@ mod tests {
         let mut t = TestStore::new();
         t.store.activate_worker(&worker("w1")).unwrap();
         t.store
-            .enqueue(&[NewJob {
+            .enqueue_all(&[NewJob {
                 pool: "default".into(),
                 processor: "echo".into(),
                 payload: "{}".into(),
@@ -321,7 +332,7 @@ mod tests {
     fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace() {
         let mut t = TestStore::new();
         t.store
-            .enqueue(&[NewJob {
+            .enqueue_all(&[NewJob {
                 pool: "default".into(),
                 processor: "echo".into(),
                 payload: "{}".into(),
@@ -349,7 +360,7 @@ mod tests {
             max_attempts: 3,
             delay_ms: 0,
         };
-        t.store.enqueue(&vec![new; 5]).unwrap();
+        t.store.enqueue_all(&vec![new; 5]).unwrap();
         let first = t.store.plan_workers("default", 3, STALE).unwrap();
         assert_eq!(
             (first.queue_depth, first.live_workers, first.workers_needed, first.new_workers.len()),
@@ -372,7 +383,7 @@ mod tests {
             max_attempts: 3,
             delay_ms,
         };
-        t.store.enqueue(&[new(0), new(0), new(60_000)]).unwrap();
+        t.store.enqueue_all(&[new(0), new(0), new(60_000)]).unwrap();
         t.advance(250);
         t.store.activate_worker(&worker("w1")).unwrap();
         t.store.claim("default", "w1", STALE, 1).unwrap();

@@ -1,0 +1,125 @@
+//! Settings: the command line and the configuration file settled into one validated value.
+//!
+//! Every value that both a flag and the config file can set lives in [`Config`]. The flags
+//! are written into it here, each remembered as set by its flag, and the merged value is
+//! validated once more by [`Config::validate`]: a flag never skips a check the file gets,
+//! and an error names what the user typed (`--stale-after (2s) must be longer than …`).
+//! Values only a flag can set (a count, an id) are checked here too, so every command
+//! starts from settings that are known good.
+
+use anyhow::{Result, bail};
+
+use crate::cli::{Cli, Command, JobsCommand};
+use crate::config::{Config, LimitOverrides};
+
+/// Most jobs one `seed` queues; they are inserted in chunks inside one transaction.
+pub const MAX_SEED_COUNT: u64 = 10_000_000;
+/// Most jobs one `jobs list` prints.
+pub const MAX_LIST_LIMIT: u32 = 100_000;
+/// Longest pool name and worker id, in bytes.
+const MAX_NAME_BYTES: usize = 128;
+
+/// Reads the configuration, writes the command's flags into it and validates the result.
+/// The returned command's flags that belong to the configuration have been moved into it.
+pub fn settle(cli: Cli) -> Result<(Config, Command)> {
+    let mut config = Config::discover(cli.global.config.as_deref())?;
+    let mut command = cli.command;
+    if let Some(db) = cli.global.db {
+        config.database.path = db;
+        config.set_by_flag.insert(String::from("database.path"), "--db");
+    }
+    if let Some(dir) = cli.global.processors_dir {
+        config.processors.dir = dir;
+        config.set_by_flag.insert(String::from("processors.dir"), "--processors-dir");
+    }
+    match &mut command {
+        Command::Seed(args) => {
+            if let Some(max_attempts) = args.max_attempts.take() {
+                config.retry.max_attempts = max_attempts;
+                config.set_by_flag.insert(String::from("retry.max_attempts"), "--max-attempts");
+            }
+            if args.payload_file.is_none() && !(1..=MAX_SEED_COUNT).contains(&args.count) {
+                bail!("--count must be between 1 and {MAX_SEED_COUNT}, got {}", args.count);
+            }
+            check_name("--pool", &args.pool)?;
+            crate::processors::validate_name(&args.processor).map_err(|err| anyhow::anyhow!("--processor: {err}"))?;
+        }
+        Command::Work(args) => {
+            if let Some(concurrency) = args.concurrency.take() {
+                config.worker.concurrency = concurrency;
+                config.set_by_flag.insert(String::from("worker.concurrency"), "--concurrency");
+            }
+            if args.max_jobs == Some(0) {
+                bail!("--max-jobs must be at least 1");
+            }
+            check_name("--pool", &args.pool)?;
+            if let Some(id) = &args.worker_id {
+                check_name("--worker-id", id)?;
+            }
+        }
+        Command::Check(args) => {
+            if let Some(max_workers) = args.max_workers.take() {
+                config.checker.max_workers = max_workers;
+                config.set_by_flag.insert(String::from("checker.max_workers"), "--max-workers");
+            }
+            if let Some(Some(interval)) = args.interval.as_mut().map(Option::take) {
+                config.checker.interval = interval;
+                config.set_by_flag.insert(String::from("checker.interval"), "--interval");
+            }
+            check_name("--pool", &args.pool)?;
+        }
+        Command::Reap(args) => {
+            if let Some(stale_after) = args.stale_after.take() {
+                config.reaper.stale_after = stale_after;
+                config.set_by_flag.insert(String::from("reaper.stale_after"), "--stale-after");
+            }
+        }
+        Command::Run(args) => {
+            // An invalid name gets no override: the run reports it as a load error.
+            if crate::processors::validate_name(&args.name).is_ok() {
+                let name = args.name.clone();
+                if let Some(fuel) = args.fuel.take() {
+                    override_limit(&mut config, &name, "fuel", "--fuel", |o| o.fuel = Some(fuel));
+                }
+                if let Some(timeout) = args.timeout.take() {
+                    override_limit(&mut config, &name, "timeout", "--timeout", |o| o.timeout = Some(timeout));
+                }
+                if let Some(memory) = args.memory.take() {
+                    override_limit(&mut config, &name, "memory", "--memory", |o| o.memory = Some(memory));
+                }
+            }
+        }
+        Command::Jobs(JobsCommand::List { limit, pool, .. }) => {
+            if !(1..=MAX_LIST_LIMIT).contains(limit) {
+                bail!("--limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}");
+            }
+            if let Some(pool) = pool {
+                check_name("--pool", pool)?;
+            }
+        }
+        Command::Status(_) | Command::Jobs(_) | Command::Processors(_) => {}
+    }
+    config.validate()?;
+    Ok((config, command))
+}
+
+/// Changes one limit of processor `name` for this run, as its override in the config would.
+fn override_limit(
+    config: &mut Config,
+    name: &str,
+    limit: &str,
+    flag: &'static str,
+    apply: impl FnOnce(&mut LimitOverrides),
+) {
+    apply(config.processors.overrides.entry(name.to_string()).or_default());
+    config.set_by_flag.insert(format!("processors.overrides.{name}.{limit}"), flag);
+}
+
+/// A pool name or worker id: 1 to 128 bytes of printable text, so it reads back cleanly in
+/// every listing and log line.
+fn check_name(flag: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
+        bail!("{flag} must be 1 to {MAX_NAME_BYTES} bytes of printable text, got {value:?}");
+    }
+    Ok(())
+}

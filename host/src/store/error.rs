@@ -1,0 +1,129 @@
+//! The store's typed errors: what went wrong, at which database, and what to do about it.
+//!
+//! Callers match on [`ErrorKind`] (a busy database is worth retrying, a refused schema is
+//! not); people read the message, which always names the database and the likely fix.
+
+use std::fmt;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A command that only reads or works on a pool was pointed at a database that does not exist.
+    Missing,
+    /// The file exists but cannot be opened (missing folder, no permission, ...).
+    CannotOpen,
+    /// The file is not a SQLite database, or it is damaged.
+    NotADatabase,
+    /// A SQLite database that some other program made.
+    Foreign,
+    /// A database written by a newer jobhost.
+    NewerSchema,
+    /// Another process held the write lock for longer than `database.busy_timeout`.
+    Busy,
+    /// The file or its folder cannot be written.
+    ReadOnly,
+    /// The disk holding the database is full.
+    DiskFull,
+    /// The database file was deleted or replaced while this process had it open.
+    Replaced,
+    /// The operation was refused by a rule of the pool (a worker id used twice, ...).
+    Refused,
+    /// Anything else SQLite reported.
+    Other,
+}
+
+#[derive(Debug)]
+pub struct StoreError {
+    kind: ErrorKind,
+    /// The database, as the user named it; filled in by the store before the error leaves it.
+    location: String,
+    detail: String,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    pub(super) fn new(kind: ErrorKind, detail: impl Into<String>) -> StoreError {
+        StoreError { kind, location: String::new(), detail: detail.into() }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Names the database the error happened at.
+    pub(super) fn at(mut self, location: &str) -> StoreError {
+        if self.location.is_empty() {
+            self.location = location.to_string();
+        }
+        self
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode;
+        let kind = match err.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ErrorKind::Busy,
+            Some(ErrorCode::ReadOnly) => ErrorKind::ReadOnly,
+            Some(ErrorCode::DiskFull) => ErrorKind::DiskFull,
+            Some(ErrorCode::CannotOpen) => ErrorKind::CannotOpen,
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => ErrorKind::NotADatabase,
+            _ => ErrorKind::Other,
+        };
+        StoreError::new(kind, err.to_string())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = &self.location;
+        let detail = &self.detail;
+        match self.kind {
+            ErrorKind::Missing => write!(
+                f,
+                "no jobhost database at {at}: check --db (or database.path, $JOBHOST_DB); \
+                 `jobhost seed` creates a new one"
+            ),
+            ErrorKind::CannotOpen => write!(
+                f,
+                "cannot open the database {at} ({detail}): check that its folder exists and that \
+                 jobhost's user may read and write both"
+            ),
+            ErrorKind::NotADatabase => write!(
+                f,
+                "{at} is not a SQLite database, or it is corrupt: point --db (or database.path) at a \
+                 jobhost database or at a new file"
+            ),
+            ErrorKind::Foreign => write!(
+                f,
+                "{at} was not made by jobhost (it already holds other tables): point --db (or \
+                 database.path) at a jobhost database or at a new file"
+            ),
+            ErrorKind::NewerSchema => write!(f, "database {at}: {detail}"),
+            ErrorKind::Busy => write!(
+                f,
+                "database {at} stayed locked by another process for longer than database.busy_timeout \
+                 ({detail}): retry, or raise database.busy_timeout"
+            ),
+            ErrorKind::ReadOnly => write!(
+                f,
+                "database {at} cannot be written ({detail}): jobhost's user needs write access to the \
+                 file and to its folder (SQLite keeps its -wal and -shm files beside it)"
+            ),
+            ErrorKind::DiskFull => write!(
+                f,
+                "the disk holding database {at} is full ({detail}): free space there (e.g. `jobhost jobs \
+                 purge`) or move the database; the failed change was not written"
+            ),
+            ErrorKind::Replaced => write!(
+                f,
+                "database {at} was deleted or replaced while jobhost had it open: {detail}"
+            ),
+            ErrorKind::Refused => write!(f, "{detail}"),
+            ErrorKind::Other => write!(f, "database {at}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
