@@ -273,3 +273,99 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
         "the kills cost some attempts"
     );
 }
+
+/// Reads `child`'s stdout line by line on a thread, so a test can wait for each line.
+fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if send.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+#[test]
+fn check_with_interval_repeats_at_checker_interval_until_sigterm() {
+    let pool = Pool::new(&FAST_LIFECYCLE.replace("checker: {", "checker: {interval: 200ms, "));
+    pool.ok(&["seed", "--delay", "1h"]);
+    let started = Instant::now();
+    let mut checker = pool.spawn(&["check", "--interval", "--json"]);
+    let lines = stdout_lines(&mut checker);
+    for _ in 0..3 {
+        let line = lines.recv_timeout(Duration::from_secs(30)).expect("a report per round");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["queue_depth"], 0, "{line}");
+    }
+    // Three rounds at the documented default (10s) would take 20s.
+    assert!(started.elapsed() < Duration::from_secs(8), "rounds came {:?} apart", started.elapsed() / 2);
+    signal(&checker, libc::SIGTERM);
+    assert!(checker.wait().unwrap().success());
+
+    let mut checker = pool.spawn(&["check", "--interval", "150ms", "--json"]);
+    let lines = stdout_lines(&mut checker);
+    for _ in 0..2 {
+        lines.recv_timeout(Duration::from_secs(30)).expect("a report per round");
+    }
+    signal(&checker, libc::SIGTERM);
+    assert!(checker.wait().unwrap().success());
+}
+
+#[test]
+fn a_worker_declared_lost_stops_and_exits_with_a_failure() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 1500}"#]);
+    let worker = pool.spawn(&["work", "--json"]);
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    signal(&worker, libc::SIGSTOP);
+    let start = Instant::now();
+    while pool.json(&["reap", "--stale-after", "1s"])["reaped_count"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the stopped worker was never reaped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&worker, libc::SIGCONT);
+    let output = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped: the reaper declared it lost"), "{stderr}");
+    let summary: Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["status"], "lost", "{summary}");
+}
+
+#[test]
+fn a_worker_whose_database_is_replaced_stops_claiming_and_fails() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--count", "3", "--payload", r#"{"delay_ms": 1000}"#]);
+    let worker = pool.spawn(&["work", "--json"]);
+    pool.wait_for_status(Duration::from_secs(30), "a job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    // An operator starting over: the database and its WAL files deleted, a new pool seeded.
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", pool.db().display())).unwrap();
+    }
+    pool.ok(&["seed", "--count", "5"]);
+    let output = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was deleted or replaced while jobhost had it open"), "{stderr}");
+    let summary: Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert!(summary["processed"].as_u64().unwrap() < 3, "it stopped claiming: {summary}");
+    let status = pool.status();
+    assert_eq!(jobs_count(&status, "pending"), 5, "the new database's jobs were left alone: {status} {stderr}");
+}
+
+#[test]
+fn a_worker_keeps_working_when_the_reader_of_its_json_goes_away() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--count", "20"]);
+    let mut worker = pool.spawn(&["work", "--json"]);
+    drop(worker.stdout.take());
+    let output = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("cannot write to stdout").count(), 1, "logged once: {stderr}");
+    assert_eq!(jobs_count(&pool.status(), "completed"), 20);
+}

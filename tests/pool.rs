@@ -223,7 +223,12 @@ fn retry_stops_granting_attempts_at_the_ceiling() {
 fn a_reader_that_goes_away_ends_a_listing_quietly() {
     let pool = Pool::new("");
     pool.ok(&["seed", "--count", "2000"]);
-    let mut child = pool.command(&["jobs", "list", "--limit", "2000"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = pool
+        .command(&["jobs", "list", "--limit", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 16];
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
@@ -349,4 +354,41 @@ fn many_processes_share_one_file_and_complete_every_job_exactly_once() {
     assert_eq!(pool.count("SELECT count(*) FROM attempts"), (WORKERS * PER_WORKER) as i64);
     assert_eq!(pool.count("SELECT count(*) FROM attempts WHERE outcome IS NOT 'ok'"), 0);
     assert_eq!(pool.count("SELECT count(DISTINCT worker_id) FROM attempts"), WORKERS as i64);
+}
+
+/// Writes a clear-screen and a window-title escape to stderr, then fails.
+const TERMINAL_PRANK: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "\1b[2J\1b]0;owned\07gotcha")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 20))
+    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const 1))))"#;
+
+#[test]
+fn a_guests_escape_sequences_reach_a_terminal_escaped_and_json_verbatim() {
+    let pool = Pool::new("");
+    std::fs::write(pool.path("processors/prank.wasm"), TERMINAL_PRANK).unwrap();
+    pool.ok(&["seed", "--processor", "prank", "--max-attempts", "1"]);
+    pool.ok(&["work"]);
+    let id = pool.json(&["jobs", "list"])[0]["id"].as_str().unwrap().to_owned();
+
+    let shown = pool.json(&["jobs", "show", &id]);
+    assert_eq!(shown["attempt_history"][0]["stderr"], "\u{1b}[2J\u{1b}]0;owned\u{7}gotcha");
+
+    // `script` gives the command a terminal for its stdout, as an operator's shell would.
+    let command = format!(
+        "{} --config {} --db {} jobs show {id}",
+        support::JOBHOST,
+        pool.path("jobhost.yml").display(),
+        pool.db().display()
+    );
+    let output = std::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let seen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{seen}");
+    assert!(seen.contains(r"stderr: \u{1b}[2J\u{1b}]0;owned\u{7}gotcha"), "{seen}");
+    assert!(!seen.contains('\u{1b}') && !seen.contains('\u{7}'), "a raw escape reached the terminal: {seen:?}");
 }

@@ -89,7 +89,10 @@ fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, 
     } else {
         crate::outln!(
             "pool {pool}: {} ready job(s), {} live worker(s), {} needed; spawned {}",
-            report.queue_depth, report.active_workers, report.workers_needed, report.spawned
+            report.queue_depth,
+            report.active_workers,
+            report.workers_needed,
+            report.spawned
         )?;
         for id in &report.spawned_ids {
             crate::outln!("  started worker {id}")?;

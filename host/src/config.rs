@@ -266,7 +266,13 @@ impl Config {
     /// never skips a check the file gets; errors name the flag when a flag set the value.
     pub fn validate(&self) -> Result<()> {
         let retry = &self.retry;
-        check_range(self.name("retry.max_attempts"), retry.max_attempts, 1, MAX_ATTEMPTS, "the first run counts as one")?;
+        check_range(
+            self.name("retry.max_attempts"),
+            retry.max_attempts,
+            1,
+            MAX_ATTEMPTS,
+            "the first run counts as one",
+        )?;
         if !(0.0..=1.0).contains(&retry.backoff_jitter) {
             bail!("retry.backoff_jitter must be between 0.0 and 1.0, got {}", retry.backoff_jitter);
         }
@@ -422,7 +428,11 @@ impl FromStr for HumanDuration {
         let millis = parse_quantity(text, "a duration", "500ms, 2s, 5m or 7d", DURATION_UNITS, false)?;
         let duration = Duration::from_millis(millis);
         if duration > MAX_DURATION {
-            return Err(format!("`{}` is too long: durations are at most {}", text.trim(), HumanDuration(MAX_DURATION)));
+            return Err(format!(
+                "`{}` is too long: durations are at most {}",
+                text.trim(),
+                HumanDuration(MAX_DURATION)
+            ));
         }
         Ok(HumanDuration(duration))
     }
@@ -479,7 +489,7 @@ fn parse_quantity(
 
 /// Writes `value` in the largest of `units` (largest first) that divides it exactly.
 fn write_quantity(f: &mut fmt::Formatter<'_>, value: u64, units: &[(&str, u64)]) -> fmt::Result {
-    match units.iter().find(|(_, per_unit)| value % per_unit == 0 && value > 0) {
+    match units.iter().find(|(_, per_unit)| value.is_multiple_of(*per_unit) && value > 0) {
         Some((name, per_unit)) => write!(f, "{}{name}", value / per_unit),
         None => write!(f, "0{}", units[units.len() - 1].0),
     }
@@ -625,6 +635,9 @@ mod tests {
         config.reaper.stale_after = HumanDuration(Duration::from_secs(2));
         config.set_by_flag.insert("reaper.stale_after".into(), "--stale-after");
         let message = format!("{:#}", config.validate().unwrap_err());
-        assert!(message.starts_with("--stale-after (2s) must be longer than worker.heartbeat_interval (5s)"), "{message}");
+        assert!(
+            message.starts_with("--stale-after (2s) must be longer than worker.heartbeat_interval (5s)"),
+            "{message}"
+        );
     }
 }

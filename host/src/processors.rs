@@ -274,7 +274,8 @@ pub fn names(config: &Config) -> anyhow::Result<Vec<String>> {
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries {
-                let path = entry.with_context(|| format!("cannot list the processors folder {}", dir.display()))?.path();
+                let path =
+                    entry.with_context(|| format!("cannot list the processors folder {}", dir.display()))?.path();
                 if path.extension().is_some_and(|ext| ext == "wasm")
                     && let Some(stem) = path.file_stem().and_then(|stem| stem.to_str())
                     && validate_name(stem).is_ok()

@@ -33,7 +33,9 @@ pub fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
     } else {
         crate::outln!(
             "reaped {} worker(s); {} job(s) released for retry, {} poisoned",
-            report.reaped_count, report.jobs_released, report.jobs_poisoned
+            report.reaped_count,
+            report.jobs_released,
+            report.jobs_poisoned
         )?;
         for worker in &report.reaped_workers {
             crate::outln!("  lost: {worker}")?;

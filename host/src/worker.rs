@@ -24,13 +24,13 @@ use tokio::task::JoinSet;
 
 use crate::cli::WorkArgs;
 use crate::config::Config;
-use crate::processors::{LoadError, Registry};
-use crate::sandbox::{JobInput, Outcome, Prepared, RunReport, Sandbox};
 use crate::outcome::OutcomeKind;
 use crate::output::LineSink;
+use crate::processors::{LoadError, Registry};
+use crate::sandbox::{JobInput, Outcome, Prepared, RunReport, Sandbox};
 use crate::store::{
-    Access, AttemptReport, Batch, ClaimedJob, ErrorKind, FailOutcome, Fence, Fingerprint, NewWorker, RetryPolicy, Store,
-    StoreError,
+    Access, AttemptReport, Batch, ClaimedJob, ErrorKind, FailOutcome, Fence, Fingerprint, NewWorker, RetryPolicy,
+    Store, StoreError,
 };
 
 /// What became of one job, printed as a JSON line with `--json`.
@@ -273,7 +273,12 @@ impl Worker {
                     line.outcome.as_str()
                 );
             } else {
-                tracing::info!(job_id = line.job_id, outcome = line.outcome.as_str(), status = line.status, "job finished");
+                tracing::info!(
+                    job_id = line.job_id,
+                    outcome = line.outcome.as_str(),
+                    status = line.status,
+                    "job finished"
+                );
             }
         }
         let claimed = claimed

@@ -27,7 +27,12 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
             } else {
                 crate::outln!(
                     "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",
-                    "ID", "POOL", "PROCESSOR", "STATUS", "ATTEMPTS", "UPDATED"
+                    "ID",
+                    "POOL",
+                    "PROCESSOR",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "UPDATED"
                 )?;
                 for job in &jobs {
                     crate::outln!(

@@ -57,9 +57,8 @@ pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
 fn read_payload(config: &Config, args: &RunArgs) -> Result<Vec<u8>> {
     let max_payload = config.jobs.max_payload.0;
     if let Some(text) = &args.payload {
-        store::check_payload(text.as_bytes(), max_payload).map_err(|err| {
-            anyhow::anyhow!("--payload {err}: pass one JSON document, e.g. --payload '{{\"x\": 1}}'")
-        })?;
+        store::check_payload(text.as_bytes(), max_payload)
+            .map_err(|err| anyhow::anyhow!("--payload {err}: pass one JSON document, e.g. --payload '{{\"x\": 1}}'"))?;
         return Ok(text.clone().into_bytes());
     }
     let Some(path) = &args.payload_file else {

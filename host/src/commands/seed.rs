@@ -107,9 +107,8 @@ fn for_each_payload_line(
         if line.trim().is_empty() {
             continue;
         }
-        store::check_payload(line.as_bytes(), max_payload).map_err(|err| {
-            anyhow::anyhow!("{} line {number} {err}; nothing was queued", path.display())
-        })?;
+        store::check_payload(line.as_bytes(), max_payload)
+            .map_err(|err| anyhow::anyhow!("{} line {number} {err}; nothing was queued", path.display()))?;
         if pushed == MAX_SEED_COUNT {
             bail!("{} holds more than {MAX_SEED_COUNT} payloads: split it; nothing was queued", path.display());
         }

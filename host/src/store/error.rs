@@ -116,10 +116,9 @@ impl fmt::Display for StoreError {
                 "the disk holding database {at} is full ({detail}): free space there (e.g. `jobhost jobs \
                  purge`) or move the database; the failed change was not written"
             ),
-            ErrorKind::Replaced => write!(
-                f,
-                "database {at} was deleted or replaced while jobhost had it open: {detail}"
-            ),
+            ErrorKind::Replaced => {
+                write!(f, "database {at} was deleted or replaced while jobhost had it open: {detail}")
+            }
             ErrorKind::Refused => write!(f, "{detail}"),
             ErrorKind::Other => write!(f, "database {at}: {detail}"),
         }
@@ -127,3 +126,29 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_failure(code: std::ffi::c_int) -> StoreError {
+        StoreError::from(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)).at("data/pool.db")
+    }
+
+    #[test]
+    fn sqlite_failures_name_the_database_and_the_fix() {
+        let cases = [
+            (rusqlite::ffi::SQLITE_READONLY, ErrorKind::ReadOnly, "needs write access to the file and to its folder"),
+            (rusqlite::ffi::SQLITE_FULL, ErrorKind::DiskFull, "free space there"),
+            (rusqlite::ffi::SQLITE_CANTOPEN, ErrorKind::CannotOpen, "check that its folder exists"),
+            (rusqlite::ffi::SQLITE_BUSY, ErrorKind::Busy, "raise database.busy_timeout"),
+            (rusqlite::ffi::SQLITE_NOTADB, ErrorKind::NotADatabase, "point --db"),
+        ];
+        for (code, kind, fix) in cases {
+            let err = sqlite_failure(code);
+            let message = err.to_string();
+            assert_eq!(err.kind(), kind, "{message}");
+            assert!(message.contains("data/pool.db") && message.contains(fix), "{message}");
+        }
+    }
+}

@@ -659,7 +659,10 @@ pub(super) fn recover_abandoned_in(
     retry: &RetryPolicy,
     now: Millis,
 ) -> Result<Recovery> {
-    let abandoned: Vec<(i64, u32, u32, Option<String>, Option<String>, Option<Millis>)> = tx
+    /// A claimed job left behind: seq, attempts, max attempts, its worker, that worker's
+    /// status and when the job's lease ends.
+    type Abandoned = (i64, u32, u32, Option<String>, Option<String>, Option<Millis>);
+    let abandoned: Vec<Abandoned> = tx
         .prepare_cached(
             "SELECT j.seq, j.attempts, j.max_attempts, j.worker_id, w.status, j.lease_expires_at
                FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
@@ -732,7 +735,8 @@ mod tests {
     fn claim_takes_highest_priority_then_oldest_and_never_twice() {
         let mut t = TestStore::new();
         active_worker(&mut t, "w1");
-        let ids = t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0), job("other", 9)]).unwrap();
+        let ids =
+            t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0), job("other", 9)]).unwrap();
         let order: Vec<String> = std::iter::from_fn(|| claim_one(&mut t, "w1")).map(|j| j.id).collect();
         assert_eq!(order, [ids[1].clone(), ids[0].clone(), ids[2].clone()]);
     }
@@ -762,8 +766,7 @@ mod tests {
         active_worker(&mut t, "w1");
         let id = t.store.enqueue_all(&[job("default", 0)]).unwrap().remove(0);
         let claimed = claim_one(&mut t, "w1").unwrap();
-        let report =
-            AttemptReport { fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::of(OutcomeKind::Ok) };
+        let report = AttemptReport { fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::of(OutcomeKind::Ok) };
         assert_eq!(t.store.complete(&claimed, r#"{"done":true}"#, &report).unwrap(), Fence::Applied);
 
         let detail = t.store.job(&id).unwrap().unwrap();
@@ -781,7 +784,10 @@ mod tests {
         active_worker(&mut t, "w2");
         let id = t.store.enqueue_all(&[job("default", 0)]).unwrap().remove(0);
         let first = claim_one(&mut t, "w1").unwrap();
-        assert!(matches!(t.store.fail(&first, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(), FailOutcome::Retrying { .. }));
+        assert!(matches!(
+            t.store.fail(&first, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(),
+            FailOutcome::Retrying { .. }
+        ));
         let second = claim_one(&mut t, "w2").unwrap();
 
         let ok = AttemptReport::of(OutcomeKind::Ok);
@@ -899,5 +905,47 @@ mod tests {
         assert!(t.store.job(&ids[0]).unwrap().is_none());
         assert_eq!(t.store.job(&ids[1]).unwrap().unwrap().job.status, JobStatus::Cancelled);
         t.assert_counts_exact();
+    }
+
+    #[test]
+    fn every_outcome_kind_can_be_stored_and_read_back() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        let jobs = vec![NewJob { max_attempts: 1, ..job("default", 0) }; OutcomeKind::ALL.len()];
+        let ids = t.store.enqueue_all(&jobs).unwrap();
+        for kind in OutcomeKind::ALL {
+            let claimed = claim_one(&mut t, "w1").unwrap();
+            if kind == OutcomeKind::Ok {
+                t.store.complete(&claimed, "1", &AttemptReport::of(kind)).unwrap();
+            } else {
+                t.store.fail(&claimed, &failure(kind), &NO_BACKOFF).unwrap();
+            }
+        }
+        let mut stored: Vec<String> = ids
+            .iter()
+            .map(|id| t.store.job(id).unwrap().unwrap().attempt_history[0].outcome.clone().unwrap())
+            .collect();
+        stored.sort();
+        let mut expected: Vec<&str> = OutcomeKind::ALL.iter().map(|kind| kind.as_str()).collect();
+        expected.sort();
+        assert_eq!(stored, expected);
+    }
+
+    #[test]
+    fn counts_too_wide_for_u32_are_clamped_when_read() {
+        let mut t = TestStore::new();
+        let id = t.store.enqueue_all(&[job("default", 0)]).unwrap().remove(0);
+        t.store.conn.execute("UPDATE jobs SET max_attempts = 4294967297, attempts = -3", []).unwrap();
+        let listed = t.store.list_jobs(&JobFilter { limit: 10, ..JobFilter::default() }).unwrap();
+        assert_eq!((listed[0].attempts, listed[0].max_attempts), (0, u32::MAX));
+        assert_eq!(t.store.job(&id).unwrap().unwrap().job.max_attempts, u32::MAX);
+    }
+
+    #[test]
+    fn a_delay_past_the_end_of_time_saturates_instead_of_wrapping() {
+        let mut t = TestStore::new();
+        t.store.enqueue_all(&[NewJob { delay_ms: Millis::MAX, ..job("default", 0) }]).unwrap();
+        let status = t.store.status(None).unwrap();
+        assert_eq!((status.ready, status.oldest_ready_age_ms), (0, None), "the job is not ready: {status:?}");
     }
 }

@@ -35,7 +35,10 @@ use rusqlite::{Connection, OpenFlags};
 use crate::config::DatabaseConfig;
 
 pub use error::{ErrorKind, Result, StoreError};
-pub use jobs::{PayloadError, check_payload, Enqueue, AttemptReport, Batch, ClaimedJob, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob};
+pub use jobs::{
+    AttemptReport, Batch, ClaimedJob, Enqueue, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob,
+    PayloadError, check_payload,
+};
 pub use retry::RetryPolicy;
 pub use workers::NewWorker;
 
@@ -95,9 +98,8 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     fn of(path: &Path) -> Result<Fingerprint> {
-        let meta = std::fs::metadata(path).map_err(|err| {
-            StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&path.display().to_string())
-        })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&path.display().to_string()))?;
         Ok(Fingerprint { path: path.to_path_buf(), file: (meta.dev(), meta.ino()) })
     }
 

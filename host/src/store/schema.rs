@@ -221,4 +221,13 @@ mod tests {
         assert!(message.contains("is not a SQLite database"), "{message}");
         assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192], "the file is left as it was");
     }
+
+    #[test]
+    fn the_attempt_outcome_check_lists_exactly_the_outcome_kinds() {
+        let schema = MIGRATIONS.concat();
+        let check = schema.split("outcome     TEXT CHECK (outcome IN (").nth(1).unwrap().split("))").next().unwrap();
+        let listed: Vec<&str> = check.split(',').map(|kind| kind.trim().trim_matches('\'')).collect();
+        let kinds: Vec<&str> = crate::outcome::OutcomeKind::ALL.iter().map(|kind| kind.as_str()).collect();
+        assert_eq!(listed, kinds);
+    }
 }

@@ -70,45 +70,48 @@ impl Store {
     /// registers it afresh. Refuses an id whose worker already ended or was declared lost.
     pub fn activate_worker(&mut self, worker: &NewWorker) -> Result<()> {
         self.with_conn(|conn, now| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<(String, String)> = tx
-            .query_row("SELECT status, pool FROM workers WHERE id = ?1", [&worker.id], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?;
-        match existing {
-            None => {
-                tx.execute(
-                    "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing: Option<(String, String)> = tx
+                .query_row("SELECT status, pool FROM workers WHERE id = ?1", [&worker.id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            match existing {
+                None => {
+                    tx.execute(
+                        "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at)
                      VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?5)",
-                    params![worker.id, worker.pool, worker.host, worker.pid, now],
-                )?;
-            }
-            Some((status, pool)) if status == "starting" && pool == worker.pool => {
-                tx.execute(
-                    "UPDATE workers SET status = 'active', host = ?1, pid = ?2, last_heartbeat_at = ?3
+                        params![worker.id, worker.pool, worker.host, worker.pid, now],
+                    )?;
+                }
+                Some((status, pool)) if status == "starting" && pool == worker.pool => {
+                    tx.execute(
+                        "UPDATE workers SET status = 'active', host = ?1, pid = ?2, last_heartbeat_at = ?3
                       WHERE id = ?4 AND status = 'starting'",
-                    params![worker.host, worker.pid, now, worker.id],
-                )?;
+                        params![worker.host, worker.pid, now, worker.id],
+                    )?;
+                }
+                Some((status, pool)) if status == "starting" => {
+                    return Err(StoreError::new(
+                        ErrorKind::Refused,
+                        format!(
+                            "worker {} was registered for pool {pool:?}, not {:?}: start it with --pool {pool}",
+                            worker.id, worker.pool
+                        ),
+                    ));
+                }
+                Some((status, _)) => {
+                    return Err(StoreError::new(
+                        ErrorKind::Refused,
+                        format!(
+                            "worker {} is already {status}: a worker id is used once; start with a new --worker-id",
+                            worker.id
+                        ),
+                    ));
+                }
             }
-            Some((status, pool)) if status == "starting" => {
-                return Err(StoreError::new(
-                    ErrorKind::Refused,
-                    format!(
-                        "worker {} was registered for pool {pool:?}, not {:?}: start it with --pool {pool}",
-                        worker.id, worker.pool
-                    ),
-                ));
-            }
-            Some((status, _)) => {
-                return Err(StoreError::new(
-                    ErrorKind::Refused,
-                    format!("worker {} is already {status}: a worker id is used once; start with a new --worker-id", worker.id),
-                ));
-            }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
         })
     }
 
@@ -116,17 +119,17 @@ impl Store {
     /// Returns false when the worker is no longer `active` (it was reaped): it must stop.
     pub fn heartbeat(&mut self, worker_id: &str, lease: Duration) -> Result<bool> {
         self.with_conn(|conn, now| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let alive = tx
-            .prepare_cached("UPDATE workers SET last_heartbeat_at = ?1 WHERE id = ?2 AND status = 'active'")?
-            .execute(params![now, worker_id])?
-            > 0;
-        if alive {
-            tx.prepare_cached("UPDATE jobs SET lease_expires_at = ?1 WHERE worker_id = ?2 AND status = 'claimed'")?
-                .execute(params![now.saturating_add(millis(lease)), worker_id])?;
-        }
-        tx.commit()?;
-        Ok(alive)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let alive = tx
+                .prepare_cached("UPDATE workers SET last_heartbeat_at = ?1 WHERE id = ?2 AND status = 'active'")?
+                .execute(params![now, worker_id])?
+                > 0;
+            if alive {
+                tx.prepare_cached("UPDATE jobs SET lease_expires_at = ?1 WHERE worker_id = ?2 AND status = 'claimed'")?
+                    .execute(params![now.saturating_add(millis(lease)), worker_id])?;
+            }
+            tx.commit()?;
+            Ok(alive)
         })
     }
 
@@ -153,28 +156,28 @@ impl Store {
         retry: &RetryPolicy,
     ) -> Result<Reaped> {
         self.with_conn(|conn, now| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let workers = tx
-            .prepare_cached(
-                "UPDATE workers SET status = 'lost', stopped_at = :now
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let workers = tx
+                .prepare_cached(
+                    "UPDATE workers SET status = 'lost', stopped_at = :now
                   WHERE (:pool IS NULL OR pool = :pool)
                     AND ((status = 'active' AND last_heartbeat_at < :active_cutoff)
                       OR (status = 'starting' AND last_heartbeat_at < :starting_cutoff))
                  RETURNING id",
-            )?
-            .query_map(
-                named_params! {
-                    ":now": now,
-                    ":pool": pool,
-                    ":active_cutoff": now.saturating_sub(millis(stale_after)),
-                    ":starting_cutoff": now.saturating_sub(millis(start_grace)),
-                },
-                |row| row.get(0),
-            )?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        let recovery = recover_abandoned_in(&tx, pool, retry, now)?;
-        tx.commit()?;
-        Ok(Reaped { workers, recovery })
+                )?
+                .query_map(
+                    named_params! {
+                        ":now": now,
+                        ":pool": pool,
+                        ":active_cutoff": now.saturating_sub(millis(stale_after)),
+                        ":starting_cutoff": now.saturating_sub(millis(start_grace)),
+                    },
+                    |row| row.get(0),
+                )?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            let recovery = recover_abandoned_in(&tx, pool, retry, now)?;
+            tx.commit()?;
+            Ok(Reaped { workers, recovery })
         })
     }
 
@@ -183,58 +186,59 @@ impl Store {
     /// checkers running at once never spawn more than `max_workers` between them.
     pub fn plan_workers(&mut self, pool: &str, max_workers: u32, stale_after: Duration) -> Result<WorkerPlan> {
         self.with_conn(|conn, now| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (queue_depth, _) = ready_in(&tx, Some(pool), now)?;
-        let live_workers = live_workers_in(&tx, pool, now.saturating_sub(millis(stale_after)))?;
-        let workers_needed = queue_depth.min(u64::from(max_workers));
-        let mut new_workers = Vec::new();
-        for _ in live_workers..workers_needed {
-            let id = uuid::Uuid::new_v4().to_string();
-            tx.execute(
-                "INSERT INTO workers (id, pool, status, started_at, last_heartbeat_at)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (queue_depth, _) = ready_in(&tx, Some(pool), now)?;
+            let live_workers = live_workers_in(&tx, pool, now.saturating_sub(millis(stale_after)))?;
+            let workers_needed = queue_depth.min(u64::from(max_workers));
+            let mut new_workers = Vec::new();
+            for _ in live_workers..workers_needed {
+                let id = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "INSERT INTO workers (id, pool, status, started_at, last_heartbeat_at)
                  VALUES (?1, ?2, 'starting', ?3, ?3)",
-                params![id, pool, now],
-            )?;
-            new_workers.push(id);
-        }
-        tx.commit()?;
-        Ok(WorkerPlan { queue_depth, live_workers, workers_needed, new_workers })
+                    params![id, pool, now],
+                )?;
+                new_workers.push(id);
+            }
+            tx.commit()?;
+            Ok(WorkerPlan { queue_depth, live_workers, workers_needed, new_workers })
         })
     }
 
     pub fn status(&mut self, pool: Option<&str>) -> Result<StatusSnapshot> {
         self.with_conn(|conn, now| {
-        let mut snapshot = StatusSnapshot::default();
-        let mut jobs = conn.prepare_cached(
-            "SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
-        )?;
-        for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
-            let (status, count) = row?;
-            let counts = &mut snapshot.jobs;
-            match JobStatus::parse(&status)? {
-                JobStatus::Pending => counts.pending = count,
-                JobStatus::Claimed => counts.claimed = count,
-                JobStatus::Completed => counts.completed = count,
-                JobStatus::Poisoned => counts.poisoned = count,
-                JobStatus::Cancelled => counts.cancelled = count,
+            let mut snapshot = StatusSnapshot::default();
+            let mut jobs = conn.prepare_cached(
+                "SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
+            )?;
+            for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
+                let (status, count) = row?;
+                let counts = &mut snapshot.jobs;
+                match JobStatus::parse(&status)? {
+                    JobStatus::Pending => counts.pending = count,
+                    JobStatus::Claimed => counts.claimed = count,
+                    JobStatus::Completed => counts.completed = count,
+                    JobStatus::Poisoned => counts.poisoned = count,
+                    JobStatus::Cancelled => counts.cancelled = count,
+                }
             }
-        }
-        let mut workers = conn
-            .prepare_cached("SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
-        for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
-            let (status, count) = row?;
-            let counts = &mut snapshot.workers;
-            match status.as_str() {
-                "starting" => counts.starting = count,
-                "active" => counts.active = count,
-                "terminated" => counts.terminated = count,
-                _ => counts.lost = count,
+            let mut workers = conn.prepare_cached(
+                "SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status",
+            )?;
+            for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
+                let (status, count) = row?;
+                let counts = &mut snapshot.workers;
+                match status.as_str() {
+                    "starting" => counts.starting = count,
+                    "active" => counts.active = count,
+                    "terminated" => counts.terminated = count,
+                    _ => counts.lost = count,
+                }
             }
-        }
-        let (ready, oldest_run_at) = ready_in(conn, pool, now)?;
-        snapshot.ready = ready;
-        snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now.saturating_sub(run_at).max(0));
-        Ok(snapshot)
+            let (ready, oldest_run_at) = ready_in(conn, pool, now)?;
+            snapshot.ready = ready;
+            snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now.saturating_sub(run_at).max(0));
+            Ok(snapshot)
         })
     }
 }
