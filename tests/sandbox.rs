@@ -10,17 +10,27 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Pool;
 
-/// `jobhost run NAME --json EXTRA...`: the report, after checking its fixed shape and that
-/// the exit status is 0 exactly when the outcome is `ok`.
+/// `jobhost run NAME --json EXTRA...`: its checked [`report`].
 fn run(pool: &Pool, name: &str, extra: &[&str]) -> Value {
+    let args = run_args(name, extra);
+    report(name, &args, &pool.run(&args))
+}
+
+fn run_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["run", name, "--json"];
     args.extend_from_slice(extra);
-    let output = pool.run(&args);
+    args
+}
+
+/// The report `jobhost run NAME --json` printed, after checking its fixed shape and that the
+/// exit status is 0 exactly when the outcome is `ok`.
+fn report(name: &str, args: &[&str], output: &Output) -> Value {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
             "jobhost {args:?} printed no JSON report ({err}):\nstdout: {}\nstderr: {}",
@@ -174,13 +184,16 @@ fn echo_sleeping_past_the_deadline_is_cut_off_at_it() {
 
 #[test]
 fn allocation_bomb_ends_at_the_memory_cap_and_host_memory_stays_bounded() {
-    let report = run_fixture("alloc_bomb", &["--memory", "32MiB"]);
+    let pool = Pool::new("");
+    pool.add_processor("alloc_bomb.wat", "alloc_bomb");
+    let args = run_args("alloc_bomb", &["--memory", "32MiB"]);
+    let (output, peak) = pool.run_with_peak_rss(&args);
+    let report = report("alloc_bomb", &args, &output);
     assert_eq!(report["outcome"], "memory");
     assert!(message(&report).contains("processors.limits.memory"), "{report}");
-    // Unbounded, the bomb would make 4 GiB resident. The peak over every child this test
-    // binary has waited for must stay near the cap plus the host's own footprint.
-    let peak = peak_child_rss_bytes();
-    assert!(peak < 256 << 20, "a jobhost child peaked at {} MiB resident", peak >> 20);
+    // Unbounded, the bomb would make 4 GiB resident; bounded, the process stays near the
+    // cap plus the host's own footprint.
+    assert!(peak < 256 << 20, "jobhost peaked at {} MiB resident", peak >> 20);
 }
 
 #[test]
@@ -365,16 +378,4 @@ fn compiled_modules_are_cached_and_a_damaged_entry_is_rebuilt() {
         assert_eq!(cache_entries(&pool), entries);
         assert_eq!(fs::read(entry).unwrap(), original, "the rebuilt entry differs from the first compile");
     }
-}
-
-/// The largest resident set of any child process this test binary has waited for.
-fn peak_child_rss_bytes() -> u64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage), 0);
-        usage
-    };
-    // Linux reports kibibytes.
-    usage.ru_maxrss as u64 * 1024
 }

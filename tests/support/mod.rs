@@ -2,8 +2,10 @@
 //! database, processors folder and config, and drives the real `jobhost` binary in it.
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -102,6 +104,33 @@ impl Pool {
 
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn jobhost")
+    }
+
+    /// Runs `jobhost` and also returns the peak resident set of that one process.
+    #[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also reports its rusage")]
+    pub fn run_with_peak_rss(&self, args: &[&str]) -> (Output, u64) {
+        let mut child = self.spawn(args);
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr_reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stderr.read_to_end(&mut bytes).expect("read stderr");
+            bytes
+        });
+        let mut stdout = Vec::new();
+        child.stdout.take().expect("piped stdout").read_to_end(&mut stdout).expect("read stdout");
+        // wait4 rather than Child::wait: its rusage covers this one child, where
+        // getrusage(RUSAGE_CHILDREN) covers every child the test binary has waited for.
+        let mut raw_status = 0;
+        // SAFETY: wait4 only writes the status and the struct it is given; the child is ours
+        // and not yet reaped (std never waits for it after this).
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            assert_eq!(libc::wait4(child.id() as i32, &mut raw_status, 0, &mut usage), child.id() as i32);
+            usage
+        };
+        let output = Output { status: ExitStatus::from_raw(raw_status), stdout, stderr: stderr_reader.join().unwrap() };
+        // Linux reports kibibytes.
+        (output, usage.ru_maxrss as u64 * 1024)
     }
 
     pub fn status(&self) -> Value {
