@@ -149,6 +149,8 @@ pub struct ProcessorsConfig {
     pub dir: PathBuf,
     /// Folder for compiled modules; by default `cache/` beside the database.
     pub cache_dir: Option<PathBuf>,
+    /// Largest processor file loaded; bigger ones are load errors, read no further.
+    pub max_size: ByteSize,
     pub limits: Limits,
     /// Per-processor changes to `limits`; keys left out keep the default.
     pub overrides: BTreeMap<String, LimitOverrides>,
@@ -159,6 +161,7 @@ impl Default for ProcessorsConfig {
         Self {
             dir: PathBuf::from("processors"),
             cache_dir: None,
+            max_size: ByteSize(64 << 20),
             limits: Limits::default(),
             overrides: BTreeMap::new(),
         }
@@ -275,6 +278,9 @@ impl Config {
                 self.reaper.stale_after,
                 self.worker.heartbeat_interval
             );
+        }
+        if self.processors.max_size.0 == 0 {
+            bail!("processors.max_size must be more than 0");
         }
         self.processors.limits.validate("processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
@@ -520,5 +526,6 @@ mod tests {
         assert!(Config::parse("retry: {backoff_jitter: 1.5}").is_err());
         assert!(Config::parse("reaper: {stale_after: 1s}\nworker: {heartbeat_interval: 2s}").is_err());
         assert!(Config::parse("processors: {limits: {memory: 1KiB}}").is_err());
+        assert!(Config::parse("processors: {max_size: 0}").is_err());
     }
 }
