@@ -9,18 +9,29 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::Pool;
+use support::{Pool, jobs_count, make_fifo, signal};
 
-/// `jobhost run NAME --json EXTRA...`: the report, after checking its fixed shape and that
-/// the exit status is 0 exactly when the outcome is `ok`.
+/// `jobhost run NAME --json EXTRA...`: its checked [`report`].
 fn run(pool: &Pool, name: &str, extra: &[&str]) -> Value {
+    let args = run_args(name, extra);
+    report(name, &args, &pool.run(&args))
+}
+
+fn run_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["run", name, "--json"];
     args.extend_from_slice(extra);
-    let output = pool.run(&args);
+    args
+}
+
+/// The report `jobhost run NAME --json` printed, after checking its fixed shape and that the
+/// exit status is 0 exactly when the outcome is `ok`.
+fn report(name: &str, args: &[&str], output: &Output) -> Value {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
             "jobhost {args:?} printed no JSON report ({err}):\nstdout: {}\nstderr: {}",
@@ -174,13 +185,16 @@ fn echo_sleeping_past_the_deadline_is_cut_off_at_it() {
 
 #[test]
 fn allocation_bomb_ends_at_the_memory_cap_and_host_memory_stays_bounded() {
-    let report = run_fixture("alloc_bomb", &["--memory", "32MiB"]);
+    let pool = Pool::new("");
+    pool.add_processor("alloc_bomb.wat", "alloc_bomb");
+    let args = run_args("alloc_bomb", &["--memory", "32MiB"]);
+    let (output, peak) = pool.run_with_peak_rss(&args);
+    let report = report("alloc_bomb", &args, &output);
     assert_eq!(report["outcome"], "memory");
     assert!(message(&report).contains("processors.limits.memory"), "{report}");
-    // Unbounded, the bomb would make 4 GiB resident. The peak over every child this test
-    // binary has waited for must stay near the cap plus the host's own footprint.
-    let peak = peak_child_rss_bytes();
-    assert!(peak < 256 << 20, "a jobhost child peaked at {} MiB resident", peak >> 20);
+    // Unbounded, the bomb would make 4 GiB resident; bounded, the process stays near the
+    // cap plus the host's own footprint.
+    assert!(peak < 256 << 20, "jobhost peaked at {} MiB resident", peak >> 20);
 }
 
 #[test]
@@ -240,8 +254,12 @@ fn modules_that_cannot_load_are_load_errors() {
     fs::write(pool.path("processors/empty.wasm"), b"").unwrap();
     pool.add_processor("no_start.wat", "no_start");
     pool.add_processor("bad_import.wat", "bad_import");
+    // Text that is not WAT is refused unparsed: a parser's error would quote it.
+    fs::write(pool.path("secret.txt"), "password: hunter2\n".repeat(100_000)).unwrap();
+    symlink(pool.path("secret.txt"), pool.path("processors/secret.wasm")).unwrap();
     let cases = [
-        ("garbage", "garbage.wasm"),
+        ("garbage", "is not a WebAssembly module (starts with 7f 45 4c 46"),
+        ("secret", "secret.wasm) is not a WebAssembly module (starts with 70 61 73 73"),
         ("empty", "empty file"),
         ("no_start", "_start"),
         ("bad_import", "launch_missiles"),
@@ -252,8 +270,46 @@ fn modules_that_cannot_load_are_load_errors() {
         let report = run(&pool, name, &[]);
         assert_eq!(report["outcome"], "load_error", "{name}: {report}");
         assert!(message(&report).contains(expected), "{name}: expected {expected:?} in {report}");
+        assert!(message(&report).len() <= 512 && !message(&report).contains("hunter2"), "{name}: {report}");
         assert_eq!(report["stderr"], Value::Null, "{report}");
     }
+}
+
+#[test]
+fn run_on_a_fifo_is_a_prompt_load_error() {
+    let pool = Pool::new("");
+    make_fifo(&pool.path("processors/x.wasm"));
+    let args = run_args("x", &[]);
+    let output = pool.spawn_guarded(&args).wait_at_most(Duration::from_secs(10), "run on a FIFO");
+    let report = report("x", &args, &output);
+    assert_eq!(report["outcome"], "load_error", "{report}");
+    assert!(message(&report).contains("not a regular file but a FIFO"), "{report}");
+}
+
+#[test]
+fn a_fifo_job_neither_stalls_a_worker_nor_deafens_it_to_sigterm() {
+    let pool = Pool::new("retry: {backoff_initial: 0, backoff_max: 0}\nworker: {heartbeat_interval: 100ms}\n");
+    make_fifo(&pool.path("processors/x.wasm"));
+    pool.ok(&["seed", "--processor", "x", "--max-attempts", "1", "--priority", "1"]);
+    pool.ok(&["seed", "--count", "20", "--payload", r#"{"delay_ms": 300}"#]);
+    let worker = pool.spawn_guarded(&["work", "--json", "--concurrency", "2"]);
+    pool.wait_for_status(Duration::from_secs(20), "the FIFO job to fail and an echo job to complete", |s| {
+        jobs_count(s, "poisoned") == 1 && jobs_count(s, "completed") >= 1
+    });
+    signal(worker.id(), libc::SIGTERM);
+    let output = worker.wait_at_most(Duration::from_secs(10), "the worker to stop after SIGTERM");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((summary["failed"].as_u64(), summary["status"].as_str()), (Some(1), Some("terminated")), "{stdout}");
+    assert!(summary["completed"].as_u64().unwrap() >= 1, "{stdout}");
+    let fifo_job = pool.all_jobs().into_iter().find(|job| job["processor"] == "x").unwrap();
+    let attempt = &fifo_job["attempt_history"][0];
+    assert_eq!(attempt["outcome"], "load_error", "{fifo_job}");
+    assert!(attempt["message"].as_str().unwrap().contains("FIFO"), "{fifo_job}");
+    let status = pool.status();
+    assert_eq!(jobs_count(&status, "claimed"), 0, "{status}");
+    assert!(jobs_count(&status, "pending") > 0, "the worker stopped claiming at SIGTERM: {status}");
 }
 
 #[test]
@@ -263,6 +319,11 @@ fn processors_lists_broken_files_beside_working_ones() {
     pool.add_processor("no_start.wat", "no_start");
     fs::write(pool.path("processors/garbage.wasm"), b"garbage").unwrap();
     fs::write(pool.path("processors/bad name.wasm"), b"(module)").unwrap();
+    // Entries `run` and workers would try, so they are listed too.
+    make_fifo(&pool.path("processors/fifo.wasm"));
+    fs::create_dir(pool.path("processors/folder.wasm")).unwrap();
+    symlink(pool.path("processors/gone.wasm"), pool.path("processors/dangling.wasm")).unwrap();
+    symlink(pool.path("processors/loop.wasm"), pool.path("processors/loop.wasm")).unwrap();
     // Ignored: not `*.wasm`, or not directly in the folder.
     fs::write(pool.path("processors/README.md"), b"notes").unwrap();
     fs::create_dir(pool.path("processors/src")).unwrap();
@@ -271,7 +332,10 @@ fn processors_lists_broken_files_beside_working_ones() {
     let list = pool.json(&["processors"]);
     let by_name: BTreeMap<&str, &Value> =
         list.as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap(), p)).collect();
-    assert_eq!(by_name.keys().copied().collect::<Vec<_>>(), ["bad name", "echo", "garbage", "no_start", "spin"]);
+    assert_eq!(
+        by_name.keys().copied().collect::<Vec<_>>(),
+        ["bad name", "dangling", "echo", "fifo", "folder", "garbage", "loop", "no_start", "spin"]
+    );
 
     let echo = by_name["echo"];
     assert_eq!(
@@ -291,13 +355,41 @@ fn processors_lists_broken_files_beside_working_ones() {
         json!({"fuel": 1234, "timeout_ms": 30000, "memory_bytes": 64 << 20, "stdout_bytes": 1 << 20, "stderr_bytes": 64 << 10})
     );
 
-    for (name, expected) in
-        [("no_start", "_start"), ("garbage", "cannot be loaded"), ("bad name", "invalid processor name")]
-    {
+    for (name, expected) in [
+        ("no_start", "_start"),
+        ("garbage", "not a WebAssembly module"),
+        ("bad name", "invalid processor name"),
+        ("fifo", "not a regular file but a FIFO"),
+        ("folder", "not a regular file but a directory"),
+        ("dangling", "a dangling symlink"),
+        ("loop", "a symlink loop"),
+    ] {
         assert_eq!(by_name[name]["status"], "broken", "{name}");
         let error = by_name[name]["error"].as_str().unwrap();
         assert!(error.contains(expected), "{name}: expected {expected:?} in {error}");
     }
+}
+
+#[test]
+fn overrides_naming_no_processor_are_warned_about() {
+    let pool = Pool::new("processors:\n  overrides:\n    spin: {fuel: 1}\n    echo: {fuel: 2}\n    spni: {fuel: 3}\n");
+    pool.add_processor("spin.wat", "spin");
+    let warning = "processors.overrides.spni names no processor";
+
+    let output = pool.run(&["processors"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().filter(|line| line.starts_with("warning: ")).count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("warning: {warning}")), "{stderr}");
+
+    let output = pool.run(&["processors", "--json"]);
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
+    let output = pool.run(&["work"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WARN") && stderr.contains(warning), "{stderr}");
 }
 
 #[test]
@@ -367,14 +459,24 @@ fn compiled_modules_are_cached_and_a_damaged_entry_is_rebuilt() {
     }
 }
 
-/// The largest resident set of any child process this test binary has waited for.
-fn peak_child_rss_bytes() -> u64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage), 0);
-        usage
-    };
-    // Linux reports kibibytes.
-    usage.ru_maxrss as u64 * 1024
+#[test]
+fn a_cache_folder_others_can_write_is_not_used() {
+    let pool = Pool::new("");
+    assert_eq!(run(&pool, "echo", &[])["outcome"], "ok");
+    let entries = cache_entries(&pool);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    // A planted entry: damaged, so reading it would be logged and it would be replaced.
+    let planted = b"not compiled code".to_vec();
+    fs::write(&entries[0], &planted).unwrap();
+    fs::set_permissions(pool.path("data/cache"), fs::Permissions::from_mode(0o777)).unwrap();
+
+    let output = pool.run(&["run", "echo", "--json"]);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["outcome"], "ok", "{report}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let folder = pool.path("data/cache").display().to_string();
+    assert!(stderr.contains(&folder) && stderr.contains(&format!("chmod 700 {folder}")), "{stderr}");
+    assert!(!stderr.contains("is unusable"), "the planted entry was read: {stderr}");
+    assert_eq!(cache_entries(&pool), entries, "an entry was written");
+    assert_eq!(fs::read(&entries[0]).unwrap(), planted);
 }

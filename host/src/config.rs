@@ -166,6 +166,8 @@ pub struct ProcessorsConfig {
     pub dir: PathBuf,
     /// Folder for compiled modules; by default `cache/` beside the database.
     pub cache_dir: Option<PathBuf>,
+    /// Largest processor file loaded; bigger ones are load errors, read no further.
+    pub max_size: ByteSize,
     pub limits: Limits,
     /// Per-processor changes to `limits`; keys left out keep the default.
     pub overrides: BTreeMap<String, LimitOverrides>,
@@ -176,6 +178,7 @@ impl Default for ProcessorsConfig {
         Self {
             dir: PathBuf::from("processors"),
             cache_dir: None,
+            max_size: ByteSize(64 << 20),
             limits: Limits::default(),
             overrides: BTreeMap::new(),
         }
@@ -320,6 +323,9 @@ impl Config {
                 ByteSize(MAX_PAYLOAD_LIMIT),
                 self.jobs.max_payload
             );
+        }
+        if self.processors.max_size.0 == 0 {
+            bail!("{} must be more than 0", self.name("processors.max_size"));
         }
         self.processors.limits.validate(self, "processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
@@ -611,6 +617,7 @@ mod tests {
         assert!(Config::parse("retry: {backoff_jitter: 1.5}").is_err());
         assert!(Config::parse("reaper: {stale_after: 1s}\nworker: {heartbeat_interval: 2s}").is_err());
         assert!(Config::parse("processors: {limits: {memory: 1KiB}}").is_err());
+        assert!(Config::parse("processors: {max_size: 0}").is_err());
         assert!(Config::parse("retry: {max_attempts: 4294967295}").is_err());
         assert!(Config::parse("worker: {concurrency: 100000}").is_err());
         assert!(Config::parse("checker: {interval: 0}").is_err());

@@ -18,7 +18,8 @@
 //! - **An async [`Linker`]** with the WASI preview1 functions and nothing else. Async matters:
 //!   a guest sleeping in `poll_oneoff` is blocked inside the host, where neither fuel nor epochs
 //!   can reach it. The whole instantiate-and-call future runs under `tokio::time::timeout`,
-//!   and dropping that future at the deadline cancels the sleep.
+//!   and dropping that future at the deadline cancels the sleep. The deadline covers the run
+//!   alone: it starts once the program is prepared and the run has a pool slot.
 //! - **A fresh [`Store`] per job** holding the WASI context (stdin = payload; stdout and stderr
 //!   are in-memory pipes with a cap; env exactly `JOB_ID`, `JOB_ATTEMPT`, `JOB_POOL`; argv
 //!   `[name]`; no preopened directories, hence no files and no sockets) and a limiter that caps

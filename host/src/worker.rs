@@ -5,6 +5,9 @@
 //!   (guests yield at every epoch tick, so one busy guest cannot starve the others);
 //! - between runs, the loop records every job that finished and claims replacements in one
 //!   write transaction, so a busy worker commits once per turn, not twice per job;
+//! - each claimed job is a task that loads its processor (read and compiled on a blocking
+//!   thread, under a deadline: see [`crate::processors`]) and then runs it, so a slow load
+//!   delays only its own job, and a job's run deadline starts once its program is ready;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
 //! - the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within their
@@ -26,8 +29,8 @@ use crate::cli::WorkArgs;
 use crate::config::Config;
 use crate::outcome::OutcomeKind;
 use crate::output::LineSink;
-use crate::processors::{LoadError, Registry};
-use crate::sandbox::{JobInput, Outcome, Prepared, RunReport, Sandbox};
+use crate::processors::{self, Registry};
+use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use crate::store::{
     Access, AttemptReport, Batch, ClaimedJob, ErrorKind, FailOutcome, Fence, Fingerprint, NewWorker, RetryPolicy,
     Store, StoreError,
@@ -68,17 +71,16 @@ impl Summary {
     }
 }
 
-/// What a job task needs to run its job: shared, read-only.
+/// What a job task needs to load and run its job: shared by every task.
 struct Runner {
     sandbox: Sandbox,
+    registry: Arc<Registry>,
     config: Config,
 }
 
-/// The worker's loop state. Only the loop touches the store and the registry; job tasks
-/// only run guests.
+/// The worker's loop state. Only the loop touches the store; job tasks load and run guests.
 struct Worker {
     store: Store,
-    registry: Registry,
     runner: Arc<Runner>,
     retry: RetryPolicy,
     worker_id: String,
@@ -122,12 +124,18 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
             return Err(err);
         }
     };
+    for warning in processors::unmatched_override_warnings(config) {
+        tracing::warn!("{warning}");
+    }
     let stop_reason = Arc::new(std::sync::Mutex::new(None));
     let fingerprint = store.fingerprint();
     let mut worker = Worker {
-        registry: Registry::new(config, &sandbox),
         store,
-        runner: Arc::new(Runner { sandbox, config: config.clone() }),
+        runner: Arc::new(Runner {
+            registry: Arc::new(Registry::new(config, &sandbox)),
+            sandbox,
+            config: config.clone(),
+        }),
         retry: RetryPolicy::from_config(&config.retry),
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),
@@ -146,6 +154,9 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the worker's async runtime")?;
     let result = runtime.block_on(worker.work_loop());
+    // A load that missed its deadline may still be running on a blocking thread; its job is
+    // already recorded, so exiting does not wait for it.
+    runtime.shutdown_background();
     heartbeat.stop();
 
     let mut summary = result?;
@@ -184,8 +195,6 @@ struct Finished {
     report: RunReport,
 }
 
-type Program = Result<Arc<Prepared>, LoadError>;
-
 impl Worker {
     /// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
     /// the reaper declares this worker lost.
@@ -223,8 +232,8 @@ impl Worker {
                     }
                 }
                 claimed_total += claimed.len() as u64;
-                for (job, program) in claimed {
-                    in_flight.spawn(run_job(self.runner.clone(), job, program));
+                for job in claimed {
+                    in_flight.spawn(run_job(self.runner.clone(), job));
                 }
             }
             if in_flight.is_empty() {
@@ -248,9 +257,8 @@ impl Worker {
         Ok(summary)
     }
 
-    /// Records the finished jobs and claims up to `want` new ones in one transaction, then
-    /// finds each new job's processor (after the commit, so the write lock is held briefly).
-    fn settle(&mut self, finished: Vec<Finished>, want: u32) -> Result<(Vec<JobLine>, Vec<(ClaimedJob, Program)>)> {
+    /// Records the finished jobs and claims up to `want` new ones in one transaction.
+    fn settle(&mut self, finished: Vec<Finished>, want: u32) -> Result<(Vec<JobLine>, Vec<ClaimedJob>)> {
         let mut batch = self.store.batch()?;
         let mut lines = Vec::with_capacity(finished.len());
         for Finished { job, report } in &finished {
@@ -281,20 +289,13 @@ impl Worker {
                 );
             }
         }
-        let claimed = claimed
-            .into_iter()
-            .map(|job| {
-                let program = self.registry.load(&job.processor);
-                (job, program)
-            })
-            .collect();
         Ok((lines, claimed))
     }
 }
 
-/// Runs one claimed job in the sandbox.
-async fn run_job(runner: Arc<Runner>, job: ClaimedJob, program: Program) -> Finished {
-    let report = match program {
+/// Loads one claimed job's processor and runs the job in the sandbox.
+async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> Finished {
+    let report = match runner.registry.load(&job.processor).await {
         Ok(program) => {
             let limits = runner.config.limits_for(&job.processor);
             let input = JobInput {

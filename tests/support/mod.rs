@@ -2,8 +2,10 @@
 //! database, processors folder and config, and drives the real `jobhost` binary in it.
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -104,6 +106,39 @@ impl Pool {
         self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn jobhost")
     }
 
+    /// Spawns `jobhost`; the process is killed if the test ends before it exits, so a hung
+    /// `jobhost` fails its test instead of outliving it.
+    pub fn spawn_guarded(&self, args: &[&str]) -> Guarded {
+        Guarded(Some(self.spawn(args)))
+    }
+
+    /// Runs `jobhost` and also returns the peak resident set of that one process.
+    #[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also reports its rusage")]
+    pub fn run_with_peak_rss(&self, args: &[&str]) -> (Output, u64) {
+        let mut child = self.spawn(args);
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr_reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stderr.read_to_end(&mut bytes).expect("read stderr");
+            bytes
+        });
+        let mut stdout = Vec::new();
+        child.stdout.take().expect("piped stdout").read_to_end(&mut stdout).expect("read stdout");
+        // wait4 rather than Child::wait: its rusage covers this one child, where
+        // getrusage(RUSAGE_CHILDREN) covers every child the test binary has waited for.
+        let mut raw_status = 0;
+        // SAFETY: wait4 only writes the status and the struct it is given; the child is ours
+        // and not yet reaped (std never waits for it after this).
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            assert_eq!(libc::wait4(child.id() as i32, &mut raw_status, 0, &mut usage), child.id() as i32);
+            usage
+        };
+        let output = Output { status: ExitStatus::from_raw(raw_status), stdout, stderr: stderr_reader.join().unwrap() };
+        // Linux reports kibibytes.
+        (output, usage.ru_maxrss as u64 * 1024)
+    }
+
     pub fn status(&self) -> Value {
         self.json(&["status"])
     }
@@ -126,6 +161,56 @@ impl Pool {
         let list = self.json(&["jobs", "list", "--limit", "100000"]);
         list.as_array().unwrap().iter().map(|job| self.json(&["jobs", "show", job["id"].as_str().unwrap()])).collect()
     }
+}
+
+/// A `jobhost` process that is killed and reaped when dropped, unless it was waited for.
+pub struct Guarded(Option<Child>);
+
+impl Guarded {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("not yet waited for").id()
+    }
+
+    /// Its output once it exits; fails the test (and kills it) if that takes over `timeout`.
+    pub fn wait_at_most(mut self, timeout: Duration, what: &str) -> Output {
+        let mut child = self.0.take().expect("waited for once");
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("reap the killed jobhost");
+                panic!(
+                    "jobhost did not exit within {timeout:?} ({what}):\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("collect jobhost's output")
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` to a running `jobhost`.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2) on a child the test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill failed");
+}
+
+/// Makes a FIFO at `path`: opening it for reading blocks until a writer comes.
+pub fn make_fifo(path: &Path) {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in the path");
+    // SAFETY: mkfifo reads the NUL-terminated path and nothing else.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo failed");
 }
 
 pub fn jobs_count(status: &Value, which: &str) -> u64 {

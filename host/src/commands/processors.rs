@@ -1,7 +1,7 @@
 //! `jobhost processors`: every processor (built-in and drop-in) with its source, size, hash,
 //! effective limits and whether it compiles and links. A broken file is listed as broken,
 //! with the reason, beside the others; the command itself fails only when the processors
-//! folder cannot be listed.
+//! folder cannot be listed. Overrides that name no processor are warned about on stderr.
 
 use std::process::ExitCode;
 
@@ -10,12 +10,15 @@ use serde_json::{Value, json};
 
 use crate::cli::ProcessorsArgs;
 use crate::config::Config;
-use crate::processors::{self, ProcessorInfo, Source};
+use crate::processors::{self, ProcessorInfo};
 use crate::sandbox::Sandbox;
 
 pub fn run(config: &Config, args: ProcessorsArgs) -> Result<ExitCode> {
     let sandbox = Sandbox::new(1)?;
     let infos = processors::list(config, &sandbox)?;
+    for warning in processors::unmatched_override_warnings(config) {
+        eprintln!("warning: {warning}");
+    }
     if args.json {
         let list: Vec<Value> = infos.iter().map(info_json).collect();
         println!("{}", Value::Array(list));
@@ -25,17 +28,10 @@ pub fn run(config: &Config, args: ProcessorsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn source_text(info: &ProcessorInfo) -> String {
-    match &info.source {
-        Source::Builtin => "built-in".to_string(),
-        Source::File(path) => path.display().to_string(),
-    }
-}
-
 fn info_json(info: &ProcessorInfo) -> Value {
     json!({
         "name": info.name,
-        "source": source_text(info),
+        "source": info.source.to_string(),
         "overrides_builtin": info.overrides_builtin,
         "size": info.size,
         "sha256": info.sha256,
@@ -56,7 +52,7 @@ fn print_table(config: &Config, infos: &[ProcessorInfo]) {
     let rows: Vec<[String; 6]> = infos
         .iter()
         .map(|info| {
-            let mut source = source_text(info);
+            let mut source = info.source.to_string();
             if info.overrides_builtin {
                 source.push_str(" (overrides built-in)");
             }

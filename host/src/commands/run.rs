@@ -11,6 +11,7 @@
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -28,19 +29,23 @@ pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
     let payload = read_payload(config, &args)?;
     let limits = config.limits_for(&args.name);
     let sandbox = Sandbox::new(1)?;
-    let report = match Registry::new(config, &sandbox).load(&args.name) {
-        Ok(program) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let job_id = format!("run-{}", uuid::Uuid::new_v4());
-            let job =
-                JobInput { job_id: &job_id, attempt: 1, pool: RUN_POOL, processor: &args.name, payload: &payload };
-            runtime.block_on(sandbox.run(&program, job, &limits))
+    let registry = Arc::new(Registry::new(config, &sandbox));
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        match registry.load(&args.name).await {
+            Ok(program) => {
+                let job_id = format!("run-{}", uuid::Uuid::new_v4());
+                let job =
+                    JobInput { job_id: &job_id, attempt: 1, pool: RUN_POOL, processor: &args.name, payload: &payload };
+                sandbox.run(&program, job, &limits).await
+            }
+            Err(err) => RunReport::load_error(err.to_string()),
         }
-        Err(err) => RunReport::load_error(err.to_string()),
-    };
+    });
+    // A load that missed its deadline may still be running on a blocking thread; the report
+    // is all this command waits for.
+    runtime.shutdown_background();
     if args.json {
         println!("{}", report_json(&args.name, &report));
     } else {
