@@ -386,6 +386,7 @@ fn overrides_naming_no_processor_are_warned_about() {
     let list: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
 
+    pool.ok(&["seed"]);
     let output = pool.run(&["work"]);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
