@@ -63,7 +63,8 @@ fn outcomes(job: &Value) -> Vec<String> {
 }
 
 fn job_by_payload(pool: &Pool, payload: &str) -> Value {
-    pool.all_jobs().into_iter().find(|j| j["payload"].to_string() == payload).expect("job with that payload")
+    let payload: Value = serde_json::from_str(payload).expect("a JSON payload");
+    pool.all_jobs().into_iter().find(|j| j["payload"] == payload).expect("job with that payload")
 }
 
 fn signal(child: &Child, signal: i32) {
