@@ -4,7 +4,9 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::process::Child;
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -77,6 +79,32 @@ fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The child's stderr, line by line, from a thread of its own: a read can then time out.
+fn stderr_lines(child: &mut Child) -> Receiver<String> {
+    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+fn wait_for_line(lines: &Receiver<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(err) => panic!("no stderr line with {needle:?}: {err}"),
+        }
     }
 }
 
@@ -205,6 +233,42 @@ fn sigterm_finishes_the_job_in_flight_and_claims_no_more() {
         "{status}"
     );
     assert_eq!(status["workers"]["terminated"], 1);
+}
+
+#[test]
+fn a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
+    let mut worker = pool.spawn(&["work", "--worker-id", "impatient", "--log-level", "info"]);
+    let log = stderr_lines(&mut worker);
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    signal(&worker, libc::SIGTERM);
+    wait_for_line(&log, "signal received");
+    assert!(worker.try_wait().unwrap().is_none(), "the first signal only stops claiming");
+
+    signal(&worker, libc::SIGTERM);
+    // Far below the job's 60 s (and its 30 s deadline): the worker does not wait for it.
+    let mut exit = None;
+    wait_until(Duration::from_secs(5), "the worker to exit after the second signal", || {
+        exit = worker.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert_eq!(exit.unwrap().code(), Some(130), "{exit:?}");
+    wait_for_line(&log, "second signal: exiting now");
+    assert_eq!(jobs_count(&pool.status(), "claimed"), 1, "the job is left claimed");
+
+    let start = Instant::now();
+    let reap = loop {
+        let reap = pool.json(&["reap", "--stale-after", "1"]);
+        if reap["jobs_released"] == 1 {
+            break reap;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the job was never released: {reap}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reap["reaped_workers"], json!(["impatient"]));
+    let job = job_by_payload(&pool, r#"{"delay_ms":60000}"#);
+    assert_eq!((job["status"].as_str(), outcomes(&job)), (Some("pending"), vec!["worker_lost".to_owned()]));
 }
 
 /// Workers are SIGKILLed while the reaper runs, then the pool is left to settle. The
