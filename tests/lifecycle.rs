@@ -4,8 +4,9 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::process::Child;
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -63,13 +64,48 @@ fn outcomes(job: &Value) -> Vec<String> {
 }
 
 fn job_by_payload(pool: &Pool, payload: &str) -> Value {
-    let payload: Value = serde_json::from_str(payload).unwrap();
+    let payload: Value = serde_json::from_str(payload).expect("a JSON payload");
     pool.all_jobs().into_iter().find(|j| j["payload"] == payload).expect("job with that payload")
 }
 
 fn signal(child: &Child, signal: i32) {
     // Safety: plain kill(2) on a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0, "kill failed");
+}
+
+/// Polls `done` until it holds, failing after `timeout`.
+fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The child's stderr, line by line, from a thread of its own: a read can then time out.
+fn stderr_lines(child: &mut Child) -> Receiver<String> {
+    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+fn wait_for_line(lines: &Receiver<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(err) => panic!("no stderr line with {needle:?}: {err}"),
+        }
+    }
 }
 
 #[test]
@@ -199,12 +235,54 @@ fn sigterm_finishes_the_job_in_flight_and_claims_no_more() {
     assert_eq!(status["workers"]["terminated"], 1);
 }
 
-/// Workers are SIGKILLed at random while the reaper and checker run, then the pool is
-/// left to settle. Whatever the timing, every job must end completed or poisoned, no job
-/// may stay claimed or complete twice, and every attempt must be on record and closed.
+#[test]
+fn a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper() {
+    let pool = Pool::new(FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
+    let mut worker = pool.spawn(&["work", "--worker-id", "impatient", "--log-level", "info"]);
+    let log = stderr_lines(&mut worker);
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    signal(&worker, libc::SIGTERM);
+    wait_for_line(&log, "signal received");
+    assert!(worker.try_wait().unwrap().is_none(), "the first signal only stops claiming");
+
+    signal(&worker, libc::SIGTERM);
+    // Far below the job's 60 s (and its 30 s deadline): the worker does not wait for it.
+    let mut exit = None;
+    wait_until(Duration::from_secs(5), "the worker to exit after the second signal", || {
+        exit = worker.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert_eq!(exit.unwrap().code(), Some(130), "{exit:?}");
+    wait_for_line(&log, "second signal: exiting now");
+    assert_eq!(jobs_count(&pool.status(), "claimed"), 1, "the job is left claimed");
+
+    let start = Instant::now();
+    let reap = loop {
+        let reap = pool.json(&["reap", "--stale-after", "1s"]);
+        if reap["jobs_released"] == 1 {
+            break reap;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the job was never released: {reap}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reap["reaped_workers"], json!(["impatient"]));
+    let job = job_by_payload(&pool, r#"{"delay_ms":60000}"#);
+    assert_eq!((job["status"].as_str(), outcomes(&job)), (Some("pending"), vec!["worker_lost".to_owned()]));
+}
+
+/// Workers are SIGKILLed while the reaper runs, then the pool is left to settle. The
+/// victims are picked by a seeded generator from the workers in spawn order, and each kill
+/// waits for events (progress of the pool, and a job held by the victim), so every run kills
+/// the same workers at the same stage. Every job must end completed or poisoned, no job may
+/// stay claimed or complete twice, and every attempt must be on record and closed.
 #[test]
 fn chaos_kills_lose_no_job_and_complete_none_twice() {
     const JOBS: usize = 300;
+    const KILLS: usize = 12;
+    // Spreads the kills over most of the drain while leaving jobs ready at the last one, so
+    // no worker drains the pool and exits before its turn comes.
+    const COMPLETIONS_BETWEEN_KILLS: i64 = 15;
     let pool = Pool::new(
         "retry: {backoff_initial: 0, backoff_max: 0, max_attempts: 10}\n\
          worker: {heartbeat_interval: 100ms}\nreaper: {stale_after: 1s}\nchecker: {start_grace: 5s}\n",
@@ -219,21 +297,31 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
         seed ^= seed << 17;
         seed
     };
-    let mut workers: HashMap<u32, Child> = HashMap::new();
-    let keep_four_workers = |workers: &mut HashMap<u32, Child>| {
-        workers.retain(|_, child| child.try_wait().unwrap().is_none());
+    // In spawn order, with ids chosen here, so a pick names the same worker on every run.
+    let mut workers: Vec<(String, Child)> = Vec::new();
+    let mut spawned = 0;
+    let mut keep_four_workers = |workers: &mut Vec<(String, Child)>| {
+        workers.retain_mut(|(_, child)| child.try_wait().unwrap().is_none());
         while workers.len() < 4 {
-            let child = pool.spawn(&["work", "--concurrency", "2"]);
-            workers.insert(child.id(), child);
+            let id = format!("chaos-worker-{spawned}");
+            spawned += 1;
+            workers.push((id.clone(), pool.spawn(&["work", "--concurrency", "2", "--worker-id", &id])));
         }
     };
-    // Chaos: twelve rounds, each killing one worker in the middle of its jobs.
-    for _ in 0..12 {
+    let completed = || pool.count("SELECT count(*) FROM jobs WHERE status = 'completed'");
+    let holds_a_job = |id: &str| {
+        pool.count(&format!("SELECT count(*) FROM jobs WHERE status = 'claimed' AND worker_id = '{id}'")) > 0
+    };
+    let mut next_kill_after = 0;
+    for _ in 0..KILLS {
         keep_four_workers(&mut workers);
-        std::thread::sleep(Duration::from_millis(300));
-        let pids: Vec<u32> = workers.keys().copied().collect();
-        let victim = pids[(next_random() % pids.len() as u64) as usize];
-        let mut child = workers.remove(&victim).unwrap();
+        let (victim, mut child) = workers.remove((next_random() % workers.len() as u64) as usize);
+        next_kill_after += COMPLETIONS_BETWEEN_KILLS;
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{victim} to hold a job after {next_kill_after} completions"),
+            || completed() >= next_kill_after && holds_a_job(&victim),
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         pool.ok(&["reap"]);
@@ -270,8 +358,8 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
         "each completed job has exactly one successful attempt, the others none"
     );
     assert!(
-        pool.count("SELECT count(*) FROM attempts WHERE outcome = 'worker_lost'") > 0,
-        "the kills cost some attempts"
+        pool.count("SELECT count(*) FROM attempts WHERE outcome = 'worker_lost'") >= KILLS as i64,
+        "each kill cost the attempts its victim held"
     );
 }
 

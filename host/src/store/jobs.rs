@@ -948,4 +948,110 @@ mod tests {
         let status = t.store.status(None).unwrap();
         assert_eq!((status.ready, status.oldest_ready_age_ms), (0, None), "the job is not ready: {status:?}");
     }
+
+    fn history(t: &mut TestStore, id: &str) -> Vec<Option<String>> {
+        t.store.job(id).unwrap().unwrap().attempt_history.into_iter().map(|a| a.outcome).collect()
+    }
+
+    #[test]
+    fn a_batch_fences_each_operation_alone_and_commits_the_applied_ones_together() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        active_worker(&mut t, "w2");
+        let ids =
+            t.store.enqueue_all(&[job("default", 3), job("default", 2), job("default", 1), job("default", 0)]).unwrap();
+        // The first two claims expire and are recovered, so w1's answers for them are stale;
+        // w2 then takes the first job again, and w1's stale answer must not touch w2's attempt.
+        let expired = t.store.claim("default", "w1", Duration::from_secs(1), 2).unwrap();
+        let held = t.store.claim("default", "w1", LEASE, 2).unwrap();
+        t.advance(1_000);
+        assert_eq!(recover(&mut t), Recovery { released: 2, poisoned: 0 });
+        let taken_again = claim_one(&mut t, "w2").unwrap();
+        assert_eq!(taken_again.id, ids[0]);
+
+        let outside = rusqlite::Connection::open(t.store.conn.path().unwrap()).unwrap();
+        let statuses_outside = || -> String {
+            let sql = "SELECT group_concat(status, ' ') FROM (SELECT status FROM jobs ORDER BY seq)";
+            outside.query_row(sql, [], |row| row.get(0)).unwrap()
+        };
+        let ok = AttemptReport::of(OutcomeKind::Ok);
+        let now = t.store.now();
+        let mut batch = t.store.batch().unwrap();
+        assert_eq!(batch.complete(&expired[0], "0", &ok).unwrap(), Fence::Stale);
+        assert_eq!(batch.fail(&expired[1], &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(), FailOutcome::Stale);
+        assert_eq!(batch.complete(&held[0], "2", &ok).unwrap(), Fence::Applied);
+        assert_eq!(
+            batch.fail(&held[1], &failure(OutcomeKind::Exit), &NO_BACKOFF).unwrap(),
+            FailOutcome::Retrying { run_at: now }
+        );
+        assert_eq!(statuses_outside(), "claimed pending claimed claimed", "nothing is visible before the commit");
+        batch.commit().unwrap();
+        assert_eq!(statuses_outside(), "claimed pending completed pending");
+
+        assert_eq!(t.store.job(&ids[0]).unwrap().unwrap().result, None, "the stale complete wrote no result");
+        let lost = Some("worker_lost".to_owned());
+        assert_eq!(history(&mut t, &ids[0]), [lost.clone(), None], "w2's attempt is still open");
+        assert_eq!(history(&mut t, &ids[1]), [lost]);
+        assert_eq!(history(&mut t, &ids[2]), [Some("ok".to_owned())]);
+        assert_eq!(history(&mut t, &ids[3]), [Some("exit".to_owned())]);
+        t.assert_counts_exact();
+    }
+
+    #[test]
+    fn a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        // The first enqueue is ready a second later than the second one, so run_at and seq
+        // disagree: run_at must decide before seq does.
+        let late = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 0) }]).unwrap();
+        let late_urgent = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 5) }]).unwrap();
+        let early = t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0)]).unwrap();
+        t.store.enqueue_all(&[NewJob { delay_ms: 60_000, ..job("default", 9) }, job("other", 9)]).unwrap();
+        t.advance(1_000);
+
+        let first = t.store.claim("default", "w1", LEASE, 3).unwrap();
+        let ids = |jobs: &[ClaimedJob]| jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&first), [early[1].clone(), late_urgent[0].clone(), early[0].clone()]);
+        assert!(first.iter().all(|j| j.token == first[0].token && j.attempt == 1), "{first:?}");
+        for claimed in &first {
+            let attempts = t.store.job(&claimed.id).unwrap().unwrap().attempt_history;
+            assert_eq!(
+                (attempts.len(), attempts[0].worker_id.as_str(), attempts[0].outcome.as_deref()),
+                (1, "w1", None)
+            );
+        }
+
+        let rest = t.store.claim("default", "w1", LEASE, 10).unwrap();
+        assert_eq!(ids(&rest), [early[2].clone(), late[0].clone()], "the not-yet-ready job and the other pool stay");
+        assert_ne!(rest[0].token, first[0].token, "each claim has its own token");
+        assert!(t.store.claim("default", "w1", LEASE, 10).unwrap().is_empty());
+        t.assert_counts_exact();
+    }
+
+    #[test]
+    fn purge_deletes_the_attempt_history_of_the_jobs_it_deletes() {
+        let mut t = TestStore::new();
+        active_worker(&mut t, "w1");
+        t.store
+            .enqueue_all(&[job("default", 2), job("default", 1), NewJob { max_attempts: 1, ..job("default", 0) }])
+            .unwrap();
+        let ok = AttemptReport::of(OutcomeKind::Ok);
+        let retried = claim_one(&mut t, "w1").unwrap();
+        t.store.fail(&retried, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap();
+        let retried = claim_one(&mut t, "w1").unwrap();
+        t.store.complete(&retried, "1", &ok).unwrap();
+        let once = claim_one(&mut t, "w1").unwrap();
+        t.store.complete(&once, "1", &ok).unwrap();
+        let poisoned = claim_one(&mut t, "w1").unwrap();
+        assert_eq!(t.store.fail(&poisoned, &failure(OutcomeKind::Trap), &NO_BACKOFF).unwrap(), FailOutcome::Poisoned);
+        let attempts_of = |t: &TestStore, seq: i64| -> i64 {
+            t.store.conn.query_row("SELECT count(*) FROM attempts WHERE job_seq = ?1", [seq], |row| row.get(0)).unwrap()
+        };
+        assert_eq!([attempts_of(&t, retried.seq), attempts_of(&t, once.seq), attempts_of(&t, poisoned.seq)], [2, 1, 1]);
+
+        t.advance(1);
+        assert_eq!(t.store.purge(Duration::ZERO, &[JobStatus::Completed]).unwrap(), 2);
+        assert_eq!([attempts_of(&t, retried.seq), attempts_of(&t, once.seq), attempts_of(&t, poisoned.seq)], [0, 0, 1]);
+        t.assert_counts_exact();
+    }
 }

@@ -142,11 +142,13 @@ pub fn migrate_to(conn: &mut Connection, target: i32) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use rusqlite::Connection;
 
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::store::{Access, NewJob, Store};
+    use crate::store::{Access, JobStatus, NewJob, RetryPolicy, Store};
 
     fn new_job() -> NewJob {
         NewJob {
@@ -229,5 +231,36 @@ mod tests {
         let listed: Vec<&str> = check.split(',').map(|kind| kind.trim().trim_matches('\'')).collect();
         let kinds: Vec<&str> = crate::outcome::OutcomeKind::ALL.iter().map(|kind| kind.as_str()).collect();
         assert_eq!(listed, kinds);
+    }
+
+    #[test]
+    fn a_claimed_job_survives_the_upgrade_and_is_recovered_from_its_unregistered_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut old = Connection::open(&path).unwrap();
+        migrate_to(&mut old, 1).unwrap();
+        // A lease far in the future: only the missing worker can make the reaper take the job.
+        old.execute_batch(
+            "INSERT INTO jobs (id, pool, processor, payload, status, run_at, attempts, max_attempts, worker_id,
+                               claim_token, lease_expires_at, created_at, updated_at)
+             VALUES ('j1', 'default', 'echo', '{}', 'claimed', 0, 1, 3, 'old-worker', 7, 9000000000000, 0, 0);
+             INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (1, 1, 'old-worker', 0);",
+        )
+        .unwrap();
+        drop(old);
+
+        let mut store = Store::open(&DatabaseConfig { path, ..DatabaseConfig::default() }, Access::Existing).unwrap();
+        let job = store.job("j1").unwrap().unwrap();
+        assert_eq!(job.job.status, JobStatus::Claimed);
+        assert_eq!(job.attempt_history[0].outcome, None, "the attempt is still open");
+
+        let never = Duration::from_secs(1 << 30);
+        let no_backoff = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
+        assert_eq!(store.reap(None, never, never, &no_backoff).unwrap().recovery.released, 1);
+        let job = store.job("j1").unwrap().unwrap();
+        assert_eq!(job.job.status, JobStatus::Pending);
+        let attempt = &job.attempt_history[0];
+        assert_eq!(attempt.outcome.as_deref(), Some("worker_lost"));
+        assert_eq!(attempt.message.as_deref(), Some("worker old-worker is not registered"));
     }
 }
