@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use jobhost::config::Config;
+use jobhost::outcome::OutcomeKind;
 use jobhost::processors::Registry;
 use jobhost::sandbox::{JobInput, Outcome, Sandbox};
-use jobhost::store::{AttemptReport, Fence, NewWorker, Store};
+use jobhost::store::{Access, AttemptReport, Fence, NewWorker, Store};
 
 use crate::report::{Report, Row, millis};
 use crate::support::{Bench, Pool, count, median_duration};
@@ -129,7 +130,7 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
     for run in 0..runs {
         let mut clock = Stopwatch { last: Instant::now(), samples: samples.iter_mut() };
         let worker_id = format!("replay-{run}");
-        let mut store = Store::open(&config.database)?;
+        let mut store = Store::open(&config.database, Access::Existing)?;
         clock.lap();
         store.activate_worker(&NewWorker {
             id: worker_id.clone(),
@@ -140,7 +141,7 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
         clock.lap();
         let sandbox = Sandbox::new(1)?;
         clock.lap();
-        let heartbeat = Store::open(&config.database)?;
+        let heartbeat = Store::open(&config.database, Access::Existing)?;
         clock.lap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         clock.lap();
@@ -148,7 +149,8 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
         let job = batch.claim("default", &worker_id, lease, 1)?.pop().context("the replay ran out of jobs")?;
         batch.commit()?;
         clock.lap();
-        let program = Registry::new(&config, &sandbox).load(&job.processor)?;
+        let registry = std::sync::Arc::new(Registry::new(&config, &sandbox));
+        let program = runtime.block_on(registry.load(&job.processor))?;
         clock.lap();
         let input = JobInput {
             job_id: &job.id,
@@ -163,8 +165,7 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
             anyhow::bail!("echo failed in the replay: {}", ran.outcome.message().unwrap_or_default());
         };
         let mut batch = store.batch()?;
-        let fence =
-            batch.complete(&job, &result.to_string(), &AttemptReport { kind: "ok", ..AttemptReport::default() })?;
+        let fence = batch.complete(&job, &result.to_string(), &AttemptReport::of(OutcomeKind::Ok))?;
         batch.commit()?;
         ensure!(fence == Fence::Applied, "the replay lost its claim on job {}", job.id);
         clock.lap();

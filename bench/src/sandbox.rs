@@ -59,9 +59,9 @@ fn sandboxed(runs: usize) -> Result<Vec<Duration>> {
     config.processors.cache_dir = Some(dir.path().join("cache"));
     let limits = config.limits_for("echo");
     let sandbox = Sandbox::new(1)?;
-    let echo = Registry::new(&config, &sandbox).load("echo")?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a tokio runtime")?;
+    let echo = runtime.block_on(std::sync::Arc::new(Registry::new(&config, &sandbox)).load("echo"))?;
     let job = JobInput { job_id: "bench", attempt: 1, pool: "default", processor: "echo", payload: PAYLOAD };
     runtime.block_on(async {
         let mut samples = Vec::with_capacity(runs);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use jobhost::config::DatabaseConfig;
-use jobhost::store::{NewWorker, Store};
+use jobhost::store::{Access, NewWorker, Store};
 
 use crate::report::{Report, Row, micros, millis, number, times};
 use crate::store::{POOL, claim_and_complete, enqueue};
@@ -64,7 +64,7 @@ struct AtSize {
 fn measure(pending: u64, pairs: usize) -> Result<AtSize> {
     let dir = tempfile::tempdir().context("cannot create a temporary folder for the scale benchmark")?;
     let config = DatabaseConfig { path: dir.path().join("scale.db"), ..DatabaseConfig::default() };
-    let mut store = Store::open(&config)?;
+    let mut store = Store::open(&config, Access::CreateIfMissing)?;
     enqueue(&mut store, pending + (WARM_UP + pairs) as u64)?;
     let worker_id = "scale-bench";
     store.activate_worker(&NewWorker { id: worker_id.to_string(), pool: POOL.to_string(), host: None, pid: None })?;

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use clap::ValueEnum;
 use jobhost::config::{DatabaseConfig, Synchronous};
-use jobhost::store::{AttemptReport, Batch, ClaimedJob, Fence, NewJob, NewWorker, Store};
+use jobhost::outcome::OutcomeKind;
+use jobhost::store::{Access, AttemptReport, Batch, ClaimedJob, Fence, NewJob, NewWorker, Store};
 
 use crate::report::{Report, Row, number, per_second};
 use crate::support::{Bench, count, median, read_only};
@@ -112,7 +113,10 @@ pub fn measure(dir: &Path, jobs: u64, processes: usize, synchronous: Synchronous
     let dir = tempfile::tempdir_in(dir)
         .with_context(|| format!("cannot create a temporary folder in {} for the store benchmark", dir.display()))?;
     let db = dir.path().join("store.db");
-    let mut store = Store::open(&DatabaseConfig { path: db.clone(), synchronous, ..DatabaseConfig::default() })?;
+    let mut store = Store::open(
+        &DatabaseConfig { path: db.clone(), synchronous, ..DatabaseConfig::default() },
+        Access::CreateIfMissing,
+    )?;
     enqueue(&mut store, jobs)?;
     drop(store);
 
@@ -164,7 +168,7 @@ pub fn enqueue(store: &mut Store, count: u64) -> Result<()> {
             })
             .collect();
         seq += batch.len() as u64;
-        store.enqueue(&batch)?;
+        store.enqueue_all(&batch)?;
     }
     Ok(())
 }
@@ -219,7 +223,10 @@ pub struct WorkerArgs {
 /// a time until none is left, and prints how many it did.
 pub fn worker(args: WorkerArgs) -> Result<()> {
     let synchronous = if args.full_sync { Synchronous::Full } else { Synchronous::Normal };
-    let mut store = Store::open(&DatabaseConfig { path: args.db, synchronous, ..DatabaseConfig::default() })?;
+    let mut store = Store::open(
+        &DatabaseConfig { path: args.db, synchronous, ..DatabaseConfig::default() },
+        Access::CreateIfMissing,
+    )?;
     let worker_id = format!("store-worker-{}", std::process::id());
     store.activate_worker(&NewWorker {
         id: worker_id.clone(),
@@ -275,7 +282,7 @@ pub fn claim_and_complete(store: &mut Store, worker_id: &str) -> Result<bool> {
 }
 
 fn complete(batch: &mut Batch<'_>, job: &ClaimedJob) -> Result<()> {
-    let report = AttemptReport { kind: "ok", fuel_used: Some(0), duration_ms: Some(0), ..AttemptReport::default() };
+    let report = AttemptReport { fuel_used: Some(0), duration_ms: Some(0), ..AttemptReport::of(OutcomeKind::Ok) };
     let fence = batch.complete(job, RESULT, &report)?;
     ensure!(fence == Fence::Applied, "job {} was taken away from {} while it held it", job.id, job.worker_id);
     Ok(())

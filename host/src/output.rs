@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 /// Like `println!`, but returns `std::io::Result<()>`.
 #[macro_export]
@@ -49,6 +49,12 @@ impl LineSink {
             tracing::warn!("cannot write to stdout ({err}); going on without printing job lines");
         }
     }
+}
+
+/// `text` as it should reach stdout: escaped by [`for_terminal`] when a person's terminal
+/// is reading, verbatim for a pipe or a file.
+pub fn for_stdout(text: &str) -> Cow<'_, str> {
+    if io::stdout().is_terminal() { for_terminal(text) } else { Cow::Borrowed(text) }
 }
 
 /// `text` with every control character but tab written as an escape (`\u{1b}`), for a terminal.

@@ -1,23 +1,18 @@
 //! `jobhost jobs …`: list, show, retry, cancel and purge jobs.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use crate::cli::{FinishedStatusArg, JobStatusArg, JobsCommand};
 use crate::config::Config;
-use crate::output::for_terminal;
+use crate::output::for_stdout;
 use crate::store::{Access, IdAnswer, JobFilter, JobStatus, Store, StoreError};
 
 use super::format_time;
 
 pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
     let mut store = Store::open(&config.database, Access::Existing)?;
-    // Text written by jobs and guests reaches a person's terminal escaped; pipes get it as is.
-    let show = |text: &str| -> String {
-        if std::io::stdout().is_terminal() { for_terminal(text).into_owned() } else { text.to_owned() }
-    };
     match command {
         JobsCommand::List { pool, status, limit, json } => {
             let filter = JobFilter { pool: pool.as_deref(), status: status.map(job_status), limit };
@@ -72,17 +67,17 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 crate::outln!("worker     {worker}")?;
             }
             if let Some(error) = &job.last_error {
-                crate::outln!("last error {}", show(error))?;
+                crate::outln!("last error {}", for_stdout(error))?;
             }
             match &detail.payload_error {
-                None => crate::outln!("payload    {}", show(&detail.payload.to_string()))?,
+                None => crate::outln!("payload    {}", for_stdout(&detail.payload.to_string()))?,
                 Some(why) => crate::outln!(
                     "payload    (stored text, not readable as JSON: {why}) {}",
-                    show(detail.payload.as_str().unwrap_or_default())
+                    for_stdout(detail.payload.as_str().unwrap_or_default())
                 )?,
             }
             if let Some(result) = &detail.result {
-                crate::outln!("result     {}", show(&result.to_string()))?;
+                crate::outln!("result     {}", for_stdout(&result.to_string()))?;
             }
             crate::outln!("history")?;
             for attempt in &detail.attempt_history {
@@ -97,11 +92,11 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                     format_time(attempt.started_at)
                 )?;
                 if let Some(message) = &attempt.message {
-                    crate::outln!("     {}", show(message))?;
+                    crate::outln!("     {}", for_stdout(message))?;
                 }
                 if let Some(stderr) = attempt.stderr.as_deref().filter(|s| !s.is_empty()) {
                     for line in stderr.lines() {
-                        crate::outln!("     stderr: {}", show(line))?;
+                        crate::outln!("     stderr: {}", for_stdout(line))?;
                     }
                 }
             }

@@ -21,9 +21,9 @@ pub fn run(config: &Config, args: ProcessorsArgs) -> Result<ExitCode> {
     }
     if args.json {
         let list: Vec<Value> = infos.iter().map(info_json).collect();
-        println!("{}", Value::Array(list));
+        crate::outln!("{}", Value::Array(list))?;
     } else {
-        print_table(config, &infos);
+        print_table(config, &infos)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -47,8 +47,8 @@ fn info_json(info: &ProcessorInfo) -> Value {
     })
 }
 
-fn print_table(config: &Config, infos: &[ProcessorInfo]) {
-    println!("processors folder: {}", config.processors.dir.display());
+fn print_table(config: &Config, infos: &[ProcessorInfo]) -> std::io::Result<()> {
+    crate::outln!("processors folder: {}", config.processors.dir.display())?;
     let rows: Vec<[String; 6]> = infos
         .iter()
         .map(|info| {
@@ -79,13 +79,14 @@ fn print_table(config: &Config, infos: &[ProcessorInfo]) {
     }
     let line = |row: &[String; 6]| {
         let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        crate::outln!("{}", cells.join("  ").trim_end())
     };
-    line(&header);
+    line(&header)?;
     for (row, info) in rows.iter().zip(infos) {
-        line(row);
+        line(row)?;
         if let Err(error) = &info.status {
-            println!("    error: {error}");
+            crate::outln!("    error: {error}")?;
         }
     }
+    Ok(())
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::cli::RunArgs;
 use crate::config::Config;
+use crate::output::for_stdout;
 use crate::processors::Registry;
 use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use crate::store;
@@ -47,9 +48,9 @@ pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
     // is all this command waits for.
     runtime.shutdown_background();
     if args.json {
-        println!("{}", report_json(&args.name, &report));
+        crate::outln!("{}", report_json(&args.name, &report))?;
     } else {
-        print_report(&args.name, &report);
+        print_report(&args.name, &report)?;
     }
     Ok(match report.outcome {
         Outcome::Ok(_) => ExitCode::SUCCESS,
@@ -100,21 +101,27 @@ fn report_json(name: &str, report: &RunReport) -> Value {
     })
 }
 
-fn print_report(name: &str, report: &RunReport) {
-    println!("{name}: {} in {:.3} ms, {} fuel used", report.outcome.kind(), duration_ms(report), report.fuel_used);
+fn print_report(name: &str, report: &RunReport) -> std::io::Result<()> {
+    crate::outln!(
+        "{name}: {} in {:.3} ms, {} fuel used",
+        report.outcome.kind(),
+        duration_ms(report),
+        report.fuel_used
+    )?;
     match &report.outcome {
         Outcome::Ok(result) => {
-            println!("{}", serde_json::to_string_pretty(result).expect("a Value always serializes"));
+            crate::outln!("{}", for_stdout(&serde_json::to_string_pretty(result).expect("a Value always serializes")))?;
         }
         outcome => {
             if let Some(message) = outcome.message() {
-                println!("{message}");
+                crate::outln!("{}", for_stdout(&message))?;
             }
         }
     }
     if !report.stderr.is_empty() {
-        println!("--- stderr ---\n{}", report.stderr.trim_end());
+        crate::outln!("--- stderr ---\n{}", for_stdout(report.stderr.trim_end()))?;
     }
+    Ok(())
 }
 
 fn duration_ms(report: &RunReport) -> f64 {
