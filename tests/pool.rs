@@ -398,3 +398,35 @@ fn a_guests_escape_sequences_reach_a_terminal_escaped_and_json_verbatim() {
     assert!(seen.contains(r"stderr: \u{1b}[2J\u{1b}]0;owned\u{7}gotcha"), "{seen}");
     assert!(!seen.contains('\u{1b}') && !seen.contains('\u{7}'), "a raw escape reached the terminal: {seen:?}");
 }
+
+#[test]
+fn copy_moves_every_job_with_its_history_and_refuses_a_non_empty_target() {
+    let pool = Pool::new("retry: {backoff_initial: 0, backoff_max: 0}\n");
+    std::fs::write(pool.path("processors/prank.wasm"), TERMINAL_PRANK).unwrap();
+    pool.ok(&["seed", "--count", "3"]);
+    pool.ok(&["seed", "--processor", "prank", "--max-attempts", "2"]);
+    pool.ok(&["work"]);
+    pool.ok(&["seed", "--count", "2", "--delay", "1h"]);
+    let target = Pool::new("");
+    let target_db = target.db().display().to_string();
+
+    let copied = pool.json(&["copy", "--to", &target_db]);
+    assert_eq!(copied, json!({"copied": 6, "to": target_db}));
+    // Workers stay behind with their machines, so the target knows no worker's host.
+    let shown = |pool: &Pool| -> Vec<Value> {
+        let mut jobs = pool.all_jobs();
+        jobs.sort_by_key(|job| job["id"].as_str().unwrap().to_owned());
+        jobs.iter_mut().for_each(|job| job["host"] = Value::Null);
+        jobs
+    };
+    let original = shown(&pool);
+    assert_eq!(shown(&target), original, "every job arrives as it was, history and results included");
+    assert!(
+        original.iter().any(|job| job["status"] == "poisoned" && job["attempt_history"].as_array().unwrap().len() == 2)
+    );
+
+    let error = pool.fails(&["copy", "--to", &target_db]);
+    assert!(error.contains("already holds jobs or workers") && error.contains("--into-non-empty"), "{error}");
+    let error = pool.fails(&["copy", "--to", &target_db, "--into-non-empty"]);
+    assert!(error.contains("UNIQUE"), "the same ids twice are refused: {error}");
+}

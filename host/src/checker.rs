@@ -18,53 +18,58 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::CheckArgs;
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
 use crate::reaper;
-use crate::store::{Access, Store};
+use crate::store::{Access, PlanRequest, Store};
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
     queue_depth: u64,
     active_workers: u64,
+    /// Live workers on this host.
+    active_here: u64,
     workers_needed: u64,
     spawned: usize,
     spawned_ids: Vec<String>,
 }
 
-pub fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
-    let max_workers = config.checker.max_workers;
-    let mut store = Store::open(&config.database, Access::Existing)?;
+pub async fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
+    let store = Store::open(&config.database, Access::Existing).await?;
     if args.interval.is_none() {
-        check_once(&mut store, config, &args.pool, max_workers, args.json)?;
+        check_once(&store, config, &args.pool, args.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let mut children = Vec::new();
-        loop {
-            let reaped = reaper::reap_once(&mut store, config, Some(&args.pool), config.reaper.stale_after.0)?;
-            if reaped.reaped_count > 0 || reaped.jobs_released > 0 || reaped.jobs_poisoned > 0 {
-                tracing::info!(?reaped, "reaped");
-            }
-            children.extend(check_once(&mut store, config, &args.pool, max_workers, args.json)?);
-            // Collect the workers that exited, so they do not linger as zombies.
-            children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
-            tokio::select! {
-                _ = tokio::time::sleep(config.checker.interval.0) => {}
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            }
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut children = Vec::new();
+    loop {
+        let reaped = reaper::reap_once(&store, config, Some(&args.pool), config.reaper.stale_after.0).await?;
+        if reaped.reaped_count > 0 || reaped.jobs_released > 0 || reaped.jobs_poisoned > 0 {
+            tracing::info!(?reaped, "reaped");
         }
-        Ok(ExitCode::SUCCESS)
-    })
+        children.extend(check_once(&store, config, &args.pool, args.json).await?);
+        // Collect the workers that exited, so they do not linger as zombies.
+        children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
+        tokio::select! {
+            _ = tokio::time::sleep(config.checker.interval.0) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, json: bool) -> Result<Vec<Child>> {
-    let plan = store.plan_workers(pool, max_workers, config.reaper.stale_after.0)?;
+async fn check_once(store: &Store, config: &Config, pool: &str, json: bool) -> Result<Vec<Child>> {
+    let host = config.worker.host();
+    let request = PlanRequest {
+        pool,
+        host: &host,
+        max_workers: config.checker.max_workers,
+        stale_after: config.reaper.stale_after.0,
+    };
+    let plan = store.plan_workers(&request).await?;
     let mut children = Vec::new();
     for worker_id in &plan.new_workers {
         match spawn_worker(config, pool, worker_id) {
@@ -72,7 +77,7 @@ fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, 
             Err(err) => {
                 // Nothing will ever run under this id: end its registration now rather
                 // than leaving it to the start grace.
-                store.deregister_worker(worker_id)?;
+                store.deregister_worker(worker_id).await?;
                 return Err(err);
             }
         }
@@ -80,6 +85,7 @@ fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, 
     let report = CheckReport {
         queue_depth: plan.queue_depth,
         active_workers: plan.live_workers,
+        active_here: plan.live_here,
         workers_needed: plan.workers_needed,
         spawned: plan.new_workers.len(),
         spawned_ids: plan.new_workers,
@@ -88,9 +94,10 @@ fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, 
         crate::outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         crate::outln!(
-            "pool {pool}: {} ready job(s), {} live worker(s), {} needed; spawned {}",
+            "pool {pool}: {} ready job(s), {} live worker(s) ({} on {host}), {} needed here; spawned {}",
             report.queue_depth,
             report.active_workers,
+            report.active_here,
             report.workers_needed,
             report.spawned
         )?;
@@ -103,7 +110,7 @@ fn check_once(store: &mut Store, config: &Config, pool: &str, max_workers: u32, 
 
 /// Launches `jobhost work` for a worker already registered as `starting`.
 fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
-    let log_dir = data_dir(config).join("logs");
+    let log_dir = config.database.data_dir().join("logs");
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create the worker log folder {}", log_dir.display()))?;
     let log_path = log_dir.join(format!("{worker_id}.log"));
@@ -111,9 +118,10 @@ fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
 
     let exe = std::env::current_exe().context("cannot find the jobhost executable to spawn workers")?;
     let mut command = Command::new(exe);
+    // The pool goes by environment, not argv: a server URL may hold a password, and argv is
+    // readable by every user of the machine.
     command
-        .arg("--db")
-        .arg(absolute(&config.database.path))
+        .env("JOBHOST_DB", database_for_child(&config.database))
         .arg("--processors-dir")
         .arg(absolute(&config.processors.dir));
     if let Some(source) = &config.source {
@@ -136,8 +144,12 @@ fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
     command.spawn().context("cannot spawn a `jobhost work` process")
 }
 
-fn data_dir(config: &Config) -> PathBuf {
-    config.database.path.parent().map_or_else(PathBuf::new, Path::to_path_buf)
+/// The pool as a spawned worker must name it: a SQLite path made absolute.
+fn database_for_child(database: &DatabaseConfig) -> String {
+    if database.is_server() {
+        return database.path.clone();
+    }
+    absolute(Path::new(&database.path)).display().to_string()
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -29,12 +29,16 @@ pub struct GlobalArgs {
     /// Configuration file (YAML). Default: ./config/jobhost.yml when it exists, else built-in defaults.
     #[arg(long, global = true, env = "JOBHOST_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// SQLite database file; overrides `database.path`. `seed` creates it (and its folders); other commands need it to exist.
-    #[arg(long, global = true, env = "JOBHOST_DB", value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// The pool: a SQLite file, or a PostgreSQL URL (postgres://user@host:port/db); overrides
+    /// `database.path`. `seed` creates it; other commands need it to exist.
+    #[arg(long, global = true, env = "JOBHOST_DB", value_name = "PATH|URL", hide_env_values = true)]
+    pub db: Option<String>,
     /// Folder of drop-in `*.wasm` processors; overrides `processors.dir`.
     #[arg(long, global = true, env = "JOBHOST_PROCESSORS", value_name = "DIR")]
     pub processors_dir: Option<PathBuf>,
+    /// This machine's name among those sharing a pool; overrides `worker.host` (default: the hostname).
+    #[arg(long, global = true, env = "JOBHOST_HOST", value_name = "NAME")]
+    pub host: Option<String>,
     /// Log filter for stderr, e.g. `info`, `debug`, `jobhost=trace`. Default: $RUST_LOG, else `warn`.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -59,6 +63,9 @@ pub enum Command {
     Processors(ProcessorsArgs),
     /// Run a processor once, outside the pool, and print the outcome.
     Run(RunArgs),
+    /// Copy every job, with its history and results, from this pool (--db) to another, e.g.
+    /// from the SQLite default to a PostgreSQL server.
+    Copy(CopyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +262,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<ByteSize>,
     /// Print the fixed JSON shape other tools read.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The pool to copy into: a PostgreSQL URL or a SQLite file (created if missing).
+    #[arg(long, value_name = "PATH|URL")]
+    pub to: String,
+    /// Add the jobs to a pool that already holds jobs or workers (ids must not clash).
+    #[arg(long)]
+    pub into_non_empty: bool,
+    /// Print `{"copied": N, "to": TARGET}`.
     #[arg(long)]
     pub json: bool,
 }

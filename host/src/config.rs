@@ -39,16 +39,33 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    pub path: PathBuf,
+    /// A SQLite file, or a `postgres://` / `postgresql://` URL.
+    pub path: String,
     pub synchronous: Synchronous,
     /// How long a connection waits for another process's write lock before giving up.
     pub busy_timeout: HumanDuration,
 }
 
+impl DatabaseConfig {
+    /// Whether the pool lives on a PostgreSQL server rather than in a SQLite file.
+    pub fn is_server(&self) -> bool {
+        self.path.starts_with("postgres://") || self.path.starts_with("postgresql://")
+    }
+
+    /// The folder for this machine's own files (worker logs, the compile cache): beside a
+    /// SQLite database, or `data/` when the pool is on a server.
+    pub fn data_dir(&self) -> PathBuf {
+        if self.is_server() {
+            return PathBuf::from("data");
+        }
+        Path::new(&self.path).parent().map_or_else(PathBuf::new, Path::to_path_buf)
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("data/jobhost.db"),
+            path: "data/jobhost.db".to_string(),
             synchronous: Synchronous::Normal,
             busy_timeout: HumanDuration(Duration::from_secs(30)),
         }
@@ -101,14 +118,29 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
+    /// This machine's name among the machines sharing a pool; by default its hostname.
+    pub host: Option<String>,
     pub heartbeat_interval: HumanDuration,
     /// Jobs one worker process keeps in flight at once.
     pub concurrency: u32,
 }
 
+impl WorkerConfig {
+    /// This machine's name: `worker.host`, else the hostname.
+    pub fn host(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "localhost".to_owned())
+        })
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { heartbeat_interval: HumanDuration(Duration::from_secs(5)), concurrency: 1 }
+        Self { host: None, heartbeat_interval: HumanDuration(Duration::from_secs(5)), concurrency: 1 }
     }
 }
 
@@ -355,10 +387,7 @@ impl Config {
     pub fn cache_dir(&self) -> PathBuf {
         match &self.processors.cache_dir {
             Some(dir) => dir.clone(),
-            None => {
-                let parent = self.database.path.parent().unwrap_or(Path::new(""));
-                parent.join("cache")
-            }
+            None => self.database.data_dir().join("cache"),
         }
     }
 }

@@ -24,18 +24,27 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
-/// Carries out a parsed command line.
+/// Carries out a parsed command line, on one current-thread runtime: store calls and
+/// sandboxed runs share the thread, with no hand-offs between threads.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (config, command) = settings::settle(cli)?;
     let config = &config;
-    match command {
-        Command::Seed(args) => commands::seed::run(config, args),
-        Command::Status(args) => commands::status::run(config, args),
-        Command::Jobs(command) => commands::jobs::run(config, command),
-        Command::Processors(args) => commands::processors::run(config, args),
-        Command::Run(args) => commands::run::run(config, args),
-        Command::Work(args) => worker::run(config, args),
-        Command::Check(args) => checker::run(config, args),
-        Command::Reap(args) => reaper::run(config, args),
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        match command {
+            Command::Seed(args) => commands::seed::run(config, args).await,
+            Command::Status(args) => commands::status::run(config, args).await,
+            Command::Jobs(command) => commands::jobs::run(config, command).await,
+            Command::Processors(args) => commands::processors::run(config, args),
+            Command::Run(args) => commands::run::run(config, args).await,
+            Command::Work(args) => worker::run(config, args).await,
+            Command::Check(args) => checker::run(config, args).await,
+            Command::Reap(args) => reaper::run(config, args).await,
+            Command::Copy(args) => commands::copy::run(config, args).await,
+        }
+    });
+    // A processor load that missed its deadline may still run on a blocking thread; what it
+    // was for is already recorded, so exiting does not wait for it.
+    runtime.shutdown_background();
+    result
 }

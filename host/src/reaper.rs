@@ -24,10 +24,10 @@ pub struct ReapReport {
     pub jobs_poisoned: u64,
 }
 
-pub fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
+pub async fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
     let stale_after = config.reaper.stale_after.0;
-    let mut store = Store::open(&config.database, Access::Existing)?;
-    let report = reap_once(&mut store, config, args.pool.as_deref(), stale_after)?;
+    let store = Store::open(&config.database, Access::Existing).await?;
+    let report = reap_once(&store, config, args.pool.as_deref(), stale_after).await?;
     if args.json {
         crate::outln!("{}", serde_json::to_string(&report)?)?;
     } else {
@@ -45,9 +45,14 @@ pub fn run(config: &Config, args: ReapArgs) -> Result<ExitCode> {
 }
 
 /// One reaping pass; the checker's `--interval` loop calls this every round.
-pub fn reap_once(store: &mut Store, config: &Config, pool: Option<&str>, stale_after: Duration) -> Result<ReapReport> {
+pub async fn reap_once(
+    store: &Store,
+    config: &Config,
+    pool: Option<&str>,
+    stale_after: Duration,
+) -> Result<ReapReport> {
     let reaped =
-        store.reap(pool, stale_after, config.checker.start_grace.0, &RetryPolicy::from_config(&config.retry))?;
+        store.reap(pool, stale_after, config.checker.start_grace.0, &RetryPolicy::from_config(&config.retry)).await?;
     for worker in &reaped.workers {
         tracing::warn!(worker_id = worker, "worker marked lost: no heartbeat within {stale_after:?}");
     }

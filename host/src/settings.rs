@@ -28,6 +28,10 @@ pub fn settle(cli: Cli) -> Result<(Config, Command)> {
         config.database.path = db;
         config.set_by_flag.insert(String::from("database.path"), "--db");
     }
+    if let Some(host) = cli.global.host {
+        check_name("--host", &host)?;
+        config.worker.host = Some(host);
+    }
     if let Some(dir) = cli.global.processors_dir {
         config.processors.dir = dir;
         config.set_by_flag.insert(String::from("processors.dir"), "--processors-dir");
@@ -95,6 +99,11 @@ pub fn settle(cli: Cli) -> Result<(Config, Command)> {
             }
             if let Some(pool) = pool {
                 check_name("--pool", pool)?;
+            }
+        }
+        Command::Copy(args) => {
+            if args.to == config.database.path {
+                bail!("--to names the pool being copied ({}): name another database", args.to);
             }
         }
         Command::Status(_) | Command::Jobs(_) | Command::Processors(_) => {}

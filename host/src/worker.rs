@@ -32,8 +32,8 @@ use crate::output::LineSink;
 use crate::processors::{self, Registry};
 use crate::sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use crate::store::{
-    Access, AttemptReport, Batch, ClaimedJob, ErrorKind, FailOutcome, Fence, Fingerprint, NewWorker, RetryPolicy,
-    Store, StoreError,
+    Access, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker, RetryPolicy, Settled,
+    Store,
 };
 
 /// What became of one job, printed as a JSON line with `--json`.
@@ -103,24 +103,26 @@ enum StopReason {
     DatabaseReplaced(String),
 }
 
-pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
+pub async fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     let concurrency = config.worker.concurrency;
     let max_jobs = if args.once { Some(1) } else { args.max_jobs };
     let worker_id = args.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
-    let mut store = Store::open(&config.database, Access::Existing)?;
-    store.activate_worker(&NewWorker {
-        id: worker_id.clone(),
-        pool: args.pool.clone(),
-        host: hostname(),
-        pid: Some(std::process::id()),
-    })?;
+    let store = Store::open(&config.database, Access::Existing).await?;
+    store
+        .activate_worker(&NewWorker {
+            id: worker_id.clone(),
+            pool: args.pool.clone(),
+            host: Some(config.worker.host()),
+            pid: Some(std::process::id()),
+        })
+        .await?;
     tracing::info!(worker_id, pool = args.pool, concurrency, "worker started");
     let sandbox = match Sandbox::new(concurrency) {
         Ok(sandbox) => sandbox,
         Err(err) => {
             // Deregister so the failed start is not mistaken for a crash.
-            store.deregister_worker(&worker_id)?;
+            store.deregister_worker(&worker_id).await?;
             return Err(err);
         }
     };
@@ -147,16 +149,10 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     };
 
     let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, stop_reason.clone())?;
-    // One thread: store calls are short and run inline between guest runs, with no hand-offs
-    // between threads. A worker uses one core; `jobhost check` starts one worker per core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the worker's async runtime")?;
-    let result = runtime.block_on(worker.work_loop());
-    // A load that missed its deadline may still be running on a blocking thread; its job is
-    // already recorded, so exiting does not wait for it.
-    runtime.shutdown_background();
+    // One thread (the command's current-thread runtime): store calls run between guest runs,
+    // with no hand-offs between threads. A worker uses one core; `jobhost check` starts one
+    // worker per core.
+    let result = worker.work_loop().await;
     heartbeat.stop();
 
     let mut summary = result?;
@@ -164,7 +160,7 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     summary.worker_id = worker_id.clone();
     summary.status = if matches!(stop_reason, Some(StopReason::Lost)) { "lost" } else { "terminated" };
     if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
-        worker.store.deregister_worker(&worker_id)?;
+        worker.store.deregister_worker(&worker_id).await?;
     }
     tracing::info!(worker_id, processed = summary.processed, "worker finished");
     let out = &mut worker.out;
@@ -189,8 +185,8 @@ pub fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     }
 }
 
-/// A job whose run ended, waiting to be recorded in the next batch.
-struct Finished {
+/// A job whose run ended, waiting to be recorded in the next turn.
+struct FinishedRun {
     job: ClaimedJob,
     report: RunReport,
 }
@@ -210,8 +206,8 @@ impl Worker {
         tokio::spawn(watch_signals(signals, stopping.clone(), stop_notify.clone()));
 
         let mut summary = Summary::default();
-        let mut in_flight: JoinSet<Finished> = JoinSet::new();
-        let mut finished: Vec<Finished> = Vec::new();
+        let mut in_flight: JoinSet<FinishedRun> = JoinSet::new();
+        let mut finished: Vec<FinishedRun> = Vec::new();
         let mut claimed_total: u64 = 0;
         loop {
             let may_claim = !stopping.load(Ordering::SeqCst)
@@ -224,7 +220,7 @@ impl Worker {
                 None => free_slots,
             };
             if want > 0 || !finished.is_empty() {
-                let (lines, claimed) = self.settle(std::mem::take(&mut finished), want as u32)?;
+                let (lines, claimed) = self.settle(std::mem::take(&mut finished), want as u32).await?;
                 for line in lines {
                     summary.count(&line);
                     if self.json {
@@ -257,21 +253,60 @@ impl Worker {
         Ok(summary)
     }
 
-    /// Records the finished jobs and claims up to `want` new ones in one transaction.
-    fn settle(&mut self, finished: Vec<Finished>, want: u32) -> Result<(Vec<JobLine>, Vec<ClaimedJob>)> {
-        let mut batch = self.store.batch()?;
-        let mut lines = Vec::with_capacity(finished.len());
-        for Finished { job, report } in &finished {
-            lines.push(record(&mut batch, &self.retry, job, report)?);
-        }
-        let claimed = if want > 0 {
-            let lease = self.runner.config.reaper.stale_after.0;
-            batch.claim(&self.pool, &self.worker_id, lease, want)?
-        } else {
-            Vec::new()
-        };
-        batch.commit()?;
+    /// Records the finished jobs and claims up to `want` new ones in one store turn.
+    async fn settle(&mut self, finished: Vec<FinishedRun>, want: u32) -> Result<(Vec<JobLine>, Vec<ClaimedJob>)> {
+        let messages: Vec<Option<String>> = finished.iter().map(|run| run.report.outcome.message()).collect();
+        let results: Vec<Option<String>> = finished
+            .iter()
+            .map(|run| match &run.report.outcome {
+                Outcome::Ok(result) => Some(result.to_string()),
+                _ => None,
+            })
+            .collect();
+        let attempts: Vec<Finished<'_>> = finished
+            .iter()
+            .zip(&messages)
+            .zip(&results)
+            .map(|((run, message), result)| Finished {
+                job: &run.job,
+                report: AttemptReport {
+                    kind: run.report.outcome.kind(),
+                    message: message.as_deref(),
+                    stderr: Some(run.report.stderr.as_str()).filter(|s| !s.is_empty()),
+                    fuel_used: Some(run.report.fuel_used),
+                    duration_ms: Some(run.report.duration.as_millis() as u64),
+                },
+                result: result.as_deref(),
+            })
+            .collect();
+        let claim = (want > 0).then(|| ClaimRequest {
+            pool: &self.pool,
+            worker_id: &self.worker_id,
+            lease: self.runner.config.reaper.stale_after.0,
+            limit: want,
+        });
+        let turn = self.store.turn(&attempts, claim, &self.retry).await?;
 
+        let lines: Vec<JobLine> = finished
+            .iter()
+            .zip(messages)
+            .zip(&turn.settled)
+            .map(|((run, message), settled)| JobLine {
+                job_id: run.job.id.clone(),
+                processor: run.job.processor.clone(),
+                attempt: run.job.attempt,
+                outcome: run.report.outcome.kind(),
+                status: match settled {
+                    Settled::Completed => "completed",
+                    Settled::Retrying { .. } => "retrying",
+                    Settled::Poisoned => "poisoned",
+                    Settled::Stale => "stale",
+                },
+                message,
+                duration_ms: run.report.duration.as_millis() as u64,
+                fuel_used: run.report.fuel_used,
+            })
+            .collect();
         for line in &lines {
             if line.status == "stale" {
                 tracing::warn!(
@@ -289,12 +324,12 @@ impl Worker {
                 );
             }
         }
-        Ok((lines, claimed))
+        Ok((lines, turn.claimed))
     }
 }
 
 /// Loads one claimed job's processor and runs the job in the sandbox.
-async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> Finished {
+async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> FinishedRun {
     let report = match runner.registry.load(&job.processor).await {
         Ok(program) => {
             let limits = runner.config.limits_for(&job.processor);
@@ -309,45 +344,7 @@ async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> Finished {
         }
         Err(err) => RunReport::load_error(err.to_string()),
     };
-    Finished { job, report }
-}
-
-/// Completes or fails the job according to `report`, fenced on its claim.
-fn record(
-    batch: &mut Batch<'_>,
-    retry: &RetryPolicy,
-    job: &ClaimedJob,
-    report: &RunReport,
-) -> Result<JobLine, StoreError> {
-    let message = report.outcome.message();
-    let attempt = AttemptReport {
-        kind: report.outcome.kind(),
-        message: message.as_deref(),
-        stderr: Some(report.stderr.as_str()).filter(|s| !s.is_empty()),
-        fuel_used: Some(report.fuel_used),
-        duration_ms: Some(report.duration.as_millis() as u64),
-    };
-    let status = match &report.outcome {
-        Outcome::Ok(result) => match batch.complete(job, &result.to_string(), &attempt)? {
-            Fence::Applied => "completed",
-            Fence::Stale => "stale",
-        },
-        _ => match batch.fail(job, &attempt, retry)? {
-            FailOutcome::Retrying { .. } => "retrying",
-            FailOutcome::Poisoned => "poisoned",
-            FailOutcome::Stale => "stale",
-        },
-    };
-    Ok(JobLine {
-        job_id: job.id.clone(),
-        processor: job.processor.clone(),
-        attempt: job.attempt,
-        outcome: report.outcome.kind(),
-        status,
-        message,
-        duration_ms: report.duration.as_millis() as u64,
-        fuel_used: report.fuel_used,
-    })
+    FinishedRun { job, report }
 }
 
 /// The worker's SIGTERM and SIGINT streams.
@@ -404,8 +401,13 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
             // Connected at the first beat, not at start: a worker that finishes sooner (a
-            // `--once` run) never pays for a second connection.
+            // `--once` run) never pays for a second connection. The thread drives its store
+            // on a runtime of its own, so a busy worker loop never delays a beat.
             let mut store: Option<Store> = None;
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                tracing::error!(worker_id, "cannot start the heartbeat's async runtime; no heartbeats will be sent");
+                return;
+            };
             loop {
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
@@ -413,12 +415,13 @@ impl Heartbeat {
                 }
                 // A new file at the database's path is another pool: beating there would
                 // renew nothing of ours, and claiming there would run someone else's jobs.
-                let beat = fingerprint.verify().and_then(|()| match &mut store {
-                    Some(store) => store.heartbeat(&worker_id, lease),
-                    None => Store::open(&database, Access::Existing).and_then(|opened| {
-                        let store = store.insert(opened);
-                        store.heartbeat(&worker_id, lease)
-                    }),
+                let beat = fingerprint.verify().and_then(|()| {
+                    runtime.block_on(async {
+                        if store.is_none() {
+                            store = Some(Store::open(&database, Access::Existing).await?);
+                        }
+                        store.as_ref().expect("opened above").heartbeat(&worker_id, lease).await
+                    })
                 });
                 let stop = match beat {
                     Ok(true) => continue,
@@ -443,11 +446,4 @@ impl Heartbeat {
         drop(self.stop);
         let _ = self.thread.join();
     }
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
 }

@@ -7,16 +7,16 @@ use anyhow::Result;
 use crate::cli::{FinishedStatusArg, JobStatusArg, JobsCommand};
 use crate::config::Config;
 use crate::output::for_stdout;
-use crate::store::{Access, IdAnswer, JobFilter, JobStatus, Store, StoreError};
+use crate::store::{Access, IdAnswer, JobFilter, JobStatus, Store};
 
 use super::format_time;
 
-pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
-    let mut store = Store::open(&config.database, Access::Existing)?;
+pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
+    let store = Store::open(&config.database, Access::Existing).await?;
     match command {
         JobsCommand::List { pool, status, limit, json } => {
             let filter = JobFilter { pool: pool.as_deref(), status: status.map(job_status), limit };
-            let jobs = store.list_jobs(&filter)?;
+            let jobs = store.list_jobs(&filter).await?;
             if json {
                 crate::outln!("{}", serde_json::to_string(&jobs)?)?;
             } else {
@@ -44,7 +44,7 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Show { id, json } => {
-            let Some(detail) = store.job(&id)? else {
+            let Some(detail) = store.job(&id).await? else {
                 anyhow::bail!("no job with id {id}: `jobhost jobs list` shows the ids");
             };
             if json {
@@ -104,23 +104,31 @@ pub fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
         }
         JobsCommand::Retry { ids, poisoned, pool, json } => {
             if poisoned {
-                let count = store.retry_poisoned(pool.as_deref())?;
+                let count = store.retry_poisoned(pool.as_deref()).await?;
                 report_count(json, "retried", count)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            answer_each(&ids, json, "retried", "only poisoned or cancelled jobs can be retried", |id| {
-                store.retry_job(id)
-            })
+            let mut answers = Vec::with_capacity(ids.len());
+            for id in ids {
+                let answer = store.retry_job(&id).await?;
+                answers.push((id, answer));
+            }
+            report_answers(&answers, json, "retried", "only poisoned or cancelled jobs can be retried")
         }
         JobsCommand::Cancel { ids, json } => {
-            answer_each(&ids, json, "cancelled", "only pending jobs can be cancelled", |id| store.cancel_job(id))
+            let mut answers = Vec::with_capacity(ids.len());
+            for id in ids {
+                let answer = store.cancel_job(&id).await?;
+                answers.push((id, answer));
+            }
+            report_answers(&answers, json, "cancelled", "only pending jobs can be cancelled")
         }
         JobsCommand::Purge { older_than, status, json } => {
             let statuses = match status {
                 Some(status) => vec![finished_status(status)],
                 None => vec![JobStatus::Completed, JobStatus::Poisoned, JobStatus::Cancelled],
             };
-            let count = store.purge(older_than.0, &statuses)?;
+            let count = store.purge(older_than.0, &statuses).await?;
             report_count(json, "purged", count)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -136,18 +144,12 @@ fn report_count(json: bool, verb: &str, count: u64) -> Result<()> {
     Ok(())
 }
 
-/// Applies `act` to every id and reports each; exits non-zero if any id was refused.
-fn answer_each(
-    ids: &[String],
-    json: bool,
-    verb: &str,
-    rule: &str,
-    mut act: impl FnMut(&str) -> Result<IdAnswer, StoreError>,
-) -> Result<ExitCode> {
+/// Reports the answer for every id; exits non-zero if any id was refused.
+fn report_answers(answers: &[(String, IdAnswer)], json: bool, verb: &str, rule: &str) -> Result<ExitCode> {
     let mut done = Vec::new();
     let mut refused = Vec::new();
-    for id in ids {
-        match act(id)? {
+    for (id, answer) in answers {
+        match *answer {
             IdAnswer::Done => done.push(id.clone()),
             IdAnswer::NotFound => refused.push((id.clone(), "no such job".to_owned())),
             IdAnswer::WrongStatus(status) => refused.push((id.clone(), format!("job is {}: {rule}", status.as_str()))),

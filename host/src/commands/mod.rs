@@ -3,6 +3,7 @@
 //! The long-running ones have modules of their own: [`crate::worker`], [`crate::checker`]
 //! and [`crate::reaper`].
 
+pub mod copy;
 pub mod jobs;
 pub mod processors;
 pub mod run;

@@ -26,27 +26,20 @@ use crate::store;
 /// The pool name a one-off run reports to its processor.
 const RUN_POOL: &str = "default";
 
-pub fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
+pub async fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
     let payload = read_payload(config, &args)?;
     let limits = config.limits_for(&args.name);
     let sandbox = Sandbox::new(1)?;
     let registry = Arc::new(Registry::new(config, &sandbox));
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let report = runtime.block_on(async {
-        match registry.load(&args.name).await {
-            Ok(program) => {
-                let job_id = format!("run-{}", uuid::Uuid::new_v4());
-                let job =
-                    JobInput { job_id: &job_id, attempt: 1, pool: RUN_POOL, processor: &args.name, payload: &payload };
-                sandbox.run(&program, job, &limits).await
-            }
-            Err(err) => RunReport::load_error(err.to_string()),
+    let report = match registry.load(&args.name).await {
+        Ok(program) => {
+            let job_id = format!("run-{}", uuid::Uuid::new_v4());
+            let job =
+                JobInput { job_id: &job_id, attempt: 1, pool: RUN_POOL, processor: &args.name, payload: &payload };
+            sandbox.run(&program, job, &limits).await
         }
-    });
-    // A load that missed its deadline may still be running on a blocking thread; the report
-    // is all this command waits for.
-    runtime.shutdown_background();
+        Err(err) => RunReport::load_error(err.to_string()),
+    };
     if args.json {
         crate::outln!("{}", report_json(&args.name, &report))?;
     } else {

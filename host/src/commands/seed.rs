@@ -6,7 +6,7 @@
 //! so a very large seed makes workers of the same database wait for it.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -14,9 +14,9 @@ use anyhow::{Context, Result, bail};
 use crate::cli::SeedArgs;
 use crate::config::Config;
 use crate::settings::MAX_SEED_COUNT;
-use crate::store::{self, Access, NewJob, Store, millis};
+use crate::store::{self, Access, NewJob, Refusal, Store, millis};
 
-pub fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
+pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
     if !args.processor_elsewhere {
         let known = crate::processors::names(config)?;
         if !known.contains(&args.processor) {
@@ -32,6 +32,7 @@ pub fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
     }
     let max_payload = config.jobs.max_payload.0;
     let template = NewJob {
+        id: String::new(),
         pool: args.pool.clone(),
         processor: args.processor.clone(),
         payload: String::new(),
@@ -48,30 +49,16 @@ pub fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
     }
     let payload_lines = args.payload_file.as_deref().map(open_payload_file).transpose()?;
 
-    let mut store = Store::open(&config.database, Access::CreateIfMissing)?;
-    let mut enqueue = store.enqueue()?;
-    let mut job = template;
-    match (payload_lines, &args.payload_file) {
-        (Some(reader), Some(path)) => {
-            for_each_payload_line(reader, path, max_payload, |payload| {
-                job.payload = payload;
-                enqueue.push(&job)?;
-                Ok(())
-            })?;
-        }
-        _ => {
-            if let Some(payload) = &args.payload {
-                job.payload = payload.trim().to_owned();
-            }
-            for seq in 0..args.count {
-                if args.payload.is_none() {
-                    job.payload = format!(r#"{{"seq":{seq}}}"#);
-                }
-                enqueue.push(&job)?;
-            }
-        }
-    }
-    let queued = enqueue.commit()?;
+    let store = Store::open(&config.database, Access::CreateIfMissing).await?;
+    let payloads: Box<dyn Iterator<Item = Result<String, Refusal>> + Send> = match (payload_lines, &args.payload_file) {
+        (Some(reader), Some(path)) => Box::new(payload_lines_of(reader, path.clone(), max_payload)),
+        _ => match &args.payload {
+            Some(payload) => Box::new(std::iter::repeat_n(Ok(payload.trim().to_owned()), args.count as usize)),
+            None => Box::new((0..args.count).map(|seq| Ok(format!(r#"{{"seq":{seq}}}"#)))),
+        },
+    };
+    let jobs = payloads.map(|payload| Ok(NewJob { id: NewJob::new_id(), payload: payload?, ..template.clone() }));
+    let queued = store.enqueue(jobs).await?;
     if args.json {
         crate::outln!("{}", serde_json::json!({"queued": queued, "pool": args.pool}))?;
     } else {
@@ -80,7 +67,7 @@ pub fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_payload_file(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open_payload_file(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
@@ -88,35 +75,50 @@ fn open_payload_file(path: &Path) -> Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::new(file)))
 }
 
-/// Hands `push` one checked payload per non-blank line of `reader` (read from `path`). Any
-/// bad line stops the reading with an error naming the line and column.
-fn for_each_payload_line(
-    reader: Box<dyn BufRead>,
-    path: &Path,
+/// The checked payload of every non-blank line of `reader` (read from `path`); a bad line
+/// is a refusal naming the line and column, which rolls back the whole seed.
+fn payload_lines_of(
+    reader: Box<dyn BufRead + Send>,
+    path: PathBuf,
     max_payload: u64,
-    mut push: impl FnMut(String) -> Result<()>,
-) -> Result<()> {
+) -> impl Iterator<Item = Result<String, Refusal>> + Send {
     let mut pushed: u64 = 0;
-    for (index, line) in reader.lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| {
-            format!("{} line {number} cannot be read (is it UTF-8 text?); nothing was queued", path.display())
-        })?;
-        // Editors on some systems start a UTF-8 file with a byte-order mark; it is not JSON.
-        let line = if index == 0 { line.trim_start_matches('\u{feff}') } else { &line };
-        if line.trim().is_empty() {
-            continue;
+    let mut seen_any = false;
+    let mut lines = reader.lines().enumerate();
+    std::iter::from_fn(move || {
+        loop {
+            let Some((index, line)) = lines.next() else {
+                return (!seen_any).then(|| {
+                    Err(Refusal(format!("{} holds no payloads: write one JSON value per line", path.display())))
+                });
+            };
+            let number = index + 1;
+            let line = match line {
+                Ok(line) => line,
+                Err(_) => {
+                    return Some(Err(Refusal(format!(
+                        "{} line {number} cannot be read (is it UTF-8 text?); nothing was queued",
+                        path.display()
+                    ))));
+                }
+            };
+            // Editors on some systems start a UTF-8 file with a byte-order mark; it is not JSON.
+            let text = if index == 0 { line.trim_start_matches('\u{feff}') } else { &line };
+            if text.trim().is_empty() {
+                continue;
+            }
+            seen_any = true;
+            if let Err(err) = store::check_payload(text.as_bytes(), max_payload) {
+                return Some(Err(Refusal(format!("{} line {number} {err}; nothing was queued", path.display()))));
+            }
+            if pushed == MAX_SEED_COUNT {
+                return Some(Err(Refusal(format!(
+                    "{} holds more than {MAX_SEED_COUNT} payloads: split it; nothing was queued",
+                    path.display()
+                ))));
+            }
+            pushed += 1;
+            return Some(Ok(text.trim().to_owned()));
         }
-        store::check_payload(line.as_bytes(), max_payload)
-            .map_err(|err| anyhow::anyhow!("{} line {number} {err}; nothing was queued", path.display()))?;
-        if pushed == MAX_SEED_COUNT {
-            bail!("{} holds more than {MAX_SEED_COUNT} payloads: split it; nothing was queued", path.display());
-        }
-        push(line.trim().to_owned())?;
-        pushed += 1;
-    }
-    if pushed == 0 {
-        bail!("{} holds no payloads: write one JSON value per line", path.display());
-    }
-    Ok(())
+    })
 }

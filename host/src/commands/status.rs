@@ -8,9 +8,9 @@ use crate::cli::StatusArgs;
 use crate::config::Config;
 use crate::store::{Access, Store};
 
-pub fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
-    let mut store = Store::open(&config.database, Access::Existing)?;
-    let status = store.status(args.pool.as_deref())?;
+pub async fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
+    let store = Store::open(&config.database, Access::Existing).await?;
+    let status = store.status(args.pool.as_deref()).await?;
     if args.json {
         crate::outln!("{}", serde_json::to_string(&status)?)?;
         return Ok(ExitCode::SUCCESS);

@@ -1,311 +1,294 @@
-//! The durable job pool: one SQLite file shared by every jobhost process on the machine.
+//! The durable job pool: one interface, [`Store`], over two backends — an embedded SQLite
+//! file (the default: one machine, nothing to run) and a PostgreSQL server (many machines
+//! sharing one pool). `--db` picks one: a `postgres://` or `postgresql://` URL, else a path.
 //!
-//! This module owns the schema and every statement that touches it; nothing else in
-//! jobhost writes SQL. The API is deliberately narrow (enqueue, claim, complete, fail,
-//! release, heartbeat, inspect) so that another backend could stand behind it.
+//! The store is split the way River splits its driver:
+//! - this module and [`model`] hold what is the same for every backend: the data, the retry
+//!   policy and how a finished attempt is settled ([`Store::turn`]), reaping as "mark the
+//!   silent workers lost, then settle their jobs as `worker_lost`", errors that name the
+//!   database and the fix;
+//! - a [`driver::Driver`] (`sqlite`, `postgres`) owns only its SQL and its connections, and
+//!   makes every state change of a job one statement or one transaction fenced on the state
+//!   it expects, so a late or duplicate call changes nothing and says so.
 //!
-//! Rules every operation follows:
-//! - Every state change of a job is one statement or one `BEGIN IMMEDIATE` transaction,
-//!   fenced on the state it expects (`status`, and for a claimed job its worker and claim
-//!   token). A late or duplicate call changes nothing and says so.
-//! - Write transactions take the write lock up front (`IMMEDIATE`), so two processes never
-//!   deadlock upgrading read locks; waiting for the lock is bounded by `busy_timeout`.
-//! - Timestamps are integers: milliseconds since the Unix epoch, read from [`Clock`].
-//!
-//! Durability: the database runs in WAL mode. With `synchronous = NORMAL` (the default) a
-//! committed transaction survives a crash of any jobhost process, but the most recent
-//! commits can be lost if the machine itself loses power; `FULL` fsyncs every commit and
-//! survives that too, at the cost of an fsync per claim and per completion.
+//! Nothing outside the store names a backend, a connection or a database file. One test
+//! suite (`suite`) is written against [`Store`] and run against every backend.
 
+mod driver;
 mod error;
-mod jobs;
+mod model;
 mod retry;
-mod schema;
-mod workers;
+mod sqlite;
+#[cfg(test)]
+mod suite;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use crate::config::DatabaseConfig;
+use crate::outcome::OutcomeKind;
 
+use driver::{Driver, Now, Resolution, Settlement};
 pub use error::{ErrorKind, Result, StoreError};
-pub use jobs::{
-    AttemptReport, Batch, ClaimedJob, Enqueue, FailOutcome, Fence, IdAnswer, JobFilter, JobStatus, NewJob,
-    PayloadError, check_payload,
-};
+pub use model::*;
 pub use retry::RetryPolicy;
-pub use workers::NewWorker;
 
-/// Milliseconds since the Unix epoch; the unit of every timestamp in the store.
-pub type Millis = i64;
-
-/// Where the store reads the time. Tests swap in a hand-driven clock to check backoff
-/// and lease expiry without sleeping.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> Millis + Send + Sync>);
+/// Where a store reads the time: the database's clock, or (in tests) a hand-driven one.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    Database,
+    Manual(Arc<AtomicI64>),
+}
 
 impl Clock {
-    pub fn system() -> Clock {
-        Clock(Arc::new(|| {
-            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            since_epoch.as_millis() as Millis
-        }))
+    fn now(&self) -> Now {
+        match self {
+            Clock::Database => None,
+            Clock::Manual(now) => Some(now.load(Ordering::SeqCst)),
+        }
     }
-
-    #[cfg(test)]
-    pub fn manual(now: Arc<std::sync::atomic::AtomicI64>) -> Clock {
-        Clock(Arc::new(move || now.load(Ordering::SeqCst)))
-    }
-
-    pub fn now(&self) -> Millis {
-        (self.0)()
-    }
-}
-
-pub fn millis(duration: Duration) -> Millis {
-    duration.as_millis().try_into().unwrap_or(Millis::MAX)
-}
-
-/// One connection to the pool.
-pub struct Store {
-    conn: Connection,
-    clock: Clock,
-    fingerprint: Fingerprint,
 }
 
 /// Whether opening may create the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Create the database (and its folders) when it does not exist: commands that add jobs.
+    /// Create the pool (a SQLite file and its folders, or the schema on a server) when it does
+    /// not exist: commands that add jobs.
     CreateIfMissing,
-    /// The database must exist: a typo in `--db` is an error, not a new empty pool.
+    /// The pool must exist: a typo in `--db` is an error, not a new empty pool.
     Existing,
 }
 
-/// Which file a store opened, so a long-running process can tell that its database was
-/// deleted or replaced under it (a new file at the same path is a different pool).
-#[derive(Debug, Clone)]
-pub struct Fingerprint {
-    path: PathBuf,
-    file: (u64, u64),
+/// A connection to the pool. Methods take `&self`: a store can be shared between tasks.
+pub struct Store {
+    driver: Box<dyn Driver>,
+    clock: Clock,
 }
 
 impl Fingerprint {
-    fn of(path: &Path) -> Result<Fingerprint> {
-        let meta = std::fs::metadata(path)
-            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&path.display().to_string()))?;
-        Ok(Fingerprint { path: path.to_path_buf(), file: (meta.dev(), meta.ino()) })
-    }
-
-    /// Fails with [`ErrorKind::Replaced`] when the path no longer names the file opened.
+    /// Fails with [`ErrorKind::Replaced`] when the database opened is no longer the one its
+    /// location names.
     pub fn verify(&self) -> Result<()> {
-        let detail = match std::fs::metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.file => return Ok(()),
-            Ok(_) => "another file now has its name",
-            Err(_) => "the file is gone",
-        };
-        Err(StoreError::new(ErrorKind::Replaced, format!("{detail}; stop and start again on the database you mean"))
-            .at(&self.path.display().to_string()))
+        sqlite::verify_fingerprint(self)
     }
 }
 
 impl Store {
-    /// Opens the database at `config.path`, upgrading an older jobhost schema and refusing
-    /// files that are not jobhost databases or come from a newer jobhost.
-    pub fn open(config: &DatabaseConfig, access: Access) -> Result<Store> {
-        Store::open_with_clock(config, access, Clock::system())
+    /// Opens the pool at `config.path`, creating or upgrading its schema as `access` allows,
+    /// and refusing databases that are not jobhost's or come from a newer jobhost.
+    pub async fn open(config: &DatabaseConfig, access: Access) -> Result<Store> {
+        Store::open_with_clock(config, access, Clock::Database).await
     }
 
-    pub fn open_with_clock(config: &DatabaseConfig, access: Access, clock: Clock) -> Result<Store> {
-        let path = &config.path;
-        let location = path.display().to_string();
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        match access {
-            Access::CreateIfMissing => {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|err| {
-                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}")).at(&location)
-                    })?;
-                }
-                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    pub async fn open_with_clock(config: &DatabaseConfig, access: Access, clock: Clock) -> Result<Store> {
+        let driver: Box<dyn Driver> = Box::new(sqlite::SqliteDriver::open(config, access)?);
+        Ok(Store { driver, clock })
+    }
+
+    /// The database as people name it: a path, or a URL without its password.
+    pub fn location(&self) -> &str {
+        self.driver.location()
+    }
+
+    /// Which database this store opened; see [`Fingerprint::verify`].
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.driver.fingerprint()
+    }
+
+    fn named<T>(&self, result: Result<T>) -> Result<T> {
+        result.map_err(|err| err.at(self.driver.location()))
+    }
+
+    /// Queues every job `jobs` yields in one transaction: all of them, or none if any is
+    /// refused (the refusal is the error). Jobs are streamed, so memory stays flat.
+    pub async fn enqueue(&self, jobs: impl Iterator<Item = Result<NewJob, Refusal>> + Send) -> Result<u64> {
+        let mut jobs = jobs;
+        let queued = self.driver.enqueue(&mut jobs, self.clock.now()).await;
+        self.named(queued)
+    }
+
+    /// Queues `jobs` in one transaction; returns their ids in order.
+    pub async fn enqueue_all(&self, jobs: &[NewJob]) -> Result<Vec<String>> {
+        self.enqueue(jobs.iter().cloned().map(Ok)).await?;
+        Ok(jobs.iter().map(|job| job.id.clone()).collect())
+    }
+
+    /// One worker turn, in one transaction: records every finished attempt (completed, or
+    /// failed and sent through `retry`: back to pending after its backoff, or poisoned when
+    /// its attempts are used up), then claims up to `claim.limit` ready jobs. Each attempt is
+    /// fenced on its claim: one the reaper took back is [`Settled::Stale`] and changes nothing.
+    pub async fn turn(
+        &self,
+        finished: &[Finished<'_>],
+        claim: Option<ClaimRequest<'_>>,
+        retry: &RetryPolicy,
+    ) -> Result<Turn> {
+        let settlements: Vec<Settlement<'_>> = finished
+            .iter()
+            .map(|attempt| Settlement {
+                claim: claim_ref(attempt.job),
+                resolution: resolve(attempt.result, attempt.job.attempt, attempt.job.max_attempts, retry),
+                report: attempt.report.clone(),
+            })
+            .collect();
+        let turned = self.driver.turn(&settlements, claim.as_ref(), self.clock.now()).await;
+        let (settled, claimed) = self.named(turned)?;
+        Ok(Turn { settled, claimed })
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
+        let job = self.driver.job(id).await;
+        self.named(job)
+    }
+
+    /// Jobs matching `filter`, most recently changed first.
+    pub async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        let jobs = self.driver.list_jobs(filter).await;
+        self.named(jobs)
+    }
+
+    /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
+    pub async fn retry_job(&self, id: &str) -> Result<IdAnswer> {
+        let answer = self.driver.retry_job(id, self.clock.now()).await;
+        self.named(answer)
+    }
+
+    /// Retries every poisoned job (of `pool`, if given); returns how many.
+    pub async fn retry_poisoned(&self, pool: Option<&str>) -> Result<u64> {
+        let retried = self.driver.retry_poisoned(pool, self.clock.now()).await;
+        self.named(retried)
+    }
+
+    /// Withdraws a pending job so no worker claims it.
+    pub async fn cancel_job(&self, id: &str) -> Result<IdAnswer> {
+        let answer = self.driver.cancel_job(id, self.clock.now()).await;
+        self.named(answer)
+    }
+
+    /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago, with
+    /// their attempt history. Returns how many jobs were deleted.
+    pub async fn purge(&self, older_than: Duration, statuses: &[JobStatus]) -> Result<u64> {
+        let purged = self.driver.purge(older_than, statuses, self.clock.now()).await;
+        self.named(purged)
+    }
+
+    /// A worker coming up: turns its `starting` row (left by the checker) into `active`, or
+    /// registers it afresh. Refuses an id whose worker already ended or was declared lost.
+    pub async fn activate_worker(&self, worker: &NewWorker) -> Result<()> {
+        let activated = self.driver.activate_worker(worker, self.clock.now()).await;
+        self.named(activated)
+    }
+
+    /// Proves `worker_id` alive and extends the leases of the jobs it holds by `lease`.
+    /// Returns false when the worker is no longer `active` (it was reaped): it must stop.
+    pub async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<bool> {
+        let alive = self.driver.heartbeat(worker_id, lease, self.clock.now()).await;
+        self.named(alive)
+    }
+
+    /// A clean exit. Jobs it still holds (it should hold none) are left to the reaper.
+    pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
+        let deregistered = self.driver.deregister_worker(worker_id, self.clock.now()).await;
+        self.named(deregistered)
+    }
+
+    /// One reaping pass: `active` workers silent for longer than `stale_after` and `starting`
+    /// ones not up within `start_grace` become `lost`; then every abandoned job (its worker
+    /// gone, or its lease expired) goes through the retry policy as a `worker_lost` attempt,
+    /// fenced on its claim, so reapers running at once never release a job twice.
+    pub async fn reap(
+        &self,
+        pool: Option<&str>,
+        stale_after: Duration,
+        start_grace: Duration,
+        retry: &RetryPolicy,
+    ) -> Result<Reaped> {
+        let now = self.clock.now();
+        let workers = self.driver.mark_lost_workers(pool, stale_after, start_grace, now).await;
+        let workers = self.named(workers)?;
+        let abandoned = self.driver.abandoned_jobs(pool, now).await;
+        let abandoned = self.named(abandoned)?;
+        let reasons: Vec<String> = abandoned.iter().map(driver::Abandoned::reason).collect();
+        let settlements: Vec<Settlement<'_>> = abandoned
+            .iter()
+            .zip(&reasons)
+            .map(|(job, reason)| Settlement {
+                claim: job.claim.clone(),
+                resolution: resolve(None, job.claim.attempt, job.max_attempts, retry),
+                report: AttemptReport { message: Some(reason), ..AttemptReport::of(OutcomeKind::WorkerLost) },
+            })
+            .collect();
+        let turned = self.driver.turn(&settlements, None, now).await;
+        let (settled, _) = self.named(turned)?;
+        let mut recovery = Recovery::default();
+        for outcome in settled {
+            match outcome {
+                Settled::Poisoned => recovery.poisoned += 1,
+                Settled::Retrying { .. } => recovery.released += 1,
+                Settled::Completed | Settled::Stale => {}
             }
-            Access::Existing if !path.exists() => return Err(StoreError::new(ErrorKind::Missing, "").at(&location)),
-            Access::Existing => {}
         }
-        let conn = Connection::open_with_flags(path, flags).map_err(|err| StoreError::from(err).at(&location))?;
-        let fingerprint = Fingerprint::of(path)?;
-        let mut store = Store { conn, clock, fingerprint };
-        BUSY_TIMEOUT_MS.store(millis(config.busy_timeout.0).max(0) as u64, Ordering::Relaxed);
-        // Identity and version are checked before any pragma that writes to the file, so a
-        // foreign or newer file is refused exactly as it was.
-        let prepared = store
-            .conn
-            .busy_handler(Some(wait_for_lock))
-            .map_err(StoreError::from)
-            .and_then(|()| schema::migrate(&mut store.conn))
-            .and_then(|()| store.configure(config));
-        prepared.map_err(|err| err.at(&location))?;
-        Ok(store)
+        Ok(Reaped { workers, recovery })
     }
 
-    fn configure(&self, config: &DatabaseConfig) -> Result<()> {
-        let mode: String = self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
+    /// Registers as `starting` the workers the checker on `request.host` should start:
+    /// as many as there are ready jobs not yet covered by live workers on any host, at most
+    /// this host's free slots. Concurrent checkers (on one host or many) never over-spawn.
+    pub async fn plan_workers(&self, request: &PlanRequest<'_>) -> Result<WorkerPlan> {
+        let plan = self.driver.plan_workers(request, self.clock.now()).await;
+        self.named(plan)
+    }
+
+    pub async fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
+        let status = self.driver.status(pool, self.clock.now()).await;
+        self.named(status)
+    }
+
+    /// Copies every job of this pool, with its attempt history and result, into `target`:
+    /// how a pool moves between backends. Workers are not copied (they belong to the machines
+    /// of the old pool); a job still claimed arrives claimed by a worker the target does not
+    /// know, so its reaper hands it back as `worker_lost`. `target` must hold no job and no
+    /// worker unless `into_non_empty`. Jobs are copied a page at a time, each page in one
+    /// transaction: after a failure the pages copied so far stay in the target.
+    pub async fn copy_to(&self, target: &Store, into_non_empty: bool) -> Result<u64> {
+        const PAGE: u32 = 1_000;
+        if !into_non_empty && !target.named(target.driver.is_empty().await)? {
             return Err(StoreError::new(
-                ErrorKind::Other,
-                format!("SQLite refused WAL mode (got {mode}); put the database on a local filesystem"),
+                ErrorKind::Refused,
+                format!(
+                    "the target {} already holds jobs or workers: copy into an empty pool, or pass \
+                     --into-non-empty to add these jobs to it",
+                    target.location()
+                ),
             ));
         }
-        self.conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())?;
-        self.conn.pragma_update(None, "foreign_keys", true)?;
-        // Checkpoint every ~16 MiB of WAL rather than SQLite's 4 MiB: a checkpoint costs two
-        // fsyncs and rewrites the hot pages, and busy workers trigger them constantly.
-        self.conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
-        // Without this SQLite re-prepares a statement whenever a value bound into a spot the
-        // planner looked at changes, such as the claim's `LIMIT`: a tenth of a busy
-        // worker's CPU went to parsing the same SQL again.
-        self.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-        // Keep the WAL file when the last connection closes (it is still checkpointed):
-        // deleting it there and creating it again in the next process cost a short-lived
-        // `jobhost work --once` an unlink, a create and a directory fsync. Any size limit
-        // makes SQLite empty the kept file at that close, so the next process need not
-        // re-read it; the limit itself is above the autocheckpoint size, so a busy WAL is not
-        // truncated and regrown at every checkpoint.
-        self.conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
-        let mut persist: std::ffi::c_int = 1;
-        // SAFETY: a valid handle of this open connection, the "main" schema name as a C
-        // string, and the int that SQLITE_FCNTL_PERSIST_WAL reads and writes.
-        let code = unsafe {
-            rusqlite::ffi::sqlite3_file_control(
-                self.conn.handle(),
-                c"main".as_ptr(),
-                rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
-                (&raw mut persist).cast(),
-            )
-        };
-        if code != rusqlite::ffi::SQLITE_OK {
-            return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None).into());
-        }
-        self.conn.set_prepared_statement_cache_capacity(64);
-        Ok(())
-    }
-
-    /// Which file this store opened; see [`Fingerprint::verify`].
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint.clone()
-    }
-
-    /// Runs `op` on the connection, naming this database in any error it returns.
-    fn with_conn<T>(&mut self, op: impl FnOnce(&mut Connection, Millis) -> Result<T>) -> Result<T> {
-        let now = self.now();
-        op(&mut self.conn, now).map_err(|err| err.at(&self.fingerprint.path.display().to_string()))
-    }
-
-    pub fn now(&self) -> Millis {
-        self.clock.now()
-    }
-}
-
-/// How long [`wait_for_lock`] keeps trying; one setting per process (`database.busy_timeout`),
-/// kept in a static because SQLite's busy handler is a plain function.
-static BUSY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
-
-/// SQLite's own busy handler sleeps whole milliseconds (1, 2, 5, 10 …), while our write
-/// transactions hold the lock for tens of microseconds, so two busy workers spent most of
-/// their time asleep waiting for each other. This one first yields the CPU a few times (on a
-/// busy machine the holder is often waiting for it), then sleeps 10 µs, doubling up to 1 ms,
-/// until about `database.busy_timeout` has passed; then SQLite reports the database busy.
-fn wait_for_lock(attempt: i32) -> bool {
-    const YIELDS: i32 = 4;
-    const DOUBLINGS: i32 = 7; // 10 µs · 2^7 ≈ 1.3 ms: from then on every wait is 1 ms.
-    let timeout_ms = BUSY_TIMEOUT_MS.load(Ordering::Relaxed);
-    let waits = attempt - YIELDS - DOUBLINGS;
-    if waits > 0 && waits as u64 > timeout_ms {
-        return false;
-    }
-    if attempt < YIELDS {
-        std::thread::yield_now();
-        return true;
-    }
-    let wait_us = (10u64 << (attempt - YIELDS).clamp(0, DOUBLINGS)).min(1_000);
-    std::thread::sleep(Duration::from_micros(wait_us));
-    true
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    //! A store on a temporary file with a clock the test moves by hand.
-
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicI64, Ordering};
-
-    use super::*;
-    use crate::config::DatabaseConfig;
-
-    /// Single operations, each in a batch of its own, for tests that take one step at a time.
-    impl Store {
-        pub fn claim(&mut self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
-            let mut batch = self.batch()?;
-            let claimed = batch.claim(pool, worker_id, lease, limit)?;
-            batch.commit()?;
-            Ok(claimed)
-        }
-
-        pub fn complete(&mut self, job: &ClaimedJob, result: &str, report: &AttemptReport<'_>) -> Result<Fence> {
-            let mut batch = self.batch()?;
-            let fence = batch.complete(job, result, report)?;
-            batch.commit()?;
-            Ok(fence)
-        }
-
-        pub fn fail(
-            &mut self,
-            job: &ClaimedJob,
-            report: &AttemptReport<'_>,
-            retry: &RetryPolicy,
-        ) -> Result<FailOutcome> {
-            let mut batch = self.batch()?;
-            let outcome = batch.fail(job, report, retry)?;
-            batch.commit()?;
-            Ok(outcome)
-        }
-    }
-
-    pub struct TestStore {
-        pub store: Store,
-        pub now: Arc<AtomicI64>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl TestStore {
-        pub fn new() -> TestStore {
-            let dir = tempfile::tempdir().unwrap();
-            let config = DatabaseConfig { path: dir.path().join("pool.db"), ..DatabaseConfig::default() };
-            let now = Arc::new(AtomicI64::new(1_700_000_000_000));
-            let store = Store::open_with_clock(&config, Access::CreateIfMissing, Clock::manual(now.clone())).unwrap();
-            TestStore { store, now, _dir: dir }
-        }
-
-        pub fn advance(&self, millis: i64) {
-            self.now.fetch_add(millis, Ordering::SeqCst);
-        }
-
-        /// Checks the trigger-kept `job_counts` against a count of the jobs themselves.
-        pub fn assert_counts_exact(&self) {
-            let rows = |sql: &str| -> Vec<(String, String, i64)> {
-                let mut statement = self.store.conn.prepare(sql).unwrap();
-                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap();
-                rows.collect::<rusqlite::Result<_>>().unwrap()
+        let mut copied = 0;
+        let mut after = 0;
+        loop {
+            let page = self.driver.export(after, PAGE).await;
+            let page = self.named(page)?;
+            let Some(last) = page.last() else {
+                return Ok(copied);
             };
-            let counted = rows("SELECT pool, status, count(*) FROM jobs GROUP BY pool, status ORDER BY 1, 2");
-            let kept = rows("SELECT pool, status, jobs FROM job_counts WHERE jobs != 0 ORDER BY 1, 2");
-            assert_eq!(kept, counted, "job_counts drifted from the jobs table");
+            after = last.seq;
+            let imported = target.driver.import(&page).await;
+            target.named(imported)?;
+            copied += page.len() as u64;
         }
+    }
+}
+
+fn claim_ref(job: &ClaimedJob) -> driver::ClaimRef {
+    driver::ClaimRef { seq: job.seq, worker_id: job.worker_id.clone(), token: job.token, attempt: job.attempt }
+}
+
+/// The retry rule, the same for every backend: a result completes the job; a failure sends
+/// it back after its backoff, or poisons it when its last attempt failed.
+fn resolve<'a>(result: Option<&'a str>, attempt: u32, max_attempts: u32, retry: &RetryPolicy) -> Resolution<'a> {
+    match result {
+        Some(result) => Resolution::Complete { result },
+        None if attempt >= max_attempts => Resolution::Poison,
+        None => Resolution::Retry { delay: retry.backoff(attempt) },
     }
 }

@@ -7,7 +7,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::error::{ErrorKind, Result, StoreError};
+use crate::store::error::{ErrorKind, Result, StoreError};
 
 /// "JOBH": tells a jobhost database from any other SQLite file.
 const APPLICATION_ID: i32 = 0x4A4F_4248;
@@ -152,6 +152,7 @@ mod tests {
 
     fn new_job() -> NewJob {
         NewJob {
+            id: NewJob::new_id(),
             pool: "default".into(),
             processor: "echo".into(),
             payload: "{}".into(),
@@ -161,8 +162,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_older_file_is_upgraded_and_keeps_its_jobs() {
+    #[tokio::test]
+    async fn an_older_file_is_upgraded_and_keeps_its_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         let mut old = Connection::open(&path).unwrap();
@@ -175,17 +176,18 @@ mod tests {
         .unwrap();
         drop(old);
 
-        let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
-        let mut store = Store::open(&config, Access::Existing).unwrap();
-        let version: i32 = store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        let config = DatabaseConfig { path: path.display().to_string(), ..DatabaseConfig::default() };
+        let store = Store::open(&config, Access::Existing).await.unwrap();
+        let version: i32 =
+            Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, CURRENT_VERSION);
-        assert!(store.job("j1").unwrap().is_some(), "the job written before the upgrade is still there");
-        store.enqueue_all(&[new_job()]).unwrap();
-        assert_eq!(store.status(None).unwrap().jobs.pending, 2);
+        assert!(store.job("j1").await.unwrap().is_some(), "the job written before the upgrade is still there");
+        store.enqueue_all(&[new_job()]).await.unwrap();
+        assert_eq!(store.status(None).await.unwrap().jobs.pending, 2);
     }
 
-    #[test]
-    fn a_newer_file_is_refused_untouched() {
+    #[tokio::test]
+    async fn a_newer_file_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.db");
         let mut conn = Connection::open(&path).unwrap();
@@ -193,33 +195,33 @@ mod tests {
         conn.pragma_update(None, "user_version", CURRENT_VERSION + 1).unwrap();
         drop(conn);
 
-        let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
-        let message = format!("{:#}", Store::open(&config, Access::Existing).err().unwrap());
+        let config = DatabaseConfig { path: path.display().to_string(), ..DatabaseConfig::default() };
+        let message = format!("{:#}", Store::open(&config, Access::Existing).await.err().unwrap());
         assert!(message.contains("newer jobhost"), "{message}");
         let conn = Connection::open(&path).unwrap();
         let version: i32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, CURRENT_VERSION + 1);
     }
 
-    #[test]
-    fn a_foreign_database_is_refused() {
+    #[tokio::test]
+    async fn a_foreign_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other.db");
         Connection::open(&path).unwrap().execute_batch("CREATE TABLE notes (body TEXT)").unwrap();
 
-        let config = DatabaseConfig { path, ..DatabaseConfig::default() };
-        let message = format!("{:#}", Store::open(&config, Access::Existing).err().unwrap());
+        let config = DatabaseConfig { path: path.display().to_string(), ..DatabaseConfig::default() };
+        let message = format!("{:#}", Store::open(&config, Access::Existing).await.err().unwrap());
         assert!(message.contains("was not made by jobhost"), "{message}");
     }
 
-    #[test]
-    fn a_file_that_is_not_sqlite_is_refused() {
+    #[tokio::test]
+    async fn a_file_that_is_not_sqlite_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
 
-        let config = DatabaseConfig { path: path.clone(), ..DatabaseConfig::default() };
-        let message = format!("{:#}", Store::open(&config, Access::Existing).err().unwrap());
+        let config = DatabaseConfig { path: path.display().to_string(), ..DatabaseConfig::default() };
+        let message = format!("{:#}", Store::open(&config, Access::Existing).await.err().unwrap());
         assert!(message.contains("is not a SQLite database"), "{message}");
         assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192], "the file is left as it was");
     }
@@ -233,8 +235,8 @@ mod tests {
         assert_eq!(listed, kinds);
     }
 
-    #[test]
-    fn a_claimed_job_survives_the_upgrade_and_is_recovered_from_its_unregistered_worker() {
+    #[tokio::test]
+    async fn a_claimed_job_survives_the_upgrade_and_is_recovered_from_its_unregistered_worker() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         let mut old = Connection::open(&path).unwrap();
@@ -249,15 +251,20 @@ mod tests {
         .unwrap();
         drop(old);
 
-        let mut store = Store::open(&DatabaseConfig { path, ..DatabaseConfig::default() }, Access::Existing).unwrap();
-        let job = store.job("j1").unwrap().unwrap();
+        let store = Store::open(
+            &DatabaseConfig { path: path.display().to_string(), ..DatabaseConfig::default() },
+            Access::Existing,
+        )
+        .await
+        .unwrap();
+        let job = store.job("j1").await.unwrap().unwrap();
         assert_eq!(job.job.status, JobStatus::Claimed);
         assert_eq!(job.attempt_history[0].outcome, None, "the attempt is still open");
 
         let never = Duration::from_secs(1 << 30);
         let no_backoff = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
-        assert_eq!(store.reap(None, never, never, &no_backoff).unwrap().recovery.released, 1);
-        let job = store.job("j1").unwrap().unwrap();
+        assert_eq!(store.reap(None, never, never, &no_backoff).await.unwrap().recovery.released, 1);
+        let job = store.job("j1").await.unwrap().unwrap();
         assert_eq!(job.job.status, JobStatus::Pending);
         let attempt = &job.attempt_history[0];
         assert_eq!(attempt.outcome.as_deref(), Some("worker_lost"));

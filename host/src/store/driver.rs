@@ -1,0 +1,146 @@
+//! The seam between the store and its backends, as River's driver is.
+//!
+//! [`super::Store`] owns everything above the SQL: the retry policy, how a finished attempt
+//! is settled, reaping as "mark the silent workers, then settle their jobs", errors that name
+//! the database. A [`Driver`] owns only its SQL and its connections, and implements each
+//! operation as one statement or one transaction, fenced on the state it expects, correct
+//! under PostgreSQL's READ COMMITTED as well as SQLite's single writer.
+//!
+//! Time: every operation gets `now`. `None` means "the database's clock": the server's on
+//! PostgreSQL (so machines whose clocks disagree still agree on leases), the machine's on
+//! SQLite (one machine by construction). Tests pass `Some` to drive time by hand.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::error::Result;
+use super::model::*;
+
+/// The time an operation runs at; see the module docs.
+pub type Now = Option<Millis>;
+
+/// How one finished attempt is settled; decided by the store's shared logic.
+#[derive(Debug, Clone, Copy)]
+pub enum Resolution<'a> {
+    /// The job is done; `result` is its JSON text.
+    Complete { result: &'a str },
+    /// Back to `pending`, ready after `delay`.
+    Retry { delay: Duration },
+    /// No attempts left.
+    Poison,
+}
+
+/// One attempt to settle, fenced on the claim it was made under.
+#[derive(Debug, Clone)]
+pub struct Settlement<'a> {
+    pub claim: ClaimRef,
+    pub resolution: Resolution<'a>,
+    pub report: AttemptReport<'a>,
+}
+
+/// What identifies a live claim: only its holder, with this token, can settle it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRef {
+    pub seq: i64,
+    pub worker_id: String,
+    pub token: i64,
+    pub attempt: u32,
+}
+
+/// A claimed job the reaper found abandoned, and what it knows of why.
+#[derive(Debug, Clone)]
+pub struct Abandoned {
+    pub claim: ClaimRef,
+    pub max_attempts: u32,
+    /// The holder's status; `None` when no worker of that id is registered.
+    pub worker_status: Option<String>,
+    /// How long ago the lease ran out (0 or less while it still runs).
+    pub lease_overdue_ms: Millis,
+}
+
+impl Abandoned {
+    /// The `worker_lost` attempt's message.
+    pub fn reason(&self) -> String {
+        let worker = &self.claim.worker_id;
+        match self.worker_status.as_deref() {
+            Some(status @ ("terminated" | "lost")) => format!("worker {worker} is {status} and still held the job"),
+            None => format!("worker {worker} is not registered"),
+            Some(_) => format!(
+                "the lease of worker {worker} expired {} ms ago without a heartbeat",
+                self.lease_overdue_ms.max(0)
+            ),
+        }
+    }
+}
+
+/// A backend. Every method is one statement or one transaction (see the module docs).
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The database as people name it (a path, or a URL without its password).
+    fn location(&self) -> &str;
+
+    /// Which database this connection opened, so a long-running process can notice that it
+    /// was replaced under it.
+    fn fingerprint(&self) -> Fingerprint;
+
+    /// Inserts every job `jobs` yields in one transaction; the first `Err` rolls all back and
+    /// is returned as a [`super::ErrorKind::Refused`] error. Returns how many were queued.
+    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64>;
+
+    /// Settles `settlements` (each fenced on its own; a stale one changes nothing) and then,
+    /// if asked, claims ready jobs, in one transaction. Returns one [`Settled`] per settlement,
+    /// in order, and the claimed jobs.
+    async fn turn(
+        &self,
+        settlements: &[Settlement<'_>],
+        claim: Option<&ClaimRequest<'_>>,
+        now: Now,
+    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)>;
+
+    async fn job(&self, id: &str) -> Result<Option<JobDetail>>;
+    async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>>;
+    /// Gives a poisoned or cancelled job as many attempts again, up to [`ATTEMPTS_CEILING`].
+    async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer>;
+    async fn retry_poisoned(&self, pool: Option<&str>, now: Now) -> Result<u64>;
+    async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer>;
+    /// Deletes jobs in `statuses` finished more than `older_than` ago, with their attempts.
+    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64>;
+
+    async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()>;
+    /// Renews the worker and the leases of its jobs; false when it is no longer `active`.
+    async fn heartbeat(&self, worker_id: &str, lease: Duration, now: Now) -> Result<bool>;
+    async fn deregister_worker(&self, worker_id: &str, now: Now) -> Result<()>;
+    /// Marks `active` workers silent for longer than `stale_after`, and `starting` ones older
+    /// than `start_grace`, as `lost`; returns their ids.
+    async fn mark_lost_workers(
+        &self,
+        pool: Option<&str>,
+        stale_after: Duration,
+        start_grace: Duration,
+        now: Now,
+    ) -> Result<Vec<String>>;
+    /// Claimed jobs whose lease expired or whose worker is not `starting` or `active`.
+    async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>>;
+    /// Registers as `starting` the workers `host` should start for `pool`; see [`WorkerPlan`].
+    async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan>;
+    async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot>;
+
+    /// Every job with `seq` above `after`, oldest first, at most `limit`, with its history:
+    /// what `jobhost copy` reads.
+    async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>>;
+    /// Writes exported jobs as they were, in one transaction; refuses ids already present.
+    async fn import(&self, jobs: &[ExportedJob]) -> Result<()>;
+    /// Whether the pool holds no job and no worker.
+    async fn is_empty(&self) -> Result<bool>;
+
+    /// Tests only: differences between the kept job counts and a real count.
+    #[cfg(test)]
+    async fn drifted_counts(&self) -> Result<Vec<String>>;
+    /// Tests only: runs statements the suite needs to set up odd states.
+    #[cfg(test)]
+    async fn execute_for_test(&self, sql: &str) -> Result<()>;
+    /// Tests only: the first column of every row `sql` returns, as integers.
+    #[cfg(test)]
+    async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>>;
+}

@@ -1,0 +1,136 @@
+//! Workers on SQLite: registration, heartbeats, reaping, planning, and the status snapshot.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, named_params, params};
+
+use crate::store::error::{ErrorKind, Result, StoreError};
+use crate::store::model::*;
+
+pub(super) fn activate(tx: &Transaction<'_>, worker: &NewWorker, now: Millis) -> Result<()> {
+    let existing: Option<(String, String)> = tx
+        .query_row("SELECT status, pool FROM workers WHERE id = ?1", [&worker.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match existing {
+        None => {
+            tx.execute(
+                "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at)
+                 VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?5)",
+                params![worker.id, worker.pool, worker.host, worker.pid, now],
+            )?;
+            Ok(())
+        }
+        Some((status, pool)) if status == "starting" && pool == worker.pool => {
+            tx.execute(
+                "UPDATE workers SET status = 'active', host = ?1, pid = ?2, last_heartbeat_at = ?3
+                  WHERE id = ?4 AND status = 'starting'",
+                params![worker.host, worker.pid, now, worker.id],
+            )?;
+            Ok(())
+        }
+        Some((status, pool)) => {
+            Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, &status, &pool)))
+        }
+    }
+}
+
+pub(super) fn heartbeat(tx: &Transaction<'_>, worker_id: &str, lease: Duration, now: Millis) -> Result<bool> {
+    let alive = tx
+        .prepare_cached("UPDATE workers SET last_heartbeat_at = ?1 WHERE id = ?2 AND status = 'active'")?
+        .execute(params![now, worker_id])?
+        > 0;
+    if alive {
+        tx.prepare_cached("UPDATE jobs SET lease_expires_at = ?1 WHERE worker_id = ?2 AND status = 'claimed'")?
+            .execute(params![now.saturating_add(millis(lease)), worker_id])?;
+    }
+    Ok(alive)
+}
+
+pub(super) fn deregister(conn: &Connection, worker_id: &str, now: Millis) -> Result<()> {
+    conn.execute(
+        "UPDATE workers SET status = 'terminated', stopped_at = ?1 WHERE id = ?2 AND status IN ('starting', 'active')",
+        params![now, worker_id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn mark_lost(
+    tx: &Transaction<'_>,
+    pool: Option<&str>,
+    stale_after: Duration,
+    start_grace: Duration,
+    now: Millis,
+) -> Result<Vec<String>> {
+    let workers = tx
+        .prepare_cached(
+            "UPDATE workers SET status = 'lost', stopped_at = :now
+              WHERE (:pool IS NULL OR pool = :pool)
+                AND ((status = 'active' AND last_heartbeat_at < :active_cutoff)
+                  OR (status = 'starting' AND last_heartbeat_at < :starting_cutoff))
+             RETURNING id",
+        )?
+        .query_map(
+            named_params! {
+                ":now": now,
+                ":pool": pool,
+                ":active_cutoff": now.saturating_sub(millis(stale_after)),
+                ":starting_cutoff": now.saturating_sub(millis(start_grace)),
+            },
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(workers)
+}
+
+/// The transaction holds the write lock, so checkers planning at once see each other's
+/// registrations and never over-spawn.
+pub(super) fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: Millis) -> Result<WorkerPlan> {
+    let (live_workers, live_here): (u64, u64) = tx.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE host IS ?3) FROM workers
+          WHERE pool = ?1 AND (status = 'starting' OR (status = 'active' AND last_heartbeat_at >= ?2))",
+        params![request.pool, now.saturating_sub(millis(request.stale_after)), request.host],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    // Counting further than every live worker plus this host's slots changes no decision.
+    let enough = live_workers + u64::from(request.max_workers);
+    let queue_depth: u64 = tx.query_row(
+        "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'pending' AND run_at <= ?2 LIMIT ?3)",
+        params![request.pool, now, enough],
+        |row| row.get(0),
+    )?;
+    let mut plan = WorkerPlan::new(queue_depth, live_workers, live_here, request.max_workers);
+    for _ in 0..plan.to_spawn() {
+        let id = uuid::Uuid::new_v4().to_string();
+        tx.execute(
+            "INSERT INTO workers (id, pool, status, host, started_at, last_heartbeat_at)
+             VALUES (?1, ?2, 'starting', ?3, ?4, ?4)",
+            params![id, request.pool, request.host, now],
+        )?;
+        plan.new_workers.push(id);
+    }
+    Ok(plan)
+}
+
+pub(super) fn status(conn: &Connection, pool: Option<&str>, now: Millis) -> Result<StatusSnapshot> {
+    let mut snapshot = StatusSnapshot::default();
+    let mut jobs = conn
+        .prepare_cached("SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
+    for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+        let (status, count) = row?;
+        snapshot.jobs.set(&status, count.max(0) as u64);
+    }
+    let mut workers =
+        conn.prepare_cached("SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
+    for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
+        let (status, count) = row?;
+        snapshot.workers.set(&status, count);
+    }
+    let (ready, oldest_run_at): (u64, Option<Millis>) = conn.query_row(
+        "SELECT count(*), min(run_at) FROM jobs WHERE status = 'pending' AND run_at <= ?1 AND (?2 IS NULL OR pool = ?2)",
+        params![now, pool],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    snapshot.ready = ready;
+    snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now.saturating_sub(run_at).max(0));
+    Ok(snapshot)
+}
