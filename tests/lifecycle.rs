@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Pool, jobs_count};
+use support::{Backend, Pool, jobs_count};
 
 /// Fast heartbeats and short staleness so lost workers are noticed within a test.
 const FAST_LIFECYCLE: &str = "
@@ -108,9 +108,8 @@ fn wait_for_line(lines: &Receiver<String>, needle: &str) {
     }
 }
 
-#[test]
-fn check_spawns_workers_that_drain_the_pool() {
-    let pool = Pool::new(FAST_LIFECYCLE);
+fn check_spawns_workers_that_drain_the_pool(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--count", "20", "--payload", r#"{"delay_ms": 100}"#]);
 
     let first = pool.json(&["check", "--max-workers", "3"]);
@@ -138,9 +137,8 @@ fn check_spawns_workers_that_drain_the_pool() {
     }
 }
 
-#[test]
-fn a_killed_workers_job_completes_once_on_another_worker() {
-    let pool = Pool::new(FAST_LIFECYCLE);
+fn a_killed_workers_job_completes_once_on_another_worker(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 1500}"#]);
     let mut victim = pool.spawn(&["work", "--once"]);
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
@@ -159,9 +157,8 @@ fn a_killed_workers_job_completes_once_on_another_worker() {
     assert_eq!(outcomes(&job), ["worker_lost", "ok"]);
 }
 
-#[test]
-fn failing_processors_retry_then_poison_and_a_flaky_one_recovers() {
-    let pool = Pool::new(&format!("{FAST_LIFECYCLE}processors: {{overrides: {{echo: {{timeout: 200ms}}}}}}\n"));
+fn failing_processors_retry_then_poison_and_a_flaky_one_recovers(backend: Backend) {
+    let pool = Pool::on(backend, &format!("{FAST_LIFECYCLE}processors: {{overrides: {{echo: {{timeout: 200ms}}}}}}\n"));
     std::fs::write(pool.path("processors/always_traps.wasm"), ALWAYS_TRAPS).unwrap();
     std::fs::write(pool.path("processors/third_time_lucky.wasm"), THIRD_TIME_LUCKY).unwrap();
     pool.ok(&["seed", "--processor", "always_traps", "--payload", r#""trap""#]);
@@ -194,9 +191,8 @@ fn failing_processors_retry_then_poison_and_a_flaky_one_recovers() {
     }
 }
 
-#[test]
-fn a_long_job_keeps_its_worker_alive_through_heartbeats() {
-    let pool = Pool::new(FAST_LIFECYCLE);
+fn a_long_job_keeps_its_worker_alive_through_heartbeats(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 5000}"#]);
     let mut worker = pool.spawn(&["work", "--once"]);
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
@@ -212,9 +208,8 @@ fn a_long_job_keeps_its_worker_alive_through_heartbeats() {
     assert_eq!((job["status"].as_str(), outcomes(&job)), (Some("completed"), vec!["ok".to_owned()]));
 }
 
-#[test]
-fn sigterm_finishes_the_job_in_flight_and_claims_no_more() {
-    let pool = Pool::new(FAST_LIFECYCLE);
+fn sigterm_finishes_the_job_in_flight_and_claims_no_more(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--count", "3", "--payload", r#"{"delay_ms": 1000}"#]);
     let worker = pool.spawn(&["work", "--json"]);
     pool.wait_for_status(Duration::from_secs(30), "a job to be claimed", |s| jobs_count(s, "claimed") == 1);
@@ -236,9 +231,8 @@ fn sigterm_finishes_the_job_in_flight_and_claims_no_more() {
     assert_eq!(status["workers"]["terminated"], 1);
 }
 
-#[test]
-fn a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper() {
-    let pool = Pool::new(FAST_LIFECYCLE);
+fn a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
     let mut worker = pool.spawn(&["work", "--worker-id", "impatient", "--log-level", "info"]);
     let log = stderr_lines(&mut worker);
@@ -277,14 +271,14 @@ fn a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper() {
 /// waits for events (progress of the pool, and a job held by the victim), so every run kills
 /// the same workers at the same stage. Every job must end completed or poisoned, no job may
 /// stay claimed or complete twice, and every attempt must be on record and closed.
-#[test]
-fn chaos_kills_lose_no_job_and_complete_none_twice() {
+fn chaos_kills_lose_no_job_and_complete_none_twice(backend: Backend) {
     const JOBS: usize = 300;
     const KILLS: usize = 12;
     // Spreads the kills over most of the drain while leaving jobs ready at the last one, so
     // no worker drains the pool and exits before its turn comes.
-    const COMPLETIONS_BETWEEN_KILLS: i64 = 15;
-    let pool = Pool::new(
+    const COMPLETIONS_BETWEEN_KILLS: u64 = 15;
+    let pool = Pool::on(
+        backend,
         "retry: {backoff_initial: 0, backoff_max: 0, max_attempts: 10}\n\
          worker: {heartbeat_interval: 100ms}\nreaper: {stale_after: 1s}\nchecker: {start_grace: 5s}\n",
     );
@@ -309,9 +303,10 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
             workers.push((id.clone(), pool.spawn(&["work", "--concurrency", "2", "--worker-id", &id])));
         }
     };
-    let completed = || pool.count("SELECT count(*) FROM jobs WHERE status = 'completed'");
+    let completed = || jobs_count(&pool.status(), "completed");
     let holds_a_job = |id: &str| {
-        pool.count(&format!("SELECT count(*) FROM jobs WHERE status = 'claimed' AND worker_id = '{id}'")) > 0
+        let claimed = pool.json(&["jobs", "list", "--status", "claimed"]);
+        claimed.as_array().unwrap().iter().any(|job| job["worker_id"] == id)
     };
     let mut next_kill_after = 0;
     for _ in 0..KILLS {
@@ -345,23 +340,16 @@ fn chaos_kills_lose_no_job_and_complete_none_twice() {
 
     let status = pool.status();
     assert_eq!(jobs_count(&status, "completed") + jobs_count(&status, "poisoned"), JOBS as u64, "{status}");
-    assert_eq!(pool.count("SELECT count(*) FROM attempts WHERE outcome IS NULL"), 0, "an attempt was left open");
-    assert_eq!(
-        pool.count(
-            "SELECT count(*) FROM jobs j WHERE attempts != (SELECT count(*) FROM attempts a WHERE a.job_seq = j.seq)"
-        ),
-        0,
-        "every attempt counted on a job is in its history"
-    );
-    assert_eq!(
-        pool.count("SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM attempts a WHERE a.job_seq = j.seq AND a.outcome = 'ok') != (j.status = 'completed')"),
-        0,
-        "each completed job has exactly one successful attempt, the others none"
-    );
-    assert!(
-        pool.count("SELECT count(*) FROM attempts WHERE outcome = 'worker_lost'") >= KILLS as i64,
-        "each kill cost the attempts its victim held"
-    );
+    let mut worker_lost = 0;
+    for job in pool.all_jobs() {
+        let outcomes = outcomes(&job);
+        assert!(!outcomes.iter().any(|outcome| outcome == "running"), "an attempt was left open: {job}");
+        assert_eq!(outcomes.len() as u64, job["attempts"].as_u64().unwrap(), "every attempt is in the history: {job}");
+        let successes = outcomes.iter().filter(|outcome| *outcome == "ok").count();
+        assert_eq!(successes, usize::from(job["status"] == "completed"), "one success per completed job: {job}");
+        worker_lost += outcomes.iter().filter(|outcome| *outcome == "worker_lost").count();
+    }
+    assert!(worker_lost >= KILLS, "each kill cost the attempts its victim held");
 }
 
 /// Reads `child`'s stdout line by line on a thread, so a test can wait for each line.
@@ -403,9 +391,8 @@ fn check_with_interval_repeats_at_checker_interval_until_sigterm() {
     assert!(checker.wait().unwrap().success());
 }
 
-#[test]
-fn a_worker_declared_lost_stops_and_exits_with_a_failure() {
-    let pool = Pool::new(FAST_LIFECYCLE);
+fn a_worker_declared_lost_stops_and_exits_with_a_failure(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 1500}"#]);
     let worker = pool.spawn(&["work", "--json"]);
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
@@ -458,4 +445,103 @@ fn a_worker_keeps_working_when_the_reader_of_its_json_goes_away() {
     assert!(output.status.success(), "{stderr}");
     assert_eq!(stderr.matches("cannot write to stdout").count(), 1, "logged once: {stderr}");
     assert_eq!(jobs_count(&pool.status(), "completed"), 20);
+}
+
+on_both_backends!(
+    check_spawns_workers_that_drain_the_pool,
+    a_killed_workers_job_completes_once_on_another_worker,
+    failing_processors_retry_then_poison_and_a_flaky_one_recovers,
+    a_long_job_keeps_its_worker_alive_through_heartbeats,
+    sigterm_finishes_the_job_in_flight_and_claims_no_more,
+    a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper,
+    chaos_kills_lose_no_job_and_complete_none_twice,
+    a_worker_declared_lost_stops_and_exits_with_a_failure,
+);
+
+/// On PostgreSQL, time is the server's: a worker whose own clock is an hour behind writes
+/// heartbeats the reaper still sees as fresh, and one an hour ahead cannot stretch the lease
+/// of the jobs it held past the server's idea of it.
+#[test]
+fn on_postgres_a_workers_own_clock_decides_nothing() {
+    let pool = Pool::on(Backend::Postgres, FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 3000}"#]);
+    let mut behind = pool.command(&["work", "--once"]);
+    behind.env("FAKETIME", "-1h").env("LD_PRELOAD", libfaketime());
+    let mut behind = behind.stdout(std::process::Stdio::null()).spawn().unwrap();
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    while behind.try_wait().unwrap().is_none() {
+        let reap = pool.json(&["reap", "--stale-after", "1s"]);
+        assert_eq!(reap["reaped_count"], 0, "a live worker an hour behind was reaped: {reap}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(jobs_count(&pool.status(), "completed"), 1);
+
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
+    let mut ahead = pool.command(&["work", "--once"]);
+    ahead.env("FAKETIME", "+1h").env("LD_PRELOAD", libfaketime());
+    let mut ahead = ahead.stdout(std::process::Stdio::null()).spawn().unwrap();
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    ahead.kill().unwrap();
+    ahead.wait().unwrap();
+    let start = Instant::now();
+    while pool.json(&["reap", "--stale-after", "1s"])["jobs_released"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the job stayed held by a dead worker an hour ahead");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// libfaketime's preload library, from Debian's `faketime` package (scripts/postgres installs it).
+fn libfaketime() -> String {
+    let found =
+        ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists());
+    found.expect("libfaketime is missing: apt-get install faketime (scripts/postgres does)").to_owned()
+}
+
+/// Two machines, each with its own checker, folder and `--max-workers`, drain one pool on
+/// one server; one machine's workers are killed mid-run, and nothing is lost.
+#[test]
+fn on_postgres_two_hosts_share_a_pool_each_within_its_own_slots() {
+    let pool = Pool::on(Backend::Postgres, &FAST_LIFECYCLE.replace("checker: {", "checker: {interval: 200ms, "));
+    pool.ok(&["seed", "--count", "40", "--payload", r#"{"delay_ms": 150}"#]);
+    let other = pool.another_host();
+    let mut checker_a = pool.spawn(&["--host", "host-a", "check", "--max-workers", "2", "--interval", "--json"]);
+    let mut checker_b = other.spawn(&["--host", "host-b", "check", "--max-workers", "3", "--interval", "--json"]);
+    let b_reports = stdout_lines(&mut checker_b);
+    let _a_reports = stdout_lines(&mut checker_a);
+
+    let per_host = |pool: &Pool| -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut hosts = std::collections::BTreeMap::new();
+        for job in pool.json(&["jobs", "list", "--status", "claimed"]).as_array().unwrap() {
+            let host = job["host"].as_str().unwrap_or("?").to_owned();
+            hosts.entry(host).or_insert_with(std::collections::BTreeSet::new).insert(job["worker_id"].to_string());
+        }
+        hosts
+    };
+    let mut b_workers = Vec::new();
+    wait_until(Duration::from_secs(60), "host-b to run jobs", || {
+        while let Ok(line) = b_reports.try_recv() {
+            let report: Value = serde_json::from_str(&line).unwrap();
+            b_workers
+                .extend(report["spawned_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()));
+        }
+        let hosts = per_host(&pool);
+        assert!(hosts.get("host-a").is_none_or(|w| w.len() <= 2), "host-a over its slots: {hosts:?}");
+        assert!(hosts.get("host-b").is_none_or(|w| w.len() <= 3), "host-b over its slots: {hosts:?}");
+        hosts.contains_key("host-b") && !b_workers.is_empty()
+    });
+    for id in &b_workers {
+        let _ = std::process::Command::new("pkill").args(["-KILL", "-f", id]).status();
+    }
+    let status = pool.wait_for_status(Duration::from_secs(120), "the two hosts to drain the pool", |s| {
+        jobs_count(s, "completed") == 40
+    });
+    signal(&checker_a, libc::SIGTERM);
+    signal(&checker_b, libc::SIGTERM);
+    assert!(checker_a.wait().unwrap().success() && checker_b.wait().unwrap().success());
+    for job in pool.all_jobs() {
+        assert_eq!(outcomes(&job).iter().filter(|outcome| *outcome == "ok").count(), 1, "{job}");
+    }
+    assert!(status["workers"]["lost"].as_u64().unwrap() >= 1, "the killed workers were reaped: {status}");
 }

@@ -17,26 +17,86 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/processors")
 }
 
-/// A scratch pool: `<tmp>/data/jobhost.db`, `<tmp>/processors/`, `<tmp>/jobhost.yml`.
+/// Where a test's pool lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `<tmp>/data/jobhost.db`.
+    Sqlite,
+    /// A fresh schema on the server `$JOBHOST_TEST_PG` names (`scripts/test` starts one).
+    Postgres,
+}
+
+/// The server the PostgreSQL tests use. They fail without one; they are never skipped.
+pub fn test_server() -> String {
+    std::env::var("JOBHOST_TEST_PG").unwrap_or_else(|_| {
+        panic!("set JOBHOST_TEST_PG=postgres://… or run ./scripts/test, which starts a PostgreSQL server")
+    })
+}
+
+/// Registers each named test, a `fn(Backend)`, once per backend: `sqlite::NAME`, `postgres::NAME`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $test() { super::$test(super::support::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $test() { super::$test(super::support::Backend::Postgres) } )*
+        }
+    };
+}
+
+/// A scratch pool: its database (see [`Backend`]), `<tmp>/processors/`, `<tmp>/jobhost.yml`,
+/// and `<tmp>/data/` for this machine's logs and compile cache.
 pub struct Pool {
     pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    location: String,
 }
 
 impl Pool {
-    /// A pool whose config is `config_yaml` (empty means all defaults).
+    /// A SQLite pool whose config is `config_yaml` (empty means all defaults).
     pub fn new(config_yaml: &str) -> Pool {
+        Pool::on(Backend::Sqlite, config_yaml)
+    }
+
+    /// A pool on `backend` whose config is `config_yaml`, which must not set `database`.
+    pub fn on(backend: Backend, config_yaml: &str) -> Pool {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("processors")).unwrap();
-        std::fs::write(dir.path().join("jobhost.yml"), config_yaml).unwrap();
-        Pool { dir }
+        let (location, config) = match backend {
+            Backend::Sqlite => (dir.path().join("data/jobhost.db").display().to_string(), config_yaml.to_owned()),
+            Backend::Postgres => {
+                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+                (test_server(), format!("database: {{schema: {schema}}}\n{config_yaml}"))
+            }
+        };
+        std::fs::write(dir.path().join("jobhost.yml"), config).unwrap();
+        Pool { dir, backend, location }
+    }
+
+    /// The same pool seen from another machine: the same database and config, but a folder
+    /// (processors, logs, compile cache) of its own.
+    pub fn another_host(&self) -> Pool {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("processors")).unwrap();
+        std::fs::copy(self.path("jobhost.yml"), dir.path().join("jobhost.yml")).unwrap();
+        Pool { dir, backend: self.backend, location: self.location.clone() }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
 
+    /// The database as `--db` names it: a path or a URL.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The SQLite file; only for tests of what is SQLite's alone.
     pub fn db(&self) -> PathBuf {
-        self.path("data/jobhost.db")
+        assert_eq!(self.backend, Backend::Sqlite, "only a SQLite pool has a database file");
+        PathBuf::from(&self.location)
     }
 
     /// Copies fixture `name` (a `.wat` or `.wasm` file) into the processors folder as
@@ -58,7 +118,7 @@ impl Pool {
             .arg("--config")
             .arg(self.path("jobhost.yml"))
             .arg("--db")
-            .arg(self.db())
+            .arg(&self.location)
             .arg("--processors-dir")
             .arg(self.path("processors"))
             .args(args)
@@ -215,19 +275,4 @@ pub fn make_fifo(path: &Path) {
 
 pub fn jobs_count(status: &Value, which: &str) -> u64 {
     status["jobs"][which].as_u64().unwrap()
-}
-
-impl Pool {
-    /// Reads the database directly, for assertions over every row (the CLI shows one job
-    /// at a time).
-    pub fn query<T>(&self, sql: &str, read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
-        let conn = rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open the test database");
-        let mut statement = conn.prepare(sql).expect("valid test SQL");
-        statement.query_map([], read).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
-    }
-
-    pub fn count(&self, sql: &str) -> i64 {
-        self.query(sql, |row| row.get(0))[0]
-    }
 }
