@@ -21,23 +21,25 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 crate::outln!("{}", serde_json::to_string(&jobs)?)?;
             } else {
                 crate::outln!(
-                    "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",
+                    "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}  {}",
                     "ID",
                     "POOL",
                     "PROCESSOR",
                     "STATUS",
                     "ATTEMPTS",
-                    "UPDATED"
+                    "UPDATED",
+                    "HOST"
                 )?;
                 for job in &jobs {
                     crate::outln!(
-                        "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}",
+                        "{:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:<24}  {}",
                         job.id,
                         job.pool,
                         job.processor,
                         job.status.as_str(),
                         format!("{}/{}", job.attempts, job.max_attempts),
-                        format_time(job.updated_at)
+                        format_time(job.updated_at),
+                        job.host.as_deref().unwrap_or("-")
                     )?;
                 }
             }
@@ -64,7 +66,7 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 crate::outln!("finished   {}", format_time(finished))?;
             }
             if let Some(worker) = &job.worker_id {
-                crate::outln!("worker     {worker}")?;
+                crate::outln!("worker     {worker} on {}", job.host.as_deref().unwrap_or("an unknown host"))?;
             }
             if let Some(error) = &job.last_error {
                 crate::outln!("last error {}", for_stdout(error))?;

@@ -32,5 +32,18 @@ pub async fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
     crate::outln!("  active    {:>10}", workers.active)?;
     crate::outln!("  terminated{:>10}", workers.terminated)?;
     crate::outln!("  lost      {:>10}", workers.lost)?;
+    if !status.hosts.is_empty() {
+        crate::outln!("workers by host (starting, active, terminated, lost)")?;
+        for (host, workers) in &status.hosts {
+            let host = if host.is_empty() { "(unknown)" } else { host };
+            crate::outln!(
+                "  {host:<24} {:>6} {:>6} {:>10} {:>6}",
+                workers.starting,
+                workers.active,
+                workers.terminated,
+                workers.lost
+            )?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

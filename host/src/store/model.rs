@@ -323,6 +323,8 @@ pub struct StatusSnapshot {
     pub ready: u64,
     pub oldest_ready_age_ms: Option<Millis>,
     pub workers: WorkerCounts,
+    /// The same worker counts for each machine (`worker.host`) that ran workers.
+    pub hosts: std::collections::BTreeMap<String, WorkerCounts>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -395,13 +397,21 @@ impl JobCounts {
 }
 
 impl WorkerCounts {
-    pub(super) fn set(&mut self, status: &str, count: u64) {
+    fn add(&mut self, status: &str, count: u64) {
         match status {
-            "starting" => self.starting = count,
-            "active" => self.active = count,
-            "terminated" => self.terminated = count,
-            _ => self.lost = count,
+            "starting" => self.starting += count,
+            "active" => self.active += count,
+            "terminated" => self.terminated += count,
+            _ => self.lost += count,
         }
+    }
+}
+
+impl StatusSnapshot {
+    /// Counts `count` workers of `host` in `status`, in the totals and in the host's row.
+    pub(super) fn add_workers(&mut self, host: String, status: &str, count: u64) {
+        self.workers.add(status, count);
+        self.hosts.entry(host).or_default().add(status, count);
     }
 }
 

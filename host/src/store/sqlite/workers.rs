@@ -119,11 +119,12 @@ pub(super) fn status(conn: &Connection, pool: Option<&str>, now: Millis) -> Resu
         let (status, count) = row?;
         snapshot.jobs.set(&status, count.max(0) as u64);
     }
-    let mut workers =
-        conn.prepare_cached("SELECT status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
-    for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))? {
-        let (status, count) = row?;
-        snapshot.workers.set(&status, count);
+    let mut workers = conn.prepare_cached(
+        "SELECT coalesce(host, ''), status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY host, status",
+    )?;
+    for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?)))? {
+        let (host, status, count) = row?;
+        snapshot.add_workers(host, &status, count);
     }
     let (ready, oldest_run_at): (u64, Option<Millis>) = conn.query_row(
         "SELECT count(*), min(run_at) FROM jobs WHERE status = 'pending' AND run_at <= ?1 AND (?2 IS NULL OR pool = ?2)",
