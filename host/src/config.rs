@@ -44,6 +44,9 @@ pub struct DatabaseConfig {
     pub synchronous: Synchronous,
     /// How long a connection waits for another process's write lock before giving up.
     pub busy_timeout: HumanDuration,
+    /// On PostgreSQL, the schema holding jobhost's tables, so a pool can share a database
+    /// with an application.
+    pub schema: String,
 }
 
 impl DatabaseConfig {
@@ -68,6 +71,7 @@ impl Default for DatabaseConfig {
             path: "data/jobhost.db".to_string(),
             synchronous: Synchronous::Normal,
             busy_timeout: HumanDuration(Duration::from_secs(30)),
+            schema: "jobhost".to_string(),
         }
     }
 }
@@ -327,6 +331,14 @@ impl Config {
                 self.name("database.busy_timeout"),
                 HumanDuration(MIN_BUSY_TIMEOUT),
                 self.database.busy_timeout
+            );
+        }
+        let schema = &self.database.schema;
+        let plain = schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if schema.is_empty() || schema.len() > 63 || !plain || schema.as_bytes()[0].is_ascii_digit() {
+            bail!(
+                "database.schema must be 1 to 63 lowercase letters, digits and _, not starting with a digit, \
+                 got {schema:?}"
             );
         }
         for key in ["worker.heartbeat_interval", "checker.interval", "checker.start_grace"] {

@@ -103,7 +103,10 @@ pub fn settle(cli: Cli) -> Result<(Config, Command)> {
         }
         Command::Copy(args) => {
             if args.to == config.database.path {
-                bail!("--to names the pool being copied ({}): name another database", args.to);
+                bail!(
+                    "--to names the pool being copied ({}): name another database",
+                    crate::store::shown_location(&args.to)
+                );
             }
         }
         Command::Status(_) | Command::Jobs(_) | Command::Processors(_) => {}

@@ -10,11 +10,20 @@ use std::fmt;
 pub enum ErrorKind {
     /// A command that only reads or works on a pool was pointed at a database that does not exist.
     Missing,
-    /// The file exists but cannot be opened (missing folder, no permission, ...).
+    /// The file exists but cannot be opened (missing folder, no permission, ...), or the
+    /// server's database does not exist.
     CannotOpen,
+    /// `--db` looks like a PostgreSQL URL but cannot be parsed.
+    BadLocation,
+    /// The PostgreSQL server cannot be reached (wrong host or port, server down, timeout).
+    Unreachable,
+    /// The server refused the login (wrong user or password, or pg_hba.conf).
+    AuthFailed,
+    /// The database user lacks a privilege jobhost needs (create the schema, write a table).
+    PermissionDenied,
     /// The file is not a SQLite database, or it is damaged.
     NotADatabase,
-    /// A SQLite database that some other program made.
+    /// A SQLite database, or a PostgreSQL schema, that some other program made.
     Foreign,
     /// A database written by a newer jobhost.
     NewerSchema,
@@ -28,7 +37,7 @@ pub enum ErrorKind {
     Replaced,
     /// The operation was refused by a rule of the pool (a worker id used twice, ...).
     Refused,
-    /// Anything else SQLite reported.
+    /// Anything else the database reported.
     Other,
 }
 
@@ -82,13 +91,34 @@ impl fmt::Display for StoreError {
         match self.kind {
             ErrorKind::Missing => write!(
                 f,
-                "no jobhost database at {at}: check --db (or database.path, $JOBHOST_DB); \
+                "no jobhost pool at {at}{detail}: check --db (or database.path, $JOBHOST_DB); \
                  `jobhost seed` creates a new one"
+            ),
+            ErrorKind::BadLocation => write!(
+                f,
+                "--db (or database.path, $JOBHOST_DB) {at} is not a valid PostgreSQL URL ({detail}): write it \
+                 as postgres://USER:PASSWORD@HOST:PORT/DBNAME"
+            ),
+            ErrorKind::Unreachable => write!(
+                f,
+                "cannot reach the PostgreSQL server of {at} ({detail}): check the host and port in the URL, \
+                 and that the server is running and accepts connections from this machine"
+            ),
+            ErrorKind::AuthFailed => write!(
+                f,
+                "the PostgreSQL server of {at} refused the login ({detail}): check the user and password in \
+                 the URL (or $PGPASSWORD), and the server's pg_hba.conf"
+            ),
+            ErrorKind::PermissionDenied => write!(
+                f,
+                "database {at} denied jobhost a privilege it needs ({detail}): grant the user CREATE on the \
+                 database (for the schema) and ownership of jobhost's schema, or ask its administrator"
             ),
             ErrorKind::CannotOpen => write!(
                 f,
-                "cannot open the database {at} ({detail}): check that its folder exists and that \
-                 jobhost's user may read and write both"
+                "cannot open the database {at} ({detail}): check that its folder exists (or, on a \
+                 PostgreSQL server, that the database exists: `createdb NAME`) and that jobhost's user may \
+                 read and write it"
             ),
             ErrorKind::NotADatabase => write!(
                 f,
@@ -97,8 +127,9 @@ impl fmt::Display for StoreError {
             ),
             ErrorKind::Foreign => write!(
                 f,
-                "{at} was not made by jobhost (it already holds other tables): point --db (or \
-                 database.path) at a jobhost database or at a new file"
+                "{at}{detail} was not made by jobhost (it already holds other tables): point --db (or \
+                 database.path) at a jobhost database or at a new file, or on PostgreSQL set database.schema \
+                 to a schema of jobhost's own"
             ),
             ErrorKind::NewerSchema => write!(f, "database {at}: {detail}"),
             ErrorKind::Busy => write!(

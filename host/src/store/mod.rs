@@ -17,6 +17,7 @@
 mod driver;
 mod error;
 mod model;
+mod postgres;
 mod retry;
 mod sqlite;
 #[cfg(test)]
@@ -48,6 +49,12 @@ impl Clock {
             Clock::Manual(now) => Some(now.load(Ordering::SeqCst)),
         }
     }
+}
+
+/// A database location as it may be shown to people: a server URL without its password.
+pub fn shown_location(location: &str) -> String {
+    let config = DatabaseConfig { path: location.to_owned(), ..DatabaseConfig::default() };
+    if config.is_server() { postgres::redact(location) } else { location.to_owned() }
 }
 
 /// Whether opening may create the database.
@@ -82,7 +89,11 @@ impl Store {
     }
 
     pub async fn open_with_clock(config: &DatabaseConfig, access: Access, clock: Clock) -> Result<Store> {
-        let driver: Box<dyn Driver> = Box::new(sqlite::SqliteDriver::open(config, access)?);
+        let driver: Box<dyn Driver> = if config.is_server() {
+            Box::new(postgres::PostgresDriver::open(config, access).await?)
+        } else {
+            Box::new(sqlite::SqliteDriver::open(config, access)?)
+        };
         Ok(Store { driver, clock })
     }
 

@@ -37,6 +37,16 @@ impl TestStore {
         TestStore::open(config, dir).await
     }
 
+    /// A fresh schema on the server `$JOBHOST_TEST_PG` names; fails without one.
+    pub async fn postgres() -> TestStore {
+        let server = std::env::var("JOBHOST_TEST_PG").unwrap_or_else(|_| {
+            panic!("set JOBHOST_TEST_PG=postgres://… or run ./scripts/test, which starts a PostgreSQL server")
+        });
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        TestStore::open(DatabaseConfig { path: server, schema, ..Default::default() }, tempfile::tempdir().unwrap())
+            .await
+    }
+
     pub fn advance(&self, millis: i64) {
         self.now.fetch_add(millis, Ordering::SeqCst);
     }
@@ -88,6 +98,14 @@ macro_rules! for_each_backend {
                 #[tokio::test]
                 async fn $test() {
                     super::$test(super::TestStore::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::TestStore::postgres().await).await
                 }
             )*
         }

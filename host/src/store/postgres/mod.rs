@@ -1,0 +1,351 @@
+//! The PostgreSQL backend: one pool on a server that many machines share.
+//!
+//! Correct under READ COMMITTED, PostgreSQL's default, with no reliance on a single writer:
+//! - every state change of a job is one statement, fenced in its `WHERE` on the state it
+//!   expects (status, worker, claim token), so of two racing changes one finds nothing to
+//!   change and says so;
+//! - a worker's turn (its finished attempts and its next claims) is one statement too: one
+//!   round trip, and claims lock their rows with `FOR UPDATE SKIP LOCKED`, so no job goes
+//!   to two workers and a claimer skips, rather than waits for, rows another is taking;
+//! - planning takes an advisory lock per pool, so concurrent checkers never over-spawn.
+//!
+//! Time is the server's (`statement_timestamp()`), so machines whose clocks disagree still
+//! agree on leases and staleness. Statements are prepared once per connection.
+
+/// The operation's time in milliseconds: the one passed as `$1`, else the server's. A macro,
+/// so statements built with `concat!` can use it too.
+macro_rules! now_sql {
+    () => {
+        "coalesce($1::bigint, (extract(epoch FROM statement_timestamp()) * 1000)::bigint)"
+    };
+}
+
+mod jobs;
+mod schema;
+mod workers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::Access;
+use super::driver::{Abandoned, Driver, Now, Settlement};
+use super::error::{ErrorKind, Result, StoreError};
+use super::model::*;
+use crate::config::DatabaseConfig;
+
+const NOW: &str = now_sql!();
+
+/// How long to wait for a server that does not answer before saying it cannot be reached.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PostgresDriver {
+    client: tokio::sync::Mutex<Client>,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+    location: String,
+    schema: String,
+}
+
+impl PostgresDriver {
+    pub async fn open(config: &DatabaseConfig, access: Access) -> Result<PostgresDriver> {
+        let location = redact(&config.path);
+        let fail = |err: StoreError| err.at(&location);
+        let mut pg: tokio_postgres::Config = config
+            .path
+            .parse()
+            .map_err(|err: tokio_postgres::Error| fail(StoreError::new(ErrorKind::BadLocation, err.to_string())))?;
+        // As libpq does: a password kept out of the URL (and so out of config files and argv).
+        if let (None, Ok(password)) = (pg.get_password(), std::env::var("PGPASSWORD")) {
+            pg.password(password);
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("jobhost");
+        }
+        // Every statement names its tables unqualified; the schema is fixed per session.
+        let options = format!("{} -c search_path={}", pg.get_options().unwrap_or(""), config.schema);
+        pg.options(options.trim_start());
+        let (mut client, connection) = pg.connect(NoTls).await.map_err(|err| fail(StoreError::from(err)))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!("PostgreSQL connection ended: {err}");
+            }
+        });
+        schema::migrate(&mut client, &config.schema, access).await.map_err(fail)?;
+        Ok(PostgresDriver {
+            client: tokio::sync::Mutex::new(client),
+            statements: std::sync::Mutex::new(HashMap::new()),
+            location,
+            schema: config.schema.clone(),
+        })
+    }
+
+    /// `sql` prepared on this connection, once.
+    async fn prepare(&self, client: &Client, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.lock().expect("never poisoned").get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql).await?;
+        self.statements.lock().expect("never poisoned").insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// The URL as it may be shown: any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, hosts)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{hosts}"),
+            None => format!("{user_info}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> StoreError {
+        let Some(db) = err.as_db_error() else {
+            // Not the server's answer: it could not be reached, the connection broke, or a
+            // value could not be sent or read.
+            let mut detail = err.to_string();
+            let mut lost = err.is_closed() || detail.starts_with("error connecting") || detail.starts_with("timeout");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                lost |= cause.is::<std::io::Error>();
+                detail = format!("{detail}: {cause}");
+                source = cause.source();
+            }
+            return StoreError::new(if lost { ErrorKind::Unreachable } else { ErrorKind::Other }, detail);
+        };
+        let code = db.code();
+        let kind = if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            ErrorKind::AuthFailed
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            ErrorKind::PermissionDenied
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            ErrorKind::CannotOpen
+        } else if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::INVALID_SCHEMA_NAME {
+            ErrorKind::Missing
+        } else if [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::LOCK_NOT_AVAILABLE]
+            .contains(code)
+        {
+            ErrorKind::Busy
+        } else if *code == SqlState::DISK_FULL {
+            ErrorKind::DiskFull
+        } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            ErrorKind::ReadOnly
+        } else {
+            ErrorKind::Other
+        };
+        let detail = match kind {
+            ErrorKind::Missing => format!(" ({})", db.message()),
+            _ => db.message().to_owned(),
+        };
+        StoreError::new(kind, detail)
+    }
+}
+
+/// A count or measure read at the width stored (64 bits) and clamped into `u32`.
+fn clamp_count(value: i64) -> u32 {
+    value.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+#[async_trait]
+impl Driver for PostgresDriver {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint { file: None }
+    }
+
+    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
+        let mut client = self.client.lock().await;
+        let statement = self.prepare(&client, jobs::ENQUEUE).await?;
+        let tx = client.transaction().await?;
+        let queued = jobs::enqueue(&tx, &statement, jobs, now).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn turn(
+        &self,
+        settlements: &[Settlement<'_>],
+        claim: Option<&ClaimRequest<'_>>,
+        now: Now,
+    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+        if settlements.is_empty() && claim.is_none() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let client = self.client.lock().await;
+        let statement = self.prepare(&client, jobs::TURN).await?;
+        let (settled, mut claimed) = jobs::turn(&client, &statement, settlements, claim, now).await?;
+        // The claim ran on the statement's snapshot, in which a job this turn sent back for
+        // an immediate retry was still claimed. Claim again rather than answer "nothing
+        // ready" while that job is; only turns that retried something pay for it.
+        if let Some(claim) = claim.filter(|claim| claimed.len() < claim.limit as usize)
+            && settled.iter().any(|settled| matches!(settled, Settled::Retrying { .. }))
+        {
+            let more = ClaimRequest { limit: claim.limit - claimed.len() as u32, ..*claim };
+            claimed.extend(jobs::turn(&client, &statement, &[], Some(&more), now).await?.1);
+        }
+        Ok((settled, claimed))
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
+        let client = self.client.lock().await;
+        let (job, history) = (self.prepare(&client, &jobs::JOB).await?, self.prepare(&client, jobs::HISTORY).await?);
+        jobs::job(&client, &job, &history, id).await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        let client = self.client.lock().await;
+        let statement = self.prepare(&client, &jobs::LIST).await?;
+        jobs::list(&client, &statement, filter).await
+    }
+
+    async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
+        let client = self.client.lock().await;
+        jobs::retry(&client, id, now).await
+    }
+
+    async fn retry_poisoned(&self, pool: Option<&str>, now: Now) -> Result<u64> {
+        let client = self.client.lock().await;
+        jobs::retry_poisoned(&client, pool, now).await
+    }
+
+    async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
+        let client = self.client.lock().await;
+        jobs::cancel(&client, id, now).await
+    }
+
+    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
+        let client = self.client.lock().await;
+        jobs::purge(&client, older_than, statuses, now).await
+    }
+
+    async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {
+        let client = self.client.lock().await;
+        workers::activate(&client, worker, now).await
+    }
+
+    async fn heartbeat(&self, worker_id: &str, lease: Duration, now: Now) -> Result<bool> {
+        let client = self.client.lock().await;
+        let statement = self.prepare(&client, workers::HEARTBEAT).await?;
+        workers::heartbeat(&client, &statement, worker_id, lease, now).await
+    }
+
+    async fn deregister_worker(&self, worker_id: &str, now: Now) -> Result<()> {
+        let client = self.client.lock().await;
+        workers::deregister(&client, worker_id, now).await
+    }
+
+    async fn mark_lost_workers(
+        &self,
+        pool: Option<&str>,
+        stale_after: Duration,
+        start_grace: Duration,
+        now: Now,
+    ) -> Result<Vec<String>> {
+        let client = self.client.lock().await;
+        workers::mark_lost(&client, pool, stale_after, start_grace, now).await
+    }
+
+    async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {
+        let client = self.client.lock().await;
+        jobs::abandoned(&client, pool, now).await
+    }
+
+    async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await?;
+        let plan = workers::plan(&tx, &self.schema, request, now).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
+        let client = self.client.lock().await;
+        workers::status(&client, pool, now).await
+    }
+
+    async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
+        let client = self.client.lock().await;
+        jobs::export(&client, after, limit).await
+    }
+
+    async fn import(&self, exported: &[ExportedJob]) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await?;
+        jobs::import(&tx, exported).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn is_empty(&self) -> Result<bool> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM jobs) AND NOT EXISTS (SELECT 1 FROM workers)", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Counts are read from the jobs themselves here: nothing is kept that could drift.
+    #[cfg(test)]
+    async fn drifted_counts(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    #[cfg(test)]
+    async fn execute_for_test(&self, sql: &str) -> Result<()> {
+        Ok(self.client.lock().await.batch_execute(sql).await?)
+    }
+
+    #[cfg(test)]
+    async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>> {
+        let rows = self.client.lock().await.query(sql, &[]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn a_password_never_shows_in_the_location() {
+        assert_eq!(redact("postgres://app:s3cret@db.internal:5432/jobs"), "postgres://app:***@db.internal:5432/jobs");
+        assert_eq!(
+            redact("postgresql://app@db/jobs?sslmode=disable&password=s3cret"),
+            "postgresql://app@db/jobs?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact("postgres://jobhost@127.0.0.1:55432/postgres"),
+            "postgres://jobhost@127.0.0.1:55432/postgres"
+        );
+        assert_eq!(redact("postgres://a:b:c@h1,h2/db"), "postgres://a:***@h1,h2/db");
+    }
+}

@@ -1,0 +1,181 @@
+//! Workers on PostgreSQL: registration, heartbeats, reaping, planning, and the status snapshot.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, Statement, Transaction};
+
+use super::NOW;
+use crate::store::driver::Now;
+use crate::store::error::{ErrorKind, Result, StoreError};
+use crate::store::model::*;
+
+/// Registers the worker as `active`, or turns the `starting` row the checker left for it
+/// into `active`, in one statement; a row in any other state is left alone and refused.
+pub(super) async fn activate(client: &Client, worker: &NewWorker, now: Now) -> Result<()> {
+    let pid = worker.pid.map(i64::from);
+    let activated = client
+        .query_opt(
+            &format!(
+                "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at)
+                 SELECT $2::text, $3::text, 'active', $4::text, $5::bigint, t.now, t.now FROM (SELECT {NOW} AS now) t
+                 ON CONFLICT (id) DO UPDATE
+                    SET status = 'active', host = EXCLUDED.host, pid = EXCLUDED.pid,
+                        last_heartbeat_at = EXCLUDED.last_heartbeat_at
+                  WHERE workers.status = 'starting' AND workers.pool = EXCLUDED.pool
+                 RETURNING id"
+            ),
+            &[&now, &worker.id, &worker.pool, &worker.host, &pid],
+        )
+        .await?;
+    if activated.is_some() {
+        return Ok(());
+    }
+    let row = client.query_one("SELECT status, pool FROM workers WHERE id = $1", &[&worker.id]).await?;
+    let (status, pool): (String, String) = (row.get(0), row.get(1));
+    Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, &status, &pool)))
+}
+
+/// Renews the worker and, only if it is still `active`, the leases of its jobs.
+pub(super) const HEARTBEAT: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     alive AS (UPDATE workers SET last_heartbeat_at = t.now FROM t WHERE id = $2 AND status = 'active' RETURNING id),
+     renewed AS (UPDATE jobs SET lease_expires_at = least(t.now::numeric + $3::bigint, 9223372036854775807)::bigint
+                   FROM t, alive WHERE jobs.worker_id = alive.id AND jobs.status = 'claimed')
+     SELECT count(*) FROM alive"
+);
+
+pub(super) async fn heartbeat(
+    client: &Client,
+    statement: &Statement,
+    worker_id: &str,
+    lease: Duration,
+    now: Now,
+) -> Result<bool> {
+    let alive: i64 = client.query_one(statement, &[&now, &worker_id, &millis(lease)]).await?.get(0);
+    Ok(alive > 0)
+}
+
+pub(super) async fn deregister(client: &Client, worker_id: &str, now: Now) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "UPDATE workers SET status = 'terminated', stopped_at = t.now FROM (SELECT {NOW} AS now) t
+                  WHERE id = $2 AND status IN ('starting', 'active')"
+            ),
+            &[&now, &worker_id],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn mark_lost(
+    client: &Client,
+    pool: Option<&str>,
+    stale_after: Duration,
+    start_grace: Duration,
+    now: Now,
+) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            &format!(
+                "UPDATE workers SET status = 'lost', stopped_at = t.now FROM (SELECT {NOW} AS now) t
+                  WHERE ($2::text IS NULL OR pool = $2)
+                    AND ((status = 'active' AND last_heartbeat_at < t.now - least($3::bigint, t.now))
+                      OR (status = 'starting' AND last_heartbeat_at < t.now - least($4::bigint, t.now)))
+                 RETURNING id"
+            ),
+            &[&now, &pool, &millis(stale_after), &millis(start_grace)],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Under READ COMMITTED two checkers could both count the same gap and both fill it; the
+/// advisory lock on the pool makes them plan one after the other, each seeing the workers
+/// the other registered. It is released when the transaction ends.
+pub(super) async fn plan(
+    tx: &Transaction<'_>,
+    schema: &str,
+    request: &PlanRequest<'_>,
+    now: Now,
+) -> Result<WorkerPlan> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('jobhost.plan.' || $1::text || '.' || $2::text, 0))",
+        &[&schema, &request.pool],
+    )
+    .await?;
+    let live = tx
+        .query_one(
+            &format!(
+                "SELECT t.now, w.live, w.here
+                   FROM (SELECT {NOW} AS now) t,
+                        LATERAL (SELECT count(*) AS live, count(*) FILTER (WHERE host IS NOT DISTINCT FROM $4) AS here
+                                   FROM workers
+                                  WHERE pool = $2
+                                    AND (status = 'starting'
+                                         OR (status = 'active' AND last_heartbeat_at >= t.now - least($3::bigint, t.now)))) w"
+            ),
+            &[&now, &request.pool, &millis(request.stale_after), &request.host],
+        )
+        .await?;
+    let server_now: i64 = live.get(0);
+    let (live_workers, live_here) = (live.get::<_, i64>(1) as u64, live.get::<_, i64>(2) as u64);
+    // Counting further than every live worker plus this host's slots changes no decision.
+    let enough = (live_workers + u64::from(request.max_workers)).min(i64::MAX as u64) as i64;
+    let queue_depth: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = $1 AND status = 'pending' AND run_at <= $2 LIMIT $3) r",
+            &[&request.pool, &server_now, &enough],
+        )
+        .await?
+        .get(0);
+    let mut plan = WorkerPlan::new(queue_depth as u64, live_workers, live_here, request.max_workers);
+    let ids: Vec<String> = (0..plan.to_spawn()).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    if !ids.is_empty() {
+        tx.execute(
+            "INSERT INTO workers (id, pool, status, host, started_at, last_heartbeat_at)
+             SELECT id, $2, 'starting', $3, $4, $4 FROM unnest($1::text[]) AS id",
+            &[&ids, &request.pool, &request.host, &server_now],
+        )
+        .await?;
+    }
+    plan.new_workers = ids;
+    Ok(plan)
+}
+
+pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
+    let mut snapshot = StatusSnapshot::default();
+    for row in client
+        .query("SELECT status, count(*) FROM jobs WHERE ($1::text IS NULL OR pool = $1) GROUP BY status", &[&pool])
+        .await?
+    {
+        snapshot.jobs.set(row.get(0), row.get::<_, i64>(1).max(0) as u64);
+    }
+    for row in client
+        .query(
+            "SELECT coalesce(host, ''), status, count(*) FROM workers WHERE ($1::text IS NULL OR pool = $1)
+              GROUP BY host, status",
+            &[&pool],
+        )
+        .await?
+    {
+        snapshot.add_workers(row.get(0), row.get::<_, &str>(1), row.get::<_, i64>(2).max(0) as u64);
+    }
+    let ready = client
+        .query_one(
+            &format!(
+                "SELECT t.now, r.ready, r.oldest
+                   FROM (SELECT {NOW} AS now) t,
+                        LATERAL (SELECT count(*) AS ready, min(run_at) AS oldest FROM jobs
+                                  WHERE status = 'pending' AND run_at <= t.now AND ($2::text IS NULL OR pool = $2)) r"
+            ),
+            &[&now, &pool],
+        )
+        .await?;
+    let (server_now, ready, oldest_run_at): (i64, i64, Option<i64>) = (ready.get(0), ready.get(1), ready.get(2));
+    snapshot.ready = ready.max(0) as u64;
+    snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| server_now.saturating_sub(run_at).max(0));
+    Ok(snapshot)
+}
