@@ -122,6 +122,9 @@ fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
     // readable by every user of the machine.
     command
         .env("JOBHOST_DB", database_for_child(&config.database))
+        // The worker belongs to this host's slots: it must register under the same name,
+        // whether that came from --host, the config or the hostname.
+        .env("JOBHOST_HOST", config.worker.host())
         .arg("--processors-dir")
         .arg(absolute(&config.processors.dir));
     if let Some(source) = &config.source {
