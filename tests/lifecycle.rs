@@ -466,7 +466,7 @@ fn on_postgres_a_workers_own_clock_decides_nothing() {
     let pool = Pool::on(Backend::Postgres, FAST_LIFECYCLE);
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 3000}"#]);
     let mut behind = pool.command(&["work", "--once"]);
-    behind.env("FAKETIME", "-1h").env("LD_PRELOAD", libfaketime());
+    with_wall_clock_off(&mut behind, "-1h");
     let mut behind = behind.stdout(std::process::Stdio::null()).spawn().unwrap();
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
     while behind.try_wait().unwrap().is_none() {
@@ -478,7 +478,7 @@ fn on_postgres_a_workers_own_clock_decides_nothing() {
 
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
     let mut ahead = pool.command(&["work", "--once"]);
-    ahead.env("FAKETIME", "+1h").env("LD_PRELOAD", libfaketime());
+    with_wall_clock_off(&mut ahead, "+1h");
     let mut ahead = ahead.stdout(std::process::Stdio::null()).spawn().unwrap();
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
     ahead.kill().unwrap();
@@ -488,6 +488,14 @@ fn on_postgres_a_workers_own_clock_decides_nothing() {
         assert!(start.elapsed() < Duration::from_secs(30), "the job stayed held by a dead worker an hour ahead");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Runs `command` with its wall clock shifted by `offset` (libfaketime's syntax, e.g. `-1h`),
+/// as on a machine whose clock is wrong. Its monotonic clock stays true, as that machine's
+/// would: libfaketime shifts it too by default, which turns every timed wait into a busy
+/// loop or a hang and tests libfaketime rather than jobhost.
+fn with_wall_clock_off(command: &mut std::process::Command, offset: &str) {
+    command.env("FAKETIME", offset).env("DONT_FAKE_MONOTONIC", "1").env("LD_PRELOAD", libfaketime());
 }
 
 /// libfaketime's preload library, from Debian's `faketime` package (scripts/postgres installs it).
