@@ -143,6 +143,66 @@ async fn version(client: &impl tokio_postgres::GenericClient, schema: &str) -> R
 
 #[cfg(test)]
 mod tests {
+    use crate::config::DatabaseConfig;
+    use crate::store::{Access, ErrorKind, Store};
+
+    /// A fresh schema name on the test server, and a plain connection to that server.
+    async fn server() -> (DatabaseConfig, tokio_postgres::Client) {
+        let url = std::env::var("JOBHOST_TEST_PG").expect("JOBHOST_TEST_PG names the test server (scripts/test)");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        (DatabaseConfig { path: url, schema, ..DatabaseConfig::default() }, client)
+    }
+
+    async fn refusal(config: &DatabaseConfig, access: Access) -> (ErrorKind, String) {
+        let err = Store::open(config, access).await.err().expect("refused");
+        (err.kind(), err.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_schema_from_a_newer_jobhost_is_refused_untouched() {
+        let (config, client) = server().await;
+        drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
+        let schema = &config.schema;
+        client.batch_execute(&format!("UPDATE {schema}.jobhost_schema SET version = 99")).await.unwrap();
+        let (kind, message) = refusal(&config, Access::CreateIfMissing).await;
+        assert_eq!(kind, ErrorKind::NewerSchema, "{message}");
+        assert!(message.contains("newer jobhost") && message.contains(schema.as_str()), "{message}");
+        let version: i32 =
+            client.query_one(&format!("SELECT version FROM {schema}.jobhost_schema"), &[]).await.unwrap().get(0);
+        assert_eq!(version, 99);
+    }
+
+    #[tokio::test]
+    async fn a_schema_holding_other_tables_under_our_names_is_refused_untouched() {
+        let (config, client) = server().await;
+        let schema = &config.schema;
+        client.batch_execute(&format!("CREATE SCHEMA {schema}; CREATE TABLE {schema}.jobs (note text)")).await.unwrap();
+        let (kind, message) = refusal(&config, Access::CreateIfMissing).await;
+        assert_eq!(kind, ErrorKind::Foreign, "{message}");
+        assert!(message.contains("set database.schema"), "{message}");
+        let tables: i64 =
+            client.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1", &[schema]).await.unwrap().get(0);
+        assert_eq!(tables, 1, "nothing was added to the schema");
+    }
+
+    #[tokio::test]
+    async fn only_commands_that_add_jobs_create_the_schema() {
+        let (config, client) = server().await;
+        let (kind, message) = refusal(&config, Access::Existing).await;
+        assert_eq!(kind, ErrorKind::Missing, "{message}");
+        assert!(message.contains(&format!("(schema {})", config.schema)), "{message}");
+        let exists: bool = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&config.schema])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!exists);
+        drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
+        assert!(Store::open(&config, Access::Existing).await.is_ok());
+    }
+
     #[test]
     fn the_attempt_outcome_check_lists_exactly_the_outcome_kinds() {
         let schema = super::MIGRATIONS.concat();
