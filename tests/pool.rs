@@ -155,7 +155,7 @@ fn read_commands_do_not_create_a_missing_database() {
     let pool = Pool::new("");
     for args in [&["status"][..], &["jobs", "list"], &["reap"], &["check"], &["work"]] {
         let error = pool.fails(args);
-        assert!(error.contains(&format!("no jobhost database at {}", pool.db().display())), "{args:?}: {error}");
+        assert!(error.contains(&format!("no jobhost pool at {}", pool.db().display())), "{args:?}: {error}");
         assert!(error.contains("`jobhost seed` creates a new one"), "{error}");
     }
     assert!(!pool.path("data").exists(), "neither the database nor its folder was created");
@@ -435,6 +435,86 @@ fn copy_moves_every_job_with_its_history_and_refuses_a_non_empty_target(backend:
     assert!(error.contains("already holds jobs or workers") && error.contains("--into-non-empty"), "{error}");
     let error = pool.fails(&["copy", "--to", &target_db, "--into-non-empty"]);
     assert!(error.to_lowercase().contains("unique"), "the same ids twice are refused: {error}");
+}
+
+/// The server's URL with `user` (and `password`, if any) in place of the test user.
+fn as_user(server: &str, user: &str, password: Option<&str>) -> String {
+    let credentials = match password {
+        Some(password) => format!("{user}:{}", password.replace(' ', "%20")),
+        None => user.to_owned(),
+    };
+    server.replacen("jobhost@", &format!("{credentials}@"), 1)
+}
+
+/// `scripts/postgres` makes `jobhost_pw`, whose TCP login needs this password.
+const PASSWORD: &str = "right horse battery";
+
+#[test]
+fn on_postgres_each_connection_failure_is_one_line_naming_the_server_and_the_fix() {
+    let pool = Pool::on(Backend::Postgres, "");
+    let server = pool.location().to_owned();
+    let cases = [
+        (
+            "postgres://app:hunter2@127.0.0.1:1/postgres".to_owned(),
+            "cannot reach the PostgreSQL server",
+            "host and port",
+        ),
+        (
+            "postgres://app:hunter2@[::1/postgres".to_owned(),
+            "is not a valid PostgreSQL URL",
+            "postgres://USER:PASSWORD@",
+        ),
+        (as_user(&server, "jobhost_pw", Some("hunter2")), "refused the login", "check the user and password"),
+        (as_user(&server, "nobody_here", Some("hunter2")), "refused the login", "pg_hba.conf"),
+        (server.replace("/postgres", "/no_such_db"), "database \"no_such_db\" does not exist", "createdb"),
+        (as_user(&server, "jobhost_limited", None), "denied jobhost a privilege it needs", "grant the user CREATE"),
+    ];
+    for (url, what, fix) in cases {
+        let error = pool.reached_at(&url).fails(&["seed"]);
+        assert!(error.contains(what) && error.contains(fix), "{url}: {error}");
+        assert_eq!(error.trim_end().lines().count(), 1, "one line: {error}");
+        assert!(!error.contains("hunter2"), "the password was shown: {error}");
+        let shown = url.replace("hunter2", "***");
+        assert!(error.contains(shown.split('/').nth(2).unwrap()), "the server is named: {error}");
+    }
+    let limited = pool.reached_at(&as_user(&server, "jobhost_limited", None));
+    assert!(limited.fails(&["status"]).contains("no jobhost pool at"), "the refused seed created nothing");
+}
+
+#[test]
+fn on_postgres_a_password_shows_in_no_process_list_log_error_or_help() {
+    let pool = Pool::on(Backend::Postgres, "");
+    let pool = pool.reached_at(&as_user(pool.location(), "jobhost_pw", Some(PASSWORD)));
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
+    let spawned = pool.json(&["check", "--max-workers", "1"]);
+    let worker_id = spawned["spawned_ids"][0].as_str().unwrap().to_owned();
+    // `check` returns once its worker has been exec'd, so the process is there to be seen.
+    let (worker_pid, cmdline) = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline =
+                String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+            cmdline.contains(&worker_id).then_some((pid, cmdline))
+        })
+        .next()
+        .expect("the spawned worker is running");
+    assert!(!cmdline.contains("horse"), "the password is in the worker's argv: {cmdline}");
+    pool.wait_for_status(std::time::Duration::from_secs(30), "the job to be claimed", |status| {
+        jobs_count(status, "claimed") == 1
+    });
+    support::signal(worker_pid, libc::SIGKILL);
+
+    let log = std::fs::read_to_string(pool.path(&format!("data/logs/{worker_id}.log"))).unwrap();
+    assert!(!log.contains("horse"), "the password is in the worker's log: {log}");
+    let error = pool.reached_at(&pool.location().replace("/postgres", "/no_such_db")).fails(&["status"]);
+    assert!(!error.contains("horse") && error.contains("jobhost_pw:***@"), "{error}");
+    let help = pool.command(&["seed", "--help"]).env("JOBHOST_DB", pool.location()).output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("horse"), "the password is in --help");
+    // Kept out of the URL, the password comes from $PGPASSWORD, as libpq's does.
+    let bare = pool.reached_at(&pool.location().replace(":right%20horse%20battery@", "@"));
+    let status = bare.command(&["status", "--json"]).env("PGPASSWORD", PASSWORD).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 }
 
 on_both_backends!(

@@ -78,10 +78,16 @@ impl Pool {
     /// The same pool seen from another machine: the same database and config, but a folder
     /// (processors, logs, compile cache) of its own.
     pub fn another_host(&self) -> Pool {
+        self.reached_at(&self.location)
+    }
+
+    /// The same config from a folder of its own, with `--db` naming `location`: the pool
+    /// reached as another user, or a database next to it.
+    pub fn reached_at(&self, location: &str) -> Pool {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("processors")).unwrap();
         std::fs::copy(self.path("jobhost.yml"), dir.path().join("jobhost.yml")).unwrap();
-        Pool { dir, backend: self.backend, location: self.location.clone() }
+        Pool { dir, backend: self.backend, location: location.to_owned() }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {

@@ -57,6 +57,13 @@ impl PostgresDriver {
             .path
             .parse()
             .map_err(|err: tokio_postgres::Error| fail(StoreError::new(ErrorKind::BadLocation, err.to_string())))?;
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(fail(StoreError::new(
+                ErrorKind::BadLocation,
+                "sslmode=require, but this jobhost speaks PostgreSQL without TLS: use sslmode=prefer or \
+                 disable on a trusted network, a unix socket (?host=/run/postgresql), or a local TLS tunnel",
+            )));
+        }
         // As libpq does: a password kept out of the URL (and so out of config files and argv).
         if let (None, Ok(password)) = (pg.get_password(), std::env::var("PGPASSWORD")) {
             pg.password(password);
