@@ -39,6 +39,9 @@ use crate::config::DatabaseConfig;
 
 const NOW: &str = now_sql!();
 
+/// An enqueue of at least this many jobs refreshes the planner's statistics of `jobs`.
+const ANALYZE_AFTER: u64 = 10_000;
+
 /// How long to wait for a server that does not answer before saying it cannot be reached.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -195,6 +198,15 @@ impl Driver for PostgresDriver {
         let tx = client.transaction().await?;
         let queued = jobs::enqueue(&tx, &statement, jobs, now).await?;
         tx.commit().await?;
+        // Until autovacuum first analyses a freshly filled table, the planner believes it
+        // holds one row and sends the claim through a sort of every pending job (80-130 ms
+        // a claim at 100,000 jobs instead of 0.1 ms). A large enqueue gathers the statistics
+        // itself; the jobs are committed either way, so a failure here is only logged.
+        if queued >= ANALYZE_AFTER
+            && let Err(err) = client.batch_execute("ANALYZE jobs").await
+        {
+            tracing::warn!("ANALYZE jobs after queueing {queued} jobs failed: {}", StoreError::from(err));
+        }
         Ok(queued)
     }
 
