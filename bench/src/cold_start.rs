@@ -26,10 +26,10 @@ use jobhost::config::Config;
 use jobhost::outcome::OutcomeKind;
 use jobhost::processors::Registry;
 use jobhost::sandbox::{JobInput, Outcome, Sandbox};
-use jobhost::store::{Access, AttemptReport, Fence, NewWorker, Store};
+use jobhost::store::{Access, AttemptReport, ClaimRequest, Finished, NewWorker, Settled, Store};
 
 use crate::report::{Report, Row, millis};
-use crate::support::{Bench, Pool, count, median_duration};
+use crate::support::{Bench, Pool, block_on, median_duration, retry_policy, status};
 
 const SECTION: &str = "cold start";
 const TARGET: Duration = Duration::from_millis(10);
@@ -52,7 +52,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     // beside other workers: then a worker's exit is not the last close of the database, which
     // is the one that checkpoints the WAL (two fsyncs) before it lets go.
     let observer = pool.observe()?;
-    count(&observer, "SELECT count(*) FROM jobs")?;
+    status(&observer)?;
     let in_use = (0..warm_runs).map(|_| time_process(&pool, &["work", "--once"])).collect::<Result<Vec<_>>>()?;
     drop(observer);
     let mut cold = Vec::with_capacity(cold_runs);
@@ -62,9 +62,9 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
             .with_context(|| format!("cannot delete the module cache {}", cache.display()))?;
         cold.push(time_process(&pool, &["work", "--once"])?);
     }
-    let completed = count(&pool.observe()?, "SELECT count(*) FROM jobs WHERE status = 'completed'")?;
+    let completed = status(&pool.observe()?)?.jobs.completed;
     ensure!(
-        completed == (2 * warm_runs + cold_runs + 1) as i64,
+        completed == (2 * warm_runs + cold_runs + 1) as u64,
         "`jobhost work --once` completed {completed} jobs in {} runs: each run should complete one",
         2 * warm_runs + cold_runs + 1
     );
@@ -123,31 +123,32 @@ const STEPS: [&str; 11] = [
 /// Replays `runs` warm starts in-process; returns the samples of each of [`STEPS`].
 fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
     let mut config = Config::from_file(&pool.path("jobhost.yml"))?;
-    config.database.path = pool.db();
+    config.database = pool.database();
     config.processors.dir = pool.path("processors");
     let lease = config.reaper.stale_after.0;
+    let retry = retry_policy();
     let mut samples = vec![Vec::with_capacity(runs); STEPS.len()];
     for run in 0..runs {
         let mut clock = Stopwatch { last: Instant::now(), samples: samples.iter_mut() };
         let worker_id = format!("replay-{run}");
-        let mut store = Store::open(&config.database, Access::Existing)?;
+        let store = block_on(Store::open(&config.database, Access::Existing))?;
         clock.lap();
-        store.activate_worker(&NewWorker {
+        block_on(store.activate_worker(&NewWorker {
             id: worker_id.clone(),
             pool: "default".to_string(),
             host: None,
             pid: Some(std::process::id()),
-        })?;
+        }))?;
         clock.lap();
         let sandbox = Sandbox::new(1)?;
         clock.lap();
-        let heartbeat = Store::open(&config.database, Access::Existing)?;
+        let heartbeat = block_on(Store::open(&config.database, Access::Existing))?;
         clock.lap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         clock.lap();
-        let mut batch = store.batch()?;
-        let job = batch.claim("default", &worker_id, lease, 1)?.pop().context("the replay ran out of jobs")?;
-        batch.commit()?;
+        let claim = ClaimRequest { pool: "default", worker_id: &worker_id, lease, limit: 1 };
+        let job =
+            block_on(store.turn(&[], Some(claim), &retry))?.claimed.pop().context("the replay ran out of jobs")?;
         clock.lap();
         let registry = std::sync::Arc::new(Registry::new(&config, &sandbox));
         let program = runtime.block_on(registry.load(&job.processor))?;
@@ -164,12 +165,12 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
         let Outcome::Ok(result) = &ran.outcome else {
             anyhow::bail!("echo failed in the replay: {}", ran.outcome.message().unwrap_or_default());
         };
-        let mut batch = store.batch()?;
-        let fence = batch.complete(&job, &result.to_string(), &AttemptReport::of(OutcomeKind::Ok))?;
-        batch.commit()?;
-        ensure!(fence == Fence::Applied, "the replay lost its claim on job {}", job.id);
+        let result = result.to_string();
+        let done = [Finished { job: &job, report: AttemptReport::of(OutcomeKind::Ok), result: Some(&result) }];
+        let settled = block_on(store.turn(&done, None, &retry))?.settled;
+        ensure!(settled == [Settled::Completed], "the replay lost its claim on job {} ({settled:?})", job.id);
         clock.lap();
-        store.deregister_worker(&worker_id)?;
+        block_on(store.deregister_worker(&worker_id))?;
         drop(heartbeat);
         drop(store);
         clock.lap();

@@ -1,6 +1,11 @@
 //! `jobhost-bench`: measures jobhost against the targets of the v1 speed issue and writes the
 //! results to `BENCHMARKS.md`. Run it through `./scripts/bench`, which builds what it needs.
 //!
+//! Sections 1, 2 and 6 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
+//! names, or else on a throwaway one that `scripts/postgres start` makes in the temporary folder
+//! (fsync off) when the first of them needs it, stopped and deleted when the benchmark ends.
+//! Each PostgreSQL measurement gets a fresh schema, dropped afterwards.
+//!
 //! One module per section, each documenting what it measures and why the measurement is fair:
 //! [`end_to_end`] (1), [`store`] (2), [`flatmachines`] (3, the original example's store),
 //! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7). Sections run one after
@@ -131,6 +136,7 @@ fn benchmark(cli: Cli) -> Result<ExitCode> {
         load_after: load_average(),
         wall_time: started.elapsed(),
         quick: cli.quick,
+        postgres: bench.pg_started().map(|server| server.settings().unwrap_or_else(|err| format!("{err:#}"))),
     };
     println!("\n{}", report.table());
     println!("wall time: {:.0} s; {} target(s) missed", header.wall_time.as_secs_f64(), report.missed());

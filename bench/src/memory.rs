@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use jobhost::config::Limits;
 
 use crate::report::{Report, Row, mib};
-use crate::support::{Bench, Pool, count};
+use crate::support::{Bench, Pool, block_on, list, status};
 
 const SECTION: &str = "memory";
 const OWN_MEMORY: u64 = 50 << 20;
@@ -34,8 +34,8 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     pool.seed(echo_jobs, "echo", 3)?;
     pool.warm_echo()?;
     let echo_peak = peak_rss(pool.command(&["work"]))?;
-    let completed = count(&pool.observe()?, "SELECT count(*) FROM jobs WHERE status = 'completed'")?;
-    ensure!(completed == echo_jobs as i64, "the echo worker completed {completed} of {echo_jobs} jobs");
+    let completed = status(&pool.observe()?)?.jobs.completed;
+    ensure!(completed == echo_jobs, "the echo worker completed {completed} of {echo_jobs} jobs");
     report.add(Row::goal(
         SECTION,
         format!("worker running {echo_jobs} echo jobs, peak RSS"),
@@ -52,9 +52,13 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     // Compiles it into the cache; the run itself fails, as it should.
     pool.command(&["run", "alloc_bomb"]).status().context("cannot run jobhost")?;
     let bomb_peak = peak_rss(pool.command(&["work", "--once"]))?;
-    let outcome: String = pool
-        .observe()?
-        .query_row("SELECT outcome FROM attempts", [], |row| row.get(0))
+    let store = pool.observe()?;
+    let job = list(&store, None, 1)?.pop().context("the alloc_bomb pool has no job")?;
+    let detail = block_on(store.job(&job.id))?.context("the alloc_bomb job vanished")?;
+    let outcome = detail
+        .attempt_history
+        .first()
+        .and_then(|attempt| attempt.outcome.clone())
         .context("the alloc_bomb job left no finished attempt")?;
     ensure!(outcome == "memory", "the alloc_bomb job ended as {outcome:?}, not \"memory\": the cap did not hold");
     report.add(Row::goal(

@@ -56,6 +56,8 @@ pub struct Header {
     pub load_after: String,
     pub wall_time: Duration,
     pub quick: bool,
+    /// The PostgreSQL server the PostgreSQL rows ran on, and its settings; `None` if none ran.
+    pub postgres: Option<String>,
 }
 
 #[derive(Default)]
@@ -128,6 +130,14 @@ impl Report {
         writeln!(out, "- Commit: {}", header.commit).unwrap();
         writeln!(out, "- Command: `{}` (what `./scripts/bench` runs after building)", header.command).unwrap();
         writeln!(out, "- Wall time of the whole benchmark: {:.0} s", header.wall_time.as_secs_f64()).unwrap();
+        if let Some(postgres) = &header.postgres {
+            writeln!(
+                out,
+                "- PostgreSQL (the rows marked PostgreSQL): {postgres}. fsync=off: commits are not durable, \
+                 so these rows measure the store, not a disk"
+            )
+            .unwrap();
+        }
         writeln!(out, "\nTimings are medians of several runs; ratios compare figures measured in the same run.")
             .unwrap();
         writeln!(out, "The machine is shared, so absolute figures move between runs; the load averages above say how busy it was.\n").unwrap();

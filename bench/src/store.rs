@@ -1,5 +1,6 @@
-//! Section 2, store alone: claim+complete pairs per second on one SQLite file, in 1, 2, 4
-//! and 8 OS processes, through `jobhost::store` with no sandbox in the way.
+//! Section 2, store alone: claim+complete pairs per second on one SQLite file, and on one
+//! PostgreSQL schema, in 1, 2, 4 and 8 OS processes, through `jobhost::store` with no sandbox
+//! in the way.
 //!
 //! Each process is this benchmark re-invoked as `jobhost-bench store-worker`: it opens its
 //! own [`Store`], registers as an active worker, says `ready`, and waits on stdin, so every
@@ -13,13 +14,14 @@
 //!   one and claims the next, which is what `jobhost work` does (it records finished jobs and
 //!   claims their replacements in one batch).
 //!
-//! The files live in the temporary folder, on its real filesystem. The wall time runs from
-//! releasing the processes to the last exit. Afterwards the file is checked: every job
-//! `completed`, one attempt each. A job with more than one attempt was handed to two workers;
-//! the count must be 0.
+//! The SQLite files live in the temporary folder, on its real filesystem; each PostgreSQL run
+//! gets a fresh schema on the benchmark's server (dropped afterwards). The wall time runs from
+//! releasing the processes to the last exit. Afterwards the pool is read back through the
+//! store (`Store::status`, `Store::list_jobs`): every job `completed`, one attempt each. A job
+//! with more than one attempt was handed to two workers; the count must be 0.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,17 +29,18 @@ use anyhow::{Context, Result, ensure};
 use clap::ValueEnum;
 use jobhost::config::{DatabaseConfig, Synchronous};
 use jobhost::outcome::OutcomeKind;
-use jobhost::store::{Access, AttemptReport, Batch, ClaimedJob, Fence, NewJob, NewWorker, Store};
+use jobhost::store::{
+    Access, AttemptReport, ClaimRequest, ClaimedJob, Finished, NewJob, NewWorker, RetryPolicy, Settled, Store,
+};
 
 use crate::report::{Report, Row, number, per_second};
-use crate::support::{Bench, count, median, read_only};
+use crate::support::{Backend, Bench, PgServer, block_on, list, median, retry_policy, status};
 
 const SECTION: &str = "store";
 const PROCESSES: [usize; 4] = [1, 2, 4, 8];
 pub const POOL: &str = "bench";
 const LEASE: Duration = Duration::from_secs(60);
 const RESULT: &str = r#"{"status":"completed","processed":true}"#;
-const ENQUEUE_BATCH: usize = 50_000;
 
 /// Jobs per measurement; section 3 runs the original example's store on the same number.
 pub fn jobs(bench: &Bench) -> u64 {
@@ -49,29 +52,41 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let dir = std::env::temp_dir();
     report.note(format!(
         "store: {jobs} jobs claimed one at a time and completed by `jobhost-bench store-worker` processes \
-         released together, on a file in {}; median of {} run(s)",
+         released together, on a SQLite file in {} and on a fresh schema of the PostgreSQL server (fsync off, see the header); median of {} \
+         run(s); afterwards every job is checked `completed` with one attempt through `Store::status` and \
+         `Store::list_jobs`",
         dir.display(),
         bench.runs
     ));
+    run_on(bench, report, jobs, Target::Sqlite { dir: &dir, synchronous: Synchronous::Normal })?;
+    match bench.pg() {
+        Ok(server) => run_on(bench, report, jobs, Target::Postgres(server))?,
+        Err(err) => report.add(Row::info(SECTION, "PostgreSQL rows", format!("skipped: {err:#}"))),
+    }
+    Ok(())
+}
+
+fn run_on(bench: &Bench, report: &mut Report, jobs: u64, target: Target<'_>) -> Result<()> {
+    let name = target.backend().name();
     let mut handed_twice = 0;
     for processes in PROCESSES {
         for shape in [Shape::Separate, Shape::Folded] {
             let mut rates = Vec::with_capacity(bench.runs);
             for _ in 0..bench.runs {
-                let run = measure(&dir, jobs, processes, Synchronous::Normal, shape)?;
+                let run = measure_on(target, jobs, processes, shape)?;
                 rates.push(run.pairs_per_second);
                 handed_twice += run.handed_twice;
             }
             report.add(Row::info(
                 SECTION,
-                format!("claim+complete, {}, {}", processes_text(processes), shape.describe()),
+                format!("{name}: claim+complete, {}, {}", processes_text(processes), shape.describe()),
                 per_second(median(&rates), "pairs"),
             ));
         }
     }
     report.add(Row::goal(
         SECTION,
-        "jobs handed to two workers (all store runs)",
+        format!("{name}: jobs handed to two workers (all its store runs)"),
         number(handed_twice as f64, 0),
         "0",
         handed_twice == 0,
@@ -101,6 +116,24 @@ pub fn processes_text(processes: usize) -> String {
     if processes == 1 { "1 process".to_string() } else { format!("{processes} processes") }
 }
 
+/// Where a store measurement runs.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// A fresh file in `dir`.
+    Sqlite { dir: &'a Path, synchronous: Synchronous },
+    /// A fresh schema on this server.
+    Postgres(&'a PgServer),
+}
+
+impl<'a> Target<'a> {
+    fn backend(self) -> Backend<'a> {
+        match self {
+            Target::Sqlite { .. } => Backend::Sqlite,
+            Target::Postgres(server) => Backend::Postgres(server),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct StoreRun {
     pub pairs_per_second: f64,
@@ -110,18 +143,40 @@ pub struct StoreRun {
 
 /// Drains a fresh file in `dir` of `jobs` jobs with `processes` store-worker processes.
 pub fn measure(dir: &Path, jobs: u64, processes: usize, synchronous: Synchronous, shape: Shape) -> Result<StoreRun> {
-    let dir = tempfile::tempdir_in(dir)
-        .with_context(|| format!("cannot create a temporary folder in {} for the store benchmark", dir.display()))?;
-    let db = dir.path().join("store.db");
-    let mut store = Store::open(
-        &DatabaseConfig { path: db.clone(), synchronous, ..DatabaseConfig::default() },
-        Access::CreateIfMissing,
-    )?;
-    enqueue(&mut store, jobs)?;
+    measure_on(Target::Sqlite { dir, synchronous }, jobs, processes, shape)
+}
+
+/// Drains a fresh pool of `jobs` jobs with `processes` store-worker processes.
+pub fn measure_on(target: Target<'_>, jobs: u64, processes: usize, shape: Shape) -> Result<StoreRun> {
+    match target {
+        Target::Sqlite { dir, synchronous } => {
+            let dir = tempfile::tempdir_in(dir).with_context(|| {
+                format!("cannot create a temporary folder in {} for the store benchmark", dir.display())
+            })?;
+            let config = DatabaseConfig {
+                path: dir.path().join("store.db").display().to_string(),
+                synchronous,
+                ..DatabaseConfig::default()
+            };
+            drain(&config, jobs, processes, shape)
+        }
+        Target::Postgres(server) => {
+            let schema = PgServer::fresh_schema();
+            let drained = drain(&server.config(&schema), jobs, processes, shape);
+            server.drop_schema(&schema);
+            drained
+        }
+    }
+}
+
+fn drain(config: &DatabaseConfig, jobs: u64, processes: usize, shape: Shape) -> Result<StoreRun> {
+    let store = block_on(Store::open(config, Access::CreateIfMissing))?;
+    enqueue(&store, jobs)?;
+    // Closed while the workers run, as before: on SQLite an extra open connection changes
+    // who checkpoints the WAL.
     drop(store);
 
-    let mut workers =
-        (0..processes).map(|_| StoreWorker::spawn(&db, synchronous, shape)).collect::<Result<Vec<_>>>()?;
+    let mut workers = (0..processes).map(|_| StoreWorker::spawn(config, shape)).collect::<Result<Vec<_>>>()?;
     for worker in &mut workers {
         let line = worker.read_line()?;
         ensure!(line == "ready", "a store-worker said {line:?} instead of \"ready\"; its error is above");
@@ -141,35 +196,31 @@ pub fn measure(dir: &Path, jobs: u64, processes: usize, synchronous: Synchronous
     }
     let elapsed = started.elapsed();
 
-    let conn = read_only(&db)?;
-    let completed = count(&conn, "SELECT count(*) FROM jobs WHERE status = 'completed'")?;
+    let store = block_on(Store::open(config, Access::Existing))?;
+    let completed = status(&store)?.jobs.completed;
     ensure!(
-        completed == jobs as i64 && done == jobs,
+        completed == jobs && done == jobs,
         "the store benchmark lost jobs: {completed} of {jobs} completed, workers counted {done}"
     );
-    Ok(StoreRun {
-        pairs_per_second: jobs as f64 / elapsed.as_secs_f64(),
-        handed_twice: count(&conn, "SELECT count(*) FROM jobs WHERE attempts > 1")?,
-    })
+    let handed_twice = list(&store, None, jobs)?.iter().filter(|job| job.attempts > 1).count();
+    Ok(StoreRun { pairs_per_second: jobs as f64 / elapsed.as_secs_f64(), handed_twice: handed_twice as i64 })
 }
 
-/// Queues `count` jobs of pool [`POOL`] in transactions of [`ENQUEUE_BATCH`].
-pub fn enqueue(store: &mut Store, count: u64) -> Result<()> {
-    let mut seq = 0;
-    while seq < count {
-        let batch: Vec<NewJob> = (seq..count.min(seq + ENQUEUE_BATCH as u64))
-            .map(|i| NewJob {
-                pool: POOL.to_string(),
-                processor: "echo".to_string(),
-                payload: format!(r#"{{"seq":{i}}}"#),
-                priority: 0,
-                max_attempts: 3,
-                delay_ms: 0,
-            })
-            .collect();
-        seq += batch.len() as u64;
-        store.enqueue_all(&batch)?;
-    }
+/// Queues `count` jobs of pool [`POOL`] with one streamed `Store::enqueue`.
+pub fn enqueue(store: &Store, count: u64) -> Result<()> {
+    let jobs = (0..count).map(|i| {
+        Ok(NewJob {
+            id: NewJob::new_id(),
+            pool: POOL.to_string(),
+            processor: "echo".to_string(),
+            payload: format!(r#"{{"seq":{i}}}"#),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms: 0,
+        })
+    });
+    let queued = block_on(store.enqueue(jobs))?;
+    ensure!(queued == count, "Store::enqueue queued {queued} of {count} jobs");
     Ok(())
 }
 
@@ -181,12 +232,12 @@ struct StoreWorker {
 }
 
 impl StoreWorker {
-    fn spawn(db: &Path, synchronous: Synchronous, shape: Shape) -> Result<StoreWorker> {
+    fn spawn(config: &DatabaseConfig, shape: Shape) -> Result<StoreWorker> {
         let exe = std::env::current_exe().context("cannot find the benchmark's own executable")?;
         let mut command = Command::new(exe);
-        command.arg("store-worker").arg("--db").arg(db).arg("--shape");
-        command.arg(shape.to_possible_value().expect("no variant is skipped").get_name());
-        if synchronous == Synchronous::Full {
+        command.arg("store-worker").arg("--db").arg(&config.path).arg("--schema").arg(&config.schema);
+        command.arg("--shape").arg(shape.to_possible_value().expect("no variant is skipped").get_name());
+        if config.synchronous == Synchronous::Full {
             command.arg("--full-sync");
         }
         let mut child = command
@@ -209,9 +260,12 @@ impl StoreWorker {
 /// `jobhost-bench store-worker`: one process of the store benchmark (internal).
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    /// The database to drain.
+    /// The pool to drain: a SQLite file or a PostgreSQL URL.
     #[arg(long)]
-    db: PathBuf,
+    db: String,
+    /// On PostgreSQL, the schema of the pool.
+    #[arg(long)]
+    schema: Option<String>,
     /// Open it with `synchronous = FULL` (an fsync per commit) instead of NORMAL.
     #[arg(long)]
     full_sync: bool,
@@ -223,67 +277,86 @@ pub struct WorkerArgs {
 /// a time until none is left, and prints how many it did.
 pub fn worker(args: WorkerArgs) -> Result<()> {
     let synchronous = if args.full_sync { Synchronous::Full } else { Synchronous::Normal };
-    let mut store = Store::open(
-        &DatabaseConfig { path: args.db, synchronous, ..DatabaseConfig::default() },
-        Access::CreateIfMissing,
-    )?;
+    let mut config = DatabaseConfig { path: args.db, synchronous, ..DatabaseConfig::default() };
+    if let Some(schema) = args.schema {
+        config.schema = schema;
+    }
+    let store = block_on(Store::open(&config, Access::Existing))?;
     let worker_id = format!("store-worker-{}", std::process::id());
-    store.activate_worker(&NewWorker {
+    block_on(store.activate_worker(&NewWorker {
         id: worker_id.clone(),
         pool: POOL.to_string(),
         host: None,
         pid: Some(std::process::id()),
-    })?;
+    }))?;
     println!("ready");
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).context("cannot read the start signal")?;
 
+    let retry = retry_policy();
     let mut done: u64 = 0;
     match args.shape {
         Shape::Separate => {
-            while claim_and_complete(&mut store, &worker_id)? {
+            while claim_and_complete(&store, &worker_id, &retry)? {
                 done += 1;
             }
         }
         Shape::Folded => {
             let mut held: Option<ClaimedJob> = None;
             loop {
-                let mut batch = store.batch()?;
-                if let Some(job) = held.take() {
-                    complete(&mut batch, &job)?;
-                    done += 1;
-                }
-                held = batch.claim(POOL, &worker_id, LEASE, 1)?.into_iter().next();
-                batch.commit()?;
+                let turn = {
+                    let finished: Vec<Finished<'_>> = held.iter().map(finished).collect();
+                    let turn = block_on(store.turn(&finished, Some(claim_request(&worker_id)), &retry))?;
+                    check_settled(&finished, &turn.settled)?;
+                    done += finished.len() as u64;
+                    turn
+                };
+                held = turn.claimed.into_iter().next();
                 if held.is_none() {
                     break;
                 }
             }
         }
     }
-    store.deregister_worker(&worker_id)?;
+    block_on(store.deregister_worker(&worker_id))?;
     println!("{done}");
+    Ok(())
+}
+
+fn claim_request(worker_id: &str) -> ClaimRequest<'_> {
+    ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: 1 }
+}
+
+fn finished(job: &ClaimedJob) -> Finished<'_> {
+    Finished {
+        job,
+        report: AttemptReport { fuel_used: Some(0), duration_ms: Some(0), ..AttemptReport::of(OutcomeKind::Ok) },
+        result: Some(RESULT),
+    }
+}
+
+fn check_settled(finished: &[Finished<'_>], settled: &[Settled]) -> Result<()> {
+    ensure!(settled.len() == finished.len(), "the store settled {} of {} attempts", settled.len(), finished.len());
+    for (attempt, settled) in finished.iter().zip(settled) {
+        ensure!(
+            *settled == Settled::Completed,
+            "job {} was taken away from {} while it held it ({settled:?})",
+            attempt.job.id,
+            attempt.job.worker_id
+        );
+    }
     Ok(())
 }
 
 /// Claims one job of [`POOL`] in one transaction and completes it in a second; false when
 /// no job was ready.
-pub fn claim_and_complete(store: &mut Store, worker_id: &str) -> Result<bool> {
-    let mut batch = store.batch()?;
-    let claimed = batch.claim(POOL, worker_id, LEASE, 1)?;
-    batch.commit()?;
-    let Some(job) = claimed.into_iter().next() else {
+pub fn claim_and_complete(store: &Store, worker_id: &str, retry: &RetryPolicy) -> Result<bool> {
+    let turn = block_on(store.turn(&[], Some(claim_request(worker_id)), retry))?;
+    let Some(job) = turn.claimed.into_iter().next() else {
         return Ok(false);
     };
-    let mut batch = store.batch()?;
-    complete(&mut batch, &job)?;
-    batch.commit()?;
+    let done = [finished(&job)];
+    let turn = block_on(store.turn(&done, None, retry))?;
+    check_settled(&done, &turn.settled)?;
     Ok(true)
-}
-
-fn complete(batch: &mut Batch<'_>, job: &ClaimedJob) -> Result<()> {
-    let report = AttemptReport { fuel_used: Some(0), duration_ms: Some(0), ..AttemptReport::of(OutcomeKind::Ok) };
-    let fence = batch.complete(job, RESULT, &report)?;
-    ensure!(fence == Fence::Applied, "job {} was taken away from {} while it held it", job.id, job.worker_id);
-    Ok(())
 }
