@@ -517,6 +517,52 @@ fn on_postgres_a_password_shows_in_no_process_list_log_error_or_help() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 }
 
+/// libpq's sslmode: `require` encrypts, `verify-ca` also wants the certificate signed by
+/// `sslrootcert`, `verify-full` also wants it to name the host. The test server's certificate
+/// names 127.0.0.1, not localhost.
+#[test]
+fn on_postgres_sslmode_means_what_it_means_to_libpq() {
+    let ca = std::env::var("JOBHOST_TEST_PG_CA")
+        .expect("JOBHOST_TEST_PG_CA names the CA of the test server's certificate (scripts/test sets it)");
+    let pool = Pool::on(Backend::Postgres, "worker: {heartbeat_interval: 100ms}\n");
+    let at = |query: String| pool.reached_at(&format!("{}?{query}", pool.location()));
+    at(format!("sslmode=verify-full&sslrootcert={ca}")).ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
+    at("sslmode=disable".to_owned()).ok(&["status"]);
+
+    let untrusted = at("sslmode=verify-ca".to_owned()).fails(&["status"]);
+    assert!(untrusted.contains("no TLS connection") && untrusted.contains("sslrootcert"), "{untrusted}");
+    let on_localhost = pool.location().replace("127.0.0.1", "localhost");
+    let misnamed = pool.reached_at(&format!("{on_localhost}?sslmode=verify-full&sslrootcert={ca}")).fails(&["status"]);
+    assert!(misnamed.contains("not valid for name \"localhost\""), "{misnamed}");
+    pool.reached_at(&format!("{on_localhost}?sslmode=verify-ca&sslrootcert={ca}")).ok(&["status"]);
+    let bogus = at("sslmode=sometimes".to_owned()).fails(&["status"]);
+    assert!(bogus.contains("use disable, allow, prefer, require, verify-ca or verify-full"), "{bogus}");
+
+    // A worker on `require` talks to the server over TLS only, on both of its connections.
+    let name = format!("tls_{}", uuid::Uuid::new_v4().simple());
+    let require = at(format!("sslmode=require&application_name={name}"));
+    let worker = require.spawn_guarded(&["work", "--once"]);
+    pool.wait_for_status(std::time::Duration::from_secs(30), "the job to be claimed", |status| {
+        jobs_count(status, "claimed") == 1
+    });
+    let query = format!(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{name}'"
+    );
+    let started = std::time::Instant::now();
+    let sessions = loop {
+        let output = std::process::Command::new("psql").args(["-AtX", pool.location(), "-c", &query]).output();
+        let output = output.expect("psql (installed with PostgreSQL) runs");
+        let sessions: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+        // The heartbeat connects at its first beat, a heartbeat_interval after the start.
+        if sessions.len() == 2 || started.elapsed() > std::time::Duration::from_secs(30) {
+            break sessions;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(sessions, ["t", "t"], "both connections of the worker are encrypted");
+    drop(worker);
+}
+
 on_both_backends!(
     seed_queues_jobs_and_status_shows_the_fixed_shape,
     jobs_can_be_listed_shown_cancelled_retried_and_purged,

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     BadLocation,
     /// The PostgreSQL server cannot be reached (wrong host or port, server down, timeout).
     Unreachable,
+    /// The TLS handshake with the server failed (no TLS there, an untrusted certificate, ...).
+    Tls,
     /// The server refused the login (wrong user or password, or pg_hba.conf).
     AuthFailed,
     /// The database user lacks a privilege jobhost needs (create the schema, write a table).
@@ -103,6 +105,12 @@ impl fmt::Display for StoreError {
                 f,
                 "cannot reach the PostgreSQL server of {at} ({detail}): check the host and port in the URL, \
                  and that the server is running and accepts connections from this machine"
+            ),
+            ErrorKind::Tls => write!(
+                f,
+                "no TLS connection to the PostgreSQL server of {at} ({detail}): check the URL's sslmode, and \
+                 that sslrootcert names the CA that signed the server's certificate and that the certificate \
+                 names the host in the URL"
             ),
             ErrorKind::AuthFailed => write!(
                 f,

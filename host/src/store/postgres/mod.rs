@@ -22,6 +22,7 @@ macro_rules! now_sql {
 
 mod jobs;
 mod schema;
+mod tls;
 mod workers;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::Access;
 use super::driver::{Abandoned, Driver, Now, Settlement};
@@ -56,17 +57,11 @@ impl PostgresDriver {
     pub async fn open(config: &DatabaseConfig, access: Access) -> Result<PostgresDriver> {
         let location = redact(&config.path);
         let fail = |err: StoreError| err.at(&location);
-        let mut pg: tokio_postgres::Config = config
-            .path
+        let tls = tls::from_url(&config.path).map_err(|why| fail(StoreError::new(ErrorKind::BadLocation, why)))?;
+        let mut pg: tokio_postgres::Config = tls
+            .url
             .parse()
             .map_err(|err: tokio_postgres::Error| fail(StoreError::new(ErrorKind::BadLocation, err.to_string())))?;
-        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(fail(StoreError::new(
-                ErrorKind::BadLocation,
-                "sslmode=require, but this jobhost speaks PostgreSQL without TLS: use sslmode=prefer or \
-                 disable on a trusted network, a unix socket (?host=/run/postgresql), or a local TLS tunnel",
-            )));
-        }
         // As libpq does: a password kept out of the URL (and so out of config files and argv).
         if let (None, Ok(password)) = (pg.get_password(), std::env::var("PGPASSWORD")) {
             pg.password(password);
@@ -80,7 +75,7 @@ impl PostgresDriver {
         // Every statement names its tables unqualified; the schema is fixed per session.
         let options = format!("{} -c search_path={}", pg.get_options().unwrap_or(""), config.schema);
         pg.options(options.trim_start());
-        let (mut client, connection) = pg.connect(NoTls).await.map_err(|err| fail(StoreError::from(err)))?;
+        let (mut client, connection) = pg.connect(tls.connector).await.map_err(|err| fail(StoreError::from(err)))?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!("PostgreSQL connection ended: {err}");
@@ -147,7 +142,14 @@ impl From<tokio_postgres::Error> for StoreError {
                 detail = format!("{detail}: {cause}");
                 source = cause.source();
             }
-            return StoreError::new(if lost { ErrorKind::Unreachable } else { ErrorKind::Other }, detail);
+            let kind = if detail.starts_with("error performing TLS handshake") {
+                ErrorKind::Tls
+            } else if lost {
+                ErrorKind::Unreachable
+            } else {
+                ErrorKind::Other
+            };
+            return StoreError::new(kind, detail);
         };
         let code = db.code();
         let kind = if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
