@@ -602,4 +602,16 @@ async fn status_counts_jobs_and_workers_and_the_ready_backlog(t: TestStore) {
     assert_eq!((status.ready, status.oldest_ready_age_ms), (1, Some(250)));
     assert_eq!(status.workers.active, 1);
     assert_eq!(t.store.status(Some("other")).await.unwrap(), StatusSnapshot::default());
+
+    // Each pool's backlog is its own: a delayed job elsewhere is not subtracted here.
+    let elsewhere = |delay_ms| NewJob { pool: "other".into(), ..new(delay_ms) };
+    t.store.enqueue_all(&[elsewhere(10), elsewhere(90_000), elsewhere(90_000)]).await.unwrap();
+    t.advance(100);
+    let other = t.store.status(Some("other")).await.unwrap();
+    assert_eq!((other.jobs.pending, other.ready, other.oldest_ready_age_ms), (3, 1, Some(90)));
+    let default = t.store.status(Some("default")).await.unwrap();
+    assert_eq!((default.jobs.pending, default.ready, default.oldest_ready_age_ms), (2, 1, Some(350)));
+    let all = t.store.status(None).await.unwrap();
+    assert_eq!((all.jobs.pending, all.ready, all.oldest_ready_age_ms), (5, 2, Some(350)));
+    t.assert_counts_exact().await;
 }

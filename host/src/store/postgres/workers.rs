@@ -145,14 +145,47 @@ pub(super) async fn plan(
     Ok(plan)
 }
 
+/// Folds job_count_deltas into one row per (pool, status). Rows appended meanwhile were not
+/// in the DELETE's snapshot and stay, so the sums stay exact; one folder at a time, so two
+/// never wait on each other's rows.
+pub(super) const FOLD_COUNTS: &str = "
+    WITH folding AS (SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost.counts.' || current_schema(), 0)) AS mine),
+         gone AS (DELETE FROM job_count_deltas WHERE (SELECT mine FROM folding) RETURNING pool, status, jobs)
+    INSERT INTO job_count_deltas
+    SELECT pool, status, sum(jobs) FROM gone GROUP BY pool, status HAVING sum(jobs) <> 0";
+
 pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
+    client.execute(FOLD_COUNTS, &[]).await?;
     let mut snapshot = StatusSnapshot::default();
-    for row in client
-        .query("SELECT status, count(*) FROM jobs WHERE ($1::text IS NULL OR pool = $1) GROUP BY status", &[&pool])
-        .await?
-    {
-        snapshot.jobs.set(row.get(0), row.get::<_, i64>(1).max(0) as u64);
+    // One statement, so the counts and the backlog come from one snapshot: `ready` is the
+    // pending count less the pending jobs whose time has not come, a short index range.
+    let rows = client
+        .query(
+            &format!(
+                "SELECT t.now, c.status, c.jobs, w.waiting, o.oldest
+                   FROM (SELECT {NOW} AS now) t
+                   LEFT JOIN LATERAL (SELECT status, sum(jobs)::bigint AS jobs FROM job_count_deltas
+                                       WHERE $2::text IS NULL OR pool = $2 GROUP BY status) c ON true
+                  CROSS JOIN LATERAL (SELECT count(*) AS waiting FROM jobs
+                                       WHERE status = 'pending' AND run_at > t.now
+                                         AND ($2::text IS NULL OR pool = $2)) w
+                  CROSS JOIN LATERAL (SELECT min(run_at) AS oldest FROM jobs
+                                       WHERE status = 'pending' AND ($2::text IS NULL OR pool = $2)) o"
+            ),
+            &[&now, &pool],
+        )
+        .await?;
+    let mut backlog = None;
+    for row in &rows {
+        if let Some(status) = row.get::<_, Option<&str>>(1) {
+            snapshot.jobs.set(status, row.get::<_, i64>(2).max(0) as u64);
+        }
+        backlog = Some((row.get::<_, i64>(0), row.get::<_, i64>(3), row.get::<_, Option<i64>>(4)));
     }
+    let (server_now, waiting, oldest) = backlog.expect("the query returns at least one row");
+    snapshot.ready = snapshot.jobs.pending.saturating_sub(waiting.max(0) as u64);
+    snapshot.oldest_ready_age_ms =
+        oldest.filter(|&run_at| run_at <= server_now).map(|run_at| server_now.saturating_sub(run_at));
     for row in client
         .query(
             "SELECT coalesce(host, ''), status, count(*) FROM workers WHERE ($1::text IS NULL OR pool = $1)
@@ -163,19 +196,5 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
     {
         snapshot.add_workers(row.get(0), row.get::<_, &str>(1), row.get::<_, i64>(2).max(0) as u64);
     }
-    let ready = client
-        .query_one(
-            &format!(
-                "SELECT t.now, r.ready, r.oldest
-                   FROM (SELECT {NOW} AS now) t,
-                        LATERAL (SELECT count(*) AS ready, min(run_at) AS oldest FROM jobs
-                                  WHERE status = 'pending' AND run_at <= t.now AND ($2::text IS NULL OR pool = $2)) r"
-            ),
-            &[&now, &pool],
-        )
-        .await?;
-    let (server_now, ready, oldest_run_at): (i64, i64, Option<i64>) = (ready.get(0), ready.get(1), ready.get(2));
-    snapshot.ready = ready.max(0) as u64;
-    snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| server_now.saturating_sub(run_at).max(0));
     Ok(snapshot)
 }

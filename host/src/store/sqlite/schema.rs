@@ -96,6 +96,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX workers_by_status ON workers (pool, status);
     "#,
+    // 3: the pending jobs by time, so `status` need not walk every ready job: those not
+    // ready yet are a short range at its end, and the oldest is its first entry.
+    r#"
+    CREATE INDEX jobs_pending_by_time ON jobs (run_at, pool) WHERE status = 'pending';
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -112,6 +112,7 @@ pub(super) fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: Millis)
 }
 
 pub(super) fn status(conn: &Connection, pool: Option<&str>, now: Millis) -> Result<StatusSnapshot> {
+    let conn = conn.unchecked_transaction()?;
     let mut snapshot = StatusSnapshot::default();
     let mut jobs = conn
         .prepare_cached("SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
@@ -126,12 +127,16 @@ pub(super) fn status(conn: &Connection, pool: Option<&str>, now: Millis) -> Resu
         let (host, status, count) = row?;
         snapshot.add_workers(host, &status, count);
     }
-    let (ready, oldest_run_at): (u64, Option<Millis>) = conn.query_row(
-        "SELECT count(*), min(run_at) FROM jobs WHERE status = 'pending' AND run_at <= ?1 AND (?2 IS NULL OR pool = ?2)",
+    // `ready` is the pending count less the pending jobs whose time has not come, a short
+    // index range; the read transaction makes both come from one snapshot.
+    let (waiting, oldest): (u64, Option<Millis>) = conn.query_row(
+        "SELECT (SELECT count(*) FROM jobs WHERE status = 'pending' AND run_at > ?1 AND (?2 IS NULL OR pool = ?2)),
+                (SELECT run_at FROM jobs WHERE status = 'pending' AND (?2 IS NULL OR pool = ?2)
+                  ORDER BY run_at LIMIT 1)",
         params![now, pool],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    snapshot.ready = ready;
-    snapshot.oldest_ready_age_ms = oldest_run_at.map(|run_at| now.saturating_sub(run_at).max(0));
+    snapshot.ready = snapshot.jobs.pending.saturating_sub(waiting);
+    snapshot.oldest_ready_age_ms = oldest.filter(|&run_at| run_at <= now).map(|run_at| now.saturating_sub(run_at));
     Ok(snapshot)
 }
