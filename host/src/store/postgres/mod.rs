@@ -7,10 +7,13 @@
 //! - a worker's turn (its finished attempts and its next claims) is one statement too: one
 //!   round trip, and claims lock their rows with `FOR UPDATE SKIP LOCKED`, so no job goes
 //!   to two workers and a claimer skips, rather than waits for, rows another is taking;
-//! - planning takes an advisory lock per pool, so concurrent checkers never over-spawn.
+//! - planning takes an advisory lock per pool, so concurrent checkers never over-spawn;
+//! - counts are appended by triggers as per-statement deltas and folded by readers (see
+//!   [`schema`]), so no row is updated by every writer.
 //!
 //! Time is the server's (`statement_timestamp()`), so machines whose clocks disagree still
-//! agree on leases and staleness. Statements are prepared once per connection.
+//! agree on leases and staleness. Statements are prepared once per connection, which speaks
+//! TLS as libpq's `sslmode` says ([`tls`]).
 
 /// The operation's time in milliseconds: the one passed as `$1`, else the server's. A macro,
 /// so statements built with `concat!` can use it too.
