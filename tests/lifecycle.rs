@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -496,6 +496,37 @@ fn on_postgres_a_workers_own_clock_decides_nothing() {
 /// loop or a hang and tests libfaketime rather than jobhost.
 fn with_wall_clock_off(command: &mut std::process::Command, offset: &str) {
     command.env("FAKETIME", offset).env("DONT_FAKE_MONOTONIC", "1").env("LD_PRELOAD", libfaketime());
+}
+
+/// A checker looping with `--interval` outlives its connection: the server ending it (as a
+/// restart or failover would) costs a round, not the loop that keeps the pool's workers alive.
+#[test]
+fn on_postgres_a_checker_reconnects_when_the_server_drops_it() {
+    let pool = Pool::on(Backend::Postgres, &FAST_LIFECYCLE.replace("checker: {", "checker: {interval: 200ms, "));
+    pool.ok(&["seed", "--count", "1"]);
+    let name = format!("checker_{}", uuid::Uuid::new_v4().simple());
+    let checker_pool = pool.reached_at(&format!("{}?application_name={name}", pool.location()));
+    let mut checker = checker_pool.spawn(&["check", "--max-workers", "1", "--interval", "--json"]);
+    let reports = stdout_lines(&mut checker);
+    reports.recv_timeout(Duration::from_secs(30)).expect("a first round");
+    pool.wait_for_status(Duration::from_secs(30), "the first job to complete", |s| jobs_count(s, "completed") == 1);
+
+    // Ends the checker's session (and its worker's, should that one not have exited yet).
+    let terminate =
+        format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'");
+    let output = Command::new("psql").args(["-AtX", pool.location(), "-c", &terminate]).output().expect("psql runs");
+    let ended: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("a count");
+    assert!(ended >= 1, "the checker's session was ended");
+
+    pool.ok(&["seed", "--count", "1"]);
+    pool.wait_for_status(Duration::from_secs(30), "the reconnected checker to run the second job", |s| {
+        jobs_count(s, "completed") == 2
+    });
+    signal(&checker, libc::SIGTERM);
+    let output = checker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("this round failed, trying again"), "the dropped connection was noticed: {stderr}");
 }
 
 /// libfaketime's preload library, from Debian's `faketime` package (scripts/postgres installs it).

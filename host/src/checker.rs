@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::cli::CheckArgs;
 use crate::config::{Config, DatabaseConfig};
 use crate::reaper;
-use crate::store::{Access, PlanRequest, Store};
+use crate::store::{Access, ErrorKind, PlanRequest, Store, StoreError};
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -43,13 +43,22 @@ pub async fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut store = store;
     let mut children = Vec::new();
     loop {
-        let reaped = reaper::reap_once(&store, config, Some(&args.pool), config.reaper.stale_after.0).await?;
-        if reaped.reaped_count > 0 || reaped.jobs_released > 0 || reaped.jobs_poisoned > 0 {
-            tracing::info!(?reaped, "reaped");
+        match check_round(&store, config, &args).await {
+            Ok(spawned) => children.extend(spawned),
+            // A server restarting or failing over must not end the loop that keeps the
+            // pool's workers alive: say so, connect again, and try at the next interval.
+            Err(err) if is_transient(&err) => {
+                tracing::warn!("this round failed, trying again in {}: {err:#}", config.checker.interval);
+                match Store::open(&config.database, Access::Existing).await {
+                    Ok(reopened) => store = reopened,
+                    Err(err) => tracing::warn!("cannot reconnect yet: {err:#}"),
+                }
+            }
+            Err(err) => return Err(err),
         }
-        children.extend(check_once(&store, config, &args.pool, args.json).await?);
         // Collect the workers that exited, so they do not linger as zombies.
         children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
         tokio::select! {
@@ -59,6 +68,20 @@ pub async fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One round of the loop: reap, then plan and spawn.
+async fn check_round(store: &Store, config: &Config, args: &CheckArgs) -> Result<Vec<Child>> {
+    let reaped = reaper::reap_once(store, config, Some(&args.pool), config.reaper.stale_after.0).await?;
+    if reaped.reaped_count > 0 || reaped.jobs_released > 0 || reaped.jobs_poisoned > 0 {
+        tracing::info!(?reaped, "reaped");
+    }
+    check_once(store, config, &args.pool, args.json).await
+}
+
+/// Whether `err` is the database being out of reach or busy for a while, not a mistake.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StoreError>().is_some_and(|err| matches!(err.kind(), ErrorKind::Unreachable | ErrorKind::Busy))
 }
 
 async fn check_once(store: &Store, config: &Config, pool: &str, json: bool) -> Result<Vec<Child>> {

@@ -163,6 +163,9 @@ impl From<tokio_postgres::Error> for StoreError {
             ErrorKind::CannotOpen
         } else if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::INVALID_SCHEMA_NAME {
             ErrorKind::Missing
+        } else if [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code) {
+            // The server is going down or not up yet: out of reach for now.
+            ErrorKind::Unreachable
         } else if [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::LOCK_NOT_AVAILABLE]
             .contains(code)
         {
