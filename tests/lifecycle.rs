@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -514,8 +514,7 @@ fn on_postgres_a_checker_reconnects_when_the_server_drops_it() {
     // Ends the checker's session (and its worker's, should that one not have exited yet).
     let terminate =
         format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'");
-    let output = Command::new("psql").args(["-AtX", pool.location(), "-c", &terminate]).output().expect("psql runs");
-    let ended: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("a count");
+    let ended: u32 = pool.server_rows(&terminate)[0].parse().expect("a count");
     assert!(ended >= 1, "the checker's session was ended");
 
     pool.ok(&["seed", "--count", "1"]);

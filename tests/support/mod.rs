@@ -99,6 +99,16 @@ impl Pool {
         &self.location
     }
 
+    /// The rows `sql` returns from this pool's PostgreSQL server, one line each (psql, which
+    /// comes with the server, runs it); for tests of what only the server can show.
+    pub fn server_rows(&self, sql: &str) -> Vec<String> {
+        assert_eq!(self.backend, Backend::Postgres, "only a PostgreSQL pool has a server");
+        let output = Command::new("psql").args(["-AtX", "-v", "ON_ERROR_STOP=1", &self.location, "-c", sql]).output();
+        let output = output.expect("psql (installed with PostgreSQL) runs");
+        assert!(output.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+    }
+
     /// The SQLite file; only for tests of what is SQLite's alone.
     pub fn db(&self) -> PathBuf {
         assert_eq!(self.backend, Backend::Sqlite, "only a SQLite pool has a database file");

@@ -15,6 +15,15 @@ use crate::config::DatabaseConfig;
 const LEASE: Duration = Duration::from_secs(60);
 const NO_BACKOFF: RetryPolicy = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
 
+/// A fresh schema on the server `$JOBHOST_TEST_PG` names; fails without one.
+pub fn postgres_config() -> DatabaseConfig {
+    let server = std::env::var("JOBHOST_TEST_PG").unwrap_or_else(|_| {
+        panic!("set JOBHOST_TEST_PG=postgres://… or run ./scripts/test, which starts a PostgreSQL server")
+    });
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    DatabaseConfig { path: server, schema, ..Default::default() }
+}
+
 /// A store on a fresh pool with a hand-driven clock.
 pub struct TestStore {
     pub store: Store,
@@ -37,14 +46,9 @@ impl TestStore {
         TestStore::open(config, dir).await
     }
 
-    /// A fresh schema on the server `$JOBHOST_TEST_PG` names; fails without one.
+    /// A fresh schema on the test server; see [`postgres_config`].
     pub async fn postgres() -> TestStore {
-        let server = std::env::var("JOBHOST_TEST_PG").unwrap_or_else(|_| {
-            panic!("set JOBHOST_TEST_PG=postgres://… or run ./scripts/test, which starts a PostgreSQL server")
-        });
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        TestStore::open(DatabaseConfig { path: server, schema, ..Default::default() }, tempfile::tempdir().unwrap())
-            .await
+        TestStore::open(postgres_config(), tempfile::tempdir().unwrap()).await
     }
 
     pub fn advance(&self, millis: i64) {

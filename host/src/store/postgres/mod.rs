@@ -53,7 +53,6 @@ pub struct PostgresDriver {
     client: tokio::sync::Mutex<Client>,
     statements: std::sync::Mutex<HashMap<String, Statement>>,
     location: String,
-    schema: String,
 }
 
 impl PostgresDriver {
@@ -89,7 +88,6 @@ impl PostgresDriver {
             client: tokio::sync::Mutex::new(client),
             statements: std::sync::Mutex::new(HashMap::new()),
             location,
-            schema: config.schema.clone(),
         })
     }
 
@@ -312,7 +310,7 @@ impl Driver for PostgresDriver {
     async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await?;
-        let plan = workers::plan(&tx, &self.schema, request, now).await?;
+        let plan = workers::plan(&tx, request, now).await?;
         tx.commit().await?;
         Ok(plan)
     }

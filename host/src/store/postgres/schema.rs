@@ -189,11 +189,10 @@ mod tests {
 
     /// A fresh schema name on the test server, and a plain connection to that server.
     async fn server() -> (DatabaseConfig, tokio_postgres::Client) {
-        let url = std::env::var("JOBHOST_TEST_PG").expect("JOBHOST_TEST_PG names the test server (scripts/test)");
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let config = crate::store::suite::postgres_config();
+        let (client, connection) = tokio_postgres::connect(&config.path, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        (DatabaseConfig { path: url, schema, ..DatabaseConfig::default() }, client)
+        (config, client)
     }
 
     async fn refusal(config: &DatabaseConfig, access: Access) -> (ErrorKind, String) {

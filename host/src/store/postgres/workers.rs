@@ -95,15 +95,10 @@ pub(super) async fn mark_lost(
 /// Under READ COMMITTED two checkers could both count the same gap and both fill it; the
 /// advisory lock on the pool makes them plan one after the other, each seeing the workers
 /// the other registered. It is released when the transaction ends.
-pub(super) async fn plan(
-    tx: &Transaction<'_>,
-    schema: &str,
-    request: &PlanRequest<'_>,
-    now: Now,
-) -> Result<WorkerPlan> {
+pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('jobhost.plan.' || $1::text || '.' || $2::text, 0))",
-        &[&schema, &request.pool],
+        "SELECT pg_advisory_xact_lock(hashtextextended('jobhost.plan.' || current_schema() || '.' || $1::text, 0))",
+        &[&request.pool],
     )
     .await?;
     let live = tx
