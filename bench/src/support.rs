@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use jobhost::config::DatabaseConfig;
-use jobhost::store::{Access, JobFilter, JobStatus, JobSummary, NewJob, RetryPolicy, StatusSnapshot, Store};
+use jobhost::store::{Access, JobFilter, JobMatch, JobStatus, JobSummary, NewJob, RetryPolicy, StatusSnapshot, Store};
 use tempfile::TempDir;
 
 /// The run's settings and the paths every section needs.
@@ -352,6 +352,46 @@ impl<'a> Pool<'a> {
     pub fn observe(&self) -> Result<Store> {
         Ok(block_on(Store::open(&self.database(), Access::Existing))?)
     }
+
+    /// Creates the pool's database (its schema on PostgreSQL) with no job in it, as the
+    /// first `jobhost seed` would.
+    pub fn create(&self) -> Result<()> {
+        block_on(Store::open(&self.database(), Access::CreateIfMissing))?;
+        Ok(())
+    }
+
+    /// The server and schema of a PostgreSQL pool.
+    pub fn postgres(&self) -> Option<(&'a PgServer, &str)> {
+        self.pg.as_ref().map(|(server, schema)| (*server, schema.as_str()))
+    }
+}
+
+/// Pools one section seeded that a later section reuses rather than seeding its own: the
+/// scale section's pools of a million pending jobs, kept for the server section's page
+/// timings when both run, in that order. Dropped (schemas and all) when the benchmark ends.
+pub struct Shelf<'a> {
+    wanted: bool,
+    pools: Vec<(&'static str, Pool<'a>)>,
+}
+
+impl<'a> Shelf<'a> {
+    /// `wanted`: a later section will take what is kept; otherwise nothing is.
+    pub fn new(wanted: bool) -> Shelf<'a> {
+        Shelf { wanted, pools: Vec::new() }
+    }
+
+    /// Keeps `pool` (a pool of `backend`) if a later section wants it, or drops it now.
+    pub fn keep(&mut self, backend: Backend<'_>, pool: Pool<'a>) {
+        if self.wanted {
+            self.pools.push((backend.name(), pool));
+        }
+    }
+
+    /// The pool kept for `backend`, if any.
+    pub fn take(&mut self, backend: Backend<'_>) -> Option<Pool<'a>> {
+        let index = self.pools.iter().position(|(name, _)| *name == backend.name())?;
+        Some(self.pools.remove(index).1)
+    }
 }
 
 impl Drop for Pool<'_> {
@@ -370,7 +410,11 @@ pub fn status(store: &Store) -> Result<StatusSnapshot> {
 /// Up to `limit` jobs of the pool, optionally of one status.
 pub fn list(store: &Store, status: Option<JobStatus>, limit: u64) -> Result<Vec<JobSummary>> {
     let limit = u32::try_from(limit).context("too many jobs to list")?;
-    Ok(block_on(store.list_jobs(&JobFilter { pool: None, status, limit }))?)
+    Ok(block_on(store.list_jobs(&JobFilter {
+        matching: JobMatch { status, ..JobMatch::default() },
+        after: None,
+        limit,
+    }))?)
 }
 
 /// The retry policy of the default configuration.
@@ -438,6 +482,13 @@ fn process_ticks(pid: u32) -> Option<u64> {
     let fields = stat_fields(pid)?;
     // utime is field 14 of /proc/PID/stat, so index 11 after the name; then stime, cutime, cstime.
     (11..15).map(|i| fields.get(i)?.parse::<i64>().ok().map(|t| t.max(0) as u64)).sum()
+}
+
+/// CPU seconds (user + system, all its threads) of one live process, its children excluded.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let fields = stat_fields(pid)?;
+    let ticks: u64 = (11..13).map(|i| fields.get(i)?.parse::<u64>().ok()).sum::<Option<u64>>()?;
+    Some(ticks as f64 / clock_ticks_per_second())
 }
 
 fn comm(pid: u32) -> Option<String> {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::cli::{FinishedStatusArg, JobStatusArg, JobsCommand};
 use crate::config::Config;
 use crate::output::for_stdout;
-use crate::store::{Access, IdAnswer, JobFilter, JobStatus, Store};
+use crate::store::{Access, IdAnswer, JobFilter, JobMatch, JobStatus, Store};
 
 use super::format_time;
 
@@ -15,7 +15,8 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
     let store = Store::open(&config.database, Access::Existing).await?;
     match command {
         JobsCommand::List { pool, status, limit, json } => {
-            let filter = JobFilter { pool: pool.as_deref(), status: status.map(job_status), limit };
+            let matching = JobMatch { pool: pool.as_deref(), status: status.map(job_status), ..JobMatch::default() };
+            let filter = JobFilter { matching, after: None, limit };
             let jobs = store.list_jobs(&filter).await?;
             if json {
                 crate::outln!("{}", serde_json::to_string(&jobs)?)?;
@@ -106,7 +107,9 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
         }
         JobsCommand::Retry { ids, poisoned, pool, json } => {
             if poisoned {
-                let count = store.retry_poisoned(pool.as_deref()).await?;
+                let poisoned =
+                    JobMatch { pool: pool.as_deref(), status: Some(JobStatus::Poisoned), ..JobMatch::default() };
+                let count = store.retry_matching(&poisoned).await?;
                 report_count(json, "retried", count)?;
                 return Ok(ExitCode::SUCCESS);
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::activity::ActivityRow;
 use super::error::Result;
 use super::model::*;
 
@@ -99,11 +100,17 @@ pub trait Driver: Send + Sync {
     ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)>;
 
     async fn job(&self, id: &str) -> Result<Option<JobDetail>>;
+    /// One page of the matching jobs, newest (highest `seq`) first.
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>>;
+    /// The status of each of `ids` that exists, in any order.
+    async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>>;
     /// Gives a poisoned or cancelled job as many attempts again, up to [`ATTEMPTS_CEILING`].
     async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer>;
-    async fn retry_poisoned(&self, pool: Option<&str>, now: Now) -> Result<u64>;
+    /// As [`Driver::retry_job`] for every poisoned or cancelled job matching, in one statement.
+    async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64>;
     async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer>;
+    /// Cancels every pending job matching, in one statement.
+    async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64>;
     /// Deletes jobs in `statuses` finished more than `older_than` ago, with their attempts.
     async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64>;
 
@@ -125,6 +132,13 @@ pub trait Driver: Send + Sync {
     /// Registers as `starting` the workers `host` should start for `pool`; see [`WorkerPlan`].
     async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan>;
     async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot>;
+    /// Every pool that holds jobs, by name.
+    async fn pool_names(&self) -> Result<Vec<String>>;
+    /// Workers matching, live ones first, then the most recently heard from.
+    async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>>;
+    /// The activity table summed (see [`super::activity`]), after folding rows older than
+    /// the recent minutes into minute 0; and the time it was read at.
+    async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)>;
 
     /// Every job with `seq` above `after`, oldest first, at most `limit`, with its history:
     /// what `jobhost copy` reads.

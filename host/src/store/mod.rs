@@ -14,6 +14,8 @@
 //! Nothing outside the store names a backend, a connection or a database file. One test
 //! suite (`suite`) is written against [`Store`] and run against every backend.
 
+#[macro_use]
+mod activity;
 mod driver;
 mod error;
 mod model;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use crate::config::DatabaseConfig;
 use crate::outcome::OutcomeKind;
 
+pub use activity::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, Histogram};
 use driver::{Driver, Now, Resolution, Settlement};
 pub use error::{ErrorKind, Result, StoreError};
 pub use model::*;
@@ -153,10 +156,17 @@ impl Store {
         self.named(job)
     }
 
-    /// Jobs matching `filter`, most recently changed first.
+    /// One page of the jobs matching `filter`, newest first; the last job's
+    /// [`JobSummary::cursor`] in `filter.after` asks for the next page.
     pub async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
         let jobs = self.driver.list_jobs(filter).await;
         self.named(jobs)
+    }
+
+    /// The status of each of `ids` that exists (one query for all of them).
+    pub async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+        let statuses = self.driver.job_statuses(ids).await;
+        self.named(statuses)
     }
 
     /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
@@ -165,9 +175,10 @@ impl Store {
         self.named(answer)
     }
 
-    /// Retries every poisoned job (of `pool`, if given); returns how many.
-    pub async fn retry_poisoned(&self, pool: Option<&str>) -> Result<u64> {
-        let retried = self.driver.retry_poisoned(pool, self.clock.now()).await;
+    /// Retries every poisoned or cancelled job that `matching` matches, in one statement;
+    /// returns how many.
+    pub async fn retry_matching(&self, matching: &JobMatch<'_>) -> Result<u64> {
+        let retried = self.driver.retry_matching(matching, self.clock.now()).await;
         self.named(retried)
     }
 
@@ -175,6 +186,12 @@ impl Store {
     pub async fn cancel_job(&self, id: &str) -> Result<IdAnswer> {
         let answer = self.driver.cancel_job(id, self.clock.now()).await;
         self.named(answer)
+    }
+
+    /// Cancels every pending job that `matching` matches, in one statement; returns how many.
+    pub async fn cancel_matching(&self, matching: &JobMatch<'_>) -> Result<u64> {
+        let cancelled = self.driver.cancel_matching(matching, self.clock.now()).await;
+        self.named(cancelled)
     }
 
     /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago, with
@@ -254,6 +271,35 @@ impl Store {
     pub async fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
         let status = self.driver.status(pool, self.clock.now()).await;
         self.named(status)
+    }
+
+    /// Every pool holding jobs, with its counts, ready jobs and oldest ready age.
+    pub async fn pools(&self) -> Result<Vec<PoolSnapshot>> {
+        let names = self.driver.pool_names().await;
+        let mut pools = Vec::new();
+        for pool in self.named(names)? {
+            let status = self.status(Some(&pool)).await?;
+            pools.push(PoolSnapshot {
+                pool,
+                jobs: status.jobs,
+                ready: status.ready,
+                oldest_ready_age_ms: status.oldest_ready_age_ms,
+            });
+        }
+        Ok(pools)
+    }
+
+    pub async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+        let workers = self.driver.workers(filter).await;
+        self.named(workers)
+    }
+
+    /// What the pool has done, added up: jobs queued, attempts by outcome, their durations
+    /// and fuel, and the last hour minute by minute. Costs the same at any number of jobs.
+    pub async fn activity(&self) -> Result<Activity> {
+        let read = self.driver.activity(self.clock.now()).await;
+        let (now, rows) = self.named(read)?;
+        Ok(Activity::from_rows(rows, now))
     }
 
     /// Copies every job of this pool, with its attempt history and result, into `target`:

@@ -221,15 +221,49 @@ impl IdAnswer {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter<'a> {
+/// Which jobs a listing or a bulk retry or cancel is about; every condition left `None`
+/// matches all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobMatch<'a> {
     pub pool: Option<&'a str>,
     pub status: Option<JobStatus>,
+    pub processor: Option<&'a str>,
+    /// Created at or after this time.
+    pub created_after: Option<Millis>,
+    /// Created before this time.
+    pub created_before: Option<Millis>,
+}
+
+/// One page of a listing: the matching jobs, newest first, that come after `after` (the
+/// [`JobSummary::cursor`] of the previous page's last job).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobFilter<'a> {
+    pub matching: JobMatch<'a>,
+    pub after: Option<Cursor>,
     pub limit: u32,
+}
+
+/// Where a listing stopped: jobs are listed in the order they were queued, newest first, so a
+/// page goes on from the last job's place in that order, however jobs change meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(pub(super) i64);
+
+impl Cursor {
+    /// The cursor as an opaque token for an API client.
+    pub fn token(self) -> String {
+        format!("j{}", self.0)
+    }
+
+    pub fn from_token(token: &str) -> Option<Cursor> {
+        token.strip_prefix('j')?.parse().ok().filter(|&seq| seq > 0).map(Cursor)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
+    /// Its place in the queue's order; see [`JobSummary::cursor`].
+    #[serde(skip)]
+    pub(super) seq: i64,
     pub id: String,
     pub pool: String,
     pub processor: String,
@@ -260,6 +294,13 @@ pub struct AttemptRecord {
     pub stderr: Option<String>,
     pub fuel_used: Option<u64>,
     pub duration_ms: Option<u64>,
+}
+
+impl JobSummary {
+    /// Where a listing that ended with this job goes on.
+    pub fn cursor(&self) -> Cursor {
+        Cursor(self.seq)
+    }
 }
 
 impl JobDetail {
@@ -295,6 +336,38 @@ pub struct JobDetail {
     pub payload_error: Option<String>,
     pub result: Option<serde_json::Value>,
     pub attempt_history: Vec<AttemptRecord>,
+}
+
+/// A registered worker, as the API and dashboard list them.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub pool: String,
+    pub status: String,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    pub started_at: Millis,
+    pub last_heartbeat_at: Millis,
+    pub stopped_at: Option<Millis>,
+    /// Ids of the jobs it holds now.
+    pub current_jobs: Vec<String>,
+}
+
+/// Which workers to list; `None` matches all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerFilter<'a> {
+    pub pool: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub limit: u32,
+}
+
+/// One pool's counts, as in [`StatusSnapshot`] for that pool.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    pub pool: String,
+    pub jobs: JobCounts,
+    pub ready: u64,
+    pub oldest_ready_age_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone)]

@@ -138,6 +138,11 @@ for_each_backend!(
     plan_workers_counts_starting_workers_and_never_overspawns,
     plan_workers_fills_each_hosts_own_slots_and_counts_the_others_workers,
     status_counts_jobs_and_workers_and_the_ready_backlog,
+    listing_filters_and_pages_through_every_job_once,
+    bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status,
+    job_statuses_answers_for_many_ids_at_once,
+    pools_and_workers_are_listed_with_their_counts_and_jobs,
+    activity_counts_enqueues_and_attempts_and_survives_purge_and_folding,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -311,8 +316,9 @@ async fn retry_cancel_and_purge_act_only_on_the_right_statuses(t: TestStore) {
     assert_eq!(t.store.cancel_job(&ids[1]).await.unwrap(), IdAnswer::Done);
     assert_eq!(t.store.cancel_job("no-such-id").await.unwrap(), IdAnswer::NotFound);
 
-    assert_eq!(t.store.retry_poisoned(Some("other")).await.unwrap(), 0);
-    assert_eq!(t.store.retry_poisoned(None).await.unwrap(), 1);
+    let poisoned = |pool| JobMatch { pool, status: Some(JobStatus::Poisoned), ..JobMatch::default() };
+    assert_eq!(t.store.retry_matching(&poisoned(Some("other"))).await.unwrap(), 0);
+    assert_eq!(t.store.retry_matching(&poisoned(None)).await.unwrap(), 1);
     let retried = claim_one(&t, "w1").await.unwrap();
     assert_eq!((retried.id.as_str(), retried.attempt), (ids[0].as_str(), 2));
     assert_eq!(
@@ -618,4 +624,153 @@ async fn status_counts_jobs_and_workers_and_the_ready_backlog(t: TestStore) {
     let all = t.store.status(None).await.unwrap();
     assert_eq!((all.jobs.pending, all.ready, all.oldest_ready_age_ms), (5, 2, Some(350)));
     t.assert_counts_exact().await;
+}
+
+async fn listing_filters_and_pages_through_every_job_once(t: TestStore) {
+    let mut queued = Vec::new();
+    for n in 0..7 {
+        let processor = if n % 2 == 0 { "echo" } else { "other" };
+        queued
+            .extend(t.store.enqueue_all(&[NewJob { processor: processor.into(), ..job("default", 0) }]).await.unwrap());
+        t.advance(1_000);
+    }
+    let since = t.now() - 3_000;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let jobs = t.store.list_jobs(&JobFilter { matching: JobMatch::default(), after, limit: 3 }).await.unwrap();
+        let Some(last) = jobs.last() else { break };
+        after = Some(last.cursor());
+        seen.extend(jobs.iter().map(|job| job.id.clone()));
+    }
+    queued.reverse();
+    assert_eq!(seen, queued, "newest first, every job once across pages");
+    assert_eq!(Cursor::from_token(&after.unwrap().token()), after, "a cursor survives its round trip as a token");
+
+    let echo = t
+        .store
+        .list_jobs(&JobFilter {
+            matching: JobMatch { processor: Some("echo"), ..JobMatch::default() },
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(echo.len(), 4);
+    assert!(echo.iter().all(|job| job.processor == "echo"));
+    let recent = JobMatch { created_after: Some(since), ..JobMatch::default() };
+    assert_eq!(t.store.list_jobs(&JobFilter { matching: recent, after: None, limit: 10 }).await.unwrap().len(), 3);
+    let older = JobMatch { created_before: Some(since), pool: Some("default"), ..JobMatch::default() };
+    assert_eq!(t.store.list_jobs(&JobFilter { matching: older, after: None, limit: 10 }).await.unwrap().len(), 4);
+    let none = JobMatch { status: Some(JobStatus::Completed), ..JobMatch::default() };
+    assert!(t.store.list_jobs(&JobFilter { matching: none, after: None, limit: 10 }).await.unwrap().is_empty());
+}
+
+async fn bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t
+        .store
+        .enqueue_all(&[
+            NewJob { max_attempts: 1, ..job("default", 9) },
+            NewJob { max_attempts: 1, processor: "other".into(), ..job("default", 8) },
+            job("default", 0),
+            job("default", 0),
+        ])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let claimed = claim_one(&t, "w1").await.unwrap();
+        assert_eq!(t.fail(&claimed, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+    }
+    let echo = JobMatch { processor: Some("echo"), ..JobMatch::default() };
+    assert_eq!(t.store.cancel_matching(&echo).await.unwrap(), 2, "only the pending jobs are cancelled");
+    assert_eq!(t.store.cancel_matching(&echo).await.unwrap(), 0);
+    assert_eq!(t.store.retry_matching(&echo).await.unwrap(), 3, "the poisoned and the cancelled echo jobs");
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!((status.jobs.pending, status.jobs.poisoned, status.jobs.cancelled), (3, 1, 0));
+    assert_eq!(t.store.job(&ids[1]).await.unwrap().unwrap().job.status, JobStatus::Poisoned);
+    let poisoned = JobMatch { status: Some(JobStatus::Poisoned), ..JobMatch::default() };
+    assert_eq!(t.store.retry_matching(&poisoned).await.unwrap(), 1);
+    let pending = JobMatch { status: Some(JobStatus::Pending), ..JobMatch::default() };
+    assert_eq!(t.store.retry_matching(&pending).await.unwrap(), 0, "a pending job is not retried");
+    t.assert_counts_exact().await;
+}
+
+async fn job_statuses_answers_for_many_ids_at_once(t: TestStore) {
+    let ids = t.store.enqueue_all(&[job("default", 0), job("default", 0)]).await.unwrap();
+    t.store.cancel_job(&ids[1]).await.unwrap();
+    let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    asked.push("no-such-id");
+    let mut found = t.store.job_statuses(&asked).await.unwrap();
+    found.sort_by_key(|(id, _)| ids.iter().position(|known| known == id));
+    assert_eq!(found, vec![(ids[0].clone(), JobStatus::Pending), (ids[1].clone(), JobStatus::Cancelled)]);
+    assert!(t.store.job_statuses(&[]).await.unwrap().is_empty());
+}
+
+async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {
+    t.store
+        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { delay_ms: 60_000, ..job("later", 0) }])
+        .await
+        .unwrap();
+    t.store
+        .activate_worker(&NewWorker { id: "w1".into(), pool: "default".into(), host: Some("box".into()), pid: Some(7) })
+        .await
+        .unwrap();
+    let held = claim_one(&t, "w1").await.unwrap();
+    active_worker(&t, "w2").await;
+    t.store.deregister_worker("w2").await.unwrap();
+
+    let pools = t.store.pools().await.unwrap();
+    let names: Vec<&str> = pools.iter().map(|pool| pool.pool.as_str()).collect();
+    assert_eq!(names, ["default", "later"]);
+    assert_eq!((pools[0].jobs.pending, pools[0].jobs.claimed, pools[0].ready), (1, 1, 1));
+    assert_eq!((pools[1].jobs.pending, pools[1].ready, pools[1].oldest_ready_age_ms), (1, 0, None));
+
+    let workers = t.store.workers(&WorkerFilter { limit: 10, ..WorkerFilter::default() }).await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert_eq!((workers[0].id.as_str(), workers[0].status.as_str()), ("w1", "active"), "live workers come first");
+    assert_eq!((workers[0].host.as_deref(), workers[0].pid), (Some("box"), Some(7)));
+    assert_eq!(workers[0].current_jobs, [held.id]);
+    assert_eq!((workers[1].status.as_str(), workers[1].current_jobs.len()), ("terminated", 0));
+    let ended = WorkerFilter { status: Some("terminated"), limit: 10, ..WorkerFilter::default() };
+    assert_eq!(t.store.workers(&ended).await.unwrap().len(), 1);
+}
+
+async fn activity_counts_enqueues_and_attempts_and_survives_purge_and_folding(t: TestStore) {
+    active_worker(&t, "w1").await;
+    t.store
+        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { max_attempts: 1, ..job("default", 0) }])
+        .await
+        .unwrap();
+    let fast = AttemptReport { fuel_used: Some(50_000), duration_ms: Some(3), ..AttemptReport::of(OutcomeKind::Ok) };
+    for _ in 0..2 {
+        let claimed = claim_one(&t, "w1").await.unwrap();
+        t.complete(&claimed, "1", &fast).await.unwrap();
+    }
+    let slow = AttemptReport { duration_ms: Some(20_000), ..failure(OutcomeKind::Trap) };
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    t.fail(&claimed, &slow, &NO_BACKOFF).await.unwrap();
+
+    let key = || ("default".to_string(), "echo".to_string());
+    let check = |activity: &Activity, chart_minutes: usize| {
+        assert_eq!(activity.enqueued[&key()], 3);
+        assert_eq!(activity.attempts[&("default".into(), "echo".into(), "ok".into())], 2);
+        assert_eq!(activity.attempts[&("default".into(), "echo".into(), "trap".into())], 1);
+        let durations = &activity.durations[&key()];
+        assert_eq!((durations.count, durations.sum), (3, 20_006));
+        assert_eq!(durations.buckets[0], 2, "3 ms is in the first bucket");
+        assert_eq!(durations.buckets[11], 1, "20 s is in the bucket up to 30 s");
+        let fuel = &activity.fuel[&key()];
+        assert_eq!((fuel.count, fuel.buckets[1]), (2, 2), "fuel counts only the attempts that measured it");
+        assert_eq!(activity.per_minute.len(), chart_minutes);
+    };
+    let activity = t.store.activity().await.unwrap();
+    check(&activity, 1);
+    assert_eq!(activity.per_minute.values().next(), Some(&(2, 1)));
+
+    t.advance(2 * 3_600_000);
+    assert_eq!(t.store.purge(Duration::from_secs(60), &JobStatus::ALL).await.unwrap(), 3);
+    let later = t.store.activity().await.unwrap();
+    check(&later, 0);
+    assert_eq!(t.store.activity().await.unwrap(), later, "folding old minutes keeps every count");
 }

@@ -270,7 +270,7 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
 }
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
-     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at";
+     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
 
 fn status_at(row: &Row, index: usize) -> Result<JobStatus> {
     let text: &str = row.get(index);
@@ -279,6 +279,7 @@ fn status_at(row: &Row, index: usize) -> Result<JobStatus> {
 
 fn summary_from_row(row: &Row) -> Result<JobSummary> {
     Ok(JobSummary {
+        seq: row.get(15),
         id: row.get(0),
         pool: row.get(1),
         processor: row.get(2),
@@ -299,7 +300,7 @@ fn summary_from_row(row: &Row) -> Result<JobSummary> {
 
 pub(super) static JOB: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {SUMMARY_COLUMNS}, j.seq, j.payload, j.result
+        "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
            FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = $1"
     )
 });
@@ -313,7 +314,7 @@ pub(super) async fn job(client: &Client, job: &Statement, history: &Statement, i
         return Ok(None);
     };
     let summary = summary_from_row(&row)?;
-    let seq: i64 = row.get(15);
+    let seq = summary.seq;
     let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
     let attempt_history = client
         .query(history, &[&seq])
@@ -334,54 +335,88 @@ pub(super) async fn job(client: &Client, job: &Statement, history: &Statement, i
     Ok(Some(JobDetail::new(summary, row.get(16), row.get(17), attempt_history)))
 }
 
+/// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).
+fn matching(first: usize) -> String {
+    let [pool, status, processor, after, before] = std::array::from_fn(|i| first + i);
+    format!(
+        "(${pool}::text IS NULL OR j.pool = ${pool}) AND (${status}::text IS NULL OR j.status = ${status})
+         AND (${processor}::text IS NULL OR j.processor = ${processor})
+         AND (${after}::bigint IS NULL OR j.created_at >= ${after})
+         AND (${before}::bigint IS NULL OR j.created_at < ${before})"
+    )
+}
+
+/// The values of [`matching`], in its order.
+fn match_params<'a>(matching: &'a JobMatch<'_>, status: &'a Option<&'static str>) -> [&'a (dyn ToSql + Sync); 5] {
+    [&matching.pool, status, &matching.processor, &matching.created_after, &matching.created_before]
+}
+
 pub(super) static LIST: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {SUMMARY_COLUMNS} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
-          WHERE ($1::text IS NULL OR j.pool = $1) AND ($2::text IS NULL OR j.status = $2)
-          ORDER BY j.updated_at DESC, j.seq DESC LIMIT $3"
+          WHERE {} AND ($6::bigint IS NULL OR j.seq < $6)
+          ORDER BY j.seq DESC LIMIT $7",
+        matching(1)
     )
 });
 
 pub(super) async fn list(client: &Client, statement: &Statement, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
-    let rows = client
-        .query(statement, &[&filter.pool, &filter.status.map(JobStatus::as_str), &i64::from(filter.limit)])
-        .await?;
+    let status = filter.matching.status.map(JobStatus::as_str);
+    let after = filter.after.map(|cursor| cursor.0);
+    let limit = i64::from(filter.limit);
+    let mut params = match_params(&filter.matching, &status).to_vec();
+    params.extend([&after as &(dyn ToSql + Sync), &limit]);
+    let rows = client.query(statement, &params).await?;
     rows.iter().map(summary_from_row).collect()
 }
 
-/// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling.
+pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+    let rows = client.query("SELECT id, status FROM jobs WHERE id = ANY($1)", &[&ids]).await?;
+    rows.iter().map(|row| Ok((row.get(0), status_at(row, 1)?))).collect()
+}
+
+/// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
+/// (`$2`); the time is `$1`.
 fn retry_update(filter: &str) -> String {
     format!(
-        "UPDATE jobs
-            SET status = 'pending', run_at = t.now, max_attempts = least(attempts + max_attempts, $2),
+        "UPDATE jobs j
+            SET status = 'pending', run_at = t.now, max_attempts = least(j.attempts + j.max_attempts, $2),
                 worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL,
                 updated_at = t.now
            FROM (SELECT {NOW} AS now) t
-          WHERE attempts < $2 AND {filter}"
+          WHERE j.status IN ('poisoned', 'cancelled') AND j.attempts < $2 AND {filter}"
     )
 }
 
 pub(super) async fn retry(client: &Client, id: &str, now: Now) -> Result<IdAnswer> {
-    let sql = retry_update("id = $3 AND status IN ('poisoned', 'cancelled')");
-    let changed = client.execute(&sql, &[&now, &i64::from(ATTEMPTS_CEILING), &id]).await?;
+    let changed = client.execute(&retry_update("j.id = $3"), &[&now, &i64::from(ATTEMPTS_CEILING), &id]).await?;
     answer_for(client, id, changed, true).await
 }
 
-pub(super) async fn retry_poisoned(client: &Client, pool: Option<&str>, now: Now) -> Result<u64> {
-    let sql = retry_update("status = 'poisoned' AND ($3::text IS NULL OR pool = $3)");
-    Ok(client.execute(&sql, &[&now, &i64::from(ATTEMPTS_CEILING), &pool]).await?)
+pub(super) async fn retry_matching(client: &Client, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let ceiling = i64::from(ATTEMPTS_CEILING);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &ceiling];
+    params.extend(match_params(matching, &status));
+    Ok(client.execute(&retry_update(&self::matching(3)), &params).await?)
+}
+
+const CANCEL_UPDATE: &str = concat!(
+    "UPDATE jobs j SET status = 'cancelled', finished_at = t.now, updated_at = t.now
+       FROM (SELECT ",
+    now_sql!(),
+    " AS now) t WHERE j.status = 'pending'"
+);
+
+pub(super) async fn cancel_matching(client: &Client, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now];
+    params.extend(match_params(matching, &status));
+    Ok(client.execute(&format!("{CANCEL_UPDATE} AND {}", self::matching(2)), &params).await?)
 }
 
 pub(super) async fn cancel(client: &Client, id: &str, now: Now) -> Result<IdAnswer> {
-    let changed = client
-        .execute(
-            &format!(
-                "UPDATE jobs SET status = 'cancelled', finished_at = t.now, updated_at = t.now
-                   FROM (SELECT {NOW} AS now) t WHERE id = $2 AND status = 'pending'"
-            ),
-            &[&now, &id],
-        )
-        .await?;
+    let changed = client.execute(&format!("{CANCEL_UPDATE} AND j.id = $2"), &[&now, &id]).await?;
     answer_for(client, id, changed, false).await
 }
 

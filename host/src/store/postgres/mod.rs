@@ -36,6 +36,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
 use super::Access;
+use super::activity::ActivityRow;
 use super::driver::{Abandoned, Driver, Now, Settlement};
 use super::error::{ErrorKind, Result, StoreError};
 use super::model::*;
@@ -257,14 +258,24 @@ impl Driver for PostgresDriver {
         jobs::retry(&client, id, now).await
     }
 
-    async fn retry_poisoned(&self, pool: Option<&str>, now: Now) -> Result<u64> {
+    async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
         let client = self.client.lock().await;
-        jobs::retry_poisoned(&client, pool, now).await
+        jobs::statuses(&client, ids).await
+    }
+
+    async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        let client = self.client.lock().await;
+        jobs::retry_matching(&client, matching, now).await
     }
 
     async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
         let client = self.client.lock().await;
         jobs::cancel(&client, id, now).await
+    }
+
+    async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        let client = self.client.lock().await;
+        jobs::cancel_matching(&client, matching, now).await
     }
 
     async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
@@ -318,6 +329,21 @@ impl Driver for PostgresDriver {
     async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
         let client = self.client.lock().await;
         workers::status(&client, pool, now).await
+    }
+
+    async fn pool_names(&self) -> Result<Vec<String>> {
+        let client = self.client.lock().await;
+        workers::pool_names(&client).await
+    }
+
+    async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+        let client = self.client.lock().await;
+        workers::list(&client, filter).await
+    }
+
+    async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
+        let client = self.client.lock().await;
+        workers::activity(&client, now).await
     }
 
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::NOW;
+use crate::store::activity::ActivityRow;
 use crate::store::driver::Now;
 use crate::store::error::{ErrorKind, Result, StoreError};
 use crate::store::model::*;
@@ -192,4 +193,79 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         snapshot.add_workers(row.get(0), row.get::<_, &str>(1), row.get::<_, i64>(2).max(0) as u64);
     }
     Ok(snapshot)
+}
+
+pub(super) async fn pool_names(client: &Client) -> Result<Vec<String>> {
+    client.execute(FOLD_COUNTS, &[]).await?;
+    let rows =
+        client.query("SELECT pool FROM job_count_deltas GROUP BY pool HAVING sum(jobs) > 0 ORDER BY pool", &[]).await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+    let rows = client
+        .query(
+            "SELECT w.id, w.pool, w.status, w.host, w.pid, w.started_at, w.last_heartbeat_at, w.stopped_at,
+                    array(SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.status = 'claimed' ORDER BY j.seq)
+               FROM workers w
+              WHERE ($1::text IS NULL OR w.pool = $1) AND ($2::text IS NULL OR w.status = $2)
+              ORDER BY w.status IN ('starting', 'active') DESC, w.last_heartbeat_at DESC, w.id
+              LIMIT $3",
+            &[&filter.pool, &filter.status, &i64::from(filter.limit)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| WorkerInfo {
+            id: row.get(0),
+            pool: row.get(1),
+            status: row.get(2),
+            host: row.get(3),
+            pid: row.get::<_, Option<i64>>(4).and_then(|pid| u32::try_from(pid).ok()),
+            started_at: row.get(5),
+            last_heartbeat_at: row.get(6),
+            stopped_at: row.get(7),
+            current_jobs: row.get(8),
+        })
+        .collect())
+}
+
+/// Folds the activity appended since the last fold into one row per key, and the rows older
+/// than the recent minutes into minute 0, as [`FOLD_COUNTS`] folds the counts.
+const FOLD_ACTIVITY: &str = "
+    WITH folding AS (SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost.activity.' || current_schema(), 0)) AS mine),
+         gone AS (DELETE FROM activity WHERE (SELECT mine FROM folding) RETURNING *)
+    INSERT INTO activity
+    SELECT CASE WHEN minute < $1 THEN 0 ELSE minute END, pool, processor, event, duration_bucket, fuel_bucket,
+           sum(events), sum(duration_ms), sum(fuel)
+      FROM gone GROUP BY 1, pool, processor, event, duration_bucket, fuel_bucket";
+
+pub(super) async fn activity(client: &Client, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
+    let now: Millis = client.query_one(&format!("SELECT {NOW}"), &[&now]).await?.get(0);
+    let recent_from = now.div_euclid(60_000) - crate::store::activity::RECENT_MINUTES;
+    client.execute(FOLD_ACTIVITY, &[&recent_from]).await?;
+    let rows = client
+        .query(
+            "SELECT minute, pool, processor, event, duration_bucket, fuel_bucket, sum(events)::bigint,
+                    sum(duration_ms)::bigint, sum(fuel)::bigint
+               FROM activity GROUP BY minute, pool, processor, event, duration_bucket, fuel_bucket",
+            &[],
+        )
+        .await?;
+    let measure = |value: i64| value.max(0) as u64;
+    let rows = rows
+        .iter()
+        .map(|row| ActivityRow {
+            minute: row.get(0),
+            pool: row.get(1),
+            processor: row.get(2),
+            event: row.get(3),
+            duration_bucket: row.get(4),
+            fuel_bucket: row.get(5),
+            events: measure(row.get(6)),
+            duration_ms: measure(row.get(7)),
+            fuel: measure(row.get(8)),
+        })
+        .collect();
+    Ok((now, rows))
 }

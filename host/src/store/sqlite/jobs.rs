@@ -5,7 +5,7 @@
 //! clamped, and a payload that cannot be parsed back is shown as its text, so one damaged
 //! job cannot stop listing, showing or reaping the others.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, named_params, params};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params};
 
 use crate::store::driver::{Abandoned, ClaimRef, Resolution, Settlement};
 use crate::store::error::{ErrorKind, Result, StoreError};
@@ -178,7 +178,7 @@ pub(super) fn abandoned(conn: &Connection, pool: Option<&str>, now: Millis) -> R
 }
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
-     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at";
+     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
 
 /// A count column read at the width SQLite stores (64 bits) and clamped into `u32`.
 fn count_at(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
@@ -203,6 +203,7 @@ fn status_at(row: &Row<'_>, index: usize) -> rusqlite::Result<JobStatus> {
 
 fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
     Ok(JobSummary {
+        seq: row.get(15)?,
         id: row.get(0)?,
         pool: row.get(1)?,
         processor: row.get(2)?,
@@ -225,16 +226,17 @@ pub(super) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>> {
     let found = conn
         .query_row(
             &format!(
-                "SELECT {SUMMARY_COLUMNS}, j.seq, j.payload, j.result
+                "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
                    FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = ?1"
             ),
             [id],
-            |row| Ok((summary_from_row(row)?, row.get::<_, i64>(15)?, row.get::<_, String>(16)?, row.get(17)?)),
+            |row| Ok((summary_from_row(row)?, row.get::<_, String>(16)?, row.get(17)?)),
         )
         .optional()?;
-    let Some((job, seq, payload, result)) = found else {
+    let Some((job, payload, result)) = found else {
         return Ok(None);
     };
+    let seq = job.seq;
     let mut history = conn.prepare_cached(
         "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
            FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
@@ -257,52 +259,88 @@ pub(super) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>> {
     Ok(Some(JobDetail::new(job, payload, result, attempt_history)))
 }
 
+/// The conditions of a [`JobMatch`] on `jobs j`, with its values bound by [`match_params`].
+const MATCHING: &str = "(:pool IS NULL OR j.pool = :pool) AND (:status IS NULL OR j.status = :status)
+    AND (:processor IS NULL OR j.processor = :processor)
+    AND (:created_after IS NULL OR j.created_at >= :created_after)
+    AND (:created_before IS NULL OR j.created_at < :created_before)";
+
+fn match_params<'a>(
+    matching: &'a JobMatch<'_>,
+    status: &'a Option<&'static str>,
+) -> [(&'static str, &'a dyn ToSql); 5] {
+    [
+        (":pool", &matching.pool),
+        (":status", status),
+        (":processor", &matching.processor),
+        (":created_after", &matching.created_after),
+        (":created_before", &matching.created_before),
+    ]
+}
+
 pub(super) fn list(conn: &Connection, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {SUMMARY_COLUMNS} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
-          WHERE (:pool IS NULL OR j.pool = :pool) AND (:status IS NULL OR j.status = :status)
-          ORDER BY j.updated_at DESC, j.seq DESC LIMIT :limit"
+          WHERE {MATCHING} AND (:after IS NULL OR j.seq < :after)
+          ORDER BY j.seq DESC LIMIT :limit"
     ))?;
-    let jobs = statement
-        .query_map(
-            named_params! {
-                ":pool": filter.pool,
-                ":status": filter.status.map(JobStatus::as_str),
-                ":limit": filter.limit,
-            },
-            summary_from_row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let status = filter.matching.status.map(JobStatus::as_str);
+    let after = filter.after.map(|cursor| cursor.0);
+    let mut params = match_params(&filter.matching, &status).to_vec();
+    params.extend([(":after", &after as &dyn ToSql), (":limit", &filter.limit)]);
+    let jobs = statement.query_map(params.as_slice(), summary_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(jobs)
+}
+
+/// One statement for any number of ids: they are bound as one JSON array.
+pub(super) fn statuses(conn: &Connection, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+    let ids = serde_json::to_string(ids).expect("strings serialize");
+    let found = conn
+        .prepare_cached("SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?1))")?
+        .query_map([ids], |row| Ok((row.get(0)?, status_at(row, 1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(found)
 }
 
 /// The attempt numbers already used stay in the history, so the fresh attempts are counted
 /// on top of them: `max_attempts` grows by its old value, up to [`ATTEMPTS_CEILING`].
-const RETRY_UPDATE: &str = "UPDATE jobs
-    SET status = 'pending', run_at = ?1, max_attempts = min(attempts + max_attempts, ?2), worker_id = NULL,
-        claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL, updated_at = ?1";
+const RETRY_UPDATE: &str = "UPDATE jobs AS j
+    SET status = 'pending', run_at = :now, max_attempts = min(attempts + max_attempts, :ceiling), worker_id = NULL,
+        claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL, updated_at = :now
+  WHERE j.status IN ('poisoned', 'cancelled') AND j.attempts < :ceiling";
 
 pub(super) fn retry(conn: &Connection, id: &str, now: Millis) -> Result<IdAnswer> {
-    let changed = conn.execute(
-        &format!("{RETRY_UPDATE} WHERE id = ?3 AND status IN ('poisoned', 'cancelled') AND attempts < ?2"),
-        params![now, ATTEMPTS_CEILING, id],
-    )?;
+    let changed = conn.prepare_cached(&format!("{RETRY_UPDATE} AND j.id = :id"))?.execute(named_params! {
+        ":now": now,
+        ":ceiling": ATTEMPTS_CEILING,
+        ":id": id,
+    })?;
     answer_for(conn, id, changed, true)
 }
 
-pub(super) fn retry_poisoned(conn: &Connection, pool: Option<&str>, now: Millis) -> Result<u64> {
-    let changed = conn.execute(
-        &format!("{RETRY_UPDATE} WHERE status = 'poisoned' AND attempts < ?2 AND (?3 IS NULL OR pool = ?3)"),
-        params![now, ATTEMPTS_CEILING, pool],
-    )?;
+pub(super) fn retry_matching(conn: &Connection, matching: &JobMatch<'_>, now: Millis) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let mut params = match_params(matching, &status).to_vec();
+    params.extend([(":now", &now as &dyn ToSql), (":ceiling", &ATTEMPTS_CEILING)]);
+    let changed = conn.prepare_cached(&format!("{RETRY_UPDATE} AND {MATCHING}"))?.execute(params.as_slice())?;
+    Ok(changed as u64)
+}
+
+const CANCEL_UPDATE: &str =
+    "UPDATE jobs AS j SET status = 'cancelled', finished_at = :now, updated_at = :now WHERE j.status = 'pending'";
+
+pub(super) fn cancel_matching(conn: &Connection, matching: &JobMatch<'_>, now: Millis) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let mut params = match_params(matching, &status).to_vec();
+    params.push((":now", &now as &dyn ToSql));
+    let changed = conn.prepare_cached(&format!("{CANCEL_UPDATE} AND {MATCHING}"))?.execute(params.as_slice())?;
     Ok(changed as u64)
 }
 
 pub(super) fn cancel(conn: &Connection, id: &str, now: Millis) -> Result<IdAnswer> {
-    let changed = conn.execute(
-        "UPDATE jobs SET status = 'cancelled', finished_at = ?1, updated_at = ?1 WHERE id = ?2 AND status = 'pending'",
-        params![now, id],
-    )?;
+    let changed = conn
+        .prepare_cached(&format!("{CANCEL_UPDATE} AND j.id = :id"))?
+        .execute(named_params! { ":now": now, ":id": id })?;
     answer_for(conn, id, changed, false)
 }
 

@@ -24,6 +24,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::Access;
+use super::activity::ActivityRow;
 use super::driver::{Abandoned, Driver, Now, Settlement};
 use super::error::{ErrorKind, Result, StoreError};
 use super::model::*;
@@ -214,12 +215,20 @@ impl Driver for SqliteDriver {
         self.with_conn(|conn| jobs::retry(conn, id, resolve_now(now)))
     }
 
-    async fn retry_poisoned(&self, pool: Option<&str>, now: Now) -> Result<u64> {
-        self.with_conn(|conn| jobs::retry_poisoned(conn, pool, resolve_now(now)))
+    async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+        self.with_conn(|conn| jobs::statuses(conn, ids))
+    }
+
+    async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        self.with_conn(|conn| jobs::retry_matching(conn, matching, resolve_now(now)))
     }
 
     async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
         self.with_conn(|conn| jobs::cancel(conn, id, resolve_now(now)))
+    }
+
+    async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        self.with_conn(|conn| jobs::cancel_matching(conn, matching, resolve_now(now)))
     }
 
     async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
@@ -259,6 +268,22 @@ impl Driver for SqliteDriver {
 
     async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
         self.with_conn(|conn| workers::status(conn, pool, resolve_now(now)))
+    }
+
+    async fn pool_names(&self) -> Result<Vec<String>> {
+        self.with_conn(|conn| workers::pool_names(conn))
+    }
+
+    async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+        self.with_conn(|conn| workers::list(conn, filter))
+    }
+
+    async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
+        let now = resolve_now(now);
+        self.with_conn(|conn| {
+            workers::fold_activity(conn, now)?;
+            Ok((now, workers::activity(conn)?))
+        })
     }
 
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {

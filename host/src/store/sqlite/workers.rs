@@ -140,3 +140,89 @@ pub(super) fn status(conn: &Connection, pool: Option<&str>, now: Millis) -> Resu
     snapshot.oldest_ready_age_ms = oldest.filter(|&run_at| run_at <= now).map(|run_at| now.saturating_sub(run_at));
     Ok(snapshot)
 }
+
+pub(super) fn pool_names(conn: &Connection) -> Result<Vec<String>> {
+    let names = conn
+        .prepare_cached("SELECT pool FROM job_counts GROUP BY pool HAVING sum(jobs) > 0 ORDER BY pool")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(names)
+}
+
+pub(super) fn list(conn: &Connection, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+    let workers = conn
+        .prepare_cached(
+            "SELECT w.id, w.pool, w.status, w.host, w.pid, w.started_at, w.last_heartbeat_at, w.stopped_at,
+                    (SELECT json_group_array(j.id) FROM jobs j WHERE j.worker_id = w.id AND j.status = 'claimed')
+               FROM workers w
+              WHERE (:pool IS NULL OR w.pool = :pool) AND (:status IS NULL OR w.status = :status)
+              ORDER BY w.status IN ('starting', 'active') DESC, w.last_heartbeat_at DESC, w.id
+              LIMIT :limit",
+        )?
+        .query_map(named_params! { ":pool": filter.pool, ":status": filter.status, ":limit": filter.limit }, |row| {
+            let current: String = row.get(8)?;
+            Ok(WorkerInfo {
+                id: row.get(0)?,
+                pool: row.get(1)?,
+                status: row.get(2)?,
+                host: row.get(3)?,
+                pid: row.get::<_, Option<i64>>(4)?.and_then(|pid| u32::try_from(pid).ok()),
+                started_at: row.get(5)?,
+                last_heartbeat_at: row.get(6)?,
+                stopped_at: row.get(7)?,
+                current_jobs: serde_json::from_str(&current).unwrap_or_default(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(workers)
+}
+
+const ACTIVITY_KEY: &str = "pool, processor, event, duration_bucket, fuel_bucket";
+
+/// Folds rows older than the recent minutes into minute 0, in one write transaction that is
+/// only taken when there is something to fold.
+pub(super) fn fold_activity(conn: &mut Connection, now: Millis) -> Result<()> {
+    let before = now.div_euclid(60_000) - crate::store::activity::RECENT_MINUTES;
+    let old: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM activity WHERE minute BETWEEN 1 AND ?1)", [before], |row| {
+            row.get(0)
+        })?;
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO activity (minute, {ACTIVITY_KEY}, events, duration_ms, fuel)
+             SELECT 0, {ACTIVITY_KEY}, sum(events), sum(duration_ms), sum(fuel) FROM activity
+              WHERE minute BETWEEN 1 AND ?1 GROUP BY {ACTIVITY_KEY}
+             ON CONFLICT DO UPDATE SET events = events + excluded.events,
+                 duration_ms = duration_ms + excluded.duration_ms, fuel = fuel + excluded.fuel"
+        ),
+        [before],
+    )?;
+    tx.execute("DELETE FROM activity WHERE minute BETWEEN 1 AND ?1", [before])?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub(super) fn activity(conn: &Connection) -> Result<Vec<crate::store::activity::ActivityRow>> {
+    let rows = conn
+        .prepare_cached(&format!("SELECT minute, {ACTIVITY_KEY}, events, duration_ms, fuel FROM activity"))?
+        .query_map([], |row| {
+            let measure = |index| row.get::<_, i64>(index).map(|value| value.max(0) as u64);
+            Ok(crate::store::activity::ActivityRow {
+                minute: row.get(0)?,
+                pool: row.get(1)?,
+                processor: row.get(2)?,
+                event: row.get(3)?,
+                duration_bucket: row.get(4)?,
+                fuel_bucket: row.get(5)?,
+                events: measure(6)?,
+                duration_ms: measure(7)?,
+                fuel: measure(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
