@@ -63,6 +63,8 @@ pub enum Command {
     Processors(ProcessorsArgs),
     /// Run a processor once, outside the pool, and print the outcome.
     Run(RunArgs),
+    /// Serve the HTTP API, the web dashboard and Prometheus metrics.
+    Serve(ServeArgs),
     /// Copy every job, with its history and results, from this pool (--db) to another, e.g.
     /// from the SQLite default to a PostgreSQL server.
     Copy(CopyArgs),
@@ -277,4 +279,19 @@ pub struct CopyArgs {
     /// Print `{"copied": N, "to": TARGET}`.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Default: `serve.listen` (127.0.0.1:7700). Anything but loopback
+    /// needs a token.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// File holding the token every request must carry (else $JOBHOST_TOKEN, else
+    /// `serve.token_file`).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Serve reads only; refuse every change.
+    #[arg(long)]
+    pub read_only: bool,
 }

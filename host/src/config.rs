@@ -31,6 +31,7 @@ pub struct Config {
     pub reaper: ReaperConfig,
     pub jobs: JobsConfig,
     pub processors: ProcessorsConfig,
+    pub serve: ServeConfig,
     /// Keys set by a command-line flag, and that flag: validation errors name what the user typed.
     #[serde(skip)]
     pub set_by_flag: BTreeMap<String, &'static str>,
@@ -192,6 +193,50 @@ pub struct JobsConfig {
 impl Default for JobsConfig {
     fn default() -> Self {
         Self { max_payload: ByteSize(1 << 20) }
+    }
+}
+
+/// `jobhost serve`: the HTTP API, dashboard and metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address and port to listen on. Anything but loopback needs a token.
+    pub listen: String,
+    /// File holding the token every request must carry (`$JOBHOST_TOKEN` is the other way).
+    pub token_file: Option<PathBuf>,
+    /// Serve reads only: every change is refused.
+    pub read_only: bool,
+    /// Largest request body (a batch of jobs is one body).
+    pub max_body: ByteSize,
+    /// Longest a request may take, from its first byte to its answer; a long-poll gets its
+    /// wait on top.
+    pub request_timeout: HumanDuration,
+    /// Longest `?wait=` a long-poll may ask for.
+    pub max_wait: HumanDuration,
+    /// Most connections open at once; further ones wait to be accepted.
+    pub max_connections: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".to_string(),
+            token_file: None,
+            read_only: false,
+            max_body: ByteSize(16 << 20),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+            max_wait: HumanDuration(Duration::from_secs(60)),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The listen address, parsed.
+    pub fn address(&self) -> Result<std::net::SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!("must be an IP address and port, e.g. 127.0.0.1:7700 or 0.0.0.0:7700, got {:?}", self.listen)
+        })
     }
 }
 
@@ -371,6 +416,25 @@ impl Config {
         if self.processors.max_size.0 == 0 {
             bail!("{} must be more than 0", self.name("processors.max_size"));
         }
+        let serve = &self.serve;
+        serve.address().map_err(|why| anyhow::anyhow!("{} {why}", self.name("serve.listen")))?;
+        if !(1 << 10..=1 << 30).contains(&serve.max_body.0) {
+            bail!("{} must be between 1KiB and 1GiB, got {}", self.name("serve.max_body"), serve.max_body);
+        }
+        if serve.max_body.0 < self.jobs.max_payload.0 {
+            bail!(
+                "{} ({}) is smaller than jobs.max_payload ({}): a request could not carry the largest payload",
+                self.name("serve.max_body"),
+                serve.max_body,
+                self.jobs.max_payload
+            );
+        }
+        for (key, value) in [("serve.request_timeout", serve.request_timeout), ("serve.max_wait", serve.max_wait)] {
+            if value.0 < Duration::from_secs(1) {
+                bail!("{} must be at least 1s, got {value}", self.name(key));
+            }
+        }
+        check_range(self.name("serve.max_connections"), serve.max_connections, 1, 100_000, "connections")?;
         self.processors.limits.validate(self, "processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
             crate::processors::validate_name(name).map_err(|err| anyhow::anyhow!("processors.overrides: {err}"))?;

@@ -16,6 +16,7 @@ pub mod output;
 pub mod processors;
 pub mod reaper;
 pub mod sandbox;
+pub mod serve;
 pub mod settings;
 pub mod store;
 pub mod worker;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Check(args) => checker::run(config, args).await,
             Command::Reap(args) => reaper::run(config, args).await,
             Command::Copy(args) => commands::copy::run(config, args).await,
+            Command::Serve(_) => serve::run(config).await,
         }
     });
     // A processor load that missed its deadline may still run on a blocking thread; what it

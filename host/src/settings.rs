@@ -109,6 +109,19 @@ pub fn settle(cli: Cli) -> Result<(Config, Command)> {
                 );
             }
         }
+        Command::Serve(args) => {
+            if let Some(listen) = args.listen.take() {
+                config.serve.listen = listen;
+                config.set_by_flag.insert(String::from("serve.listen"), "--listen");
+            }
+            if let Some(token_file) = args.token_file.take() {
+                config.serve.token_file = Some(token_file);
+                config.set_by_flag.insert(String::from("serve.token_file"), "--token-file");
+            }
+            if args.read_only {
+                config.serve.read_only = true;
+            }
+        }
         Command::Status(_) | Command::Jobs(_) | Command::Processors(_) => {}
     }
     config.validate()?;
@@ -129,7 +142,7 @@ fn override_limit(
 
 /// A pool name or worker id: 1 to 128 bytes of printable text, so it reads back cleanly in
 /// every listing and log line.
-fn check_name(flag: &str, value: &str) -> Result<()> {
+pub fn check_name(flag: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
         bail!("{flag} must be 1 to {MAX_NAME_BYTES} bytes of printable text, got {value:?}");
     }

@@ -292,3 +292,55 @@ pub fn make_fifo(path: &Path) {
 pub fn jobs_count(status: &Value, which: &str) -> u64 {
     status["jobs"][which].as_u64().unwrap()
 }
+
+/// A running `jobhost serve` on this pool, on a free port of 127.0.0.1; stopped (SIGTERM,
+/// then reaped) when dropped.
+pub struct Server {
+    process: Guarded,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Pool {
+    /// Starts `jobhost serve --listen 127.0.0.1:0 ARGS` and waits for the one line it prints
+    /// once it accepts connections (`listening on http://…`).
+    pub fn serve(&self, args: &[&str]) -> Server {
+        self.serve_with(args, &[])
+    }
+
+    /// [`Pool::serve`] with extra environment variables (e.g. `JOBHOST_TOKEN`).
+    pub fn serve_with(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let mut command = self.command(&["serve", "--listen", "127.0.0.1:0"]);
+        command.args(args).env_remove("JOBHOST_TOKEN").envs(env.iter().copied());
+        // Its log goes to a file, so a chatty server never blocks on a full pipe.
+        let log = std::fs::File::create(self.path("serve.log")).expect("create serve.log");
+        let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("spawn jobhost serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut process = Guarded(Some(child));
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read jobhost serve's stdout");
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let _ = process.0.take().unwrap().wait();
+            let log = std::fs::read_to_string(self.path("serve.log")).unwrap_or_default();
+            panic!("jobhost serve did not start: {line}{log}");
+        };
+        Server { base: base.to_owned(), process }
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Sends SIGTERM and returns how the server exited (within `timeout`).
+    pub fn stop(self, timeout: Duration) -> ExitStatus {
+        signal(self.process.id(), libc::SIGTERM);
+        self.process.wait_at_most(timeout, "jobhost serve stopping on SIGTERM").status
+    }
+}

@@ -28,7 +28,8 @@ pub fn run(config: &Config, args: ProcessorsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn info_json(info: &ProcessorInfo) -> Value {
+/// A processor as `--json` and the API show it.
+pub fn info_json(info: &ProcessorInfo) -> Value {
     json!({
         "name": info.name,
         "source": info.source.to_string(),

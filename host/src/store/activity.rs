@@ -134,19 +134,16 @@ impl Histogram {
         self.count += events;
     }
 
-    /// `(upper bound / divisor, cumulative count)` for every bound, then `(+Inf, count)`.
-    pub fn cumulative(&self, bounds: &[u64], divisor: f64) -> Vec<(f64, u64)> {
-        let mut total = 0;
-        let mut points: Vec<(f64, u64)> = bounds
+    /// `(upper bound / divisor, count in that bucket)` for every bound, then the bucket
+    /// above the last bound as `+Inf`: the counts are per bucket, not cumulative.
+    pub fn points(&self, bounds: &[u64], divisor: f64) -> Vec<(f64, u64)> {
+        bounds
             .iter()
+            .map(|&bound| bound as f64 / divisor)
+            .chain([f64::INFINITY])
             .enumerate()
-            .map(|(index, &bound)| {
-                total += self.buckets.get(index).copied().unwrap_or(0);
-                (bound as f64 / divisor, total)
-            })
-            .collect();
-        points.push((f64::INFINITY, self.count));
-        points
+            .map(|(index, bound)| (bound, self.buckets.get(index).copied().unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -241,9 +238,9 @@ mod tests {
         assert_eq!(activity.per_minute, BTreeMap::from([(99, (0, 1)), (100, (2, 0))]), "minute 0 is history");
         let durations = &activity.durations[&("p".into(), "echo".into())];
         assert_eq!((durations.count, durations.sum), (8, 24));
-        let cumulative = durations.cumulative(&DURATION_BOUNDS_MS, 1000.0);
-        assert_eq!(cumulative[..2], [(0.005, 5), (0.01, 7)]);
-        assert_eq!(cumulative[13].1, 7, "the trap took longer than the last bound");
-        assert_eq!(cumulative.last(), Some(&(f64::INFINITY, 8)));
+        let points = durations.points(&DURATION_BOUNDS_MS, 1000.0);
+        assert_eq!(points[..2], [(0.005, 5), (0.01, 2)]);
+        assert_eq!(points.len(), DURATION_BOUNDS_MS.len() + 1);
+        assert_eq!(points.last(), Some(&(f64::INFINITY, 1)), "the trap took longer than the last bound");
     }
 }

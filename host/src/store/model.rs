@@ -15,7 +15,7 @@ pub fn millis(duration: Duration) -> Millis {
     duration.as_millis().try_into().unwrap_or(Millis::MAX)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
@@ -259,7 +259,7 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     /// Its place in the queue's order; see [`JobSummary::cursor`].
     #[serde(skip)]
@@ -282,7 +282,7 @@ pub struct JobSummary {
     pub finished_at: Option<Millis>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     pub attempt: u32,
     pub worker_id: String,
@@ -294,6 +294,8 @@ pub struct AttemptRecord {
     pub stderr: Option<String>,
     pub fuel_used: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// The machine of the worker that made the attempt.
+    pub host: Option<String>,
 }
 
 impl JobSummary {
@@ -339,7 +341,7 @@ pub struct JobDetail {
 }
 
 /// A registered worker, as the API and dashboard list them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub id: String,
     pub pool: String,
@@ -362,7 +364,7 @@ pub struct WorkerFilter<'a> {
 }
 
 /// One pool's counts, as in [`StatusSnapshot`] for that pool.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
 pub struct PoolSnapshot {
     pub pool: String,
     pub jobs: JobCounts,
@@ -390,7 +392,7 @@ impl NewWorker {
 }
 
 /// Counts for `jobhost status`. Its JSON form is a fixed interface other tools read.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
 pub struct StatusSnapshot {
     pub jobs: JobCounts,
     pub ready: u64,
@@ -400,7 +402,7 @@ pub struct StatusSnapshot {
     pub hosts: std::collections::BTreeMap<String, WorkerCounts>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
 pub struct JobCounts {
     pub pending: u64,
     pub claimed: u64,
@@ -409,7 +411,7 @@ pub struct JobCounts {
     pub cancelled: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
 pub struct WorkerCounts {
     pub starting: u64,
     pub active: u64,

@@ -306,8 +306,9 @@ pub(super) static JOB: LazyLock<String> = LazyLock::new(|| {
 });
 
 pub(super) const HISTORY: &str =
-    "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
-       FROM attempts WHERE job_seq = $1 ORDER BY attempt";
+    "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
+            a.duration_ms, w.host
+       FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = $1 ORDER BY a.attempt";
 
 pub(super) async fn job(client: &Client, job: &Statement, history: &Statement, id: &str) -> Result<Option<JobDetail>> {
     let Some(row) = client.query_opt(job, &[&id]).await? else {
@@ -330,6 +331,7 @@ pub(super) async fn job(client: &Client, job: &Statement, history: &Statement, i
             stderr: row.get(6),
             fuel_used: measure(row.get(7)),
             duration_ms: measure(row.get(8)),
+            host: row.get(9),
         })
         .collect();
     Ok(Some(JobDetail::new(summary, row.get(16), row.get(17), attempt_history)))

@@ -238,8 +238,9 @@ pub(super) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>> {
     };
     let seq = job.seq;
     let mut history = conn.prepare_cached(
-        "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
-           FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
+        "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
+                a.duration_ms, w.host
+           FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = ?1 ORDER BY a.attempt",
     )?;
     let attempt_history = history
         .query_map([seq], |row| {
@@ -253,6 +254,7 @@ pub(super) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>> {
                 stderr: row.get(6)?,
                 fuel_used: measure_at(row, 7)?,
                 duration_ms: measure_at(row, 8)?,
+                host: row.get(9)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -1,0 +1,641 @@
+//! The JSON API under `/api/v1`, and its OpenAPI document, generated from these handlers
+//! and types (utoipa), so the document cannot drift from what is served.
+//!
+//! Requests are read the way `jobhost seed` reads its flags: the same names, limits and
+//! checks (`settings::check_name`, `processors::validate_name`, `store::check_payload`,
+//! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every
+//! refusal names the field, e.g. `jobs[2].payload`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::App;
+use super::error::{ApiError, ErrorBody};
+use crate::config::{HumanDuration, MAX_ATTEMPTS};
+use crate::store::{
+    AttemptRecord, Cursor, IdAnswer, JobCounts, JobFilter, JobMatch, JobStatus, JobSummary, NewJob, PoolSnapshot,
+    StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
+};
+
+/// Most jobs in one batch, and most ids in one bulk retry or cancel.
+pub const MAX_BATCH: usize = 100_000;
+/// Most jobs one listing page holds.
+pub const MAX_PAGE: u32 = 1_000;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
+    paths(enqueue, get_job, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
+    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new())]);
+    }
+}
+
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// One job to queue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJobRequest {
+    /// The processor that runs the job: `echo`, or a `.wasm` file in this host's processors folder.
+    processor: Option<String>,
+    /// Any JSON value; the processor reads it on stdin. Default `{}`.
+    #[schema(value_type = Object)]
+    payload: Option<Value>,
+    /// Default `default`.
+    pool: Option<String>,
+    /// Higher runs first. Default 0.
+    priority: Option<i64>,
+    /// Ready only after this long, e.g. `30s`, `5m`.
+    #[schema(value_type = String, example = "30s")]
+    delay: Option<HumanDuration>,
+    /// Ready only from this time (milliseconds since the Unix epoch).
+    run_at: Option<i64>,
+    /// Attempts before the job is poisoned. Default: `retry.max_attempts`.
+    max_attempts: Option<u32>,
+}
+
+/// A batch: queued in one transaction, all or nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJobsRequest {
+    jobs: Vec<NewJobRequest>,
+}
+
+/// One job, or a batch.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "only describes the request body in the OpenAPI document")]
+pub enum EnqueueRequest {
+    One(NewJobRequest),
+    Batch(NewJobsRequest),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Enqueued {
+    id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnqueuedBatch {
+    ids: Vec<String>,
+}
+
+/// A job with its payload, result and attempts.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// Every attempt, oldest first.
+    pub history: Vec<AttemptRecord>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Changed {
+    id: String,
+    status: JobStatus,
+}
+
+/// Which jobs a bulk retry or cancel is about: a list of ids, or a filter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    ids: Option<Vec<String>>,
+    filter: Option<FilterRequest>,
+}
+
+impl BulkRequest {
+    pub fn ids(ids: Vec<String>) -> BulkRequest {
+        BulkRequest { ids: Some(ids), filter: None }
+    }
+
+    pub fn filter(filter: FilterRequest) -> BulkRequest {
+        BulkRequest { ids: None, filter: Some(filter) }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRequest {
+    pub pool: Option<String>,
+    pub status: Option<String>,
+    pub processor: Option<String>,
+    /// Created at or after (ms since the epoch).
+    pub created_after: Option<i64>,
+    /// Created before (ms since the epoch).
+    pub created_before: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BulkAnswer {
+    /// How many jobs changed.
+    pub count: u64,
+    /// With `ids`: the ids that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<Vec<String>>,
+    /// With `ids`: the ids that did not, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Vec<Refused>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Refused {
+    pub id: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PoolList {
+    pools: Vec<PoolSnapshot>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerList {
+    workers: Vec<WorkerInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProcessorList {
+    /// The objects `jobhost processors --json` prints.
+    #[schema(value_type = Vec<Object>)]
+    processors: Vec<Value>,
+}
+
+/// The listing's query parameters; all optional.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub pool: Option<String>,
+    /// pending, claimed, completed, poisoned or cancelled.
+    pub status: Option<String>,
+    pub processor: Option<String>,
+    /// Created at or after (ms since the epoch).
+    created_after: Option<i64>,
+    /// Created before (ms since the epoch).
+    created_before: Option<i64>,
+    /// 1 to 1000; default 50.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// Wait up to this long (e.g. `30s`, at most `serve.max_wait`) for the job to finish.
+    wait: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PoolQuery {
+    pool: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerQuery {
+    pool: Option<String>,
+    /// starting, active, terminated or lost.
+    status: Option<String>,
+}
+
+/// Reads a query string into `T`; a bad or unknown parameter is a 422 naming it.
+pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> Result<T, ApiError> {
+    let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
+        return Ok(T::default());
+    };
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        let field = if field == "." { "query".to_owned() } else { field };
+        ApiError::field(field, format!("bad query parameter: {}", err.inner()))
+    })
+}
+
+/// Reads a JSON body into `T`: it must be declared JSON, parse, and fit `T`; errors name the
+/// field at fault.
+fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON, with `Content-Type: application/json`",
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::invalid_json(format!("the body is not valid JSON: {err}")))?;
+    from_value(value)
+}
+
+fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        if path == "." {
+            ApiError::invalid_json(format!("the body has the wrong shape: {message}"))
+        } else {
+            ApiError::field(path, message)
+        }
+    })
+}
+
+fn parse_status(field: &str, text: &str) -> Result<JobStatus, ApiError> {
+    JobStatus::parse(text).ok_or_else(|| {
+        ApiError::field(
+            field,
+            format!("unknown status {text:?}: use pending, claimed, completed, poisoned or cancelled"),
+        )
+    })
+}
+
+fn check_pool(field: &str, pool: &str) -> Result<(), ApiError> {
+    crate::settings::check_name(field, pool).map_err(|err| ApiError::field(field, err.to_string()))
+}
+
+impl App {
+    /// A request's job as the store queues it, checked as `jobhost seed` checks its flags.
+    fn new_job(&self, request: NewJobRequest, field: &str, known: &[String]) -> Result<NewJob, ApiError> {
+        let name = |key: &str| if field.is_empty() { key.to_owned() } else { format!("{field}.{key}") };
+        let config = &self.config;
+        let processor = request.processor.ok_or_else(|| ApiError::field(name("processor"), "is required"))?;
+        crate::processors::validate_name(&processor).map_err(|err| ApiError::field(name("processor"), err))?;
+        if !known.contains(&processor) {
+            return Err(ApiError::field(
+                name("processor"),
+                format!(
+                    "no processor {processor:?} on this host (it has: {}): add {processor}.wasm to {}",
+                    known.join(", "),
+                    config.processors.dir.display()
+                ),
+            ));
+        }
+        let pool = request.pool.unwrap_or_else(|| "default".to_owned());
+        check_pool(&name("pool"), &pool)?;
+        let payload = request.payload.map_or_else(|| "{}".to_owned(), |payload| payload.to_string());
+        crate::store::check_payload(payload.as_bytes(), config.jobs.max_payload.0)
+            .map_err(|err| ApiError::field(name("payload"), format!("payload {err}")))?;
+        let max_attempts = request.max_attempts.unwrap_or(config.retry.max_attempts);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(ApiError::field(name("max_attempts"), format!("must be between 1 and {MAX_ATTEMPTS}")));
+        }
+        let delay_ms = match (request.delay, request.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(name("run_at"), "give delay or run_at, not both"));
+            }
+            (Some(delay), None) => millis(delay.0),
+            (None, Some(run_at)) => run_at.saturating_sub(now_ms()).max(0),
+            (None, None) => 0,
+        };
+        Ok(NewJob {
+            id: NewJob::new_id(),
+            pool,
+            processor,
+            payload,
+            priority: request.priority.unwrap_or(0),
+            max_attempts,
+            delay_ms,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, millis)
+}
+
+/// Queue one job or a batch.
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = EnqueueRequest, responses(
+    (status = 201, description = "Queued one job", body = Enqueued),
+    (status = 201, description = "Queued the whole batch, ids in order", body = EnqueuedBatch),
+    (status = 422, description = "A field is wrong; nothing was queued", body = ErrorBody),
+))]
+pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
+    let value: Value = body(&headers, &bytes)?;
+    let known = crate::processors::names(&app.config)
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))?;
+    if value.get("jobs").is_some() {
+        let batch: NewJobsRequest = from_value(value)?;
+        if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+            return Err(ApiError::field("jobs", format!("must hold 1 to {MAX_BATCH} jobs, got {}", batch.jobs.len())));
+        }
+        let jobs = batch
+            .jobs
+            .into_iter()
+            .enumerate()
+            .map(|(index, job)| app.new_job(job, &format!("jobs[{index}]"), &known))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = app.store().enqueue_all(&jobs).await?;
+        return Ok((StatusCode::CREATED, Json(EnqueuedBatch { ids })).into_response());
+    }
+    let job = app.new_job(from_value(value)?, "", &known)?;
+    let mut ids = app.store().enqueue_all(&[job]).await?;
+    Ok((StatusCode::CREATED, Json(Enqueued { id: ids.remove(0) })).into_response())
+}
+
+/// One job with its history; `?wait=30s` waits for it to finish.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path), JobQuery), responses(
+    (status = 200, description = "The job (unfinished if the wait ran out)", body = JobView),
+    (status = 404, body = ErrorBody),
+))]
+pub async fn get_job(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<JobView>, ApiError> {
+    let query: JobQuery = query(raw.as_deref())?;
+    let wait = query.wait.as_deref().map(|text| app.wait_for(text)).transpose()?;
+    let mut job = app.job(&id).await?;
+    if let Some(wait) = wait
+        && !job.job.status.is_finished()
+    {
+        app.watcher.wait(&id, wait, app.stopping.clone()).await;
+        job = app.job(&id).await?;
+    }
+    Ok(Json(job))
+}
+
+impl App {
+    /// A `?wait=` value, checked against `serve.max_wait`.
+    fn wait_for(&self, text: &str) -> Result<Duration, ApiError> {
+        let wait: HumanDuration = text.parse().map_err(|err: String| ApiError::field("wait", err))?;
+        let max = self.config.serve.max_wait;
+        if wait > max {
+            return Err(ApiError::field("wait", format!("is longer than serve.max_wait ({max}): wait at most {max}")));
+        }
+        Ok(wait.0)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobView, ApiError> {
+        let detail = self.store().job(id).await?.ok_or_else(|| ApiError::not_found(format!("no job with id {id}")))?;
+        Ok(JobView { job: detail.job, payload: detail.payload, result: detail.result, history: detail.attempt_history })
+    }
+
+    /// One page of the jobs a listing query asks for.
+    pub async fn job_page(&self, query: &ListQuery) -> Result<JobPage, ApiError> {
+        let limit = query.limit.unwrap_or(50);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}, got {limit}")));
+        }
+        let after = match &query.cursor {
+            Some(token) => Some(Cursor::from_token(token).ok_or_else(|| {
+                ApiError::field("cursor", "is not a cursor this server gave: pass next_cursor as it came")
+            })?),
+            None => None,
+        };
+        let filter = FilterRequest {
+            pool: query.pool.clone(),
+            status: query.status.clone(),
+            processor: query.processor.clone(),
+            created_after: query.created_after,
+            created_before: query.created_before,
+        };
+        let matching = matching(&filter, "")?;
+        let jobs = self.store().list_jobs(&JobFilter { matching, after, limit }).await?;
+        let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|job| job.cursor().token())).flatten();
+        Ok(JobPage { jobs, next_cursor })
+    }
+}
+
+/// A filter as the store takes it; `prefix` names its place in the request (`filter.`).
+fn matching<'a>(filter: &'a FilterRequest, prefix: &str) -> Result<JobMatch<'a>, ApiError> {
+    if let Some(pool) = &filter.pool {
+        check_pool(&format!("{prefix}pool"), pool)?;
+    }
+    let status = filter.status.as_deref().map(|status| parse_status(&format!("{prefix}status"), status)).transpose()?;
+    Ok(JobMatch {
+        pool: filter.pool.as_deref(),
+        status,
+        processor: filter.processor.as_deref(),
+        created_after: filter.created_after,
+        created_before: filter.created_before,
+    })
+}
+
+/// Jobs, newest first, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/jobs", params(ListQuery), responses((status = 200, body = JobPage)))]
+pub async fn list_jobs(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<JobPage>, ApiError> {
+    Ok(Json(app.job_page(&query(raw.as_deref())?).await?))
+}
+
+/// Which of retry or cancel an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Retry,
+    Cancel,
+}
+
+impl Action {
+    fn rule(self) -> &'static str {
+        match self {
+            Action::Retry => "only poisoned or cancelled jobs can be retried",
+            Action::Cancel => "only pending jobs can be cancelled",
+        }
+    }
+
+    fn status(self) -> JobStatus {
+        match self {
+            Action::Retry => JobStatus::Pending,
+            Action::Cancel => JobStatus::Cancelled,
+        }
+    }
+}
+
+impl App {
+    /// Retries or cancels one job; the error says why it could not be.
+    pub async fn act_on(&self, action: Action, id: &str) -> Result<(), ApiError> {
+        let store = self.store();
+        let answer = match action {
+            Action::Retry => store.retry_job(id).await?,
+            Action::Cancel => store.cancel_job(id).await?,
+        };
+        match answer {
+            IdAnswer::Done => Ok(()),
+            IdAnswer::NotFound => Err(ApiError::not_found(format!("no job with id {id}"))),
+            IdAnswer::WrongStatus(status) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_status",
+                format!("job {id} is {}: {}", status.as_str(), action.rule()),
+            )),
+            IdAnswer::NoAttemptsLeft => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_status",
+                format!("job {id} has used every attempt jobhost can count: queue it anew"),
+            )),
+        }
+    }
+
+    /// Retries or cancels a list of ids (each on its own) or every job a filter matches (one
+    /// statement).
+    pub async fn act_on_many(&self, action: Action, request: BulkRequest) -> Result<BulkAnswer, ApiError> {
+        match (request.ids, request.filter) {
+            (Some(ids), None) => {
+                if ids.len() > MAX_BATCH {
+                    return Err(ApiError::field("ids", format!("must hold at most {MAX_BATCH} ids")));
+                }
+                let (mut done, mut refused) = (Vec::new(), Vec::new());
+                for id in ids {
+                    match self.act_on(action, &id).await {
+                        Ok(()) => done.push(id),
+                        Err(err) if err.status.is_client_error() => {
+                            refused.push(Refused { id, code: err.code, message: err.message })
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(BulkAnswer { count: done.len() as u64, done: Some(done), refused: Some(refused) })
+            }
+            (None, Some(filter)) => {
+                let matching = matching(&filter, "filter.")?;
+                let store = self.store();
+                let count = match action {
+                    Action::Retry => store.retry_matching(&matching).await?,
+                    Action::Cancel => store.cancel_matching(&matching).await?,
+                };
+                Ok(BulkAnswer { count, done: None, refused: None })
+            }
+            _ => Err(ApiError::invalid_json("give either `ids` (a list of job ids) or `filter` (an object), not both")),
+        }
+    }
+}
+
+/// Give a poisoned or cancelled job a fresh set of attempts.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", params(("id" = String, Path)), responses(
+    (status = 200, body = Changed), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+pub async fn retry_job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Changed>, ApiError> {
+    app.act_on(Action::Retry, &id).await?;
+    Ok(Json(Changed { id, status: Action::Retry.status() }))
+}
+
+/// Cancel a pending job so no worker takes it.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = String, Path)), responses(
+    (status = 200, body = Changed), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+pub async fn cancel_job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Changed>, ApiError> {
+    app.act_on(Action::Cancel, &id).await?;
+    Ok(Json(Changed { id, status: Action::Cancel.status() }))
+}
+
+/// Retry a list of jobs, or every poisoned or cancelled job matching a filter.
+#[utoipa::path(post, path = "/api/v1/jobs/retry", request_body = BulkRequest, responses((status = 200, body = BulkAnswer)))]
+pub async fn retry_jobs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<BulkAnswer>, ApiError> {
+    Ok(Json(app.act_on_many(Action::Retry, body(&headers, &bytes)?).await?))
+}
+
+/// Cancel a list of jobs, or every pending job matching a filter.
+#[utoipa::path(post, path = "/api/v1/jobs/cancel", request_body = BulkRequest, responses((status = 200, body = BulkAnswer)))]
+pub async fn cancel_jobs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<BulkAnswer>, ApiError> {
+    Ok(Json(app.act_on_many(Action::Cancel, body(&headers, &bytes)?).await?))
+}
+
+/// Exactly what `jobhost status --json` prints.
+#[utoipa::path(get, path = "/api/v1/status", params(PoolQuery), responses((status = 200, body = StatusSnapshot)))]
+pub async fn status(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<StatusSnapshot>, ApiError> {
+    let query: PoolQuery = query(raw.as_deref())?;
+    if let Some(pool) = &query.pool {
+        check_pool("pool", pool)?;
+    }
+    Ok(Json(app.store().status(query.pool.as_deref()).await?))
+}
+
+/// Every pool with its counts, ready jobs and oldest ready age.
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = PoolList)))]
+pub async fn pools(State(app): State<Arc<App>>) -> Result<Json<PoolList>, ApiError> {
+    Ok(Json(PoolList { pools: app.store().pools().await? }))
+}
+
+/// Most workers one listing shows.
+pub const MAX_WORKERS_LISTED: u32 = 500;
+
+impl App {
+    pub async fn worker_list(&self, query: &WorkerQuery) -> Result<Vec<WorkerInfo>, ApiError> {
+        if let Some(pool) = &query.pool {
+            check_pool("pool", pool)?;
+        }
+        if let Some(status) = query.status.as_deref()
+            && !["starting", "active", "terminated", "lost"].contains(&status)
+        {
+            return Err(ApiError::field(
+                "status",
+                format!("unknown status {status:?}: use starting, active, terminated or lost"),
+            ));
+        }
+        let filter =
+            WorkerFilter { pool: query.pool.as_deref(), status: query.status.as_deref(), limit: MAX_WORKERS_LISTED };
+        Ok(self.store().workers(&filter).await?)
+    }
+
+    /// Every processor as `jobhost processors --json` shows it. Loading compiles (or reads
+    /// the compile cache), so it runs off the server's thread.
+    pub async fn processor_list(self: &Arc<App>) -> Result<Vec<crate::processors::ProcessorInfo>, ApiError> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || crate::processors::list(&app.config, &app.sandbox))
+            .await
+            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()))?
+            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))
+    }
+}
+
+/// Workers, live ones first (at most 500).
+#[utoipa::path(get, path = "/api/v1/workers", params(WorkerQuery), responses((status = 200, body = WorkerList)))]
+pub async fn workers(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<WorkerList>, ApiError> {
+    Ok(Json(WorkerList { workers: app.worker_list(&query(raw.as_deref())?).await? }))
+}
+
+/// Every processor with its source, size, hash, limits, and load error if broken.
+#[utoipa::path(get, path = "/api/v1/processors", responses((status = 200, body = ProcessorList)))]
+pub async fn processors(State(app): State<Arc<App>>) -> Result<Json<ProcessorList>, ApiError> {
+    let infos = app.processor_list().await?;
+    Ok(Json(ProcessorList { processors: infos.iter().map(crate::commands::processors::info_json).collect() }))
+}

@@ -1,0 +1,202 @@
+//! `GET /metrics`: the pool in the OpenMetrics text format Prometheus scrapes.
+//!
+//! Everything comes from the store, not from this server's memory, so any number of
+//! servers (or none, between scrapes) report the same values, and workers on other machines
+//! are counted: job and worker counts, ready jobs and their age per pool, and from the
+//! activity table (see `store::activity`) attempts by outcome, their duration and fuel
+//! histograms, and jobs queued and claimed as counters to take rates of. A scrape reads
+//! kept counts and short index ranges only, so it costs the same at a million jobs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::App;
+use super::error::ApiError;
+use crate::store::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, JobStatus, PoolSnapshot, StatusSnapshot};
+
+/// What one scrape read, encoded by [`Collector::encode`].
+#[derive(Debug)]
+struct Scrape {
+    pools: Vec<PoolSnapshot>,
+    status: StatusSnapshot,
+    activity: Activity,
+    store_queries: u64,
+    waiters: u64,
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+    let pools = app.store().pools().await?;
+    let status = app.store().status(None).await?;
+    let activity = app.store().activity().await?;
+    let scrape = Scrape {
+        pools,
+        status,
+        activity,
+        store_queries: app.queries.load(Ordering::Relaxed),
+        waiters: app.watcher.waiters.load(Ordering::Relaxed),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|err| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    values: &[(Vec<(&str, &str)>, i64)],
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Vec<(&str, &str)>, u64)],
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn as_gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let pools = &self.pools;
+        let jobs: Vec<_> = pools
+            .iter()
+            .flat_map(|pool| {
+                let counts = &pool.jobs;
+                let by_status = [counts.pending, counts.claimed, counts.completed, counts.poisoned, counts.cancelled];
+                JobStatus::ALL.iter().zip(by_status).map(|(status, count)| {
+                    (vec![("pool", pool.pool.as_str()), ("status", status.as_str())], as_gauge(count))
+                })
+            })
+            .collect();
+        gauge(&mut encoder, "jobhost_jobs", "Jobs by pool and status.", None, &jobs)?;
+        let ready: Vec<_> =
+            pools.iter().map(|pool| (vec![("pool", pool.pool.as_str())], as_gauge(pool.ready))).collect();
+        gauge(&mut encoder, "jobhost_ready_jobs", "Pending jobs whose time has come.", None, &ready)?;
+        let mut age = encoder.encode_descriptor(
+            "jobhost_oldest_ready_age",
+            "How long the longest-waiting ready job has waited (0 when none is ready).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for pool in pools {
+            let seconds = pool.oldest_ready_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            ConstGauge::new(seconds).encode(age.encode_family(&[("pool", pool.pool.as_str())])?)?;
+        }
+
+        let mut workers = Vec::new();
+        for (host, counts) in &self.status.hosts {
+            let host = if host.is_empty() { "unknown" } else { host.as_str() };
+            for (status, count) in [
+                ("starting", counts.starting),
+                ("active", counts.active),
+                ("terminated", counts.terminated),
+                ("lost", counts.lost),
+            ] {
+                workers.push((vec![("host", host), ("status", status)], as_gauge(count)));
+            }
+        }
+        gauge(&mut encoder, "jobhost_workers", "Registered workers by host and status.", None, &workers)?;
+
+        let activity = &self.activity;
+        let attempts: Vec<_> = activity
+            .attempts
+            .iter()
+            .map(|((pool, processor, outcome), count)| {
+                (
+                    vec![("pool", pool.as_str()), ("processor", processor.as_str()), ("outcome", outcome.as_str())],
+                    *count,
+                )
+            })
+            .collect();
+        counter(&mut encoder, "jobhost_attempts", "Finished attempts by pool, processor and outcome.", &attempts)?;
+        let enqueued: Vec<_> = activity
+            .enqueued
+            .iter()
+            .map(|((pool, processor), count)| {
+                (vec![("pool", pool.as_str()), ("processor", processor.as_str())], *count)
+            })
+            .collect();
+        counter(&mut encoder, "jobhost_enqueued_jobs", "Jobs queued, by pool and processor.", &enqueued)?;
+        // Every claim starts an attempt, which is either finished (and counted) or still held.
+        let claims: Vec<_> = pools
+            .iter()
+            .map(|pool| (vec![("pool", pool.pool.as_str())], activity.attempts_in(&pool.pool) + pool.jobs.claimed))
+            .collect();
+        counter(&mut encoder, "jobhost_claims", "Jobs claimed by workers (attempts started), by pool.", &claims)?;
+
+        for (name, help, unit, histograms, bounds, divisor) in [
+            (
+                "jobhost_attempt_duration",
+                "Attempt wall-clock time.",
+                Some(Unit::Seconds),
+                &activity.durations,
+                &DURATION_BOUNDS_MS[..],
+                1000.0,
+            ),
+            (
+                "jobhost_attempt_fuel",
+                "Fuel (about one per wasm instruction) an attempt used.",
+                None,
+                &activity.fuel,
+                &FUEL_BOUNDS[..],
+                1.0,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Histogram)?;
+            for ((pool, processor), histogram) in histograms.iter().filter(|(_, h)| h.count > 0) {
+                let labels = [("pool", pool.as_str()), ("processor", processor.as_str())];
+                let sum = histogram.sum as f64 / divisor;
+                metric.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum,
+                    histogram.count,
+                    &histogram.points(bounds, divisor),
+                    None,
+                )?;
+            }
+        }
+
+        counter(
+            &mut encoder,
+            "jobhost_server_store_queries",
+            "Store operations (database round trips) this server process made.",
+            &[(vec![], self.store_queries)],
+        )?;
+        gauge(
+            &mut encoder,
+            "jobhost_server_waiters",
+            "Long-poll requests waiting now.",
+            None,
+            &[(vec![], as_gauge(self.waiters))],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! `jobhost serve`: one long-running process serving applications (the JSON API under
+//! `/api/v1`, see [`api`]), operators (the dashboard at `/`, see [`dashboard`]) and
+//! Prometheus (`/metrics`, see [`metrics`]), over the same store the workers use.
+//!
+//! The server owns the HTTP side only: it reads and changes jobs through [`Store`] and never
+//! runs one. Its defences against careless and hostile clients live here and in [`auth`]:
+//! - no token means loopback only; with one, every call needs it ([`auth::guard`]);
+//! - bodies are capped (`serve.max_body`), headers must arrive within [`HEADER_TIMEOUT`],
+//!   a whole request within `serve.request_timeout` (a long-poll gets its wait on top), and
+//!   at most `serve.max_connections` connections are open at once;
+//! - SIGTERM or SIGINT stops accepting, lets requests in flight finish (long-polls are
+//!   answered at once with the job as it is) and exits 0.
+
+mod api;
+mod auth;
+mod dashboard;
+mod error;
+mod metrics;
+mod watch;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch as signal_watch};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Config;
+use crate::sandbox::Sandbox;
+use crate::store::{Access, Store};
+
+use error::ApiError;
+
+/// Longest a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+pub struct App {
+    store: Store,
+    config: Config,
+    auth: auth::Auth,
+    watcher: watch::Watcher,
+    /// Store operations made so far (a counter in /metrics): the figure that shows the
+    /// long-poll watcher's cost does not grow with its waiters.
+    queries: AtomicU64,
+    /// Becomes true when the server starts shutting down.
+    stopping: signal_watch::Receiver<bool>,
+    /// Loads processors for the processors listing (compiling them, or reading the cache).
+    sandbox: Sandbox,
+}
+
+impl App {
+    /// The store, counting the operation about to be made on it.
+    fn store(&self) -> &Store {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        &self.store
+    }
+}
+
+pub async fn run(config: &Config) -> Result<ExitCode> {
+    let serve = &config.serve;
+    let address = serve.address().map_err(|why| anyhow::anyhow!("{} {why}", config.name("serve.listen")))?;
+    let token = auth::Token::resolve(config)?;
+    if token.is_none() && !address.ip().is_loopback() {
+        bail!(
+            "{} {address} is reachable from other machines, so the server needs a token: pass --token-file FILE, \
+             set $JOBHOST_TOKEN, or set serve.token_file (or listen on 127.0.0.1)",
+            config.name("serve.listen")
+        );
+    }
+    // A server that takes jobs creates the pool as `seed` does; a read-only one needs it.
+    let access = if serve.read_only { Access::Existing } else { Access::CreateIfMissing };
+    let store = Store::open(&config.database, access).await?;
+    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address}: is another server using it? pick another with --listen")
+    })?;
+    let (stop, stopping) = signal_watch::channel(false);
+    let app = Arc::new(App {
+        store,
+        config: config.clone(),
+        auth: auth::Auth::new(token, serve.read_only),
+        watcher: watch::Watcher::default(),
+        queries: AtomicU64::new(0),
+        stopping,
+        sandbox: Sandbox::new(1)?,
+    });
+    let watcher = tokio::spawn({
+        let app = app.clone();
+        async move { app.watcher.run(&app.store, &app.queries).await }
+    });
+    let router = router(app.clone());
+    crate::outln!("listening on http://{}", listener.local_addr()?)?;
+    tracing::info!(%address, token = app.auth.has_token(), read_only = serve.read_only, "serving");
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(serve.max_connections as usize));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!("cannot accept a connection: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!("connection ended: {err}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
+    watcher.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn router(app: Arc<App>) -> Router {
+    let serve = &app.config.serve;
+    let timeout = |duration: Duration| TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, duration);
+    let long_poll = Router::new()
+        .route("/api/v1/jobs/{id}", get(api::get_job))
+        .layer(timeout(serve.request_timeout.0 + serve.max_wait.0));
+    Router::new()
+        .route("/api/v1/jobs", post(api::enqueue).get(api::list_jobs))
+        .route("/api/v1/jobs/retry", post(api::retry_jobs))
+        .route("/api/v1/jobs/cancel", post(api::cancel_jobs))
+        .route("/api/v1/jobs/{id}/retry", post(api::retry_job))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/status", get(api::status))
+        .route("/api/v1/pools", get(api::pools))
+        .route("/api/v1/workers", get(api::workers))
+        .route("/api/v1/processors", get(api::processors))
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(dashboard::overview))
+        .route("/jobs", get(dashboard::jobs))
+        .route("/jobs/bulk", post(dashboard::bulk))
+        .route("/jobs/{id}", get(dashboard::job))
+        .route("/jobs/{id}/{action}", post(dashboard::act_on_job))
+        .route("/workers", get(dashboard::workers))
+        .route("/processors", get(dashboard::processors))
+        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
+        .route("/assets/{name}", get(dashboard::asset))
+        .layer(timeout(serve.request_timeout.0))
+        .merge(long_poll)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::guard))
+        .layer(DefaultBodyLimit::max(serve.max_body.0 as usize))
+        .layer(axum::middleware::map_response(body_too_large))
+        .with_state(app)
+}
+
+async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {
+    let message = format!("no such path: {}", uri.path());
+    if auth::is_api(uri.path()) {
+        ApiError::not_found(message).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, message).into_response()
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
+}
+
+/// axum answers a body over the cap with plain text; the API promises its JSON shape.
+async fn body_too_large(response: axum::response::Response) -> axum::response::Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body is larger than serve.max_body: send less (split a batch), or raise serve.max_body",
+    )
+    .into_response()
+}
