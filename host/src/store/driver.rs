@@ -99,7 +99,8 @@ pub trait Driver: Send + Sync {
         now: Now,
     ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)>;
 
-    async fn job(&self, id: &str) -> Result<Option<JobDetail>>;
+    /// The jobs of `ids` that exist, with their attempt histories, in any order.
+    async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>>;
     /// One page of the matching jobs, newest (highest `seq`) first.
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>>;
     /// The status of each of `ids` that exists, in any order.

@@ -152,8 +152,13 @@ impl Store {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
-        let job = self.driver.job(id).await;
-        self.named(job)
+        Ok(self.jobs(&[id]).await?.pop())
+    }
+
+    /// The jobs of `ids` that exist, with their histories, in one read however many ids.
+    pub async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
+        let jobs = self.driver.jobs(ids).await;
+        self.named(jobs)
     }
 
     /// One page of the jobs matching `filter`, newest first; the last job's

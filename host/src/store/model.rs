@@ -103,8 +103,10 @@ pub struct NewJob {
 }
 
 impl NewJob {
+    /// A time-ordered id (UUIDv7): new jobs land at the end of the id index instead of on a
+    /// random page of it, which kept large pools' inserts from slowing down as they grew.
     pub fn new_id() -> String {
-        uuid::Uuid::new_v4().to_string()
+        uuid::Uuid::now_v7().to_string()
     }
 }
 

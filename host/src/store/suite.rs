@@ -140,7 +140,7 @@ for_each_backend!(
     status_counts_jobs_and_workers_and_the_ready_backlog,
     listing_filters_and_pages_through_every_job_once,
     bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status,
-    job_statuses_answers_for_many_ids_at_once,
+    job_statuses_and_jobs_answer_for_many_ids_at_once,
     pools_and_workers_are_listed_with_their_counts_and_jobs,
     activity_counts_enqueues_and_attempts_and_survives_purge_and_folding,
 );
@@ -696,7 +696,7 @@ async fn bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status(t: T
     t.assert_counts_exact().await;
 }
 
-async fn job_statuses_answers_for_many_ids_at_once(t: TestStore) {
+async fn job_statuses_and_jobs_answer_for_many_ids_at_once(t: TestStore) {
     let ids = t.store.enqueue_all(&[job("default", 0), job("default", 0)]).await.unwrap();
     t.store.cancel_job(&ids[1]).await.unwrap();
     let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -705,6 +705,16 @@ async fn job_statuses_answers_for_many_ids_at_once(t: TestStore) {
     found.sort_by_key(|(id, _)| ids.iter().position(|known| known == id));
     assert_eq!(found, vec![(ids[0].clone(), JobStatus::Pending), (ids[1].clone(), JobStatus::Cancelled)]);
     assert!(t.store.job_statuses(&[]).await.unwrap().is_empty());
+
+    active_worker(&t, "w1").await;
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    t.complete(&claimed, r#"{"ok":1}"#, &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    let mut details = t.store.jobs(&asked).await.unwrap();
+    details.sort_by_key(|detail| ids.iter().position(|known| *known == detail.job.id));
+    assert_eq!(details.len(), 2, "one read for many jobs, the unknown id left out");
+    assert_eq!(details[0].result, Some(serde_json::json!({"ok": 1})));
+    assert_eq!(details[0].attempt_history.len(), 1, "each job with its own history");
+    assert!(details[1].attempt_history.is_empty());
 }
 
 async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {

@@ -298,30 +298,36 @@ fn summary_from_row(row: &Row) -> Result<JobSummary> {
     })
 }
 
-pub(super) static JOB: LazyLock<String> = LazyLock::new(|| {
+pub(super) static JOBS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
-           FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = $1"
+           FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = ANY($1)"
     )
 });
 
-pub(super) const HISTORY: &str =
+pub(super) const HISTORIES: &str =
     "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
-            a.duration_ms, w.host
-       FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = $1 ORDER BY a.attempt";
+            a.duration_ms, w.host, a.job_seq
+       FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = ANY($1)
+      ORDER BY a.job_seq, a.attempt";
 
-pub(super) async fn job(client: &Client, job: &Statement, history: &Statement, id: &str) -> Result<Option<JobDetail>> {
-    let Some(row) = client.query_opt(job, &[&id]).await? else {
-        return Ok(None);
-    };
-    let summary = summary_from_row(&row)?;
-    let seq = summary.seq;
-    let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
-    let attempt_history = client
-        .query(history, &[&seq])
-        .await?
+/// The jobs of `ids` that exist, with their histories: two statements however many ids.
+pub(super) async fn jobs(
+    client: &Client,
+    jobs: &Statement,
+    histories: &Statement,
+    ids: &[&str],
+) -> Result<Vec<JobDetail>> {
+    let rows = client.query(jobs, &[&ids]).await?;
+    let found = rows
         .iter()
-        .map(|row| AttemptRecord {
+        .map(|row| Ok((summary_from_row(row)?, row.get::<_, String>(16), row.get::<_, Option<String>>(17))))
+        .collect::<Result<Vec<_>>>()?;
+    let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
+    let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
+    let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
+    for row in client.query(histories, &[&seqs]).await? {
+        by_seq.entry(row.get(10)).or_default().push(AttemptRecord {
             attempt: clamp_count(row.get(0)),
             worker_id: row.get(1),
             started_at: row.get(2),
@@ -332,9 +338,15 @@ pub(super) async fn job(client: &Client, job: &Statement, history: &Statement, i
             fuel_used: measure(row.get(7)),
             duration_ms: measure(row.get(8)),
             host: row.get(9),
+        });
+    }
+    Ok(found
+        .into_iter()
+        .map(|(job, payload, result)| {
+            let history = by_seq.remove(&job.seq).unwrap_or_default();
+            JobDetail::new(job, payload, result, history)
         })
-        .collect();
-    Ok(Some(JobDetail::new(summary, row.get(16), row.get(17), attempt_history)))
+        .collect())
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).

@@ -241,10 +241,11 @@ impl Driver for PostgresDriver {
         Ok((settled, claimed))
     }
 
-    async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
+    async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
         let client = self.client.lock().await;
-        let (job, history) = (self.prepare(&client, &jobs::JOB).await?, self.prepare(&client, jobs::HISTORY).await?);
-        jobs::job(&client, &job, &history, id).await
+        let (jobs, histories) =
+            (self.prepare(&client, &jobs::JOBS).await?, self.prepare(&client, jobs::HISTORIES).await?);
+        jobs::jobs(&client, &jobs, &histories, ids).await
     }
 
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {

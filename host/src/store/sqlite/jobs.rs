@@ -222,43 +222,52 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
     })
 }
 
-pub(super) fn job(conn: &Connection, id: &str) -> Result<Option<JobDetail>> {
+/// The jobs of `ids` that exist, with their histories: two statements however many ids
+/// (bound as JSON arrays), in no particular order.
+pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
+    let ids = serde_json::to_string(ids).expect("strings serialize");
     let found = conn
-        .query_row(
-            &format!(
-                "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
-                   FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = ?1"
-            ),
-            [id],
-            |row| Ok((summary_from_row(row)?, row.get::<_, String>(16)?, row.get(17)?)),
-        )
-        .optional()?;
-    let Some((job, payload, result)) = found else {
-        return Ok(None);
-    };
-    let seq = job.seq;
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
+               FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
+              WHERE j.id IN (SELECT value FROM json_each(?1))"
+        ))?
+        .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(16)?, row.get(17)?)))?
+        .collect::<rusqlite::Result<Vec<(JobSummary, String, Option<String>)>>>()?;
+    let seqs = serde_json::to_string(&found.iter().map(|(job, _, _)| job.seq).collect::<Vec<_>>()).expect("numbers");
+    let mut histories: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
     let mut history = conn.prepare_cached(
         "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
-                a.duration_ms, w.host
-           FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = ?1 ORDER BY a.attempt",
+                a.duration_ms, w.host, a.job_seq
+           FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id
+          WHERE a.job_seq IN (SELECT value FROM json_each(?1)) ORDER BY a.job_seq, a.attempt",
     )?;
-    let attempt_history = history
-        .query_map([seq], |row| {
-            Ok(AttemptRecord {
-                attempt: count_at(row, 0)?,
-                worker_id: row.get(1)?,
-                started_at: row.get(2)?,
-                finished_at: row.get(3)?,
-                outcome: row.get(4)?,
-                message: row.get(5)?,
-                stderr: row.get(6)?,
-                fuel_used: measure_at(row, 7)?,
-                duration_ms: measure_at(row, 8)?,
-                host: row.get(9)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Some(JobDetail::new(job, payload, result, attempt_history)))
+    let rows = history.query_map([seqs], |row| {
+        let record = AttemptRecord {
+            attempt: count_at(row, 0)?,
+            worker_id: row.get(1)?,
+            started_at: row.get(2)?,
+            finished_at: row.get(3)?,
+            outcome: row.get(4)?,
+            message: row.get(5)?,
+            stderr: row.get(6)?,
+            fuel_used: measure_at(row, 7)?,
+            duration_ms: measure_at(row, 8)?,
+            host: row.get(9)?,
+        };
+        Ok((row.get::<_, i64>(10)?, record))
+    })?;
+    for row in rows {
+        let (seq, record) = row?;
+        histories.entry(seq).or_default().push(record);
+    }
+    Ok(found
+        .into_iter()
+        .map(|(job, payload, result)| {
+            let history = histories.remove(&job.seq).unwrap_or_default();
+            JobDetail::new(job, payload, result, history)
+        })
+        .collect())
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, with its values bound by [`match_params`].

@@ -203,8 +203,8 @@ impl Driver for SqliteDriver {
         })
     }
 
-    async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
-        self.with_conn(|conn| jobs::job(conn, id))
+    async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
+        self.with_conn(|conn| jobs::jobs(conn, ids))
     }
 
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
