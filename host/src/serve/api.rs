@@ -3,8 +3,7 @@
 //!
 //! Requests are read the way `jobhost seed` reads its flags: the same names, limits and
 //! checks (`settings::check_name`, `processors::validate_name`, `store::check_payload`,
-//! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every
-//! refusal names the field, e.g. `jobs[2].payload`.
+//! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every refusal names the field, e.g. `jobs[2].payload`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +22,8 @@ use super::App;
 use super::error::{ApiError, ErrorBody};
 use crate::config::{HumanDuration, MAX_ATTEMPTS};
 use crate::store::{
-    AttemptRecord, Cursor, IdAnswer, JobCounts, JobFilter, JobMatch, JobStatus, JobSummary, NewJob, PoolSnapshot,
-    StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
+    AttemptRecord, Cursor, IdAnswer, JobCounts, JobDetail, JobFilter, JobMatch, JobStatus, JobSummary, NewJob,
+    PoolSnapshot, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
 };
 
 /// Most jobs in one batch, and most ids in one bulk retry or cancel.
@@ -117,6 +116,12 @@ pub struct JobView {
     pub result: Option<Value>,
     /// Every attempt, oldest first.
     pub history: Vec<AttemptRecord>,
+}
+
+impl From<JobDetail> for JobView {
+    fn from(detail: JobDetail) -> JobView {
+        JobView { job: detail.job, payload: detail.payload, result: detail.result, history: detail.attempt_history }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -253,7 +258,7 @@ pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> Result<T, ApiE
 
 /// Reads a JSON body into `T`: it must be declared JSON, parse, and fit `T`; errors name the
 /// field at fault.
-fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+fn body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -266,9 +271,54 @@ fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Api
             "send the body as JSON, with `Content-Type: application/json`",
         ));
     }
-    let value: Value = serde_json::from_slice(bytes)
+    // serde_json's own nesting limit (128) would count the body's levels too, refusing
+    // payloads that `seed` takes, and without naming the field. The body's depth is bounded
+    // here instead, and each payload's by `check_payload` below, as for `seed`.
+    if nesting_depth(bytes) > MAX_BODY_DEPTH {
+        return Err(ApiError::invalid_json(format!(
+            "the body nests deeper than {MAX_BODY_DEPTH} levels: a payload may nest at most 128 deep"
+        )));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    deserializer.disable_recursion_limit();
+    let value = Value::deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
         .map_err(|err| ApiError::invalid_json(format!("the body is not valid JSON: {err}")))?;
-    from_value(value)
+    if !value.is_object() {
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Levels a body may nest before it is refused whole: well past a payload's 128 inside a
+/// batch, so a payload a little too deep is refused by name, and little enough for the
+/// parser's recursion to stay far inside a thread's stack.
+const MAX_BODY_DEPTH: usize = 1_024;
+
+/// How deep `[` and `{` nest in JSON text (outside strings); a scan that needs no stack.
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
@@ -353,10 +403,14 @@ fn now_ms() -> i64 {
     (status = 422, description = "A field is wrong; nothing was queued", body = ErrorBody),
 ))]
 pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
-    let value: Value = body(&headers, &bytes)?;
+    let value = body(&headers, &bytes)?;
     let known = crate::processors::names(&app.config)
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))?;
-    if value.get("jobs").is_some() {
+    if let Some(jobs) = value.get("jobs") {
+        // serde would take a list as a job, field by field; a job is an object.
+        if let Some(index) = jobs.as_array().and_then(|jobs| jobs.iter().position(|job| !job.is_object())) {
+            return Err(ApiError::field(format!("jobs[{index}]"), "must be a JSON object"));
+        }
         let batch: NewJobsRequest = from_value(value)?;
         if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
             return Err(ApiError::field("jobs", format!("must hold 1 to {MAX_BATCH} jobs, got {}", batch.jobs.len())));
@@ -387,12 +441,14 @@ pub async fn get_job(
 ) -> Result<Json<JobView>, ApiError> {
     let query: JobQuery = query(raw.as_deref())?;
     let wait = query.wait.as_deref().map(|text| app.wait_for(text)).transpose()?;
-    let mut job = app.job(&id).await?;
+    let job = app.job(&id).await?;
     if let Some(wait) = wait
         && !job.job.status.is_finished()
     {
-        app.watcher.wait(&id, wait, app.stopping.clone()).await;
-        job = app.job(&id).await?;
+        return match app.watcher.wait(&id, wait, app.stopping.clone()).await {
+            Some(finished) => Ok(Json(JobView::from(JobDetail::clone(&finished)))),
+            None => Ok(Json(app.job(&id).await?)),
+        };
     }
     Ok(Json(job))
 }
@@ -410,7 +466,7 @@ impl App {
 
     pub async fn job(&self, id: &str) -> Result<JobView, ApiError> {
         let detail = self.store().job(id).await?.ok_or_else(|| ApiError::not_found(format!("no job with id {id}")))?;
-        Ok(JobView { job: detail.job, payload: detail.payload, result: detail.result, history: detail.attempt_history })
+        Ok(JobView::from(detail))
     }
 
     /// One page of the jobs a listing query asks for.
@@ -536,7 +592,7 @@ impl App {
                 };
                 Ok(BulkAnswer { count, done: None, refused: None })
             }
-            _ => Err(ApiError::invalid_json("give either `ids` (a list of job ids) or `filter` (an object), not both")),
+            _ => Err(ApiError::invalid_json("give exactly one of `ids` (a list of job ids) and `filter` (an object)")),
         }
     }
 }
@@ -566,7 +622,7 @@ pub async fn retry_jobs(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<BulkAnswer>, ApiError> {
-    Ok(Json(app.act_on_many(Action::Retry, body(&headers, &bytes)?).await?))
+    Ok(Json(app.act_on_many(Action::Retry, from_value(body(&headers, &bytes)?)?).await?))
 }
 
 /// Cancel a list of jobs, or every pending job matching a filter.
@@ -576,7 +632,7 @@ pub async fn cancel_jobs(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<BulkAnswer>, ApiError> {
-    Ok(Json(app.act_on_many(Action::Cancel, body(&headers, &bytes)?).await?))
+    Ok(Json(app.act_on_many(Action::Cancel, from_value(body(&headers, &bytes)?)?).await?))
 }
 
 /// Exactly what `jobhost status --json` prints.

@@ -39,24 +39,21 @@ pub const SESSION_COOKIE: &str = "jobhost_session";
 pub struct Token(String);
 
 impl Token {
-    /// The token from `serve.token_file` (set by `--token-file` or the config), else
-    /// `$JOBHOST_TOKEN`; `None` when neither is set.
+    /// The token, from the first of `--token-file`, `$JOBHOST_TOKEN` and `serve.token_file`
+    /// (flags over the environment over the config, as for `--db`); `None` when none is set.
     pub fn resolve(config: &Config) -> Result<Option<Token>> {
-        let (text, origin) = match &config.serve.token_file {
-            Some(path) => {
+        let by_flag = config.set_by_flag.contains_key("serve.token_file");
+        let from_env = std::env::var("JOBHOST_TOKEN").ok().filter(|_| !by_flag);
+        let (text, origin) = match (from_env, &config.serve.token_file) {
+            (Some(text), _) => (text, "$JOBHOST_TOKEN".to_owned()),
+            (None, Some(path)) => {
+                let name = config.name("serve.token_file");
                 let text = std::fs::read_to_string(path).with_context(|| {
-                    format!(
-                        "cannot read {} {}: give a readable file holding the token",
-                        config.name("serve.token_file"),
-                        path.display()
-                    )
+                    format!("cannot read {name} {}: give a readable file holding the token", path.display())
                 })?;
-                (text, format!("{} {}", config.name("serve.token_file"), path.display()))
+                (text, format!("{name} {}", path.display()))
             }
-            None => match std::env::var("JOBHOST_TOKEN") {
-                Ok(text) => (text, "$JOBHOST_TOKEN".to_owned()),
-                Err(_) => return Ok(None),
-            },
+            (None, None) => return Ok(None),
         };
         let token = text.trim();
         if token.chars().count() < MIN_TOKEN_CHARS || token.chars().any(char::is_control) {
@@ -144,14 +141,17 @@ impl Auth {
     }
 
     /// The caller, if the request proves it may come in: always without a token; with one,
-    /// by the bearer header or a live session cookie.
-    fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
+    /// by the bearer header, or (for the dashboard, not the API) a live session cookie.
+    fn caller(&self, headers: &HeaderMap, api: bool) -> Option<Caller> {
         let read_only = self.read_only;
         let Some(token) = &self.token else {
             return Some(Caller { csrf: self.open_csrf.clone(), signed_in: false, read_only });
         };
         if let Some(offered) = bearer(headers) {
             return token.matches(offered).then(|| Caller { csrf: String::new(), signed_in: false, read_only });
+        }
+        if api {
+            return None;
         }
         let id = session_cookie(headers)?;
         let sessions = self.sessions.lock().expect("never poisoned");
@@ -200,6 +200,18 @@ fn host_of(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(host, _)| host)
 }
 
+/// Whether a browser's `Origin` (`http://host:port`) is this server as the `Host` header
+/// names it: the same host and port (a page on another local port is another site).
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    let default_port = if scheme.eq_ignore_ascii_case("https") { ":443" } else { ":80" };
+    let normal = |authority: &str| {
+        let authority = authority.trim_end_matches('/').to_ascii_lowercase();
+        authority.strip_suffix(default_port).map(str::to_owned).unwrap_or(authority)
+    };
+    normal(authority) == normal(host)
+}
+
 fn is_loopback_name(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -234,7 +246,7 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if changes
         && let Some(origin) = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok())
-        && !host_of(origin).eq_ignore_ascii_case(host_of(host))
+        && !same_origin(origin, host)
     {
         return refuse(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -245,7 +257,7 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
     if is_open(&path) {
         return next.run(request).await;
     }
-    let Some(caller) = app.auth.caller(headers) else {
+    let Some(caller) = app.auth.caller(headers, api) else {
         if api {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -260,7 +272,7 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
         return refuse(ApiError::new(
             StatusCode::FORBIDDEN,
             "read_only",
-            "this server was started with --read-only: it serves reads only",
+            "this server is read-only (--read-only or serve.read_only): it serves reads only",
         ));
     }
     request.extensions_mut().insert(caller);
@@ -278,6 +290,10 @@ mod tests {
         assert_eq!(host_of("[::1]:7700"), "::1");
         assert_eq!(host_of("https://evil.example/x"), "evil.example");
         assert!(is_loopback_name("::1") && is_loopback_name("LOCALHOST") && !is_loopback_name("evil.example"));
+        assert!(same_origin("http://127.0.0.1:7700", "127.0.0.1:7700"));
+        assert!(same_origin("http://LOCALHOST", "localhost:80"));
+        assert!(!same_origin("http://127.0.0.1:9999", "127.0.0.1:7700"), "another port is another site");
+        assert!(!same_origin("null", "127.0.0.1:7700"));
     }
 
     #[test]
@@ -287,12 +303,13 @@ mod tests {
         let id = auth.sign_in("a-long-enough-token").unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, format!("other=1; {SESSION_COOKIE}={id}").parse().unwrap());
-        let caller = auth.caller(&headers).expect("the session lets the caller in");
+        let caller = auth.caller(&headers, false).expect("the session lets the caller in");
+        assert!(auth.caller(&headers, true).is_none(), "the API takes the bearer token only");
         assert!(caller.signed_in && caller.csrf_matches(&caller.csrf) && !caller.csrf_matches("guess"));
         auth.sign_out(&headers);
-        assert!(auth.caller(&headers).is_none(), "signed out");
+        assert!(auth.caller(&headers, false).is_none(), "signed out");
         let mut bearer = HeaderMap::new();
         bearer.insert(header::AUTHORIZATION, "Bearer a-long-enough-token".parse().unwrap());
-        assert!(auth.caller(&bearer).is_some());
+        assert!(auth.caller(&bearer, true).is_some());
     }
 }

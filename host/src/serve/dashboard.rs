@@ -435,7 +435,7 @@ pub async fn processors(State(app): State<Arc<App>>, Extension(caller): Extensio
         h1 { "Processors" }
         p.muted { "Folder: " (app.config.processors.dir.display()) }
         table #processors {
-            thead { tr { th { "Name" } th { "Status" } th { "Source" } th { "Bytes" } th { "SHA-256" } th { "Limits" } } }
+            thead { tr { th { "Name" } th { "Status" } th { "Source" } th { "Bytes" } th { "SHA-256" } th { "Limits" } th { "Load error" } } }
             tbody {
                 @for info in &infos {
                     @let limits = &info.limits;
@@ -446,9 +446,7 @@ pub async fn processors(State(app): State<Arc<App>>, Extension(caller): Extensio
                         td { (info.size.map_or_else(|| "-".to_owned(), |size| size.to_string())) }
                         td.id { (info.sha256.as_deref().map_or("-", |sha| &sha[..16])) }
                         td { "fuel " (limits.fuel) ", timeout " (limits.timeout) ", memory " (limits.memory) }
-                    }
-                    @if let Err(error) = &info.status {
-                        tr.broken.load-error { td {} td colspan="5" .error { (error) } }
+                        td.error { @if let Err(error) = &info.status { (error) } }
                     }
                 }
             }
@@ -487,6 +485,9 @@ pub struct LoginForm {
 }
 
 pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> Response {
+    if !app.auth.has_token() {
+        return Redirect::to("/").into_response();
+    }
     match app.auth.sign_in(&form.token) {
         Some(session) => {
             let cookie = format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");

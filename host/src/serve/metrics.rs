@@ -175,10 +175,15 @@ impl Collector for Scrape {
             for ((pool, processor), histogram) in histograms.iter().filter(|(_, h)| h.count > 0) {
                 let labels = [("pool", pool.as_str()), ("processor", processor.as_str())];
                 let sum = histogram.sum as f64 / divisor;
+                let mut points = histogram.points(bounds, divisor);
+                // prometheus-client writes `le="+Inf"` for a last bound of f64::MAX only.
+                if let Some(last) = points.last_mut() {
+                    last.0 = f64::MAX;
+                }
                 metric.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                     sum,
                     histogram.count,
-                    &histogram.points(bounds, divisor),
+                    &points,
                     None,
                 )?;
             }

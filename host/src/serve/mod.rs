@@ -84,6 +84,7 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
         format!("cannot listen on {address}: is another server using it? pick another with --listen")
     })?;
+    raise_open_files_limit(serve.max_connections);
     let (stop, stopping) = signal_watch::channel(false);
     let app = Arc::new(App {
         store,
@@ -99,12 +100,14 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         async move { app.watcher.run(&app.store, &app.queries).await }
     });
     let router = router(app.clone());
+    // Listening for the signals starts before the server says it is up, so a SIGTERM sent
+    // as soon as it is up is a clean shutdown, not the default death.
+    let shutdown = shutdown_signal()?;
     crate::outln!("listening on http://{}", listener.local_addr()?)?;
     tracing::info!(%address, token = app.auth.has_token(), read_only = serve.read_only, "serving");
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(serve.max_connections as usize));
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -146,15 +149,34 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// Each connection is a file descriptor; the usual soft limit (1024) is below the default
+/// `serve.max_connections` plus the database's, so the soft limit is raised towards the hard one.
+fn raise_open_files_limit(connections: u32) {
+    let wanted = u64::from(connections) + 256;
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && (limit.rlim_cur as u64) < wanted {
+            limit.rlim_cur = limit.rlim_max.min(wanted as libc::rlim_t);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-files limit to {wanted}: fewer connections may be served");
+            }
+        }
     }
-    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Resolves at the first SIGTERM or SIGINT; the handlers are installed by this call.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -192,7 +214,7 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth::guard))
         .layer(DefaultBodyLimit::max(serve.max_body.0 as usize))
-        .layer(axum::middleware::map_response(body_too_large))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
 }
 
@@ -209,15 +231,27 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
 }
 
-/// axum answers a body over the cap with plain text; the API promises its JSON shape.
-async fn body_too_large(response: axum::response::Response) -> axum::response::Response {
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
-        return response;
-    }
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        "the request body is larger than serve.max_body: send less (split a batch), or raise serve.max_body",
-    )
-    .into_response()
+/// axum answers a body over the cap, and tower-http a request out of time, without a body;
+/// the API promises its JSON shape for every error.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let api = auth::is_api(request.uri().path());
+    let response = next.run(request).await;
+    let error = match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than serve.max_body: send less (split a batch), or raise serve.max_body",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request took longer than serve.request_timeout: send it faster, or ask for less at once",
+        ),
+        _ => return response,
+    };
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
+    if api && !is_json { error.into_response() } else { response }
 }
