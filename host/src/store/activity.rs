@@ -4,13 +4,14 @@
 //! attempts tables, so a scrape costs the same at a million jobs as at ten; and purging
 //! jobs does not take back what they did, as Prometheus counters require.
 //!
-//! Both backends keep the table `activity` from triggers in the same transaction as the
-//! change (a job inserted, an attempt's outcome set), so the counts are exact. Rows older than
+//! Both backends add to the table `activity` in the transaction that queues the jobs or
+//! settles the attempts, one row per (pool, processor, event, buckets) of that transaction
+//! rather than one per job, so the counts are exact and cost little. Rows older than
 //! [`RECENT_MINUTES`] are folded into minute 0 when read, which bounds the table by pools ×
 //! processors × outcomes × buckets rather than by time.
 //!
-//! The bucket bounds are part of the schema: the triggers spell them out (from the macros
-//! below), so changing them takes a migration, and a test checks the two agree.
+//! Buckets are computed here ([`duration_bucket`], [`fuel_bucket`]) and stored as indexes,
+//! so the bounds below are part of the stored data: change them only with a migration.
 
 use std::collections::BTreeMap;
 
@@ -31,71 +32,45 @@ pub const RECENT_MINUTES: i64 = 61;
 /// The event of a queued job; the others are attempt outcomes (`ok`, `trap`, …).
 pub const ENQUEUED: &str = "enqueued";
 
-/// SQL giving the duration bucket of `$col` (-1 when not measured). Spelled out in the
-/// migrations: never change it without a new one.
-macro_rules! duration_bucket_sql {
-    ($col:literal) => {
-        concat!(
-            "CASE WHEN ",
-            $col,
-            " IS NULL THEN -1 WHEN ",
-            $col,
-            " <= 5 THEN 0 WHEN ",
-            $col,
-            " <= 10 THEN 1 WHEN ",
-            $col,
-            " <= 25 THEN 2 WHEN ",
-            $col,
-            " <= 50 THEN 3 WHEN ",
-            $col,
-            " <= 100 THEN 4 WHEN ",
-            $col,
-            " <= 250 THEN 5 WHEN ",
-            $col,
-            " <= 500 THEN 6 WHEN ",
-            $col,
-            " <= 1000 THEN 7 WHEN ",
-            $col,
-            " <= 2500 THEN 8 WHEN ",
-            $col,
-            " <= 5000 THEN 9 WHEN ",
-            $col,
-            " <= 10000 THEN 10 WHEN ",
-            $col,
-            " <= 30000 THEN 11 WHEN ",
-            $col,
-            " <= 60000 THEN 12 WHEN ",
-            $col,
-            " <= 300000 THEN 13 ELSE 14 END"
-        )
-    };
+/// The index of the duration bucket holding `ms`, or -1 when it was not measured.
+pub fn duration_bucket(ms: Option<u64>) -> i32 {
+    ms.map_or(-1, |ms| DURATION_BOUNDS_MS.iter().take_while(|&&bound| ms > bound).count() as i32)
 }
 
-/// SQL giving the fuel bucket of `$col` (-1 when not measured); as for durations.
-macro_rules! fuel_bucket_sql {
-    ($col:literal) => {
-        concat!(
-            "CASE WHEN ",
-            $col,
-            " IS NULL THEN -1 WHEN ",
-            $col,
-            " <= 10000 THEN 0 WHEN ",
-            $col,
-            " <= 100000 THEN 1 WHEN ",
-            $col,
-            " <= 1000000 THEN 2 WHEN ",
-            $col,
-            " <= 10000000 THEN 3 WHEN ",
-            $col,
-            " <= 100000000 THEN 4 WHEN ",
-            $col,
-            " <= 1000000000 THEN 5 WHEN ",
-            $col,
-            " <= 10000000000 THEN 6 WHEN ",
-            $col,
-            " <= 100000000000 THEN 7 ELSE 8 END"
-        )
-    };
+/// The index of the fuel bucket holding `fuel`, or -1 when it was not measured.
+pub fn fuel_bucket(fuel: Option<u64>) -> i32 {
+    fuel.map_or(-1, |fuel| FUEL_BOUNDS.iter().take_while(|&&bound| fuel > bound).count() as i32)
+}
+
+/// What one transaction adds to the activity table, summed per key before it is written.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub rows: BTreeMap<TallyKey, TallyValue>,
+}
+
+/// (pool, processor, event, duration bucket, fuel bucket).
+pub type TallyKey = (String, String, &'static str, i32, i32);
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TallyValue {
+    pub events: u64,
+    pub duration_ms: u64,
+    pub fuel: u64,
+}
+
+impl Tally {
+    pub fn enqueued(&mut self, pool: &str, processor: &str) {
+        self.rows.entry((pool.to_owned(), processor.to_owned(), ENQUEUED, -1, -1)).or_default().events += 1;
+    }
+
+    pub fn finished(&mut self, pool: String, processor: String, report: &super::AttemptReport<'_>) {
+        let key =
+            (pool, processor, report.kind.as_str(), duration_bucket(report.duration_ms), fuel_bucket(report.fuel_used));
+        let value = self.rows.entry(key).or_default();
+        value.events += 1;
+        value.duration_ms = value.duration_ms.saturating_add(report.duration_ms.unwrap_or(0));
+        value.fuel = value.fuel.saturating_add(report.fuel_used.unwrap_or(0));
+    }
 }
 
 /// One row of summed activity, as a backend reads it.
@@ -200,18 +175,15 @@ impl Activity {
 mod tests {
     use super::*;
 
-    /// The buckets the triggers compute, one `WHEN … <= N THEN i` per bound.
-    fn bounds_in(sql: &str) -> Vec<u64> {
-        sql.split(" <= ").skip(1).map(|part| part.split(' ').next().unwrap().parse().unwrap()).collect()
-    }
-
     #[test]
-    fn the_schemas_buckets_are_the_bounds_metrics_report() {
-        assert_eq!(bounds_in(duration_bucket_sql!("d")), DURATION_BOUNDS_MS);
-        assert_eq!(bounds_in(fuel_bucket_sql!("f")), FUEL_BOUNDS);
-        let last = |sql: &str| sql.rsplit("ELSE ").next().unwrap().trim_end_matches(" END").parse::<usize>().unwrap();
-        assert_eq!(last(duration_bucket_sql!("d")), DURATION_BOUNDS_MS.len());
-        assert_eq!(last(fuel_bucket_sql!("f")), FUEL_BOUNDS.len());
+    fn values_fall_in_the_bucket_of_the_first_bound_they_do_not_exceed() {
+        assert_eq!(duration_bucket(None), -1);
+        assert_eq!(duration_bucket(Some(0)), 0);
+        assert_eq!(duration_bucket(Some(5)), 0, "bounds are inclusive");
+        assert_eq!(duration_bucket(Some(6)), 1);
+        assert_eq!(duration_bucket(Some(u64::MAX)), DURATION_BOUNDS_MS.len() as i32);
+        assert_eq!(fuel_bucket(Some(10_001)), 1);
+        assert_eq!(fuel_bucket(Some(u64::MAX)), FUEL_BOUNDS.len() as i32);
     }
 
     #[test]

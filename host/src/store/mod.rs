@@ -14,7 +14,6 @@
 //! Nothing outside the store names a backend, a connection or a database file. One test
 //! suite (`suite`) is written against [`Store`] and run against every backend.
 
-#[macro_use]
 mod activity;
 mod driver;
 mod error;

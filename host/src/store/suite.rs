@@ -779,6 +779,12 @@ async fn activity_counts_enqueues_and_attempts_and_survives_purge_and_folding(t:
     assert_eq!(activity.per_minute.values().next(), Some(&(2, 1)));
 
     t.advance(2 * 3_600_000);
+    recover(&t).await;
+    assert_eq!(
+        t.counts("SELECT count(*) FROM activity WHERE minute > 0").await,
+        [0],
+        "reaping folded the old minutes, with no one reading them"
+    );
     assert_eq!(t.store.purge(Duration::from_secs(60), &JobStatus::ALL).await.unwrap(), 3);
     let later = t.store.activity().await.unwrap();
     check(&later, 0);

@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
 use super::{NOW, clamp_count};
+use crate::store::activity::{duration_bucket, fuel_bucket};
 use crate::store::driver::{Abandoned, ClaimRef, Now, Resolution, Settlement};
 use crate::store::error::{ErrorKind, Result, StoreError};
 use crate::store::model::*;
@@ -26,18 +27,24 @@ macro_rules! saturating_add {
     };
 }
 
+/// Inserts a chunk of jobs and counts them in the activity table, in one statement.
 pub(super) const ENQUEUE: &str = concat!(
-    "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
-                       created_at, updated_at)
-     SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority, ",
+    "WITH inserted AS (
+       INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
+                         created_at, updated_at)
+       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority, ",
     saturating_add!("t.now", "j.delay"),
     ", 0, j.max_attempts, t.now, t.now
-       FROM (SELECT ",
+         FROM (SELECT ",
     now_sql!(),
     " AS now) t,
-            unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-              WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, n)
-      ORDER BY j.n"
+              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
+                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, n)
+        ORDER BY j.n
+       RETURNING pool, processor, created_at)
+     INSERT INTO activity
+     SELECT created_at / 60000, pool, processor, 'enqueued', -1, -1, count(*), 0, 0
+       FROM inserted GROUP BY created_at / 60000, pool, processor"
 );
 
 pub(super) async fn enqueue(
@@ -86,9 +93,9 @@ pub(super) const TURN: &str = concat!(
     " AS now),
      s AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[],
                                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
-                                $14::bigint[])
+                                $14::bigint[], $20::integer[], $21::integer[])
                     AS s(seq, worker_id, token, attempt, status, delay, result, last_error, outcome, message,
-                         stderr, fuel_used, duration_ms)),
+                         stderr, fuel_used, duration_ms, duration_bucket, fuel_bucket)),
      settled AS (
        UPDATE jobs j
           SET status = s.status,
@@ -104,7 +111,13 @@ pub(super) const TURN: &str = concat!(
               updated_at = t.now
          FROM s, t
         WHERE j.seq = s.seq AND j.status = 'claimed' AND j.worker_id = s.worker_id AND j.claim_token = s.token
-       RETURNING j.seq, j.run_at),
+       RETURNING j.seq, j.run_at, j.pool, j.processor),
+     counted AS (
+       INSERT INTO activity
+       SELECT t.now / 60000, settled.pool, settled.processor, s.outcome, s.duration_bucket, s.fuel_bucket, count(*),
+              coalesce(sum(s.duration_ms), 0), coalesce(sum(s.fuel_used), 0)
+         FROM settled JOIN s ON s.seq = settled.seq, t
+        GROUP BY t.now, settled.pool, settled.processor, s.outcome, s.duration_bucket, s.fuel_bucket),
      closed AS (
        UPDATE attempts a
           SET finished_at = t.now, outcome = s.outcome, message = s.message, stderr = s.stderr,
@@ -173,12 +186,14 @@ pub(super) async fn turn(
     let clamp = |value: Option<u64>| value.map(|value| value.min(i64::MAX as u64) as i64);
     let fuel: Vec<Option<i64>> = settlements.iter().map(|s| clamp(s.report.fuel_used)).collect();
     let durations: Vec<Option<i64>> = settlements.iter().map(|s| clamp(s.report.duration_ms)).collect();
+    let duration_buckets: Vec<i32> = settlements.iter().map(|s| duration_bucket(s.report.duration_ms)).collect();
+    let fuel_buckets: Vec<i32> = settlements.iter().map(|s| fuel_bucket(s.report.fuel_used)).collect();
     let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
     let (pool, worker, limit, lease) = match claim {
         Some(claim) => (Some(claim.pool), Some(claim.worker_id), i64::from(claim.limit), millis(claim.lease)),
         None => (None, None, 0, 0),
     };
-    let params: [&(dyn ToSql + Sync); 19] = [
+    let params: [&(dyn ToSql + Sync); 21] = [
         &now,
         &seqs,
         &workers,
@@ -198,6 +213,8 @@ pub(super) async fn turn(
         &limit,
         &token,
         &lease,
+        &duration_buckets,
+        &fuel_buckets,
     ];
     let rows = client.query(statement, &params).await?;
 

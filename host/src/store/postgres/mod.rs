@@ -308,9 +308,10 @@ impl Driver for PostgresDriver {
         now: Now,
     ) -> Result<Vec<String>> {
         let client = self.client.lock().await;
-        // Reaping runs on every checker's interval: a steady moment to fold the counts, so
-        // the deltas stay few even when nobody reads `status`.
+        // Reaping runs on every checker's interval: a steady moment to fold the counts and
+        // the activity, so their appended rows stay few even when nobody reads them.
         client.execute(workers::FOLD_COUNTS, &[]).await?;
+        client.execute(workers::FOLD_ACTIVITY.as_str(), &[&now]).await?;
         workers::mark_lost(&client, pool, stale_after, start_grace, now).await
     }
 

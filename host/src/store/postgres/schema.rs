@@ -113,11 +113,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER job_count_deltas_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_jobs
         FOR EACH STATEMENT EXECUTE FUNCTION job_count_deltas_delete();
 "#,
-    // 2: what the pool has done, for metrics and the dashboard (see store::activity). As with
-    // the counts, each statement appends its own rows, so no writer waits for another; reads
-    // fold them.
-    concat!(
-        r#"
+    // 2: what the pool has done, for metrics and the dashboard (see store::activity). The
+    // statements that queue jobs and settle attempts append their own rows, so no writer
+    // waits for another; reads fold them, as with the counts.
+    r#"
     CREATE TABLE activity (
         minute          bigint  NOT NULL,
         pool            text    NOT NULL,
@@ -129,36 +128,7 @@ const MIGRATIONS: &[&str] = &[
         duration_ms     bigint  NOT NULL,
         fuel            bigint  NOT NULL
     );
-    CREATE FUNCTION activity_enqueued() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-    BEGIN
-        INSERT INTO activity
-        SELECT created_at / 60000, pool, processor, 'enqueued', -1, -1, count(*), 0, 0
-          FROM new_jobs GROUP BY created_at / 60000, pool, processor;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER activity_enqueued AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_jobs
-        FOR EACH STATEMENT EXECUTE FUNCTION activity_enqueued();
-    CREATE FUNCTION activity_attempts() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-    BEGIN
-        INSERT INTO activity
-        SELECT n.finished_at / 60000, j.pool, j.processor, n.outcome, "#,
-        duration_bucket_sql!("n.duration_ms"),
-        ", ",
-        fuel_bucket_sql!("n.fuel_used"),
-        r#",
-               count(*), coalesce(sum(n.duration_ms), 0), coalesce(sum(n.fuel_used), 0)
-          FROM new_attempts n
-          JOIN old_attempts o ON o.job_seq = n.job_seq AND o.attempt = n.attempt
-          JOIN jobs j ON j.seq = n.job_seq
-         WHERE o.outcome IS NULL AND n.outcome IS NOT NULL
-         GROUP BY 1, 2, 3, 4, 5, 6;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER activity_attempts AFTER UPDATE ON attempts
-        REFERENCING OLD TABLE AS old_attempts NEW TABLE AS new_attempts
-        FOR EACH STATEMENT EXECUTE FUNCTION activity_attempts();
-"#
-    ),
+"#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;

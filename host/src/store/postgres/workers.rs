@@ -232,18 +232,23 @@ pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<V
 
 /// Folds the activity appended since the last fold into one row per key, and the rows older
 /// than the recent minutes into minute 0, as [`FOLD_COUNTS`] folds the counts.
-const FOLD_ACTIVITY: &str = "
-    WITH folding AS (SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost.activity.' || current_schema(), 0)) AS mine),
-         gone AS (DELETE FROM activity WHERE (SELECT mine FROM folding) RETURNING *)
-    INSERT INTO activity
-    SELECT CASE WHEN minute < $1 THEN 0 ELSE minute END, pool, processor, event, duration_bucket, fuel_bucket,
-           sum(events), sum(duration_ms), sum(fuel)
-      FROM gone GROUP BY 1, pool, processor, event, duration_bucket, fuel_bucket";
+pub(super) static FOLD_ACTIVITY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH t AS (SELECT {NOW} / 60000 - {recent} AS recent_from),
+              folding AS (SELECT pg_try_advisory_xact_lock(hashtextextended('jobhost.activity.' || current_schema(), 0))
+                          AS mine),
+              gone AS (DELETE FROM activity WHERE (SELECT mine FROM folding) RETURNING *)
+         INSERT INTO activity
+         SELECT CASE WHEN minute < t.recent_from THEN 0 ELSE minute END, pool, processor, event, duration_bucket,
+                fuel_bucket, sum(events), sum(duration_ms), sum(fuel)
+           FROM gone, t GROUP BY 1, pool, processor, event, duration_bucket, fuel_bucket",
+        recent = crate::store::activity::RECENT_MINUTES
+    )
+});
 
 pub(super) async fn activity(client: &Client, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
+    client.execute(FOLD_ACTIVITY.as_str(), &[&now]).await?;
     let now: Millis = client.query_one(&format!("SELECT {NOW}"), &[&now]).await?.get(0);
-    let recent_from = now.div_euclid(60_000) - crate::store::activity::RECENT_MINUTES;
-    client.execute(FOLD_ACTIVITY, &[&recent_from]).await?;
     let rows = client
         .query(
             "SELECT minute, pool, processor, event, duration_bucket, fuel_bucket, sum(events)::bigint,

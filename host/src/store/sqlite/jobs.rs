@@ -7,6 +7,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params};
 
+use crate::store::activity::Tally;
 use crate::store::driver::{Abandoned, ClaimRef, Resolution, Settlement};
 use crate::store::error::{ErrorKind, Result, StoreError};
 use crate::store::model::*;
@@ -22,6 +23,7 @@ pub(super) fn enqueue(
          VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, 0, ?7, ?8, ?8)",
     )?;
     let mut queued = 0;
+    let mut tally = Tally::default();
     for job in jobs {
         let job = job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))?;
         insert.execute(params![
@@ -34,13 +36,45 @@ pub(super) fn enqueue(
             job.max_attempts,
             now
         ])?;
+        tally.enqueued(&job.pool, &job.processor);
         queued += 1;
     }
+    record(tx, &tally, now)?;
     Ok(queued)
 }
 
-/// Settles one finished attempt if its claim is still live.
-pub(super) fn settle(tx: &Transaction<'_>, settlement: &Settlement<'_>, now: Millis) -> Result<Settled> {
+/// Adds a transaction's [`Tally`] to the activity table.
+pub(super) fn record(tx: &Transaction<'_>, tally: &Tally, now: Millis) -> Result<()> {
+    let mut add = tx.prepare_cached(
+        "INSERT INTO activity (minute, pool, processor, event, duration_bucket, fuel_bucket, events, duration_ms, fuel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT DO UPDATE SET events = events + excluded.events,
+             duration_ms = duration_ms + excluded.duration_ms, fuel = fuel + excluded.fuel",
+    )?;
+    let clamp = |value: u64| value.min(i64::MAX as u64) as i64;
+    for ((pool, processor, event, duration_bucket, fuel_bucket), value) in &tally.rows {
+        add.execute(params![
+            now.div_euclid(60_000),
+            pool,
+            processor,
+            event,
+            duration_bucket,
+            fuel_bucket,
+            clamp(value.events),
+            clamp(value.duration_ms),
+            clamp(value.fuel)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Settles one finished attempt if its claim is still live, counting it in `tally`.
+pub(super) fn settle(
+    tx: &Transaction<'_>,
+    settlement: &Settlement<'_>,
+    now: Millis,
+    tally: &mut Tally,
+) -> Result<Settled> {
     let ClaimRef { seq, worker_id, token, attempt } = &settlement.claim;
     let last_error = settlement.report.last_error();
     let (changed, settled) = match settlement.resolution {
@@ -48,9 +82,11 @@ pub(super) fn settle(tx: &Transaction<'_>, settlement: &Settlement<'_>, now: Mil
             tx.prepare_cached(
                 "UPDATE jobs SET status = 'completed', result = ?1, last_error = NULL, lease_expires_at = NULL,
                                  finished_at = ?2, updated_at = ?2
-                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5",
+                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5
+                 RETURNING pool, processor",
             )?
-            .execute(params![result, now, seq, worker_id, token])?,
+            .query_row(params![result, now, seq, worker_id, token], pool_and_processor)
+            .optional()?,
             Settled::Completed,
         ),
         Resolution::Retry { delay } => {
@@ -59,9 +95,11 @@ pub(super) fn settle(tx: &Transaction<'_>, settlement: &Settlement<'_>, now: Mil
                 tx.prepare_cached(
                     "UPDATE jobs SET status = 'pending', run_at = ?1, last_error = ?2, worker_id = NULL,
                                      claim_token = NULL, lease_expires_at = NULL, updated_at = ?3
-                      WHERE seq = ?4 AND status = 'claimed' AND worker_id = ?5 AND claim_token = ?6",
+                      WHERE seq = ?4 AND status = 'claimed' AND worker_id = ?5 AND claim_token = ?6
+                     RETURNING pool, processor",
                 )?
-                .execute(params![run_at, last_error, now, seq, worker_id, token])?,
+                .query_row(params![run_at, last_error, now, seq, worker_id, token], pool_and_processor)
+                .optional()?,
                 Settled::Retrying { run_at },
             )
         }
@@ -69,16 +107,19 @@ pub(super) fn settle(tx: &Transaction<'_>, settlement: &Settlement<'_>, now: Mil
             tx.prepare_cached(
                 "UPDATE jobs SET status = 'poisoned', last_error = ?1, lease_expires_at = NULL,
                                  finished_at = ?2, updated_at = ?2
-                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5",
+                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5
+                 RETURNING pool, processor",
             )?
-            .execute(params![last_error, now, seq, worker_id, token])?,
+            .query_row(params![last_error, now, seq, worker_id, token], pool_and_processor)
+            .optional()?,
             Settled::Poisoned,
         ),
     };
-    if changed == 0 {
+    let Some((pool, processor)) = changed else {
         return Ok(Settled::Stale);
-    }
+    };
     let report = &settlement.report;
+    tally.finished(pool, processor, report);
     let clamp = |value: Option<u64>| value.map(|value| value.min(i64::MAX as u64) as i64);
     tx.prepare_cached(
         "UPDATE attempts
@@ -96,6 +137,10 @@ pub(super) fn settle(tx: &Transaction<'_>, settlement: &Settlement<'_>, now: Mil
         attempt
     ])?;
     Ok(settled)
+}
+
+fn pool_and_processor(row: &Row<'_>) -> rusqlite::Result<(String, String)> {
+    Ok((row.get(0)?, row.get(1)?))
 }
 
 /// Takes up to `claim.limit` ready jobs, highest priority first, then the longest ready.

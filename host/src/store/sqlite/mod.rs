@@ -193,8 +193,12 @@ impl Driver for SqliteDriver {
     ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
         let now = resolve_now(now);
         self.write(|tx| {
-            let settled =
-                settlements.iter().map(|settlement| jobs::settle(tx, settlement, now)).collect::<Result<Vec<_>>>()?;
+            let mut tally = super::activity::Tally::default();
+            let settled = settlements
+                .iter()
+                .map(|settlement| jobs::settle(tx, settlement, now, &mut tally))
+                .collect::<Result<Vec<_>>>()?;
+            jobs::record(tx, &tally, now)?;
             let claimed = match claim {
                 Some(claim) => jobs::claim(tx, claim, now)?,
                 None => Vec::new(),
@@ -255,7 +259,11 @@ impl Driver for SqliteDriver {
         start_grace: Duration,
         now: Now,
     ) -> Result<Vec<String>> {
-        self.write(|tx| workers::mark_lost(tx, pool, stale_after, start_grace, resolve_now(now)))
+        let now = resolve_now(now);
+        // Reaping runs on every checker's interval: a steady moment to fold old activity
+        // even when nobody reads it.
+        self.with_conn(|conn| workers::fold_activity(conn, now))?;
+        self.write(|tx| workers::mark_lost(tx, pool, stale_after, start_grace, now))
     }
 
     async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {

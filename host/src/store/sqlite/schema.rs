@@ -102,9 +102,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_pending_by_time ON jobs (run_at, pool) WHERE status = 'pending';
     "#,
     // 4: what the pool has done, counted per minute for metrics and the dashboard (see
-    // store::activity): kept by triggers in the transaction of each change.
-    concat!(
-        "
+    // store::activity), added to by the transactions that queue jobs and settle attempts.
+    r#"
     CREATE TABLE activity (
         minute          INTEGER NOT NULL,
         pool            TEXT    NOT NULL,
@@ -117,25 +116,7 @@ const MIGRATIONS: &[&str] = &[
         fuel            INTEGER NOT NULL,
         PRIMARY KEY (minute, pool, processor, event, duration_bucket, fuel_bucket)
     ) WITHOUT ROWID;
-    CREATE TRIGGER activity_enqueued AFTER INSERT ON jobs BEGIN
-        INSERT INTO activity VALUES (NEW.created_at / 60000, NEW.pool, NEW.processor, 'enqueued', -1, -1, 1, 0, 0)
-            ON CONFLICT DO UPDATE SET events = events + 1;
-    END;
-    CREATE TRIGGER activity_attempt AFTER UPDATE OF outcome ON attempts
-        WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL
-    BEGIN
-        INSERT INTO activity
-        SELECT NEW.finished_at / 60000, j.pool, j.processor, NEW.outcome, ",
-        duration_bucket_sql!("NEW.duration_ms"),
-        ", ",
-        fuel_bucket_sql!("NEW.fuel_used"),
-        ", 1, coalesce(NEW.duration_ms, 0), coalesce(NEW.fuel_used, 0)
-          FROM jobs j WHERE j.seq = NEW.job_seq
-            ON CONFLICT DO UPDATE SET events = events + 1, duration_ms = duration_ms + excluded.duration_ms,
-                                      fuel = fuel + excluded.fuel;
-    END;
-    "
-    ),
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
