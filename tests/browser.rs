@@ -366,6 +366,24 @@ fn the_overview_counts_the_seeded_jobs_and_lists_each_pool() {
 }
 
 #[test]
+fn the_overview_refreshes_its_counts_without_a_reload() {
+    let pool = Pool::new("");
+    pool.ok(&["seed", "--count", "2"]);
+    let server = pool.serve(&[]);
+    let browser = Browser::start("the_overview_refreshes_its_counts_without_a_reload");
+
+    browser.goto(&server.url("/"));
+    browser.wait_for_text(r#"[data-count="pending"]"#, "2");
+    // A mark on the page's window: a full reload would start a new window without it.
+    browser.script("window.jobhostMark = 'same page'; return null;", vec![]).expect("the mark is set");
+    pool.ok(&["seed", "--count", "3"]);
+    browser.wait_for_text(r#"[data-count="pending"]"#, "5");
+    browser.screenshot("overview-refreshed");
+    let mark = browser.script("return window.jobhostMark || null;", vec![]).expect("the mark is read");
+    assert_eq!(mark, json!("same page"), "the counts changed without a page load");
+}
+
+#[test]
 fn a_poisoned_job_page_shows_its_attempt_and_retry_makes_it_pending() {
     let (pool, poisoned) = pool_with_poisoned_jobs(1);
     let id = &poisoned[0];
