@@ -1,14 +1,15 @@
 //! `jobhost-bench`: measures jobhost against the targets of the v1 speed issue and writes the
 //! results to `BENCHMARKS.md`. Run it through `./scripts/bench`, which builds what it needs.
 //!
-//! Sections 1, 2 and 6 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
+//! Sections 1, 2, 6 and 8 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
 //! names, or else on a throwaway one that `scripts/postgres start` makes in the temporary folder
 //! (fsync off) when the first of them needs it, stopped and deleted when the benchmark ends.
 //! Each PostgreSQL measurement gets a fresh schema, dropped afterwards.
 //!
 //! One module per section, each documenting what it measures and why the measurement is fair:
 //! [`end_to_end`] (1), [`store`] (2), [`flatmachines`] (3, the original example's store),
-//! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7). Sections run one after
+//! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7), [`server`] (8, `jobhost
+//! serve` through its HTTP API). Sections run one after
 //! another, never side by side, because the machine has few cores and is shared. A section
 //! that fails is reported as a failed row and the others still run.
 
@@ -19,6 +20,7 @@ mod memory;
 mod report;
 mod sandbox;
 mod scale;
+mod server;
 mod store;
 mod support;
 
@@ -30,7 +32,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::report::{Header, Report, Row};
-use crate::support::Bench;
+use crate::support::{Bench, Shelf};
 
 #[derive(Parser)]
 #[command(version, about = "Benchmarks jobhost and writes BENCHMARKS.md", args_conflicts_with_subcommands = true)]
@@ -67,18 +69,20 @@ enum Section {
     Sandbox,
     Scale,
     Memory,
+    Server,
 }
 
 impl Section {
-    fn run(self, bench: &Bench, report: &mut Report) -> Result<()> {
+    fn run<'a>(self, bench: &'a Bench, report: &mut Report, shelf: &mut Shelf<'a>) -> Result<()> {
         match self {
             Section::EndToEnd => end_to_end::run(bench, report),
             Section::Store => store::run(bench, report),
             Section::Flatmachines => flatmachines::run(bench, report),
             Section::ColdStart => cold_start::run(bench, report),
             Section::Sandbox => sandbox::run(bench, report),
-            Section::Scale => scale::run(bench, report),
+            Section::Scale => scale::run(bench, report, shelf),
             Section::Memory => memory::run(bench, report),
+            Section::Server => server::run(bench, report, shelf),
         }
     }
 
@@ -91,6 +95,7 @@ impl Section {
             Section::Sandbox => "5. sandbox overhead",
             Section::Scale => "6. scale",
             Section::Memory => "7. memory",
+            Section::Server => "8. server",
         }
     }
 }
@@ -114,18 +119,24 @@ fn benchmark(cli: Cli) -> Result<ExitCode> {
     let load_before = load_average();
     let sections = if cli.only.is_empty() { Section::value_variants().to_vec() } else { cli.only.clone() };
 
+    // The scale section's million-job pools serve the server section's page timings, if it comes later.
+    let position = |wanted| sections.iter().position(|&section| section == wanted);
+    let reuse =
+        matches!((position(Section::Scale), position(Section::Server)), (Some(scale), Some(server)) if scale < server);
+    let mut shelf = Shelf::new(reuse);
     let mut report = Report::default();
     let mut failed = 0;
     for section in sections {
         println!("\n== {}", section.title());
         let section_started = Instant::now();
-        if let Err(err) = section.run(&bench, &mut report) {
+        if let Err(err) = section.run(&bench, &mut report, &mut shelf) {
             failed += 1;
             eprintln!("error in section {}: {err:#}", section.title());
             report.add(Row::info("error", section.title(), format!("failed: {err:#}")));
         }
         println!("  ({:.1} s)", section_started.elapsed().as_secs_f64());
     }
+    drop(shelf);
 
     let header = Header {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -3,7 +3,8 @@
 //! SQLite and on PostgreSQL.
 //!
 //! Each size gets a fresh pool (a SQLite file, or a fresh schema on the benchmark's PostgreSQL
-//! server) seeded with one streamed `Store::enqueue` call (one transaction, the jobs fed from
+//! server; the large one is kept for the server section's page timings when it runs later)
+//! seeded with one streamed `Store::enqueue` call (one transaction, the jobs fed from
 //! an iterator); that call is timed and reported as the seeding time. Then, in one process, a
 //! claim (batch size 1) and its completion, as two transactions exactly like section 2, are
 //! timed together as one sample; the p50 over the samples is the latency. `Store::status(None)`
@@ -19,13 +20,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use jobhost::config::DatabaseConfig;
 use jobhost::store::{Access, NewWorker, RetryPolicy, Store};
 
 use crate::report::{Report, Row, micros, millis, number, per_second, times};
 use crate::store::{POOL, claim_and_complete, enqueue};
-use crate::support::{Backend, Bench, PgServer, block_on, median_duration, retry_policy};
+use crate::support::{Backend, Bench, PgServer, Pool, Shelf, block_on, median_duration, retry_policy};
 
 const SECTION: &str = "scale";
 const WARM_UP: usize = 20;
@@ -34,7 +35,7 @@ const TARGET_SLOWDOWN: f64 = 2.0;
 /// Pairs timed on PostgreSQL straight after seeding, before `ANALYZE`.
 const BEFORE_ANALYZE: usize = 10;
 
-pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
+pub fn run<'a>(bench: &'a Bench, report: &mut Report, shelf: &mut Shelf<'a>) -> Result<()> {
     let small = 1_000;
     let large = bench.pick(1_000_000, 100_000);
     let pairs = 1_000;
@@ -45,18 +46,27 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
          PostgreSQL {BEFORE_ANALYZE} pairs are timed straight after seeding, then `ANALYZE` runs (what autovacuum \
          does within a minute of a bulk load) before the warm-up and the measured pairs"
     ));
-    run_on(report, Backend::Sqlite, small, large, pairs)?;
+    run_on(bench, report, shelf, Backend::Sqlite, small, large, pairs)?;
     match bench.pg() {
-        Ok(server) => run_on(report, Backend::Postgres(server), small, large, pairs)?,
+        Ok(server) => run_on(bench, report, shelf, Backend::Postgres(server), small, large, pairs)?,
         Err(err) => report.add(Row::info(SECTION, "PostgreSQL rows", format!("skipped: {err:#}"))),
     }
     Ok(())
 }
 
-fn run_on(report: &mut Report, backend: Backend<'_>, small: u64, large: u64, pairs: usize) -> Result<()> {
+fn run_on<'a>(
+    bench: &Bench,
+    report: &mut Report,
+    shelf: &mut Shelf<'a>,
+    backend: Backend<'a>,
+    small: u64,
+    large: u64,
+    pairs: usize,
+) -> Result<()> {
     let name = backend.name();
-    let at_small = measure(backend, small, pairs)?;
-    let at_large = measure(backend, large, pairs)?;
+    let (at_small, _) = measure(bench, backend, small, pairs)?;
+    let (at_large, large_pool) = measure(bench, backend, large, pairs)?;
+    shelf.keep(backend, large_pool);
     for (jobs, at) in [(small, &at_small), (large, &at_large)] {
         let jobs_text = number(jobs as f64, 0);
         report.add(Row::info(SECTION, format!("{name}: claim+complete p50, {jobs_text} pending"), micros(at.pair_p50)));
@@ -101,20 +111,11 @@ struct AtSize {
     before_analyze: Option<Duration>,
 }
 
-fn measure(backend: Backend<'_>, pending: u64, pairs: usize) -> Result<AtSize> {
-    match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().context("cannot create a temporary folder for the scale benchmark")?;
-            let path = dir.path().join("scale.db").display().to_string();
-            measure_at(&DatabaseConfig { path, ..DatabaseConfig::default() }, None, pending, pairs)
-        }
-        Backend::Postgres(server) => {
-            let schema = PgServer::fresh_schema();
-            let measured = measure_at(&server.config(&schema), Some((server, &schema)), pending, pairs);
-            server.drop_schema(&schema);
-            measured
-        }
-    }
+/// Measures a fresh pool of `backend` with `pending` jobs, and returns it with the jobs in it.
+fn measure<'a>(bench: &Bench, backend: Backend<'a>, pending: u64, pairs: usize) -> Result<(AtSize, Pool<'a>)> {
+    let pool = Pool::on(bench, backend, "")?;
+    let measured = measure_at(&pool.database(), pool.postgres(), pending, pairs)?;
+    Ok((measured, pool))
 }
 
 fn measure_at(config: &DatabaseConfig, pg: Option<(&PgServer, &str)>, pending: u64, pairs: usize) -> Result<AtSize> {
