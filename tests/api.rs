@@ -583,6 +583,27 @@ fn enqueue_one_honours_every_field(backend: Backend) {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// SQLite only: the stored text is read from the file; the server's reading of the body is
+/// the same for both backends.
+#[test]
+fn a_payload_is_stored_exactly_as_sent() {
+    let pool = Pool::new("");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let payload = r#"{"n": 12345678901234567890123, "price": 1.10, "text": "\u00e9"}"#;
+    let body = format!(r#"{{"processor": "echo", "payload": {payload}}}"#);
+    let reply = api.post_raw("/api/v1/jobs", Some("application/json"), body.as_bytes()).expect(201);
+    let id = reply["id"].as_str().unwrap().to_owned();
+    let batch = format!(r#"{{"jobs": [{{"processor": "echo", "payload": {payload}}}]}}"#);
+    let reply = api.post_raw("/api/v1/jobs", Some("application/json"), batch.as_bytes()).expect(201);
+    let in_batch = reply["ids"][0].as_str().unwrap().to_owned();
+    let db = rusqlite::Connection::open(pool.db()).unwrap();
+    for id in [id, in_batch] {
+        let stored: String = db.query_row("SELECT payload FROM jobs WHERE id = ?1", [&id], |row| row.get(0)).unwrap();
+        assert_eq!(stored, payload, "the processor reads the payload's own text, digits beyond f64 included");
+    }
+}
+
 fn enqueue_a_batch_returns_the_ids_in_order(backend: Backend) {
     let pool = empty_pool(backend, "");
     let server = pool.serve(&[]);

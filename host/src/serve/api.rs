@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::App;
@@ -64,9 +65,9 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 pub struct NewJobRequest {
     /// The processor that runs the job: `echo`, or a `.wasm` file in this host's processors folder.
     processor: Option<String>,
-    /// Any JSON value; the processor reads it on stdin. Default `{}`.
+    /// Any JSON value; the processor reads it on stdin, exactly as sent. Default `{}`.
     #[schema(value_type = Object)]
-    payload: Option<Value>,
+    payload: Option<Box<RawValue>>,
     /// Default `default`.
     pool: Option<String>,
     /// Higher runs first. Default 0.
@@ -81,8 +82,8 @@ pub struct NewJobRequest {
 }
 
 /// A batch: queued in one transaction, all or nothing.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "only describes the request body in the OpenAPI document")]
 pub struct NewJobsRequest {
     jobs: Vec<NewJobRequest>,
 }
@@ -256,9 +257,9 @@ pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> Result<T, ApiE
     })
 }
 
-/// Reads a JSON body into `T`: it must be declared JSON, parse, and fit `T`; errors name the
-/// field at fault.
-fn body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+/// A request body that may be parsed: declared JSON, a JSON object, and nested within
+/// [`MAX_BODY_DEPTH`].
+fn json_body<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<&'a [u8], ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -273,21 +274,46 @@ fn body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     }
     // serde_json's own nesting limit (128) would count the body's levels too, refusing
     // payloads that `seed` takes, and without naming the field. The body's depth is bounded
-    // here instead, and each payload's by `check_payload` below, as for `seed`.
+    // here instead, and each payload's by `check_payload`, as for `seed`.
     if nesting_depth(bytes) > MAX_BODY_DEPTH {
         return Err(ApiError::invalid_json(format!(
             "the body nests deeper than {MAX_BODY_DEPTH} levels: a payload may nest at most 128 deep"
         )));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    deserializer.disable_recursion_limit();
-    let value = Value::deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|err| ApiError::invalid_json(format!("the body is not valid JSON: {err}")))?;
-    if !value.is_object() {
+    if !is_object(bytes) {
         return Err(ApiError::invalid_json("the body must be a JSON object"));
     }
-    Ok(value)
+    Ok(bytes)
+}
+
+/// Whether JSON text is an object (serde would also read a list into a struct, field by field).
+fn is_object(text: &[u8]) -> bool {
+    text.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// Parses JSON text (checked by [`json_body`]) into `T`. Errors name the field, under
+/// `prefix` (the text's place in the body, e.g. `jobs[2]`): bad JSON is a 400, a value of
+/// the wrong kind a 422.
+fn parse<T: DeserializeOwned>(text: &[u8], prefix: &str) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    deserializer.disable_recursion_limit();
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::invalid_json(format!("the body is not valid JSON: {inner}"));
+        }
+        let field = match (prefix, path.as_str()) {
+            ("", ".") => return ApiError::invalid_json(format!("the body has the wrong shape: {inner}")),
+            (prefix, ".") => prefix.to_owned(),
+            ("", path) => path.to_owned(),
+            (prefix, path) if path.starts_with('[') => format!("{prefix}{path}"),
+            (prefix, path) => format!("{prefix}.{path}"),
+        };
+        ApiError::field(field, inner.to_string())
+    })?;
+    deserializer.end().map_err(|err| ApiError::invalid_json(format!("the body is not valid JSON: {err}")))?;
+    Ok(parsed)
 }
 
 /// Levels a body may nest before it is refused whole: well past a payload's 128 inside a
@@ -319,18 +345,6 @@ fn nesting_depth(text: &[u8]) -> usize {
         }
     }
     deepest
-}
-
-fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        let message = err.inner().to_string();
-        if path == "." {
-            ApiError::invalid_json(format!("the body has the wrong shape: {message}"))
-        } else {
-            ApiError::field(path, message)
-        }
-    })
 }
 
 fn parse_status(field: &str, text: &str) -> Result<JobStatus, ApiError> {
@@ -365,7 +379,8 @@ impl App {
         }
         let pool = request.pool.unwrap_or_else(|| "default".to_owned());
         check_pool(&name("pool"), &pool)?;
-        let payload = request.payload.map_or_else(|| "{}".to_owned(), |payload| payload.to_string());
+        // The payload's own text, so numbers beyond f64 and the like arrive as they were sent.
+        let payload = request.payload.map_or_else(|| "{}".to_owned(), |payload| payload.get().trim().to_owned());
         crate::store::check_payload(payload.as_bytes(), config.jobs.max_payload.0)
             .map_err(|err| ApiError::field(name("payload"), format!("payload {err}")))?;
         let max_attempts = request.max_attempts.unwrap_or(config.retry.max_attempts);
@@ -403,30 +418,33 @@ fn now_ms() -> i64 {
     (status = 422, description = "A field is wrong; nothing was queued", body = ErrorBody),
 ))]
 pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
-    let value = body(&headers, &bytes)?;
+    let text = json_body(&headers, &bytes)?;
     let known = crate::processors::names(&app.config)
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))?;
-    if let Some(jobs) = value.get("jobs") {
-        // serde would take a list as a job, field by field; a job is an object.
-        if let Some(index) = jobs.as_array().and_then(|jobs| jobs.iter().position(|job| !job.is_object())) {
-            return Err(ApiError::field(format!("jobs[{index}]"), "must be a JSON object"));
-        }
-        let batch: NewJobsRequest = from_value(value)?;
-        if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
-            return Err(ApiError::field("jobs", format!("must hold 1 to {MAX_BATCH} jobs, got {}", batch.jobs.len())));
-        }
-        let jobs = batch
-            .jobs
-            .into_iter()
-            .enumerate()
-            .map(|(index, job)| app.new_job(job, &format!("jobs[{index}]"), &known))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ids = app.store().enqueue_all(&jobs).await?;
-        return Ok((StatusCode::CREATED, Json(EnqueuedBatch { ids })).into_response());
+    // The top level is read first, keeping each value's text, to tell one job from a batch.
+    let top: std::collections::BTreeMap<String, Box<RawValue>> = parse(text, "")?;
+    let Some(jobs) = top.get("jobs") else {
+        let job = app.new_job(parse(text, "")?, "", &known)?;
+        let mut ids = app.store().enqueue_all(&[job]).await?;
+        return Ok((StatusCode::CREATED, Json(Enqueued { id: ids.remove(0) })).into_response());
+    };
+    if let Some(other) = top.keys().find(|key| *key != "jobs") {
+        return Err(ApiError::field(other.clone(), "a batch holds only `jobs`: put every field in its jobs"));
     }
-    let job = app.new_job(from_value(value)?, "", &known)?;
-    let mut ids = app.store().enqueue_all(&[job]).await?;
-    Ok((StatusCode::CREATED, Json(Enqueued { id: ids.remove(0) })).into_response())
+    let items: Vec<Box<RawValue>> = parse(jobs.get().as_bytes(), "jobs")?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::field("jobs", format!("must hold 1 to {MAX_BATCH} jobs, got {}", items.len())));
+    }
+    let mut queued = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let field = format!("jobs[{index}]");
+        if !is_object(item.get().as_bytes()) {
+            return Err(ApiError::field(field, "must be a JSON object"));
+        }
+        queued.push(app.new_job(parse(item.get().as_bytes(), &field)?, &field, &known)?);
+    }
+    let ids = app.store().enqueue_all(&queued).await?;
+    Ok((StatusCode::CREATED, Json(EnqueuedBatch { ids })).into_response())
 }
 
 /// One job with its history; `?wait=30s` waits for it to finish.
@@ -622,7 +640,7 @@ pub async fn retry_jobs(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<BulkAnswer>, ApiError> {
-    Ok(Json(app.act_on_many(Action::Retry, from_value(body(&headers, &bytes)?)?).await?))
+    Ok(Json(app.act_on_many(Action::Retry, parse(json_body(&headers, &bytes)?, "")?).await?))
 }
 
 /// Cancel a list of jobs, or every pending job matching a filter.
@@ -632,7 +650,7 @@ pub async fn cancel_jobs(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<BulkAnswer>, ApiError> {
-    Ok(Json(app.act_on_many(Action::Cancel, from_value(body(&headers, &bytes)?)?).await?))
+    Ok(Json(app.act_on_many(Action::Cancel, parse(json_body(&headers, &bytes)?, "")?).await?))
 }
 
 /// Exactly what `jobhost status --json` prints.
