@@ -21,7 +21,7 @@ use super::api::{Action, BulkRequest, FilterRequest, ListQuery, WorkerQuery, que
 use super::auth::{Caller, SESSION_COOKIE, csrf_refused};
 use super::error::ApiError;
 use crate::commands::format_time;
-use crate::store::{JobStatus, Millis};
+use crate::store::{Activity, JobStatus, Millis};
 
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/live.js");
@@ -135,7 +135,7 @@ pub async fn overview(State(app): State<Arc<App>>, Extension(caller): Extension<
             (status.workers.lost) " lost. Oldest ready job waiting: " (age(status.oldest_ready_age_ms)) "."
         }
         h2 { "Throughput, last hour" }
-        (throughput(&activity.per_minute))
+        (throughput(&activity))
         h2 { "Pools" }
         table #pools {
             thead { tr { th { "Pool" } th { "Pending" } th { "Ready" } th { "Oldest ready" } th { "Claimed" } th { "Completed" } th { "Poisoned" } th { "Cancelled" } } }
@@ -157,15 +157,14 @@ pub async fn overview(State(app): State<Arc<App>>, Extension(caller): Extension<
 }
 
 /// Completed and failed attempts per minute as an inline SVG bar chart (no script needed).
-fn throughput(per_minute: &std::collections::BTreeMap<i64, (u64, u64)>) -> Markup {
+fn throughput(activity: &Activity) -> Markup {
     const MINUTES: i64 = 60;
     const WIDTH: i64 = 12;
     const HEIGHT: f64 = 120.0;
-    let now = per_minute.keys().next_back().copied().unwrap_or(0).max(current_minute());
     let bars: Vec<(i64, u64, u64)> = (0..MINUTES)
         .map(|i| {
-            let minute = now - MINUTES + 1 + i;
-            let (ok, failed) = per_minute.get(&minute).copied().unwrap_or_default();
+            let minute = activity.this_minute - MINUTES + 1 + i;
+            let (ok, failed) = activity.per_minute.get(&minute).copied().unwrap_or_default();
             (i, ok, failed)
         })
         .collect();
@@ -194,10 +193,6 @@ fn throughput(per_minute: &std::collections::BTreeMap<i64, (u64, u64)>) -> Marku
             " per minute; peak " (peak as u64) "/min."
         }
     }
-}
-
-fn current_minute() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64 / 60)
 }
 
 fn urlencode(text: &str) -> String {

@@ -136,13 +136,16 @@ pub struct Activity {
     pub fuel: Keyed<(String, String), Histogram>,
     /// Per minute (since the epoch) of the last hour: attempts that succeeded and that failed.
     pub per_minute: BTreeMap<i64, (u64, u64)>,
+    /// The minute (since the epoch, on the database's clock) the activity was read in: the
+    /// last of the hour `per_minute` covers.
+    pub this_minute: i64,
 }
 
 impl Activity {
     /// Adds up the rows a backend read; `now` places the last hour.
     pub fn from_rows(rows: Vec<ActivityRow>, now: Millis) -> Activity {
         let this_minute = now.div_euclid(60_000);
-        let mut activity = Activity::default();
+        let mut activity = Activity { this_minute, ..Activity::default() };
         for row in rows {
             let key = (row.pool, row.processor);
             if row.event == ENQUEUED {
@@ -208,6 +211,7 @@ mod tests {
         assert_eq!(activity.attempts[&("p".into(), "echo".into(), "ok".into())], 7);
         assert_eq!(activity.attempts_in("p"), 8);
         assert_eq!(activity.per_minute, BTreeMap::from([(99, (0, 1)), (100, (2, 0))]), "minute 0 is history");
+        assert_eq!(activity.this_minute, 100, "the hour ends at the minute of reading");
         let durations = &activity.durations[&("p".into(), "echo".into())];
         assert_eq!((durations.count, durations.sum), (8, 24));
         let points = durations.points(&DURATION_BOUNDS_MS, 1000.0);
