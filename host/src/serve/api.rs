@@ -677,12 +677,13 @@ impl App {
         if let Some(pool) = &query.pool {
             check_pool("pool", pool)?;
         }
+        let [starting, active, terminated, lost] = WorkerCounts::STATUSES;
         if let Some(status) = query.status.as_deref()
-            && !["starting", "active", "terminated", "lost"].contains(&status)
+            && !WorkerCounts::STATUSES.contains(&status)
         {
             return Err(ApiError::field(
                 "status",
-                format!("unknown status {status:?}: use starting, active, terminated or lost"),
+                format!("unknown status {status:?}: use {starting}, {active}, {terminated} or {lost}"),
             ));
         }
         let filter =

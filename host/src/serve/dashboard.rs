@@ -115,20 +115,14 @@ pub async fn overview(State(app): State<Arc<App>>, Extension(caller): Extension<
     let status = app.store().status(None).await.map_err(ApiError::from)?;
     let pools = app.store().pools().await.map_err(ApiError::from)?;
     let activity = app.store().activity().await.map_err(ApiError::from)?;
-    let jobs = &status.jobs;
-    let counts = [
-        ("pending", jobs.pending),
-        ("ready", status.ready),
-        ("claimed", jobs.claimed),
-        ("completed", jobs.completed),
-        ("poisoned", jobs.poisoned),
-        ("cancelled", jobs.cancelled),
-    ];
+    // Every status, with the ready part of pending beside it.
+    let mut counts: Vec<(&str, u64)> = status.jobs.by_status().map(|(status, count)| (status.as_str(), count)).to_vec();
+    counts.insert(1, ("ready", status.ready));
     let body = html! {
         h1 { "Overview" }
         table #counts .counts {
-            tr { @for (name, _) in counts { th { (name) } } }
-            tr { @for (name, count) in counts { td data-count=(name) { (count) } } }
+            tr { @for (name, _) in &counts { th { (name) } } }
+            tr { @for (name, count) in &counts { td data-count=(name) { (count) } } }
         }
         p.muted {
             "Workers: " (status.workers.active) " active, " (status.workers.starting) " starting, "

@@ -22,7 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::App;
 use super::error::ApiError;
-use crate::store::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, JobStatus, PoolSnapshot, StatusSnapshot};
+use crate::store::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, PoolSnapshot, StatusSnapshot};
 
 /// What one scrape read, encoded by [`Collector::encode`].
 #[derive(Debug)]
@@ -90,9 +90,7 @@ impl Collector for Scrape {
         let jobs: Vec<_> = pools
             .iter()
             .flat_map(|pool| {
-                let counts = &pool.jobs;
-                let by_status = [counts.pending, counts.claimed, counts.completed, counts.poisoned, counts.cancelled];
-                JobStatus::ALL.iter().zip(by_status).map(|(status, count)| {
+                pool.jobs.by_status().map(|(status, count)| {
                     (vec![("pool", pool.pool.as_str()), ("status", status.as_str())], as_gauge(count))
                 })
             })
@@ -115,12 +113,7 @@ impl Collector for Scrape {
         let mut workers = Vec::new();
         for (host, counts) in &self.status.hosts {
             let host = if host.is_empty() { "unknown" } else { host.as_str() };
-            for (status, count) in [
-                ("starting", counts.starting),
-                ("active", counts.active),
-                ("terminated", counts.terminated),
-                ("lost", counts.lost),
-            ] {
+            for (status, count) in counts.by_status() {
                 workers.push((vec![("host", host), ("status", status)], as_gauge(count)));
             }
         }

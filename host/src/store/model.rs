@@ -473,7 +473,29 @@ impl JobCounts {
     }
 }
 
+impl JobCounts {
+    /// Every status with its count, in [`JobStatus::ALL`]'s order.
+    pub fn by_status(&self) -> [(JobStatus, u64); 5] {
+        [
+            (JobStatus::Pending, self.pending),
+            (JobStatus::Claimed, self.claimed),
+            (JobStatus::Completed, self.completed),
+            (JobStatus::Poisoned, self.poisoned),
+            (JobStatus::Cancelled, self.cancelled),
+        ]
+    }
+}
+
 impl WorkerCounts {
+    /// The statuses a worker can be in.
+    pub const STATUSES: [&'static str; 4] = ["starting", "active", "terminated", "lost"];
+
+    /// Every status with its count, in [`WorkerCounts::STATUSES`]' order.
+    pub fn by_status(&self) -> [(&'static str, u64); 4] {
+        let [starting, active, terminated, lost] = Self::STATUSES;
+        [(starting, self.starting), (active, self.active), (terminated, self.terminated), (lost, self.lost)]
+    }
+
     fn add(&mut self, status: &str, count: u64) {
         match status {
             "starting" => self.starting += count,
