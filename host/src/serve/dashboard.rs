@@ -1,7 +1,8 @@
 //! The dashboard: HTML pages rendered on the server (maud escapes every value put in them),
 //! so every page reads and every action works without JavaScript. A small script
 //! (`assets/live.js`) refreshes each page's `<main>` every two seconds without a reload.
-//! Every asset is compiled into the binary: the dashboard needs no network.
+//! Every asset is compiled into the binary: the dashboard needs no network. (The processors
+//! page, whose listing loads every processor, is left out of the refresh.)
 //!
 //! Pages: the overview (counts, throughput over the last hour, pools), jobs (filters,
 //! pages, bulk retry and cancel), one job (payload, result, attempt timeline), workers, and
@@ -422,7 +423,9 @@ pub async fn processors(State(app): State<Arc<App>>, Extension(caller): Extensio
     let infos = app.processor_list().await?;
     let body = html! {
         h1 { "Processors" }
-        p.muted { "Folder: " (app.config.processors.dir.display()) }
+        // Listing loads every processor (a compile, or a read of the compile cache), so this
+        // page is not refreshed every few seconds; files change rarely.
+        p.muted data-refresh="off" { "Folder: " (app.config.processors.dir.display()) ". Reload the page to see changes." }
         table #processors {
             thead { tr { th { "Name" } th { "Status" } th { "Source" } th { "Bytes" } th { "SHA-256" } th { "Limits" } th { "Load error" } } }
             tbody {

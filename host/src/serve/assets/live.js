@@ -1,5 +1,5 @@
 // Live refresh: every two seconds, fetch this page again and swap in its <main>, so counts
-// and tables stay current without a reload. Pages work without this script; it pauses while
+// and tables stay current without a reload (pages marked data-refresh="off" excepted). Pages work without this script; it pauses while
 // the operator is typing in a form or has rows selected, so it never throws away their work.
 (function () {
   "use strict";
@@ -9,8 +9,10 @@
     if (active && ["INPUT", "SELECT", "TEXTAREA"].includes(active.tagName)) return true;
     return document.querySelector("main input[type=checkbox]:checked") !== null;
   }
+  // A page that is costly to build says so, and is left as it is.
+  const still = document.querySelector("main [data-refresh=off]") !== null;
   async function refresh() {
-    if (document.hidden || busy()) return;
+    if (still || document.hidden || busy()) return;
     try {
       const response = await fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } });
       if (!response.ok || response.redirected) return;
