@@ -15,6 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Deserializer};
 
+use crate::grants::{Grants, HttpGrant};
+
 /// Where the configuration is looked for when neither `--config` nor `$JOBHOST_CONFIG` is set.
 pub const DEFAULT_CONFIG_PATH: &str = "config/jobhost.yml";
 
@@ -250,8 +252,8 @@ pub struct ProcessorsConfig {
     /// Largest processor file loaded; bigger ones are load errors, read no further.
     pub max_size: ByteSize,
     pub limits: Limits,
-    /// Per-processor changes to `limits`; keys left out keep the default.
-    pub overrides: BTreeMap<String, LimitOverrides>,
+    /// Per-processor changes to `limits`, and the capabilities granted to each processor.
+    pub overrides: BTreeMap<String, ProcessorOverrides>,
 }
 
 impl Default for ProcessorsConfig {
@@ -292,17 +294,22 @@ impl Default for Limits {
     }
 }
 
+/// `processors.overrides.NAME`: limits that differ from `processors.limits` (keys left out
+/// keep the default) and the capabilities granted (none unless listed; see [`crate::grants`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LimitOverrides {
+pub struct ProcessorOverrides {
     pub fuel: Option<u64>,
     pub timeout: Option<HumanDuration>,
     pub memory: Option<ByteSize>,
     pub stdout: Option<ByteSize>,
     pub stderr: Option<ByteSize>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub http: Option<HttpGrant>,
 }
 
-impl LimitOverrides {
+impl ProcessorOverrides {
     pub fn apply_to(&self, base: Limits) -> Limits {
         Limits {
             fuel: self.fuel.unwrap_or(base.fuel),
@@ -438,7 +445,20 @@ impl Config {
         self.processors.limits.validate(self, "processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
             crate::processors::validate_name(name).map_err(|err| anyhow::anyhow!("processors.overrides: {err}"))?;
-            overrides.apply_to(self.processors.limits).validate(self, &format!("processors.overrides.{name}"))?;
+            let key = format!("processors.overrides.{name}");
+            overrides.apply_to(self.processors.limits).validate(self, &key)?;
+            crate::grants::validate(&key, &overrides.env, &overrides.secrets).map_err(anyhow::Error::msg)?;
+            if let Some(http) = &overrides.http {
+                if http.allow.is_empty() {
+                    bail!("{key}.http.allow is empty; list the hosts the processor may call, or remove http");
+                }
+                if http.timeout.0.is_zero() || http.max_response.0 == 0 || http.max_requests == 0 {
+                    bail!(
+                        "{key}.http: timeout, max_response and max_requests must be more than 0 \
+                         (remove http to grant no network)"
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -456,6 +476,16 @@ impl Config {
         match self.processors.overrides.get(name) {
             Some(overrides) => overrides.apply_to(self.processors.limits),
             None => self.processors.limits,
+        }
+    }
+
+    /// The capabilities processor `name` is granted: nothing unless its override lists them.
+    pub fn grants_for(&self, name: &str) -> Grants {
+        match self.processors.overrides.get(name) {
+            Some(overrides) => {
+                Grants { env: overrides.env.clone(), secrets: overrides.secrets.clone(), http: overrides.http.clone() }
+            }
+            None => Grants::default(),
         }
     }
 
@@ -688,6 +718,43 @@ mod tests {
     fn the_documented_config_file_states_exactly_the_defaults() {
         let documented = Config::parse(include_str!("../../config/jobhost.yml")).unwrap();
         assert_eq!(format!("{documented:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn grants_are_read_with_their_defaults_and_given_only_to_their_processor() {
+        let config = Config::parse(
+            "processors:\n  overrides:\n    fetch:\n      env: {GREETING: hi}\n      secrets: [API_TOKEN]\n      \
+             http: {allow: [\"https://api.example.com\", \"127.0.0.1:8080\"], max_requests: 3}\n",
+        )
+        .unwrap();
+        let grants = config.grants_for("fetch");
+        assert_eq!(grants.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!(grants.secrets, ["API_TOKEN"]);
+        let http = grants.http.expect("an http grant");
+        assert_eq!(
+            http.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["https://api.example.com", "127.0.0.1:8080"]
+        );
+        assert_eq!((http.max_requests, http.timeout.0, http.max_response.0), (3, Duration::from_secs(10), 4 << 20));
+        assert_eq!(config.grants_for("other"), Grants::default(), "nothing is granted unless listed");
+    }
+
+    #[test]
+    fn bad_grants_are_refused_naming_the_key() {
+        let refused = |overrides: &str| {
+            let text = format!("processors:\n  overrides:\n    fetch:\n      {overrides}\n");
+            format!("{:#}", Config::parse(&text).unwrap_err())
+        };
+        let bad_host = refused("http: {allow: [\"ftp://x.com\"]}");
+        assert!(bad_host.contains("\"ftp://x.com\"") && bad_host.contains("host:port"), "{bad_host}");
+        let empty = refused("http: {allow: []}");
+        assert!(empty.contains("processors.overrides.fetch.http.allow is empty"), "{empty}");
+        let zero = refused("http: {allow: [x.com], max_requests: 0}");
+        assert!(zero.contains("processors.overrides.fetch.http"), "{zero}");
+        let job_id = refused("env: {JOB_ID: x}");
+        assert!(job_id.contains("processors.overrides.fetch.env") && job_id.contains("set by jobhost"), "{job_id}");
+        let unknown = refused("http: {allow: [x.com], max_redirects: 1}");
+        assert!(unknown.contains("max_redirects"), "{unknown}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod checker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod grants;
 pub mod outcome;
 pub mod output;
 pub mod processors;

@@ -10,7 +10,7 @@
 use anyhow::{Result, bail};
 
 use crate::cli::{Cli, Command, JobsCommand};
-use crate::config::{Config, LimitOverrides};
+use crate::config::{Config, ProcessorOverrides};
 
 /// Most jobs one `seed` queues; they are inserted in chunks inside one transaction.
 pub const MAX_SEED_COUNT: u64 = 10_000_000;
@@ -134,7 +134,7 @@ fn override_limit(
     name: &str,
     limit: &str,
     flag: &'static str,
-    apply: impl FnOnce(&mut LimitOverrides),
+    apply: impl FnOnce(&mut ProcessorOverrides),
 ) {
     apply(config.processors.overrides.entry(name.to_string()).or_default());
     config.set_by_flag.insert(format!("processors.overrides.{name}.{limit}"), flag);
