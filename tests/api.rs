@@ -359,6 +359,7 @@ const HISTORY_KEYS: &[&str] = &[
     "stderr",
     "fuel_used",
     "duration_ms",
+    "processor_sha256",
 ];
 
 /// A pool on `backend` with its database created and no job in it (only `seed` creates a
@@ -689,6 +690,8 @@ fn get_job_shows_every_field_and_its_history_after_a_run(backend: Backend) {
     assert!(ms(&entry["started_at"]) <= ms(&entry["finished_at"]), "{entry}");
     assert!(entry["fuel_used"].as_u64().unwrap() > 0, "{entry}");
     assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0, "{entry}");
+    let echo = pool.json(&["processors"]).as_array().unwrap().iter().find(|p| p["name"] == "echo").unwrap().clone();
+    assert_eq!(entry["processor_sha256"], echo["sha256"], "the attempt names the code that ran: {entry}");
     assert_matches_cli(&pool, &job);
 
     let job = api.job(&failing);

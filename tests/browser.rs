@@ -398,6 +398,11 @@ fn a_poisoned_job_page_shows_its_attempt_and_retry_makes_it_pending() {
     assert_eq!(payload, json!({"seq": 0}), "#payload");
     assert_eq!(browser.attributes("#attempts tr[data-attempt]", "data-attempt"), ["1"], "one attempt row");
     assert_eq!(browser.text(r#"#attempts tr[data-attempt="1"] td.outcome"#), "trap", "the attempt's outcome");
+    let shown = pool.json(&["jobs", "show", id]);
+    let code = shown["attempt_history"][0]["processor_sha256"].as_str().expect("the trap processor loaded");
+    let cell = r#"#attempts tr[data-attempt="1"] td.code"#;
+    assert_eq!(browser.text(cell), code[..12], "the code that ran, shortened");
+    assert_eq!(browser.attributes(cell, "title"), [code], "the full hash on hover");
 
     browser.click("#retry");
     browser.wait_for_path(&format!("/jobs/{id}"));

@@ -278,6 +278,16 @@ fn jobs_can_be_listed_shown_cancelled_retried_and_purged(backend: Backend) {
 
     let human = pool.ok(&["jobs", "show", ids[0]]);
     assert!(human.contains("status     pending") && human.contains("payload    {\"seq\":"), "{human}");
+
+    // Each attempt names the code that ran it: the processor's hash as `processors` shows it.
+    pool.ok(&["work"]);
+    let processors = pool.json(&["processors"]);
+    let echo = processors.as_array().unwrap().iter().find(|processor| processor["name"] == "echo").unwrap();
+    let code = echo["sha256"].as_str().expect("echo's sha256");
+    assert!(code.len() == 64 && code.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{code}");
+    assert_eq!(pool.json(&["jobs", "show", ids[0]])["attempt_history"][0]["processor_sha256"], code);
+    let human = pool.ok(&["jobs", "show", ids[0]]);
+    assert!(human.contains(&format!(", code {}\n", &code[..12])), "{human}");
 }
 
 #[test]
@@ -434,6 +444,10 @@ fn copy_moves_every_job_with_its_history_and_refuses_a_non_empty_target(backend:
     assert_eq!(shown(&target), original, "every job arrives as it was, history and results included");
     assert!(
         original.iter().any(|job| job["status"] == "poisoned" && job["attempt_history"].as_array().unwrap().len() == 2)
+    );
+    assert!(
+        original.iter().any(|job| job["attempt_history"][0]["processor_sha256"].is_string()),
+        "the copied attempts name the code that ran them"
     );
 
     let error = pool.fails(&["copy", "--to", &target_db]);

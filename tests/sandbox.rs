@@ -258,8 +258,8 @@ fn modules_that_cannot_load_are_load_errors() {
     fs::write(pool.path("secret.txt"), "password: hunter2\n".repeat(100_000)).unwrap();
     symlink(pool.path("secret.txt"), pool.path("processors/secret.wasm")).unwrap();
     let cases = [
-        ("garbage", "is not a WebAssembly module (starts with 7f 45 4c 46"),
-        ("secret", "secret.wasm) is not a WebAssembly module (starts with 70 61 73 73"),
+        ("garbage", "is not WebAssembly (starts with 7f 45 4c 46"),
+        ("secret", "secret.wasm) is not WebAssembly (starts with 70 61 73 73"),
         ("empty", "empty file"),
         ("no_start", "_start"),
         ("bad_import", "launch_missiles"),

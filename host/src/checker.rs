@@ -8,19 +8,34 @@
 //! Workers are fire-and-forget: each is a `jobhost work` process in a session of its own
 //! (a signal to the checker's terminal does not reach it), with the checker's config and
 //! database, logging to `<data dir>/logs/<worker-id>.log`.
+//!
+//! With `--interval`, the checker also keeps every processor compiled into the compile cache
+//! (see [`Registry::compile_ahead`]), so the workers it starts load compiled code.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::CheckArgs;
 use crate::config::{Config, DatabaseConfig};
+use crate::processors::Registry;
 use crate::reaper;
+use crate::sandbox::Sandbox;
 use crate::store::{Access, ErrorKind, PlanRequest, Store, StoreError};
+
+/// Stops a background task when the loop that started it ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -39,6 +54,12 @@ pub async fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         check_once(&store, config, &args.pool, args.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
+
+    // While the checker runs, it keeps the compile cache filled for the workers it starts, so
+    // a new or changed processor is compiled once, here, not by every worker that needs it.
+    let sandbox = Sandbox::new(1)?;
+    let compiling_ahead = tokio::spawn(Arc::new(Registry::new(config, &sandbox)).compile_ahead());
+    let _stop_compiling = AbortOnDrop(compiling_ahead);
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

@@ -59,7 +59,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Mark silent workers lost and send the jobs they held back through the retry policy.
     Reap(ReapArgs),
-    /// List every processor with its source, size, hash and limits.
+    /// List every processor with its kind, source, size, hash, limits and grants (and
+    /// compile it into the cache).
     Processors(ProcessorsArgs),
     /// Run a processor once, outside the pool, and print the outcome.
     Run(RunArgs),
@@ -240,8 +241,12 @@ pub struct ReapArgs {
 
 #[derive(Debug, Args)]
 pub struct ProcessorsArgs {
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compile")]
     pub json: bool,
+    /// Compile every processor into the compile cache now (as checking them does), print
+    /// each one's compile time, and exit 1 if any cannot run. Run it after deploying.
+    #[arg(long)]
+    pub compile: bool,
 }
 
 #[derive(Debug, Args)]

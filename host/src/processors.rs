@@ -8,8 +8,8 @@
 //! file stem and must match `[A-Za-z0-9_-]{1,64}`. A file named like a built-in replaces it.
 //!
 //! **What a file may be.** A regular file (or a symlink to one) of at most
-//! `processors.max_size` bytes, holding a binary module (`\0asm`) or WAT text (`(` first,
-//! after whitespace and comments). Anything else is refused before it is parsed: a FIFO, a
+//! `processors.max_size` bytes, holding a binary module or component (`\0asm`; the header's
+//! version tells the two apart) or WAT text (`(` first, after whitespace and comments). Anything else is refused before it is parsed: a FIFO, a
 //! device or a huge file must not stall or bloat a worker, and a parser's error would quote
 //! the file. Load errors are stored with every attempt, so they are capped in length and show
 //! at most a few bytes of a file, in hex.
@@ -50,23 +50,28 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 use crate::config::{ByteSize, Config, HumanDuration, Limits};
-use crate::sandbox::{Prepared, Sandbox};
+use crate::grants::Grants;
+use crate::sandbox::{Compiled, Kind, Prepared, Sandbox};
 
 /// Processors shipped inside the binary, by name.
 const BUILTINS: &[(&str, &[u8])] = &[("echo", include_bytes!(env!("ECHO_WASM")))];
 
 /// How long a job waits for its processor to be read and compiled. Generous: a cold compile
-/// of a module of tens of megabytes takes seconds to tens of seconds on a small machine, and
-/// a load that misses it still finishes for the next attempt. What it bounds is a read that
-/// never ends (a hung network file system).
-pub const LOAD_DEADLINE: Duration = Duration::from_secs(60);
+/// of a 19 MB Python component takes 7–10 s on an idle 2-core machine and over a minute on a
+/// busy one, and a load that misses it still finishes for the next attempt. What it bounds
+/// is a read that never ends (a hung network file system).
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(300);
+
+/// How often [`Registry::compile_ahead`] looks for new or changed files: a stat per file.
+const COMPILE_AHEAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Longest load error kept: it is stored with every attempt of every job that hits it.
 const MAX_LOAD_ERROR_LEN: usize = 512;
@@ -169,9 +174,14 @@ pub struct ProcessorInfo {
     /// `None` when the file could not be read.
     pub size: Option<u64>,
     pub sha256: Option<String>,
+    /// Module or component, when the file's header says.
+    pub kind: Option<Kind>,
     pub limits: Limits,
+    pub grants: Grants,
     /// `Err` holds why the processor cannot run.
     pub status: Result<(), String>,
+    /// How long checking it took: a compile, or a read from the compile cache.
+    pub load_time: Duration,
 }
 
 impl Registry {
@@ -210,6 +220,26 @@ impl Registry {
                 HumanDuration(self.load_deadline),
                 self.dir.display()
             ))),
+        }
+    }
+
+    /// Keeps every drop-in processor loaded, compiling each new or changed file as soon as it
+    /// appears (and writing it to the compile cache), so the jobs that need it, here or in
+    /// the workers started later, find it compiled. One file at a time, on a blocking thread:
+    /// the other core stays with the jobs. Runs until the task is dropped.
+    pub async fn compile_ahead(self: Arc<Self>) {
+        loop {
+            match drop_in_names(&self.dir) {
+                Ok(names) => {
+                    for name in names {
+                        if let Err(err) = self.load(&name).await {
+                            tracing::debug!("compiling ahead: {err}");
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!("compiling ahead: {err:#}"),
+            }
+            tokio::time::sleep(COMPILE_AHEAD_INTERVAL).await;
         }
     }
 
@@ -264,7 +294,11 @@ impl Registry {
         let fail = |reason: String| LoadError::about(name, source, reason);
         let binary = match wat::Detect::from_bytes(wasm) {
             _ if wasm.is_empty() => {
-                return Err(fail("is an empty file; it must be a wasm32-wasip1 command module".to_string()));
+                return Err(fail(
+                    "is an empty file; it must be a WASI command module (wasm32-wasip1) or component \
+                     (wasm32-wasip2)"
+                        .to_string(),
+                ));
             }
             wat::Detect::WasmBinary => Cow::Borrowed(wasm),
             // Only the first line of a WAT error: the rest quotes the offending line.
@@ -276,15 +310,15 @@ impl Registry {
                 let shown: Vec<String> = wasm.iter().take(4).map(|byte| format!("{byte:02x}")).collect();
                 let more = if wasm.len() > shown.len() { " …" } else { "" };
                 return Err(fail(format!(
-                    "is not a WebAssembly module (starts with {}{more}); it must be a binary module \
-                     (starting with 00 61 73 6d, \"\\0asm\") or WAT text (starting with \"(\")",
+                    "is not WebAssembly (starts with {}{more}); it must be a binary module or \
+                     component (starting with 00 61 73 6d, \"\\0asm\") or WAT text (starting with \"(\")",
                     shown.join(" ")
                 )));
             }
         };
         self.cache
-            .module(self.sandbox.engine(), &binary)
-            .and_then(|module| self.sandbox.prepare(&module))
+            .compile(self.sandbox.engine(), &binary)
+            .and_then(|compiled| self.sandbox.prepare(&compiled, hex(&Sha256::digest(wasm))))
             .map(Arc::new)
             .map_err(|err| fail(format!("cannot be loaded: {err:#}")))
     }
@@ -404,18 +438,22 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
             let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
             let source = Source::File(path.clone());
             let read = read_module(&path, registry.max_size).map_err(|reason| LoadError::about(&name, &source, reason));
-            let (size, sha256) = match &read {
-                Ok(wasm) => (Some(wasm.len() as u64), Some(hex(&Sha256::digest(wasm)))),
-                Err(_) => (None, None),
+            let (size, sha256, kind) = match &read {
+                Ok(wasm) => (Some(wasm.len() as u64), Some(hex(&Sha256::digest(wasm))), kind_of(wasm)),
+                Err(_) => (None, None, None),
             };
+            let started = Instant::now();
             let status = read.and_then(|wasm| {
                 validate_name(&name).map_err(LoadError::new)?;
                 registry.prepare(&name, &source, &wasm).map(drop)
             });
             ProcessorInfo {
                 overrides_builtin: builtin(&name).is_some(),
+                kind,
                 limits: config.limits_for(&name),
+                grants: config.grants_for(&name),
                 status: status.map_err(|err| err.0),
+                load_time: started.elapsed(),
                 name,
                 source,
                 size,
@@ -427,14 +465,18 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
         if infos.iter().any(|info| info.name == name) {
             continue;
         }
+        let started = Instant::now();
         infos.push(ProcessorInfo {
             name: name.to_string(),
             source: Source::Builtin,
             overrides_builtin: false,
             size: Some(wasm.len() as u64),
             sha256: Some(hex(&Sha256::digest(wasm))),
+            kind: kind_of(wasm),
             limits: config.limits_for(name),
+            grants: config.grants_for(name),
             status: registry.prepare(name, &Source::Builtin, wasm).map(drop).map_err(|e| e.0),
+            load_time: started.elapsed(),
         });
     }
     infos.sort_by(|a, b| a.name.cmp(&b.name));
@@ -445,7 +487,15 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
 /// what `seed` checks a processor name against.
 pub fn names(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<String> = BUILTINS.iter().map(|&(name, _)| name.to_string()).collect();
-    let dir = &config.processors.dir;
+    names.extend(drop_in_names(&config.processors.dir)?);
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The valid names of the `NAME.wasm` files in `dir`; none when it does not exist.
+fn drop_in_names(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries {
@@ -466,8 +516,6 @@ pub fn names(config: &Config) -> anyhow::Result<Vec<String>> {
             });
         }
     }
-    names.sort();
-    names.dedup();
     Ok(names)
 }
 
@@ -490,6 +538,15 @@ pub fn unmatched_override_warnings(config: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The kind of a file's WebAssembly: from a binary's header, or from WAT text's first form.
+fn kind_of(wasm: &[u8]) -> Option<Kind> {
+    match wat::Detect::from_bytes(wasm) {
+        wat::Detect::WasmBinary => Kind::of(wasm),
+        wat::Detect::WasmText => Kind::of(&wat::parse_bytes(wasm).ok()?),
+        wat::Detect::Unknown => None,
+    }
 }
 
 fn builtin(name: &str) -> Option<&'static [u8]> {
@@ -542,23 +599,33 @@ impl CompileCache {
         CompileCache { dir, engine_key: hasher.0.finalize().into() }
     }
 
-    /// Compiles a binary module, or fetches it from the cache.
-    fn module(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
+    /// Compiles a binary module or component, or fetches it from the cache.
+    fn compile(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Compiled> {
+        let kind = Kind::of(wasm).ok_or_else(|| {
+            anyhow::anyhow!("its header is neither a WebAssembly module's (version 1) nor a component's")
+        })?;
+        let compile = || -> anyhow::Result<Compiled> {
+            Ok(match kind {
+                Kind::Module => Compiled::Module(Module::from_binary(engine, wasm)?),
+                Kind::Component => Compiled::Component(Component::from_binary(engine, wasm)?),
+            })
+        };
         let Some(dir) = &self.dir else {
-            return Ok(Module::from_binary(engine, wasm)?);
+            return compile();
         };
         let key = Sha256::new().chain_update(Sha256::digest(wasm)).chain_update(self.engine_key).finalize();
         let path = dir.join(format!("{}.cwasm", hex(&key)));
-        if let Some(module) = self.read(engine, &path) {
-            return Ok(module);
+        if let Some(compiled) = self.read(engine, kind, &path) {
+            return Ok(compiled);
         }
-        let module = Module::from_binary(engine, wasm)?;
-        self.write(dir, &path, &module);
-        Ok(module)
+        let compiled = compile()?;
+        self.write(dir, &path, &compiled);
+        Ok(compiled)
     }
 
-    /// A cached module, or `None` to compile. Anything wrong with an entry is a miss.
-    fn read(&self, engine: &Engine, path: &Path) -> Option<Module> {
+    /// A cached module or component, or `None` to compile. Anything wrong with an entry is a
+    /// miss.
+    fn read(&self, engine: &Engine, kind: Kind, path: &Path) -> Option<Compiled> {
         let bytes = match fs::read(path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
@@ -567,8 +634,8 @@ impl CompileCache {
                 return None;
             }
         };
-        match deserialize_verified(engine, &bytes) {
-            Ok(module) => Some(module),
+        match deserialize_verified(engine, kind, &bytes) {
+            Ok(compiled) => Some(compiled),
             Err(reason) => {
                 tracing::warn!(
                     "compiled-module cache entry {} is unusable ({reason}); deleting it and recompiling",
@@ -583,13 +650,16 @@ impl CompileCache {
     }
 
     /// Best effort: a cache that cannot be written costs a recompile next time, not the run.
-    fn write(&self, dir: &Path, path: &Path, module: &Module) {
+    fn write(&self, dir: &Path, path: &Path, compiled: &Compiled) {
         static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
         let temp =
             path.with_extension(format!("{}-{}.tmp", std::process::id(), NEXT_TEMP.fetch_add(1, Ordering::Relaxed)));
         let written = (|| -> anyhow::Result<()> {
             create_private_dir(dir)?;
-            let mut bytes = module.serialize()?;
+            let mut bytes = match compiled {
+                Compiled::Module(module) => module.serialize()?,
+                Compiled::Component(component) => component.serialize()?,
+            };
             let checksum = crc32fast::hash(&bytes);
             bytes.extend_from_slice(&checksum.to_le_bytes());
             // No fsync: an entry damaged by a crash fails its checksum and is rebuilt.
@@ -610,7 +680,7 @@ impl CompileCache {
 
 /// Checks an entry's trailing checksum, then lets wasmtime check the artifact against this
 /// engine.
-fn deserialize_verified(engine: &Engine, entry: &[u8]) -> Result<Module, String> {
+fn deserialize_verified(engine: &Engine, kind: Kind, entry: &[u8]) -> Result<Compiled, String> {
     let Some(body_len) = entry.len().checked_sub(CHECKSUM_LEN) else {
         return Err(format!("only {} bytes long", entry.len()));
     };
@@ -622,7 +692,12 @@ fn deserialize_verified(engine: &Engine, entry: &[u8]) -> Result<Module, String>
     // shows the entry is intact as written, and only this process's user can write the cache
     // folder (module docs), so it is code `write` serialized. Version, target and config
     // mismatches are still detected by wasmtime and return an error.
-    unsafe { Module::deserialize(engine, body) }.map_err(|err| format!("{err:#}"))
+    let compiled = match kind {
+        Kind::Module => unsafe { Module::deserialize(engine, body) }.map(Compiled::Module),
+        // SAFETY: as above.
+        Kind::Component => unsafe { Component::deserialize(engine, body) }.map(Compiled::Component),
+    };
+    compiled.map_err(|err| format!("{err:#}"))
 }
 
 /// Creates the cache folder itself private; folders above it get the usual permissions. A
@@ -708,7 +783,7 @@ mod tests {
 
     async fn run(sandbox: &Sandbox, program: &Prepared, payload: &[u8]) -> crate::sandbox::RunReport {
         let job = JobInput { job_id: "j", attempt: 1, pool: "p", processor: "t", payload };
-        sandbox.run(program, job, &Limits::default()).await
+        sandbox.run(program, job, &Limits::default(), &crate::grants::Grants::default()).await
     }
 
     async fn load_error(registry: &Arc<Registry>, name: &str) -> String {
@@ -770,7 +845,7 @@ mod tests {
         let secret = "token = hunter2 ".repeat(10_000);
         fs::write(dir.join("text.wasm"), &secret).unwrap();
         let error = load_error(&registry, "text").await;
-        assert!(error.contains("is not a WebAssembly module (starts with 74 6f 6b 65 …)"), "{error}");
+        assert!(error.contains("is not WebAssembly (starts with 74 6f 6b 65 …)"), "{error}");
 
         // WAT that does not parse: only the parser's message, not the line it quotes.
         fs::write(dir.join("bad_wat.wasm"), format!("(module {secret})")).unwrap();
@@ -888,13 +963,18 @@ mod tests {
         let (_tmp, config, sandbox) = setup();
         let engine = sandbox.engine();
         let cache = CompileCache::new(config.cache_dir(), engine);
-        let module = cache.module(engine, &wat::parse_str(EXIT0).unwrap()).unwrap();
+        let Compiled::Module(module) = cache.compile(engine, &wat::parse_str(EXIT0).unwrap()).unwrap() else {
+            panic!("a module compiles to a module");
+        };
         let mut entry = module.serialize().unwrap();
         entry.extend_from_slice(&crc32fast::hash(&entry).to_le_bytes());
-        assert!(deserialize_verified(engine, &entry).is_ok());
+        let check = |entry: &[u8]| deserialize_verified(engine, Kind::Module, entry).map(drop);
+        assert!(check(&entry).is_ok());
         let last = entry.len() - CHECKSUM_LEN - 1;
         entry[last] ^= 1;
-        assert!(deserialize_verified(engine, &entry).unwrap_err().contains("checksum"));
-        assert!(deserialize_verified(engine, b"abc").unwrap_err().contains("3 bytes"));
+        assert!(check(&entry).unwrap_err().contains("checksum"));
+        assert!(check(b"abc").unwrap_err().contains("3 bytes"));
+        let component = cache.compile(engine, &wat::parse_str("(component)").unwrap()).unwrap();
+        assert!(matches!(component, Compiled::Component(_)), "the header tells a component from a module");
     }
 }

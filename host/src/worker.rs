@@ -8,6 +8,9 @@
 //! - each claimed job is a task that loads its processor (read and compiled on a blocking
 //!   thread, under a deadline: see [`crate::processors`]) and then runs it, so a slow load
 //!   delays only its own job, and a job's run deadline starts once its program is ready;
+//! - a worker that runs more than one job keeps every processor compiled ahead
+//!   ([`Registry::compile_ahead`]), so a file deployed while it runs is compiled before its
+//!   jobs arrive;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
 //! - the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within their
@@ -131,13 +134,13 @@ pub async fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     }
     let stop_reason = Arc::new(std::sync::Mutex::new(None));
     let fingerprint = store.fingerprint();
+    let registry = Arc::new(Registry::new(config, &sandbox));
+    // A worker that stays for more than one job compiles new and changed processors as they
+    // appear, off the jobs' path; one started for a single job would only take CPU from it.
+    let compiling_ahead = (!args.once).then(|| tokio::spawn(Arc::clone(&registry).compile_ahead()));
     let mut worker = Worker {
         store,
-        runner: Arc::new(Runner {
-            registry: Arc::new(Registry::new(config, &sandbox)),
-            sandbox,
-            config: config.clone(),
-        }),
+        runner: Arc::new(Runner { registry, sandbox, config: config.clone() }),
         retry: RetryPolicy::from_config(&config.retry),
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),
@@ -154,6 +157,9 @@ pub async fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     // worker per core.
     let result = worker.work_loop().await;
     heartbeat.stop();
+    if let Some(task) = compiling_ahead {
+        task.abort();
+    }
 
     let mut summary = result?;
     let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").clone();
@@ -275,6 +281,7 @@ impl Worker {
                     stderr: Some(run.report.stderr.as_str()).filter(|s| !s.is_empty()),
                     fuel_used: Some(run.report.fuel_used),
                     duration_ms: Some(run.report.duration.as_millis() as u64),
+                    processor_sha256: run.report.processor_sha256.as_deref(),
                 },
                 result: result.as_deref(),
             })
@@ -340,7 +347,7 @@ async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> FinishedRun {
                 processor: &job.processor,
                 payload: job.payload.as_bytes(),
             };
-            runner.sandbox.run(&program, input, &limits).await
+            runner.sandbox.run(&program, input, &limits, &runner.config.grants_for(&job.processor)).await
         }
         Err(err) => RunReport::load_error(err.to_string()),
     };

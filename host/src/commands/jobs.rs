@@ -87,8 +87,9 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 let outcome = attempt.outcome.as_deref().unwrap_or("running");
                 let duration = attempt.duration_ms.map_or_else(String::new, |ms| format!(" in {ms} ms"));
                 let fuel = attempt.fuel_used.map_or_else(String::new, |fuel| format!(", {fuel} fuel"));
+                let code = attempt.short_processor_sha256().map_or_else(String::new, |sha| format!(", code {sha}"));
                 crate::outln!(
-                    "  #{} {} on {} at {}{duration}{fuel}",
+                    "  #{} {} on {} at {}{duration}{fuel}{code}",
                     attempt.attempt,
                     outcome,
                     attempt.worker_id,

@@ -1,7 +1,11 @@
-//! `jobhost processors`: every processor (built-in and drop-in) with its source, size, hash,
-//! effective limits and whether it compiles and links. A broken file is listed as broken,
-//! with the reason, beside the others; the command itself fails only when the processors
-//! folder cannot be listed. Overrides that name no processor are warned about on stderr.
+//! `jobhost processors`: every processor (built-in and drop-in) with its kind (module or
+//! component), source, size, hash, effective limits, grants (secret *names*, never values) and
+//! whether it compiles and links. Checking a processor compiles it into the compile cache, so
+//! this is also how code is compiled ahead of the jobs that need it; `--compile` says so
+//! per processor (compile time) and exits 1 when any is broken, for deploy scripts. Without
+//! it, a broken file is listed as broken, with the reason, beside the others, and the command
+//! fails only when the processors folder cannot be listed. Overrides that name no processor
+//! are warned about on stderr.
 
 use std::process::ExitCode;
 
@@ -10,8 +14,9 @@ use serde_json::{Value, json};
 
 use crate::cli::ProcessorsArgs;
 use crate::config::Config;
+use crate::grants::Grants;
 use crate::processors::{self, ProcessorInfo};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Kind, Sandbox};
 
 pub fn run(config: &Config, args: ProcessorsArgs) -> Result<ExitCode> {
     let sandbox = Sandbox::new(1)?;
@@ -22,8 +27,20 @@ pub fn run(config: &Config, args: ProcessorsArgs) -> Result<ExitCode> {
     if args.json {
         let list: Vec<Value> = infos.iter().map(info_json).collect();
         crate::outln!("{}", Value::Array(list))?;
+    } else if args.compile {
+        for info in &infos {
+            match &info.status {
+                Ok(()) => crate::outln!("compiled {} in {:.3} s", info.name, info.load_time.as_secs_f64())?,
+                Err(error) => crate::outln!("broken {}: {error}", info.name)?,
+            }
+        }
     } else {
         print_table(config, &infos)?;
+    }
+    let broken = infos.iter().filter(|info| info.status.is_err()).count();
+    if args.compile && broken > 0 {
+        eprintln!("error: {broken} processor(s) cannot run; see their errors above");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -36,6 +53,7 @@ pub fn info_json(info: &ProcessorInfo) -> Value {
         "overrides_builtin": info.overrides_builtin,
         "size": info.size,
         "sha256": info.sha256,
+        "kind": info.kind.map(Kind::as_str),
         "limits": {
             "fuel": info.limits.fuel,
             "timeout_ms": info.limits.timeout.0.as_millis() as u64,
@@ -43,14 +61,29 @@ pub fn info_json(info: &ProcessorInfo) -> Value {
             "stdout_bytes": info.limits.stdout.0,
             "stderr_bytes": info.limits.stderr.0,
         },
+        "grants": grants_json(&info.grants),
         "status": if info.status.is_ok() { "ok" } else { "broken" },
         "error": info.status.as_ref().err(),
     })
 }
 
+/// The grants, with secrets by name only: their values live in the workers' environment.
+fn grants_json(grants: &Grants) -> Value {
+    json!({
+        "env": grants.env,
+        "secrets": grants.secrets,
+        "http": grants.http.as_ref().map(|http| json!({
+            "allow": http.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "timeout_ms": http.timeout.0.as_millis() as u64,
+            "max_response_bytes": http.max_response.0,
+            "max_requests": http.max_requests,
+        })),
+    })
+}
+
 fn print_table(config: &Config, infos: &[ProcessorInfo]) -> std::io::Result<()> {
     crate::outln!("processors folder: {}", config.processors.dir.display())?;
-    let rows: Vec<[String; 6]> = infos
+    let rows: Vec<[String; 8]> = infos
         .iter()
         .map(|info| {
             let mut source = info.source.to_string();
@@ -61,6 +94,7 @@ fn print_table(config: &Config, infos: &[ProcessorInfo]) -> std::io::Result<()> 
             [
                 info.name.clone(),
                 if info.status.is_ok() { "ok" } else { "broken" }.to_string(),
+                info.kind.map_or("-", Kind::as_str).to_string(),
                 source,
                 info.size.map_or("-".to_string(), |size| size.to_string()),
                 info.sha256.as_deref().map_or("-".to_string(), |sha| sha[..12].to_string()),
@@ -68,17 +102,18 @@ fn print_table(config: &Config, infos: &[ProcessorInfo]) -> std::io::Result<()> 
                     "fuel {} timeout {} memory {} stdout {} stderr {}",
                     limits.fuel, limits.timeout, limits.memory, limits.stdout, limits.stderr
                 ),
+                info.grants.summary(),
             ]
         })
         .collect();
-    let header = ["NAME", "STATUS", "SOURCE", "BYTES", "SHA256", "LIMITS"].map(String::from);
+    let header = ["NAME", "STATUS", "KIND", "SOURCE", "BYTES", "SHA256", "LIMITS", "GRANTS"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |row: &[String; 6]| {
+    let line = |row: &[String; 8]| {
         let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         crate::outln!("{}", cells.join("  ").trim_end())
     };

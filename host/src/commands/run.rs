@@ -36,7 +36,7 @@ pub async fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
             let job_id = format!("run-{}", uuid::Uuid::new_v4());
             let job =
                 JobInput { job_id: &job_id, attempt: 1, pool: RUN_POOL, processor: &args.name, payload: &payload };
-            sandbox.run(&program, job, &limits).await
+            sandbox.run(&program, job, &limits, &config.grants_for(&args.name)).await
         }
         Err(err) => RunReport::load_error(err.to_string()),
     };

@@ -1,35 +1,46 @@
-//! The sandbox: runs one processor (a WASI preview1 command module) for one job, bounded in
-//! CPU, wall-clock time, memory and output, and says how the run ended.
+//! The sandbox: runs one processor (a WASI preview1 command module or a WASI 0.2 command
+//! component) for one job, bounded in CPU, wall-clock time, memory and output, with only the
+//! capabilities granted to it, and says how the run ended.
 //!
 //! This module owns everything wasmtime-specific about *running* code; finding and compiling
-//! processors is [`crate::processors`]' job. The pieces, and why each is there:
+//! processors is [`crate::processors`]' job, deciding what a grant allows is
+//! [`crate::grants`]'. The pieces, and why each is there:
 //!
 //! - **One [`Engine`] per process** ([`Sandbox::new`]). It enables fuel (a deterministic CPU
-//!   budget) and epoch interruption, and uses the pooling allocator with one slot per run the
-//!   caller keeps in flight, so instantiating a job costs microseconds instead of an `mmap`.
-//!   The pool keeps 2 MiB of each freed memory and table resident (reset with `memset` rather
-//!   than `madvise`), which is what keeps several threads from collapsing on TLB shootdowns.
-//!   If the pool's address space cannot be reserved (small VA, `ulimit -v`), instances are
-//!   allocated on demand, with bounds-checked memories that reserve nothing in advance:
-//!   slower, but it runs wherever the memory cap fits.
+//!   budget) and epoch interruption, and uses the pooling allocator with room for the runs
+//!   the caller keeps in flight, so instantiating a job costs microseconds instead of an
+//!   `mmap`. A component holds several core instances, memories and tables, so each run's
+//!   share of the pool is sized for one (see [`PER_RUN`]). The pool keeps 2 MiB of each freed
+//!   memory and table resident (reset with `memset` rather than `madvise`), which is what
+//!   keeps several threads from collapsing on TLB shootdowns. If the pool's address space
+//!   cannot be reserved (small VA, `ulimit -v`), instances are allocated on demand, with
+//!   bounds-checked memories that reserve nothing in advance: slower, but it runs wherever
+//!   the memory cap fits.
 //! - **An epoch ticker** on a plain OS thread (not a tokio task, which a CPU-bound guest could
 //!   starve). Every tick, a running guest yields to the async executor; that yield is what
 //!   lets the wall-clock timeout below fire while a guest spins in a loop.
-//! - **An async [`Linker`]** with the WASI preview1 functions and nothing else. Async matters:
-//!   a guest sleeping in `poll_oneoff` is blocked inside the host, where neither fuel nor epochs
-//!   can reach it. The whole instantiate-and-call future runs under `tokio::time::timeout`,
-//!   and dropping that future at the deadline cancels the sleep. The deadline covers the run
-//!   alone: it starts once the program is prepared and the run has a pool slot.
+//! - **Two async linkers**, built once: WASI preview1 for modules, and for components the
+//!   whole `wasi:cli/command` world plus `wasi:http` (what componentize-py and
+//!   componentize-js import). Nothing is reachable through them by default: no preopened
+//!   directory (no files), every socket operation and name lookup denied, and outgoing HTTP
+//!   refused unless the processor's grant allows the host ([`http`]). Async matters: a guest
+//!   sleeping on a clock or waiting on the network is blocked inside the host, where neither
+//!   fuel nor epochs can reach it. The whole instantiate-and-call future runs under
+//!   `tokio::time::timeout`, and dropping that future at the deadline cancels the wait. The
+//!   deadline covers the run alone: it starts once the program is compiled and the run has a
+//!   pool slot, so compiling is never charged to a job.
 //! - **A fresh [`Store`] per job** holding the WASI context (stdin = payload; stdout and stderr
-//!   are in-memory pipes with a cap; env exactly `JOB_ID`, `JOB_ATTEMPT`, `JOB_POOL`; argv
-//!   `[name]`; no preopened directories, hence no files and no sockets) and a limiter that caps
-//!   linear memory and tables and *records* a refused growth. Hitting the memory cap is not a
-//!   trap in wasmtime (the guest sees `memory.grow` return -1 and usually aborts), so without
-//!   that record a memory problem would look like a random `unreachable`.
+//!   are in-memory pipes with a cap; env exactly `JOB_ID`, `JOB_ATTEMPT`, `JOB_POOL` plus the
+//!   granted variables and secrets; argv `[name]`) and a limiter that caps linear memory, summed
+//!   over all of a component's memories, and tables, and *records* a refused growth. Hitting the
+//!   memory cap is not a trap in wasmtime (the guest sees `memory.grow` return -1 and usually
+//!   aborts), so without that record a memory problem would look like a random `unreachable`.
 //!
 //! A run ends in exactly one [`Outcome`]; the order of the checks in `classify` is the
 //! contract: a refused memory growth explains a failure better than the trap it caused, and
 //! output past a cap invalidates even a run that then exits 0 (its result is truncated).
+
+mod http;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,15 +48,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
     Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::Limits;
+use crate::grants::Grants;
 use crate::outcome::OutcomeKind;
 
 /// Epoch granularity: how often a running guest yields, hence how late a timeout can fire.
@@ -59,23 +74,85 @@ const FUEL_YIELD_INTERVAL: u64 = 10_000_000;
 const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Most elements any table may grow to. Tables hold function references (8 bytes each); a
-/// Rust guest needs a few hundred. Same as the pooling allocator's default slot size.
-const MAX_TABLE_ELEMENTS: usize = 20_000;
+/// Rust guest needs a few hundred, an embedded CPython tens of thousands.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Runs processors. Cheap to clone (the engine, linker and slot count are shared), `Send` and
+/// Pool room one run may use: a preview1 module needs one of each, a component built by
+/// componentize-py or componentize-js a few dozen core instances and a handful of memories
+/// and tables (its interpreter, libc and the WASI adapters are separate core modules).
+struct PerRun {
+    core_instances: u32,
+    memories: u32,
+    tables: u32,
+}
+
+const PER_RUN: PerRun = PerRun { core_instances: 64, memories: 8, tables: 16 };
+
+/// Runs processors. Cheap to clone (the engine, linkers and slot count are shared), `Send` and
 /// `Sync`; create one per process.
 #[derive(Clone)]
 pub struct Sandbox {
     engine: Engine,
-    linker: Arc<Linker<JobState>>,
-    /// One permit per pool slot: an exhausted pool makes instantiation fail rather than wait,
-    /// so runs past the configured concurrency queue here instead.
+    modules: Arc<Linker<JobState<WasiP1Ctx>>>,
+    components: Arc<wasmtime::component::Linker<JobState<ComponentWasi>>>,
+    /// One permit per run the pool has room for: an exhausted pool makes instantiation fail
+    /// rather than wait, so runs past the configured concurrency queue here instead.
     slots: Arc<Semaphore>,
+}
+
+/// Compiled code of either kind, before it is checked against the host's imports.
+pub enum Compiled {
+    Module(Module),
+    Component(Component),
+}
+
+/// What kind of WebAssembly a processor is; `jobhost processors` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A WASI preview1 command module (`wasm32-wasip1`).
+    Module,
+    /// A WASI 0.2 command component (`wasm32-wasip2`, componentize-py, componentize-js).
+    Component,
+}
+
+impl Kind {
+    /// Tells a component from a core module by the binary's header: both start with `\0asm`;
+    /// a module's version is 1, a component's layer is 1.
+    pub fn of(binary: &[u8]) -> Option<Kind> {
+        match binary.get(..8)? {
+            [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00] => Some(Kind::Module),
+            [0x00, 0x61, 0x73, 0x6d, _, _, 0x01, 0x00] => Some(Kind::Component),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Module => "module",
+            Kind::Component => "component",
+        }
+    }
 }
 
 /// A processor checked against the host's imports, ready to instantiate once per job.
 pub struct Prepared {
-    pre: InstancePre<JobState>,
+    code: Code,
+    /// SHA-256 of the processor's WebAssembly (hex): recorded with every attempt.
+    pub sha256: String,
+}
+
+enum Code {
+    Module(InstancePre<JobState<WasiP1Ctx>>),
+    Component(CommandPre<JobState<ComponentWasi>>),
+}
+
+impl Prepared {
+    pub fn kind(&self) -> Kind {
+        match self.code {
+            Code::Module(_) => Kind::Module,
+            Code::Component(_) => Kind::Component,
+        }
+    }
 }
 
 /// What a run knows about its job; becomes the guest's stdin, environment and argv.
@@ -95,6 +172,8 @@ pub struct RunReport {
     pub stderr: String,
     pub fuel_used: u64,
     pub duration: Duration,
+    /// The code that ran ([`Prepared::sha256`]); `None` when nothing could be loaded.
+    pub processor_sha256: Option<String>,
 }
 
 /// How a run ended; [`Outcome::kind`] is the outcome kind the store records.
@@ -103,7 +182,8 @@ pub enum Outcome {
     /// Exit status 0; the result is stdout as JSON, or as a JSON string when it is not JSON,
     /// or `null` when it is empty.
     Ok(Value),
-    /// Non-zero exit status, from `proc_exit` (e.g. Rust's `std::process::exit`).
+    /// Non-zero exit status: preview1's `proc_exit` (e.g. Rust's `std::process::exit`), or
+    /// a component's `wasi:cli/exit` (`exit(err)` is 1, `exit-with-code(n)` is n).
     Exit(i32),
     /// The guest trapped; `kind` is the trap in snake_case (`unreachable_code_reached`,
     /// `stack_overflow`, `memory_out_of_bounds`, ...) or `host_error` for a failed host call.
@@ -170,27 +250,57 @@ impl RunReport {
             stderr: String::new(),
             fuel_used: 0,
             duration: Duration::ZERO,
+            processor_sha256: None,
         }
     }
 }
 
-/// The per-job data a [`Store`] carries.
-struct JobState {
-    wasi: WasiP1Ctx,
+/// The per-job data a [`Store`] carries: the WASI context of the processor's kind (`W`) and
+/// the limiter.
+struct JobState<W> {
+    wasi: W,
     limiter: CapLimiter,
 }
 
-/// Refuses growth past the caps and remembers that it did.
+/// WASI 0.2 state of a component's run: its context, its resources, and the outgoing-HTTP
+/// policy that stands where an HTTP client would.
+struct ComponentWasi {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    outbound: http::Outbound,
+}
+
+impl WasiView for JobState<ComponentWasi> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi.ctx, table: &mut self.wasi.table }
+    }
+}
+
+impl WasiHttpView for JobState<ComponentWasi> {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.wasi.http, table: &mut self.wasi.table, hooks: &mut self.wasi.outbound }
+    }
+}
+
+/// Refuses growth past the caps and remembers that it did. The memory cap holds for all of
+/// a run's linear memories together: a component has several, and capping each alone would
+/// let it take the cap once per memory.
 struct CapLimiter {
     memory_cap: usize,
+    memory_in_use: usize,
     hit: bool,
 }
 
 impl ResourceLimiter for CapLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Refuse rather than error: a guest that handles a failed `memory.grow` may carry on,
         // and `hit` still explains the failure if it does not.
-        let allowed = desired <= self.memory_cap;
+        let in_use = self.memory_in_use - current.min(self.memory_in_use) + desired;
+        let allowed = in_use <= self.memory_cap;
+        if allowed {
+            self.memory_in_use = in_use;
+        }
         self.hit |= !allowed;
         Ok(allowed)
     }
@@ -220,18 +330,36 @@ impl Sandbox {
             }
         };
         spawn_epoch_ticker(&engine)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut JobState| &mut state.wasi)?;
-        Ok(Sandbox { engine, linker: Arc::new(linker), slots: Arc::new(Semaphore::new(slots as usize)) })
+        let mut modules = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |state: &mut JobState<WasiP1Ctx>| &mut state.wasi)?;
+        let mut components = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)?;
+        Ok(Sandbox {
+            engine,
+            modules: Arc::new(modules),
+            components: Arc::new(components),
+            slots: Arc::new(Semaphore::new(slots as usize)),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Checks that `module` is a WASI command the host can run: it exports `_start: () -> ()`
-    /// and imports nothing but WASI preview1 functions.
-    pub fn prepare(&self, module: &Module) -> Result<Prepared> {
+    /// Checks that `compiled` is a WASI command the host can run: a module that exports
+    /// `_start: () -> ()` and imports nothing but WASI preview1 functions, or a component
+    /// that exports `wasi:cli/run` and imports nothing the host does not provide.
+    /// `sha256` names the code in every attempt that runs it.
+    pub fn prepare(&self, compiled: &Compiled, sha256: String) -> Result<Prepared> {
+        let code = match compiled {
+            Compiled::Module(module) => Code::Module(self.prepare_module(module)?),
+            Compiled::Component(component) => Code::Component(self.prepare_component(component)?),
+        };
+        Ok(Prepared { code, sha256 })
+    }
+
+    fn prepare_module(&self, module: &Module) -> Result<InstancePre<JobState<WasiP1Ctx>>> {
         match module.get_export("_start") {
             Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {}
             Some(_) => bail!(
@@ -243,18 +371,50 @@ impl Sandbox {
                  (in Rust: build a binary crate for wasm32-wasip1, not a library)"
             ),
         }
-        let pre = self.linker.instantiate_pre(module).map_err(|err| {
+        self.modules.instantiate_pre(module).map_err(|err| {
             anyhow::Error::from(err).context(
                 "it imports something the host does not provide \
                  (processors may import only wasi_snapshot_preview1 functions)",
             )
-        })?;
-        Ok(Prepared { pre })
+        })
     }
 
-    /// Runs `program` once for `job` under `limits`. Never fails: every way a run can end,
-    /// including not starting, is an [`Outcome`].
-    pub async fn run(&self, program: &Prepared, job: JobInput<'_>, limits: &Limits) -> RunReport {
+    fn prepare_component(&self, component: &Component) -> Result<CommandPre<JobState<ComponentWasi>>> {
+        let pre = self.components.instantiate_pre(component).map_err(|err| {
+            anyhow::Error::from(err).context(
+                "it imports something the host does not provide (components may import \
+                 the wasi:cli/command world and wasi:http/outgoing-handler of WASI 0.2)",
+            )
+        })?;
+        CommandPre::new(pre).map_err(|err| {
+            anyhow::Error::from(err).context(
+                "it does not export wasi:cli/run, so it is not a WASI command component \
+                 (in Rust: build a binary crate for wasm32-wasip2; componentize-py and \
+                 componentize-js: target the wasi:cli/command world)",
+            )
+        })
+    }
+
+    /// Runs `program` once for `job` under `limits`, granted `grants`. Never fails: every way
+    /// a run can end, including not starting, is an [`Outcome`].
+    pub async fn run(&self, program: &Prepared, job: JobInput<'_>, limits: &Limits, grants: &Grants) -> RunReport {
+        let mut wasi = WasiCtxBuilder::new();
+        for (name, value) in &grants.env {
+            wasi.env(name, value);
+        }
+        for name in &grants.secrets {
+            // Read now, not kept: the value goes into this run's context and nowhere else.
+            match std::env::var(name) {
+                Ok(value) => wasi.env(name, value),
+                Err(_) => {
+                    return RunReport::load_error(format!(
+                        "processor \"{}\" is granted the secret {name}, but {name} is not set in this \
+                         process's environment (or is not UTF-8); set it where workers start",
+                        job.processor
+                    ));
+                }
+            };
+        }
         let _slot = self.slots.acquire().await.expect("the slot semaphore is never closed");
         let started = Instant::now();
         let stdout_cap = to_usize(limits.stdout.0);
@@ -262,35 +422,34 @@ impl Sandbox {
         // One byte of room past each cap tells "wrote exactly the cap" from "wrote past it".
         let stdout = MemoryOutputPipe::new(stdout_cap.saturating_add(1));
         let stderr = MemoryOutputPipe::new(stderr_cap.saturating_add(1));
-        let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(job.payload.to_vec()))
+        wasi.stdin(MemoryInputPipe::new(job.payload.to_vec()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .env("JOB_ID", job.job_id)
             .env("JOB_ATTEMPT", job.attempt.to_string())
             .env("JOB_POOL", job.pool)
-            .arg(job.processor)
-            .build_p1();
-        let limiter = CapLimiter { memory_cap: to_usize(limits.memory.0), hit: false };
-        let mut store = Store::new(&self.engine, JobState { wasi, limiter });
-        store.limiter(|state| &mut state.limiter);
-        // Compiled code keeps its fuel count in a register and writes it back only at calls and
-        // fuel checks, not at epoch yields; a run cancelled inside a loop would report no fuel
-        // used. Yielding every FUEL_YIELD_INTERVAL units writes it back regularly.
-        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)).expect("the engine is configured with fuel");
-        store.set_fuel(limits.fuel).expect("the engine is configured with fuel");
-        // Deadlines are relative to the current epoch, so set them last. Each tick yields to
-        // the executor and grants one more tick: the wall-clock limit is the timeout below.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+            .arg(job.processor);
+        let limiter = CapLimiter { memory_cap: to_usize(limits.memory.0), memory_in_use: 0, hit: false };
 
-        let ending = match tokio::time::timeout(limits.timeout.0, call_start(&program.pre, &mut store)).await {
-            Ok(ending) => ending,
-            Err(_elapsed) => Err(Failure::TimedOut),
+        let (ending, fuel_left, memory_hit) = match &program.code {
+            Code::Module(pre) => {
+                let mut store = self.store(wasi.build_p1(), limiter, limits);
+                let ending = within(limits, call_start(pre, &mut store)).await;
+                (ending, store.get_fuel(), store.data().limiter.hit)
+            }
+            Code::Component(pre) => {
+                let component_wasi = ComponentWasi {
+                    ctx: wasi.build(),
+                    table: ResourceTable::new(),
+                    http: WasiHttpCtx::new(),
+                    outbound: http::Outbound::new(job.processor, grants.http.clone(), stderr.clone()),
+                };
+                let mut store = self.store(component_wasi, limiter, limits);
+                let ending = within(limits, call_run(pre, &mut store)).await;
+                (ending, store.get_fuel(), store.data().limiter.hit)
+            }
         };
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().expect("the engine is configured with fuel"));
-        let memory_hit = store.data().limiter.hit;
-        drop(store);
+        let fuel_used = limits.fuel.saturating_sub(fuel_left.expect("the engine is configured with fuel"));
 
         let out = stdout.contents();
         let err = stderr.contents();
@@ -306,7 +465,33 @@ impl Sandbox {
             stderr: String::from_utf8_lossy(&err[..err.len().min(stderr_cap)]).into_owned(),
             fuel_used,
             duration: started.elapsed(),
+            processor_sha256: Some(program.sha256.clone()),
         }
+    }
+
+    /// A store for one run, with its budget set.
+    fn store<W>(&self, wasi: W, limiter: CapLimiter, limits: &Limits) -> Store<JobState<W>> {
+        let mut store = Store::new(&self.engine, JobState { wasi, limiter });
+        store.limiter(|state| &mut state.limiter);
+        // Compiled code keeps its fuel count in a register and writes it back only at calls and
+        // fuel checks, not at epoch yields; a run cancelled inside a loop would report no fuel
+        // used. Yielding every FUEL_YIELD_INTERVAL units writes it back regularly.
+        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)).expect("the engine is configured with fuel");
+        store.set_fuel(limits.fuel).expect("the engine is configured with fuel");
+        // Deadlines are relative to the current epoch, so set them last. Each tick yields to
+        // the executor and grants one more tick: the wall-clock limit is the timeout in
+        // `within`.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+}
+
+/// `call` cut off at the run's wall-clock deadline.
+async fn within(limits: &Limits, call: impl Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    match tokio::time::timeout(limits.timeout.0, call).await {
+        Ok(ending) => ending,
+        Err(_elapsed) => Err(Failure::TimedOut),
     }
 }
 
@@ -315,9 +500,13 @@ fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
     config.consume_fuel(true).epoch_interruption(true);
     if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(slots)
-            .total_memories(slots)
-            .total_tables(slots)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * PER_RUN.core_instances)
+            .total_memories(slots * PER_RUN.memories)
+            .total_tables(slots * PER_RUN.tables)
+            .max_core_instances_per_component(PER_RUN.core_instances)
+            .max_memories_per_component(PER_RUN.memories)
+            .max_tables_per_component(PER_RUN.tables)
             .total_stacks(slots)
             .table_elements(MAX_TABLE_ELEMENTS)
             .linear_memory_keep_resident(KEEP_RESIDENT)
@@ -359,14 +548,31 @@ enum Failure {
     /// Instantiation failed: a trap in a start function or data segment, a refused initial
     /// memory, or a module the pool cannot hold.
     NotInstantiated(wasmtime::Error),
-    /// `_start` failed: a trap, a `proc_exit` (even with status 0), or a failed host call.
+    /// The entry point failed: a trap, an exit (even with status 0), or a failed host call.
     Errored(wasmtime::Error),
 }
 
-async fn call_start(pre: &InstancePre<JobState>, store: &mut Store<JobState>) -> Result<(), Failure> {
+async fn call_start(
+    pre: &InstancePre<JobState<WasiP1Ctx>>,
+    store: &mut Store<JobState<WasiP1Ctx>>,
+) -> Result<(), Failure> {
     let instance = pre.instantiate_async(&mut *store).await.map_err(Failure::NotInstantiated)?;
     let start = instance.get_typed_func::<(), ()>(&mut *store, "_start").map_err(Failure::NotInstantiated)?;
     start.call_async(&mut *store, ()).await.map_err(Failure::Errored)
+}
+
+/// Runs a component's `wasi:cli/run`. Its `Err(())` is exit status 1, as in `wasi:cli/exit`;
+/// `exit` and `exit-with-code` arrive as an [`I32Exit`] error, like preview1's `proc_exit`.
+async fn call_run(
+    pre: &CommandPre<JobState<ComponentWasi>>,
+    store: &mut Store<JobState<ComponentWasi>>,
+) -> Result<(), Failure> {
+    let command = pre.instantiate_async(&mut *store).await.map_err(Failure::NotInstantiated)?;
+    match command.wasi_cli_run().call_run(&mut *store).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(())) => Err(Failure::Errored(I32Exit(1).into())),
+        Err(err) => Err(Failure::Errored(err)),
+    }
 }
 
 /// Turns how the run ended into an [`Outcome`]. Order matters; see the module docs.
@@ -482,9 +688,9 @@ mod tests {
 
     async fn run_wat(sandbox: &Sandbox, wat: &str, limits: &Limits) -> RunReport {
         let module = Module::new(sandbox.engine(), wat).expect("valid WAT");
-        let program = sandbox.prepare(&module).expect("a runnable module");
+        let program = sandbox.prepare(&Compiled::Module(module), "test".into()).expect("a runnable module");
         let job = JobInput { job_id: "j1", attempt: 2, pool: "p", processor: "test", payload: b"{}" };
-        sandbox.run(&program, job, limits).await
+        sandbox.run(&program, job, limits, &Grants::default()).await
     }
 
     #[tokio::test]
@@ -576,14 +782,14 @@ mod tests {
     async fn runs_past_the_pool_size_wait_for_a_slot() {
         let sandbox = Sandbox::new(1).unwrap();
         let module = Module::new(sandbox.engine(), writer(1, "1")).unwrap();
-        let program = Arc::new(sandbox.prepare(&module).unwrap());
+        let program = Arc::new(sandbox.prepare(&Compiled::Module(module), "one".into()).unwrap());
         let runs: Vec<_> = (0..4)
             .map(|_| {
                 let (sandbox, program) = (sandbox.clone(), program.clone());
                 // Spawning also proves the run future is Send.
                 tokio::spawn(async move {
                     let job = JobInput { job_id: "j", attempt: 1, pool: "p", processor: "one", payload: b"" };
-                    sandbox.run(&program, job, &Limits::default()).await.outcome
+                    sandbox.run(&program, job, &Limits::default(), &Grants::default()).await.outcome
                 })
             })
             .collect();
@@ -611,8 +817,10 @@ mod tests {
     #[test]
     fn prepare_refuses_modules_that_are_not_wasi_commands() {
         let sandbox = Sandbox::new(1).unwrap();
-        let prepare =
-            |wat: &str| sandbox.prepare(&Module::new(sandbox.engine(), wat).unwrap()).err().map(|e| format!("{e:#}"));
+        let prepare = |wat: &str| {
+            let module = Compiled::Module(Module::new(sandbox.engine(), wat).unwrap());
+            sandbox.prepare(&module, String::new()).err().map(|e| format!("{e:#}"))
+        };
         assert!(prepare(r#"(module (func (export "main")))"#).unwrap().contains("no `_start`"));
         assert!(
             prepare(r#"(module (func (export "_start") (param i32)))"#)

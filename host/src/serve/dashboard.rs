@@ -348,7 +348,7 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
         pre #result { (view.result.as_ref().map_or_else(|| "-".to_owned(), pretty)) }
         h2 { "Attempts" }
         table #attempts {
-            thead { tr { th { "#" } th { "Outcome" } th { "Started" } th { "Duration" } th { "Fuel" } th { "Worker" } th { "Host" } th { "Message" } } }
+            thead { tr { th { "#" } th { "Outcome" } th { "Started" } th { "Duration" } th { "Fuel" } th { "Code" } th { "Worker" } th { "Host" } th { "Message" } } }
             tbody {
                 @for attempt in &view.history {
                     tr data-attempt=(attempt.attempt) {
@@ -357,15 +357,16 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
                         td { (format_time(attempt.started_at)) }
                         td { (attempt.duration_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))) }
                         td { (attempt.fuel_used.map_or_else(|| "-".to_owned(), |fuel| fuel.to_string())) }
+                        td.id.code title=[attempt.processor_sha256.as_deref()] { (attempt.short_processor_sha256().unwrap_or("-")) }
                         td.id { (attempt.worker_id) }
                         td { (attempt.host.as_deref().unwrap_or("-")) }
                         td.error { (attempt.message.as_deref().unwrap_or("")) }
                     }
                     @if let Some(stderr) = attempt.stderr.as_deref().filter(|s| !s.is_empty()) {
-                        tr.stderr { td {} td colspan="7" { pre { (stderr) } } }
+                        tr.stderr { td {} td colspan="8" { pre { (stderr) } } }
                     }
                 }
-                @if view.history.is_empty() { tr { td colspan="8" .muted { "No attempts yet." } } }
+                @if view.history.is_empty() { tr { td colspan="9" .muted { "No attempts yet." } } }
             }
         }
     };
@@ -427,17 +428,19 @@ pub async fn processors(State(app): State<Arc<App>>, Extension(caller): Extensio
         // page is not refreshed every few seconds; files change rarely.
         p.muted data-refresh="off" { "Folder: " (app.config.processors.dir.display()) ". Reload the page to see changes." }
         table #processors {
-            thead { tr { th { "Name" } th { "Status" } th { "Source" } th { "Bytes" } th { "SHA-256" } th { "Limits" } th { "Load error" } } }
+            thead { tr { th { "Name" } th { "Status" } th { "Kind" } th { "Source" } th { "Bytes" } th { "SHA-256" } th { "Limits" } th { "Grants" } th { "Load error" } } }
             tbody {
                 @for info in &infos {
                     @let limits = &info.limits;
                     tr data-processor=(info.name) class=[info.status.is_err().then_some("broken")] {
                         td { (info.name) }
                         td.status { @if info.status.is_ok() { "ok" } @else { "broken" } }
+                        td.kind { (info.kind.map_or("-", |kind| kind.as_str())) }
                         td { (info.source.to_string()) @if info.overrides_builtin { " (overrides built-in)" } }
                         td { (info.size.map_or_else(|| "-".to_owned(), |size| size.to_string())) }
                         td.id { (info.sha256.as_deref().map_or("-", |sha| &sha[..16])) }
                         td { "fuel " (limits.fuel) ", timeout " (limits.timeout) ", memory " (limits.memory) }
+                        td.grants { (info.grants.summary()) }
                         td.error { @if let Err(error) = &info.status { (error) } }
                     }
                 }

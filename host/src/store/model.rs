@@ -174,11 +174,13 @@ pub struct AttemptReport<'a> {
     pub stderr: Option<&'a str>,
     pub fuel_used: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// The lowercase hex SHA-256 of the processor's wasm bytes; `None` when it never loaded.
+    pub processor_sha256: Option<&'a str>,
 }
 
 impl AttemptReport<'_> {
     pub fn of(kind: OutcomeKind) -> AttemptReport<'static> {
-        AttemptReport { kind, message: None, stderr: None, fuel_used: None, duration_ms: None }
+        AttemptReport { kind, message: None, stderr: None, fuel_used: None, duration_ms: None, processor_sha256: None }
     }
 
     /// What a failed attempt leaves in the job's `last_error`.
@@ -296,8 +298,19 @@ pub struct AttemptRecord {
     pub stderr: Option<String>,
     pub fuel_used: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// SHA-256 of the processor's code that ran this attempt (hex); null when it never loaded.
+    pub processor_sha256: Option<String>,
     /// The machine of the worker that made the attempt.
     pub host: Option<String>,
+}
+
+impl AttemptRecord {
+    /// The first 12 hex digits of [`AttemptRecord::processor_sha256`]: enough to tell two
+    /// versions of a processor apart where people read it.
+    pub fn short_processor_sha256(&self) -> Option<&str> {
+        // `get`, not slicing: a damaged row must not stop a job from being shown.
+        self.processor_sha256.as_deref().map(|sha| sha.get(..12).unwrap_or(sha))
+    }
 }
 
 impl JobSummary {
@@ -564,4 +577,5 @@ pub struct ExportedAttempt {
     pub stderr: Option<String>,
     pub fuel_used: Option<i64>,
     pub duration_ms: Option<i64>,
+    pub processor_sha256: Option<String>,
 }

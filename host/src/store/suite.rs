@@ -121,6 +121,7 @@ for_each_backend!(
     a_delayed_job_is_not_ready_until_its_time,
     only_an_active_worker_can_claim,
     complete_records_the_result_and_the_attempt,
+    each_attempt_records_the_code_that_ran_it,
     a_stale_complete_or_fail_changes_nothing,
     failures_retry_with_backoff_then_poison_at_max_attempts,
     abandoned_jobs_come_back_as_worker_lost_and_poison_at_the_limit,
@@ -214,6 +215,22 @@ async fn complete_records_the_result_and_the_attempt(t: TestStore) {
     assert_eq!(detail.attempt_history.len(), 1);
     assert_eq!(detail.attempt_history[0].outcome.as_deref(), Some("ok"));
     assert_eq!(detail.attempt_history[0].fuel_used, Some(42));
+}
+
+async fn each_attempt_records_the_code_that_ran_it(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let id = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    let never_loaded = claim_one(&t, "w1").await.unwrap();
+    let load_error = AttemptReport { message: Some("no such processor"), ..AttemptReport::of(OutcomeKind::LoadError) };
+    t.fail(&never_loaded, &load_error, &NO_BACKOFF).await.unwrap();
+    let ran = claim_one(&t, "w1").await.unwrap();
+    let code = "3f2a9c1b0d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    let ok = AttemptReport { processor_sha256: Some(code), ..AttemptReport::of(OutcomeKind::Ok) };
+    assert_eq!(t.complete(&ran, "1", &ok).await.unwrap(), Settled::Completed);
+
+    let history = t.store.job(&id).await.unwrap().unwrap().attempt_history;
+    let hashes: Vec<Option<&str>> = history.iter().map(|attempt| attempt.processor_sha256.as_deref()).collect();
+    assert_eq!(hashes, [None, Some(code)], "a processor that never loaded ran no code");
 }
 
 async fn a_stale_complete_or_fail_changes_nothing(t: TestStore) {

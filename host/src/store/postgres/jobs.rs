@@ -93,9 +93,9 @@ pub(super) const TURN: &str = concat!(
     " AS now),
      s AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[],
                                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
-                                $14::bigint[], $20::integer[], $21::integer[])
+                                $14::bigint[], $20::integer[], $21::integer[], $22::text[])
                     AS s(seq, worker_id, token, attempt, status, delay, result, last_error, outcome, message,
-                         stderr, fuel_used, duration_ms, duration_bucket, fuel_bucket)),
+                         stderr, fuel_used, duration_ms, duration_bucket, fuel_bucket, processor_sha256)),
      settled AS (
        UPDATE jobs j
           SET status = s.status,
@@ -121,7 +121,7 @@ pub(super) const TURN: &str = concat!(
      closed AS (
        UPDATE attempts a
           SET finished_at = t.now, outcome = s.outcome, message = s.message, stderr = s.stderr,
-              fuel_used = s.fuel_used, duration_ms = s.duration_ms
+              fuel_used = s.fuel_used, duration_ms = s.duration_ms, processor_sha256 = s.processor_sha256
          FROM s, t, settled
         WHERE settled.seq = s.seq AND a.job_seq = s.seq AND a.attempt = s.attempt AND a.outcome IS NULL),
      picked AS (
@@ -188,12 +188,13 @@ pub(super) async fn turn(
     let durations: Vec<Option<i64>> = settlements.iter().map(|s| clamp(s.report.duration_ms)).collect();
     let duration_buckets: Vec<i32> = settlements.iter().map(|s| duration_bucket(s.report.duration_ms)).collect();
     let fuel_buckets: Vec<i32> = settlements.iter().map(|s| fuel_bucket(s.report.fuel_used)).collect();
+    let processor_hashes: Vec<Option<&str>> = settlements.iter().map(|s| s.report.processor_sha256).collect();
     let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
     let (pool, worker, limit, lease) = match claim {
         Some(claim) => (Some(claim.pool), Some(claim.worker_id), i64::from(claim.limit), millis(claim.lease)),
         None => (None, None, 0, 0),
     };
-    let params: [&(dyn ToSql + Sync); 21] = [
+    let params: [&(dyn ToSql + Sync); 22] = [
         &now,
         &seqs,
         &workers,
@@ -215,6 +216,7 @@ pub(super) async fn turn(
         &lease,
         &duration_buckets,
         &fuel_buckets,
+        &processor_hashes,
     ];
     let rows = client.query(statement, &params).await?;
 
@@ -324,7 +326,7 @@ pub(super) static JOBS: LazyLock<String> = LazyLock::new(|| {
 
 pub(super) const HISTORIES: &str =
     "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
-            a.duration_ms, w.host, a.job_seq
+            a.duration_ms, w.host, a.job_seq, a.processor_sha256
        FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = ANY($1)
       ORDER BY a.job_seq, a.attempt";
 
@@ -354,6 +356,7 @@ pub(super) async fn jobs(
             stderr: row.get(6),
             fuel_used: measure(row.get(7)),
             duration_ms: measure(row.get(8)),
+            processor_sha256: row.get(11),
             host: row.get(9),
         });
     }
@@ -512,7 +515,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
     let history = client
         .query(
             "SELECT job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used,
-                    duration_ms
+                    duration_ms, processor_sha256
                FROM attempts WHERE job_seq = ANY($1) ORDER BY job_seq, attempt",
             &[&seqs],
         )
@@ -529,6 +532,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             stderr: row.get(7),
             fuel_used: row.get(8),
             duration_ms: row.get(9),
+            processor_sha256: row.get(10),
         });
     }
     for job in &mut jobs {
@@ -550,8 +554,8 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
     let insert_attempt = tx
         .prepare(
             "INSERT INTO attempts (job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr,
-                                   fuel_used, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                   fuel_used, duration_ms, processor_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await?;
     for job in jobs {
@@ -594,6 +598,7 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
                     &attempt.stderr,
                     &attempt.fuel_used,
                     &attempt.duration_ms,
+                    &attempt.processor_sha256,
                 ],
             )
             .await?;

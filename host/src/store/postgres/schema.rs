@@ -129,6 +129,11 @@ const MIGRATIONS: &[&str] = &[
         fuel            bigint  NOT NULL
     );
 "#,
+    // 3: which code each attempt ran, the hex SHA-256 of the processor's wasm bytes; attempts
+    // recorded before, and those whose processor never loaded, have none.
+    r#"
+    ALTER TABLE attempts ADD COLUMN processor_sha256 text;
+"#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -228,6 +233,34 @@ mod tests {
         let version: i32 =
             client.query_one(&format!("SELECT version FROM {schema}.jobhost_schema"), &[]).await.unwrap().get(0);
         assert_eq!(version, 99);
+    }
+
+    #[tokio::test]
+    async fn a_schema_from_an_older_jobhost_is_upgraded_and_keeps_its_attempts() {
+        let (config, client) = server().await;
+        drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
+        let schema = &config.schema;
+        // Version 2 as it was: no attempt named the code it ran.
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;
+                 UPDATE {schema}.jobhost_schema SET version = 2;
+                 INSERT INTO {schema}.jobs (id, pool, processor, payload, status, run_at, attempts, max_attempts,
+                                            created_at, updated_at, finished_at)
+                 VALUES ('j1', 'default', 'echo', '{{}}', 'completed', 0, 1, 3, 0, 0, 0);
+                 INSERT INTO {schema}.attempts (job_seq, attempt, worker_id, started_at, finished_at, outcome)
+                 SELECT seq, 1, 'old-worker', 0, 0, 'ok' FROM {schema}.jobs;"
+            ))
+            .await
+            .unwrap();
+
+        let store = Store::open(&config, Access::Existing).await.unwrap();
+        let version: i32 =
+            client.query_one(&format!("SELECT version FROM {schema}.jobhost_schema"), &[]).await.unwrap().get(0);
+        assert_eq!(version, super::CURRENT_VERSION);
+        let attempt = &store.job("j1").await.unwrap().unwrap().attempt_history[0];
+        assert_eq!(attempt.outcome.as_deref(), Some("ok"), "the attempt written before the upgrade is still there");
+        assert_eq!(attempt.processor_sha256, None, "an attempt from before the upgrade names no code");
     }
 
     #[tokio::test]

@@ -123,8 +123,9 @@ pub(super) fn settle(
     let clamp = |value: Option<u64>| value.map(|value| value.min(i64::MAX as u64) as i64);
     tx.prepare_cached(
         "UPDATE attempts
-            SET finished_at = ?1, outcome = ?2, message = ?3, stderr = ?4, fuel_used = ?5, duration_ms = ?6
-          WHERE job_seq = ?7 AND attempt = ?8 AND outcome IS NULL",
+            SET finished_at = ?1, outcome = ?2, message = ?3, stderr = ?4, fuel_used = ?5, duration_ms = ?6,
+                processor_sha256 = ?7
+          WHERE job_seq = ?8 AND attempt = ?9 AND outcome IS NULL",
     )?
     .execute(params![
         now,
@@ -133,6 +134,7 @@ pub(super) fn settle(
         report.stderr,
         clamp(report.fuel_used),
         clamp(report.duration_ms),
+        report.processor_sha256,
         seq,
         attempt
     ])?;
@@ -283,7 +285,7 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
     let mut histories: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
     let mut history = conn.prepare_cached(
         "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
-                a.duration_ms, w.host, a.job_seq
+                a.duration_ms, w.host, a.job_seq, a.processor_sha256
            FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id
           WHERE a.job_seq IN (SELECT value FROM json_each(?1)) ORDER BY a.job_seq, a.attempt",
     )?;
@@ -298,6 +300,7 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
             stderr: row.get(6)?,
             fuel_used: measure_at(row, 7)?,
             duration_ms: measure_at(row, 8)?,
+            processor_sha256: row.get(11)?,
             host: row.get(9)?,
         };
         Ok((row.get::<_, i64>(10)?, record))
@@ -453,7 +456,8 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut history = conn.prepare_cached(
-        "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms
+        "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms,
+                processor_sha256
            FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
     )?;
     for job in &mut jobs {
@@ -469,6 +473,7 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
                     stderr: row.get(6)?,
                     fuel_used: row.get(7)?,
                     duration_ms: row.get(8)?,
+                    processor_sha256: row.get(9)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -485,8 +490,8 @@ pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
     )?;
     let mut insert_attempt = tx.prepare_cached(
         "INSERT INTO attempts (job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr,
-                               fuel_used, duration_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               fuel_used, duration_ms, processor_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for job in jobs {
         let seq: i64 = insert_job.query_row(
@@ -522,7 +527,8 @@ pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
                 attempt.message,
                 attempt.stderr,
                 attempt.fuel_used,
-                attempt.duration_ms
+                attempt.duration_ms,
+                attempt.processor_sha256
             ])?;
         }
     }

@@ -117,6 +117,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (minute, pool, processor, event, duration_bucket, fuel_bucket)
     ) WITHOUT ROWID;
     "#,
+    // 5: which code each attempt ran, the hex SHA-256 of the processor's wasm bytes; attempts
+    // recorded before, and those whose processor never loaded, have none.
+    r#"
+    ALTER TABLE attempts ADD COLUMN processor_sha256 TEXT;
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -290,5 +295,6 @@ mod tests {
         let attempt = &job.attempt_history[0];
         assert_eq!(attempt.outcome.as_deref(), Some("worker_lost"));
         assert_eq!(attempt.message.as_deref(), Some("worker old-worker is not registered"));
+        assert_eq!(attempt.processor_sha256, None, "an attempt from before the upgrade names no code");
     }
 }
