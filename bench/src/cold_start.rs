@@ -31,7 +31,7 @@ use jobhost::store::{Access, AttemptReport, ClaimRequest, Finished, NewWorker, S
 use crate::report::{Report, Row, millis};
 use crate::support::{Bench, Pool, block_on, median_duration, retry_policy, status};
 
-const SECTION: &str = "cold start";
+pub const SECTION: &str = "cold start";
 const TARGET: Duration = Duration::from_millis(10);
 
 pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
@@ -160,7 +160,8 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
             processor: &job.processor,
             payload: job.payload.as_bytes(),
         };
-        let ran = runtime.block_on(sandbox.run(&program, input, &config.limits_for(&job.processor)));
+        let (limits, grants) = (config.limits_for(&job.processor), config.grants_for(&job.processor));
+        let ran = runtime.block_on(sandbox.run(&program, input, &limits, &grants));
         clock.lap();
         let Outcome::Ok(result) = &ran.outcome else {
             anyhow::bail!("echo failed in the replay: {}", ran.outcome.message().unwrap_or_default());
@@ -196,7 +197,8 @@ impl Stopwatch<'_> {
     }
 }
 
-fn time_process(pool: &Pool, args: &[&str]) -> Result<Duration> {
+/// The wall time of one `jobhost ARGS` process on `pool`, from spawn to reaping it.
+pub fn time_process(pool: &Pool, args: &[&str]) -> Result<Duration> {
     let started = Instant::now();
     let status = pool.command(args).status().context("cannot spawn jobhost")?;
     let elapsed = started.elapsed();

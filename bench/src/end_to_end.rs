@@ -35,7 +35,7 @@ use crate::support::{
     status,
 };
 
-const SECTION: &str = "end to end";
+pub const SECTION: &str = "end to end";
 const WORKERS: u32 = 2;
 /// Jobs in flight per worker: one at a time, a few, and batches large enough that store
 /// commits stop dominating tiny jobs.

@@ -34,7 +34,7 @@ use crate::report::{Report, Row, number, per_second, times};
 use crate::store::{self, Shape};
 use crate::support::{Bench, median};
 
-const SECTION: &str = "vs flatmachines";
+pub const SECTION: &str = "vs flatmachines";
 const VERSION: &str = "4.2.1";
 const PROCESSES: [usize; 2] = [1, 4];
 const TARGET_RATIO: f64 = 20.0;

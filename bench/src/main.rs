@@ -9,11 +9,17 @@
 //! One module per section, each documenting what it measures and why the measurement is fair:
 //! [`end_to_end`] (1), [`store`] (2), [`flatmachines`] (3, the original example's store),
 //! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7), [`server`] (8, `jobhost
-//! serve` through its HTTP API). Sections run one after
+//! serve` through its HTTP API), [`components`] (9, WASI 0.2 components in Rust and Python, and
+//! jobs waiting on HTTP). Sections run one after
 //! another, never side by side, because the machine has few cores and is shared. A section
 //! that fails is reported as a failed row and the others still run.
+//!
+//! A full run writes BENCHMARKS.md afresh; an `--only` run measures only its sections and
+//! swaps their rows and notes into the BENCHMARKS.md that is there, keeping every other
+//! section's figures (and saying in its header when those sections were measured again).
 
 mod cold_start;
+mod components;
 mod end_to_end;
 mod flatmachines;
 mod memory;
@@ -31,7 +37,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::report::{Header, Report, Row};
+use crate::report::{ERROR, Header, Report, Row, SectionId};
 use crate::support::{Bench, Shelf};
 
 #[derive(Parser)]
@@ -45,10 +51,11 @@ struct Cli {
     /// A fast smoke run: smaller workloads and one repetition. Writes no report file unless --out is given.
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated). Writes no report file unless --out is given.
+    /// Run only these sections (comma-separated), and put their results into the report file in
+    /// place of its earlier ones for them, keeping the other sections' results.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
-    /// Where to write the Markdown report. Default for a full run: BENCHMARKS.md at the workspace root.
+    /// Where to write the Markdown report. Default, but for --quick: BENCHMARKS.md at the workspace root.
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
 }
@@ -70,6 +77,7 @@ enum Section {
     Scale,
     Memory,
     Server,
+    Components,
 }
 
 impl Section {
@@ -83,6 +91,7 @@ impl Section {
             Section::Scale => scale::run(bench, report, shelf),
             Section::Memory => memory::run(bench, report),
             Section::Server => server::run(bench, report, shelf),
+            Section::Components => components::run(bench, report),
         }
     }
 
@@ -96,7 +105,24 @@ impl Section {
             Section::Scale => "6. scale",
             Section::Memory => "7. memory",
             Section::Server => "8. server",
+            Section::Components => "9. components",
         }
+    }
+
+    /// What marks this section's rows and notes in a report.
+    fn id(self) -> SectionId {
+        let label = match self {
+            Section::EndToEnd => end_to_end::SECTION,
+            Section::Store => store::SECTION,
+            Section::Flatmachines => flatmachines::SECTION,
+            Section::ColdStart => cold_start::SECTION,
+            Section::Sandbox => sandbox::SECTION,
+            Section::Scale => scale::SECTION,
+            Section::Memory => memory::SECTION,
+            Section::Server => server::SECTION,
+            Section::Components => components::SECTION,
+        };
+        SectionId { label, title: self.title() }
     }
 }
 
@@ -118,6 +144,7 @@ fn benchmark(cli: Cli) -> Result<ExitCode> {
     let bench = Bench::new(cli.quick, runs)?;
     let load_before = load_average();
     let sections = if cli.only.is_empty() { Section::value_variants().to_vec() } else { cli.only.clone() };
+    let rerun: Vec<SectionId> = sections.iter().map(|section| section.id()).collect();
 
     // The scale section's million-job pools serve the server section's page timings, if it comes later.
     let position = |wanted| sections.iter().position(|&section| section == wanted);
@@ -126,13 +153,13 @@ fn benchmark(cli: Cli) -> Result<ExitCode> {
     let mut shelf = Shelf::new(reuse);
     let mut report = Report::default();
     let mut failed = 0;
-    for section in sections {
+    for section in sections.iter().copied() {
         println!("\n== {}", section.title());
         let section_started = Instant::now();
         if let Err(err) = section.run(&bench, &mut report, &mut shelf) {
             failed += 1;
             eprintln!("error in section {}: {err:#}", section.title());
-            report.add(Row::info("error", section.title(), format!("failed: {err:#}")));
+            report.add(Row::info(ERROR, section.title(), format!("failed: {err:#}")));
         }
         println!("  ({:.1} s)", section_started.elapsed().as_secs_f64());
     }
@@ -153,11 +180,22 @@ fn benchmark(cli: Cli) -> Result<ExitCode> {
     println!("wall time: {:.0} s; {} target(s) missed", header.wall_time.as_secs_f64(), report.missed());
     let out = match cli.out {
         Some(out) => Some(out),
-        None if !cli.quick && cli.only.is_empty() => Some(bench.root.join("BENCHMARKS.md")),
+        None if !cli.quick => Some(bench.root.join("BENCHMARKS.md")),
         None => None,
     };
     if let Some(out) = out {
-        std::fs::write(&out, report.markdown(&header)).with_context(|| format!("cannot write {}", out.display()))?;
+        let text = if cli.only.is_empty() {
+            report.markdown(&header)
+        } else {
+            let earlier = match std::fs::read_to_string(&out) {
+                Ok(text) => text,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+                // Never overwrite the other sections' results unread.
+                Err(err) => return Err(err).with_context(|| format!("cannot read {}", out.display())),
+            };
+            report.merged_markdown(&earlier, &header, &rerun)
+        };
+        std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
         println!("wrote {}", out.display());
     }
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -8,15 +8,13 @@
 //! job can do to its worker. Its attempt must end as `memory`, or the figure means nothing.
 //! The target is 50 MiB of the worker's own plus the cap of the job it runs.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, ensure};
 use jobhost::config::Limits;
 
 use crate::report::{Report, Row, mib};
-use crate::support::{Bench, Pool, block_on, list, status};
+use crate::support::{Bench, Pool, block_on, list, run_to_end, status};
 
-const SECTION: &str = "memory";
+pub const SECTION: &str = "memory";
 const OWN_MEMORY: u64 = 50 << 20;
 
 pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
@@ -33,7 +31,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let pool = Pool::new(bench, "")?;
     pool.seed(echo_jobs, "echo", 3)?;
     pool.warm_echo()?;
-    let echo_peak = peak_rss(pool.command(&["work"]))?;
+    let echo_peak = run_to_end(pool.command(&["work"]))?.peak_rss;
     let completed = status(&pool.observe()?)?.jobs.completed;
     ensure!(completed == echo_jobs, "the echo worker completed {completed} of {echo_jobs} jobs");
     report.add(Row::goal(
@@ -51,7 +49,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     pool.seed(1, "alloc_bomb", 1)?;
     // Compiles it into the cache; the run itself fails, as it should.
     pool.command(&["run", "alloc_bomb"]).status().context("cannot run jobhost")?;
-    let bomb_peak = peak_rss(pool.command(&["work", "--once"]))?;
+    let bomb_peak = run_to_end(pool.command(&["work", "--once"]))?.peak_rss;
     let store = pool.observe()?;
     let job = list(&store, None, 1)?.pop().context("the alloc_bomb pool has no job")?;
     let detail = block_on(store.job(&job.id))?.context("the alloc_bomb job vanished")?;
@@ -69,23 +67,4 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         bomb_peak <= target,
     ));
     Ok(())
-}
-
-/// Runs `command` to the end and returns its peak resident set in bytes.
-fn peak_rss(mut command: Command) -> Result<u64> {
-    let child = command.spawn().context("cannot spawn jobhost")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; all-zero is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our unreaped child; both pointers are to live locals. `child` is not
-    // waited on after this, so std never reaps it a second time.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    ensure!(reaped == pid, "wait4 on jobhost failed: {}", std::io::Error::last_os_error());
-    ensure!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "`jobhost work` exited abnormally (wait status {status})"
-    );
-    // Linux reports ru_maxrss in KiB.
-    Ok(usage.ru_maxrss as u64 * 1024)
 }

@@ -141,28 +141,170 @@ impl Report {
         writeln!(out, "\nTimings are medians of several runs; ratios compare figures measured in the same run.")
             .unwrap();
         writeln!(out, "The machine is shared, so absolute figures move between runs; the load averages above say how busy it was.\n").unwrap();
-        writeln!(out, "| section | measure | value | target | met |").unwrap();
-        writeln!(out, "|---|---|---|---|---|").unwrap();
-        for row in &self.rows {
-            writeln!(
-                out,
-                "| {} | {} | {} | {} | {} |",
-                row.section,
-                escape(&row.what),
-                escape(&row.value),
-                escape(row.target_text()),
-                row.met_text()
-            )
-            .unwrap();
-        }
-        if !self.notes.is_empty() {
-            writeln!(out, "\n## How each figure was measured\n").unwrap();
-            for note in &self.notes {
-                writeln!(out, "- {}", escape(note)).unwrap();
-            }
-        }
+        let rows: Vec<String> = self.rows.iter().map(row_line).collect();
+        let notes: Vec<String> = self.notes.iter().map(|note| note_line(note)).collect();
+        out.push_str(&tables(&rows, &notes));
         out
     }
+
+    /// `earlier`, the text of a report, with the rows and notes of the sections in `rerun`
+    /// replaced by this run's: each section's in the place its old ones had (at the end if it had
+    /// none), every other section's kept as they were, and a header line saying when the
+    /// sections were measured again. Without a table in `earlier`, the report of this run alone.
+    pub fn merged_markdown(&self, earlier: &str, header: &Header, rerun: &[SectionId]) -> String {
+        let Some(earlier) = Parts::parse(earlier) else {
+            return self.markdown(header);
+        };
+        let owner = |line: &str| rerun.iter().position(|section| section.owns_line(line));
+        let mut preamble: Vec<String> = earlier
+            .preamble
+            .iter()
+            .filter(|line| !rerun.iter().any(|section| line.starts_with(&section.remeasured_prefix())))
+            .map(|line| line.to_string())
+            .collect();
+        let after_bullets = preamble.iter().rposition(|line| line.starts_with("- ")).map_or(0, |i| i + 1);
+        let remeasured = rerun.iter().map(|section| section.remeasured_line(header));
+        preamble.splice(after_bullets..after_bullets, remeasured);
+
+        let fresh_rows: Vec<String> = self.rows.iter().map(row_line).collect();
+        let fresh_notes: Vec<String> = self.notes.iter().map(|note| note_line(note)).collect();
+        let rows = splice(&earlier.rows, &fresh_rows, rerun.len(), owner);
+        let notes = splice(&earlier.notes, &fresh_notes, rerun.len(), owner);
+        let mut out = preamble.join("\n");
+        out.push('\n');
+        out.push_str(&tables(&rows, &notes));
+        out
+    }
+}
+
+/// Which rows and notes of a report are one section's.
+#[derive(Clone, Copy)]
+pub struct SectionId {
+    /// The first column of its rows; its notes start with it and a colon.
+    pub label: &'static str,
+    /// Its heading; the row of a section that failed is `error` with this as its measure.
+    pub title: &'static str,
+}
+
+impl SectionId {
+    /// Whether a Markdown row or note line (as [`row_line`] and [`note_line`] write them) is this section's.
+    fn owns_line(&self, line: &str) -> bool {
+        if let Some(note) = line.strip_prefix("- ") {
+            return note.strip_prefix(self.label).is_some_and(|rest| rest.starts_with(':'));
+        }
+        let mut cells = line.strip_prefix("| ").unwrap_or_default().split(" | ");
+        match (cells.next(), cells.next()) {
+            (Some(ERROR), Some(what)) => what == self.title,
+            (Some(section), _) => section == self.label,
+            _ => false,
+        }
+    }
+
+    fn remeasured_prefix(&self) -> String {
+        format!("- Measured again with `--only`: {}", self.title)
+    }
+
+    fn remeasured_line(&self, header: &Header) -> String {
+        format!(
+            "{}{}, {}; commit {}; `{}`; load average {} before, {} after",
+            self.remeasured_prefix(),
+            if header.quick { " (a `--quick` smoke run)" } else { "" },
+            header.date,
+            header.commit,
+            header.command,
+            header.load_before,
+            header.load_after
+        )
+    }
+}
+
+/// The section column of the row a section that failed leaves.
+pub const ERROR: &str = "error";
+
+/// A report's Markdown cut where sections can be swapped: everything above the table, the
+/// table's row lines, and the lines of the notes under it.
+struct Parts<'a> {
+    preamble: Vec<&'a str>,
+    rows: Vec<&'a str>,
+    notes: Vec<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    fn parse(text: &'a str) -> Option<Parts<'a>> {
+        let lines: Vec<&str> = text.lines().collect();
+        let table = lines.iter().position(|line| *line == TABLE_HEADER)?;
+        let rows_start = table + 2;
+        let rows_end =
+            lines[rows_start..].iter().position(|line| !line.starts_with("| ")).map_or(lines.len(), |i| rows_start + i);
+        let notes = match lines.iter().position(|line| *line == NOTES_HEADING) {
+            Some(heading) => lines[heading + 1..].iter().copied().filter(|line| line.starts_with("- ")).collect(),
+            None => Vec::new(),
+        };
+        Some(Parts { preamble: lines[..table].to_vec(), rows: lines[rows_start..rows_end].to_vec(), notes })
+    }
+}
+
+/// `earlier` with the lines each of `sections` sections owns (by `owner`) swapped for its lines
+/// in `fresh`, placed where its first earlier line was, or after the rest when it had none.
+fn splice(
+    earlier: &[&str],
+    fresh: &[String],
+    sections: usize,
+    owner: impl Fn(&str) -> Option<usize> + Copy,
+) -> Vec<String> {
+    let fresh_of = move |section: Option<usize>| fresh.iter().filter(move |line| owner(line) == section).cloned();
+    let mut placed = vec![false; sections];
+    let mut out = Vec::new();
+    for line in earlier {
+        match owner(line) {
+            Some(section) if !placed[section] => {
+                placed[section] = true;
+                out.extend(fresh_of(Some(section)));
+            }
+            Some(_) => {}
+            None => out.push(line.to_string()),
+        }
+    }
+    for section in (0..sections).filter(|&section| !placed[section]) {
+        out.extend(fresh_of(Some(section)));
+    }
+    out.extend(fresh_of(None));
+    out
+}
+
+const TABLE_HEADER: &str = "| section | measure | value | target | met |";
+const NOTES_HEADING: &str = "## How each figure was measured";
+
+/// The table and the notes under it, from their lines.
+fn tables(rows: &[String], notes: &[String]) -> String {
+    let mut out = String::new();
+    writeln!(out, "{TABLE_HEADER}").unwrap();
+    writeln!(out, "|---|---|---|---|---|").unwrap();
+    for row in rows {
+        writeln!(out, "{row}").unwrap();
+    }
+    if !notes.is_empty() {
+        writeln!(out, "\n{NOTES_HEADING}\n").unwrap();
+        for note in notes {
+            writeln!(out, "{note}").unwrap();
+        }
+    }
+    out
+}
+
+fn row_line(row: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} |",
+        row.section,
+        escape(&row.what),
+        escape(&row.value),
+        escape(row.target_text()),
+        row.met_text()
+    )
+}
+
+fn note_line(note: &str) -> String {
+    format!("- {}", escape(note))
 }
 
 fn escape(cell: &str) -> String {

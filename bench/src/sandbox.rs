@@ -24,7 +24,7 @@ use jobhost::sandbox::{JobInput, Outcome, Sandbox};
 use crate::report::{Report, Row, micros, times};
 use crate::support::{Bench, median_duration, percentile_duration};
 
-const SECTION: &str = "sandbox";
+pub const SECTION: &str = "sandbox";
 const PAYLOAD: &[u8] = br#"{"seq":1}"#;
 const WARM_UP: usize = 50;
 const TARGET_P50: Duration = Duration::from_micros(100);
@@ -58,6 +58,7 @@ fn sandboxed(runs: usize) -> Result<Vec<Duration>> {
     config.processors.dir = dir.path().join("processors");
     config.processors.cache_dir = Some(dir.path().join("cache"));
     let limits = config.limits_for("echo");
+    let grants = config.grants_for("echo");
     let sandbox = Sandbox::new(1)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a tokio runtime")?;
@@ -67,7 +68,7 @@ fn sandboxed(runs: usize) -> Result<Vec<Duration>> {
         let mut samples = Vec::with_capacity(runs);
         for i in 0..WARM_UP + runs {
             let started = Instant::now();
-            let report = sandbox.run(&echo, job, &limits).await;
+            let report = sandbox.run(&echo, job, &limits, &grants).await;
             let elapsed = started.elapsed();
             if !matches!(report.outcome, Outcome::Ok(_)) {
                 bail!("echo did not succeed in the sandbox: {}", report.outcome.message().unwrap_or_default());

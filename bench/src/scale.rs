@@ -28,7 +28,7 @@ use crate::report::{Report, Row, micros, millis, number, per_second, times};
 use crate::store::{POOL, claim_and_complete, enqueue};
 use crate::support::{Backend, Bench, PgServer, Pool, Shelf, block_on, median_duration, retry_policy};
 
-const SECTION: &str = "scale";
+pub const SECTION: &str = "scale";
 const WARM_UP: usize = 20;
 const STATUS_RUNS: usize = 5;
 const TARGET_SLOWDOWN: f64 = 2.0;

@@ -57,7 +57,7 @@ use crate::support::{
     Backend, Bench, Pool, Shelf, median, median_duration, percentile, percentile_duration, process_cpu_seconds, status,
 };
 
-const SECTION: &str = "server";
+pub const SECTION: &str = "server";
 /// Client connections posting single jobs at once.
 const CONNECTIONS: usize = 8;
 /// Single-job requests before anything is timed: connection, statements and pages warm.

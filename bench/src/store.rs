@@ -36,7 +36,7 @@ use jobhost::store::{
 use crate::report::{Report, Row, number, per_second};
 use crate::support::{Backend, Bench, PgServer, block_on, list, median, retry_policy, status};
 
-const SECTION: &str = "store";
+pub const SECTION: &str = "store";
 const PROCESSES: [usize; 4] = [1, 2, 4, 8];
 pub const POOL: &str = "bench";
 const LEASE: Duration = Duration::from_secs(60);

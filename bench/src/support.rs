@@ -437,6 +437,34 @@ pub fn children_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
+/// What the kernel counted for one process, from `wait4` when it was reaped.
+pub struct Usage {
+    /// User + system time of all its threads.
+    pub cpu: Duration,
+    /// Peak resident set, in bytes.
+    pub peak_rss: u64,
+}
+
+/// Runs `command` to the end, insists that it succeeded, and returns what it used.
+pub fn run_to_end(mut command: Command) -> Result<Usage> {
+    let child = command.spawn().context("cannot spawn jobhost")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; all-zero is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our unreaped child; both pointers are to live locals. `child` is not
+    // waited on after this, so std never reaps it a second time.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(reaped == pid, "wait4 on jobhost failed: {}", std::io::Error::last_os_error());
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "`jobhost` exited abnormally (wait status {status})"
+    );
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    // Linux reports ru_maxrss in KiB.
+    Ok(Usage { cpu: time(usage.ru_utime) + time(usage.ru_stime), peak_rss: usage.ru_maxrss as u64 * 1024 })
+}
+
 /// Makes this process the reaper of its orphaned descendants (the workers a `jobhost check`
 /// leaves behind when it exits), so [`reap_children`] collects their CPU time.
 pub fn become_subreaper() -> Result<()> {
