@@ -495,7 +495,7 @@ fn the_workers_and_processors_pages_list_them_and_mark_a_broken_processor() {
     assert!(healthy.iter().any(|row| row.starts_with("echo")), "the built-in echo is listed as healthy: {healthy:?}");
     let broken = browser.texts("#processors tr.broken");
     assert!(
-        broken.iter().any(|row| row.contains("processors/broken.wasm") && row.contains("not a WebAssembly module")),
+        broken.iter().any(|row| row.contains("processors/broken.wasm") && row.contains("is not WebAssembly")),
         "a tr.broken row names broken.wasm and its error: {broken:?}"
     );
     assert!(!broken.iter().any(|row| row.contains("echo")), "echo is not marked broken: {broken:?}");

@@ -357,7 +357,7 @@ fn processors_lists_broken_files_beside_working_ones() {
 
     for (name, expected) in [
         ("no_start", "_start"),
-        ("garbage", "not a WebAssembly module"),
+        ("garbage", "is not WebAssembly"),
         ("bad name", "invalid processor name"),
         ("fifo", "not a regular file but a FIFO"),
         ("folder", "not a regular file but a directory"),
