@@ -77,9 +77,10 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// Rust guest needs a few hundred, an embedded CPython tens of thousands.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Pool room one run may use: a preview1 module needs one of each, a component built by
-/// componentize-py or componentize-js a few dozen core instances and a handful of memories
-/// and tables (its interpreter, libc and the WASI adapters are separate core modules).
+/// Pool room one run may use: a component built by componentize-py or componentize-js holds a
+/// few dozen core instances and a handful of memories and tables (its interpreter, libc and
+/// the WASI adapters are separate core modules); a module, one instance with as many
+/// memories and tables as it defines, up to the same counts.
 struct PerRun {
     core_instances: u32,
     memories: u32,
@@ -507,6 +508,8 @@ fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
             .max_core_instances_per_component(PER_RUN.core_instances)
             .max_memories_per_component(PER_RUN.memories)
             .max_tables_per_component(PER_RUN.tables)
+            .max_memories_per_module(PER_RUN.memories)
+            .max_tables_per_module(PER_RUN.tables)
             .total_stacks(slots)
             .table_elements(MAX_TABLE_ELEMENTS)
             .linear_memory_keep_resident(KEEP_RESIDENT)
@@ -732,6 +735,17 @@ mod tests {
         let two_mib = r#"(module (memory (export "memory") 32) (func (export "_start")))"#;
         let capped = Limits { memory: ByteSize(1 << 20), ..limits() };
         assert_eq!(run_wat(&sandbox, two_mib, &capped).await.outcome, Outcome::Memory);
+    }
+
+    #[tokio::test]
+    async fn the_memory_cap_holds_for_all_memories_together() {
+        let sandbox = Sandbox::new(1).unwrap();
+        // Two memories of 1.25 MiB: each fits a 2 MiB cap, both together do not.
+        let two_memories = r#"(module (memory 20) (memory 20) (func (export "_start")))"#;
+        let one_memory = r#"(module (memory 20) (func (export "_start")))"#;
+        let capped = Limits { memory: ByteSize(2 << 20), ..limits() };
+        assert_eq!(run_wat(&sandbox, two_memories, &capped).await.outcome, Outcome::Memory);
+        assert_eq!(run_wat(&sandbox, one_memory, &capped).await.outcome, Outcome::Ok(Value::Null));
     }
 
     #[tokio::test]
