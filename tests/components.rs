@@ -334,6 +334,25 @@ fn a_component_allocating_past_its_cap_is_a_memory_outcome() {
 }
 
 #[test]
+fn a_component_writing_past_its_stdout_cap_is_output_too_large() {
+    let report = limits_run("flood", &[]);
+    assert_eq!(report["outcome"], "output_too_large", "{report:#}");
+}
+
+#[test]
+fn a_component_cannot_open_a_socket() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    let pool = pool("");
+    add_built(&pool, "limits", "limits");
+    let report = run(&pool, "limits", &serde_json::json!({"mode": "connect", "to": to}).to_string(), &[]);
+    assert_eq!(report["exit_code"], 2, "{report:#}");
+    assert!(stderr(&report).contains("cannot connect"), "{report:#}");
+    assert!(listener.accept().is_err(), "a socket reached the listener");
+}
+
+#[test]
 fn a_components_exit_status_is_kept() {
     let pool = pool("");
     add_built(&pool, "limits", "limits");
