@@ -316,9 +316,16 @@ impl Registry {
                 )));
             }
         };
+        // Hashing a 19 MB component takes tens of milliseconds: the file's digest names the
+        // code that ran and, for a binary file, keys the cache as well.
+        let file_digest = Sha256::digest(wasm);
+        let binary_digest = match &binary {
+            Cow::Borrowed(_) => file_digest,
+            Cow::Owned(parsed) => Sha256::digest(parsed),
+        };
         self.cache
-            .compile(self.sandbox.engine(), &binary)
-            .and_then(|compiled| self.sandbox.prepare(&compiled, hex(&Sha256::digest(wasm))))
+            .compile(self.sandbox.engine(), &binary, &binary_digest)
+            .and_then(|compiled| self.sandbox.prepare(&compiled, hex(&file_digest)))
             .map(Arc::new)
             .map_err(|err| fail(format!("cannot be loaded: {err:#}")))
     }
@@ -599,8 +606,9 @@ impl CompileCache {
         CompileCache { dir, engine_key: hasher.0.finalize().into() }
     }
 
-    /// Compiles a binary module or component, or fetches it from the cache.
-    fn compile(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Compiled> {
+    /// Compiles a binary module or component (whose SHA-256 is `digest`), or fetches it from
+    /// the cache.
+    fn compile(&self, engine: &Engine, wasm: &[u8], digest: &[u8]) -> anyhow::Result<Compiled> {
         let kind = Kind::of(wasm).ok_or_else(|| {
             anyhow::anyhow!("its header is neither a WebAssembly module's (version 1) nor a component's")
         })?;
@@ -613,7 +621,7 @@ impl CompileCache {
         let Some(dir) = &self.dir else {
             return compile();
         };
-        let key = Sha256::new().chain_update(Sha256::digest(wasm)).chain_update(self.engine_key).finalize();
+        let key = Sha256::new().chain_update(digest).chain_update(self.engine_key).finalize();
         let path = dir.join(format!("{}.cwasm", hex(&key)));
         if let Some(compiled) = self.read(engine, kind, &path) {
             return Ok(compiled);
@@ -963,7 +971,8 @@ mod tests {
         let (_tmp, config, sandbox) = setup();
         let engine = sandbox.engine();
         let cache = CompileCache::new(config.cache_dir(), engine);
-        let Compiled::Module(module) = cache.compile(engine, &wat::parse_str(EXIT0).unwrap()).unwrap() else {
+        let compile = |wasm: &[u8]| cache.compile(engine, wasm, &Sha256::digest(wasm)).unwrap();
+        let Compiled::Module(module) = compile(&wat::parse_str(EXIT0).unwrap()) else {
             panic!("a module compiles to a module");
         };
         let mut entry = module.serialize().unwrap();
@@ -974,7 +983,7 @@ mod tests {
         entry[last] ^= 1;
         assert!(check(&entry).unwrap_err().contains("checksum"));
         assert!(check(b"abc").unwrap_err().contains("3 bytes"));
-        let component = cache.compile(engine, &wat::parse_str("(component)").unwrap()).unwrap();
+        let component = compile(&wat::parse_str("(component)").unwrap());
         assert!(matches!(component, Compiled::Component(_)), "the header tells a component from a module");
     }
 }
