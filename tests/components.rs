@@ -267,6 +267,8 @@ fn a_listed_name_that_resolves_to_loopback_is_refused() {
     let report = run(&pool, "example-rust-component", &serde_json::json!({ "url": url }).to_string(), &[]);
     assert_eq!(report["exit_code"], 2, "{report:#}");
     assert!(stderr(&report).contains("loopback, private or link-local"), "{report:#}");
+    let entry_that_would_grant_it = format!("\"127.0.0.1:{}\"", endpoint.port);
+    assert!(stderr(&report).contains(&entry_that_would_grant_it), "the fix is named: {report:#}");
     assert!(stderr(&report).contains("DestinationIpProhibited"), "{report:#}");
     assert!(endpoint.seen().is_empty(), "the SSRF rule let a request through");
 }

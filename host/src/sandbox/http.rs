@@ -149,9 +149,10 @@ impl WasiHttpHooks for Outbound {
                         &stderr,
                         format!(
                             "request to {shown} denied: {} resolves to {address}, a loopback, private or \
-                         link-local address; only an allow entry naming that address itself (e.g. \
-                         \"{address}:{}\") reaches it",
-                            target.host, target.port
+                             link-local address; only an allow entry naming that address itself (e.g. \
+                             \"{}\") reaches it",
+                            target.host,
+                            SocketAddr::new(address, target.port)
                         ),
                     );
                     Err(Error::DestinationIpProhibited)
