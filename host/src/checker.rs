@@ -10,7 +10,7 @@
 //! database, logging to `<data dir>/logs/<worker-id>.log`.
 //!
 //! With `--interval`, the checker also keeps every processor compiled into the compile cache
-//! (see [`Registry::compile_ahead`]), so the workers it starts load compiled code.
+//! (see [`Registry::start_compiling_ahead`]), so the workers it starts load compiled code.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -27,15 +27,6 @@ use crate::processors::Registry;
 use crate::reaper;
 use crate::sandbox::Sandbox;
 use crate::store::{Access, ErrorKind, PlanRequest, Store, StoreError};
-
-/// Stops a background task when the loop that started it ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -58,8 +49,7 @@ pub async fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     // While the checker runs, it keeps the compile cache filled for the workers it starts, so
     // a new or changed processor is compiled once, here, not by every worker that needs it.
     let sandbox = Sandbox::new(1)?;
-    let compiling_ahead = tokio::spawn(Arc::new(Registry::new(config, &sandbox)).compile_ahead());
-    let _stop_compiling = AbortOnDrop(compiling_ahead);
+    let _compiling_ahead = Arc::new(Registry::new(config, &sandbox)).start_compiling_ahead();
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

@@ -25,6 +25,11 @@
 //! inode). Failures are remembered per file version too, so a broken file costs one compile
 //! attempt, not one per job, and jobs that need the same new version wait for one compile.
 //!
+//! **Compiling ahead.** A Python or JavaScript component takes seconds to compile.
+//! [`Registry::start_compiling_ahead`] (long-running workers, `check --interval`) loads every
+//! file of the folder in the background, so new and changed files are compiled, and written
+//! to the cache, before their jobs need them; `jobhost processors --compile` does it once.
+//!
 //! **The compile cache.** Compiling a module with Cranelift takes tens of milliseconds per
 //! 100 KB; a short-lived worker would pay it on every start. Compiled code is therefore kept in
 //! [`Config::cache_dir`], one file per `sha256(wasm bytes) + sha256(engine compatibility)`,
@@ -70,7 +75,7 @@ const BUILTINS: &[(&str, &[u8])] = &[("echo", include_bytes!(env!("ECHO_WASM")))
 /// is a read that never ends (a hung network file system).
 pub const LOAD_DEADLINE: Duration = Duration::from_secs(300);
 
-/// How often [`Registry::compile_ahead`] looks for new or changed files: a stat per file.
+/// How often [`Registry::start_compiling_ahead`] looks for new or changed files: a stat per file.
 const COMPILE_AHEAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Longest load error kept: it is stored with every attempt of every job that hits it.
@@ -119,6 +124,15 @@ pub struct Registry {
     cache: CompileCache,
     /// Locked only to look up or replace an entry, never during a read or a compile.
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+}
+
+/// The task [`Registry::start_compiling_ahead`] started; dropping this stops it.
+pub struct CompilingAhead(tokio::task::JoinHandle<()>);
+
+impl Drop for CompilingAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The load of one version of a processor (`stamp`; `None`: the built-in or nothing), done
@@ -223,11 +237,15 @@ impl Registry {
         }
     }
 
-    /// Keeps every drop-in processor loaded, compiling each new or changed file as soon as it
-    /// appears (and writing it to the compile cache), so the jobs that need it, here or in
-    /// the workers started later, find it compiled. One file at a time, on a blocking thread:
-    /// the other core stays with the jobs. Runs until the task is dropped.
-    pub async fn compile_ahead(self: Arc<Self>) {
+    /// Starts keeping every drop-in processor loaded, compiling each new or changed file as
+    /// soon as it appears (and writing it to the compile cache), so the jobs that need it, in
+    /// this process or in workers started later, find it compiled. One file at a time, on a
+    /// blocking thread. It stops when the returned value is dropped.
+    pub fn start_compiling_ahead(self: &Arc<Self>) -> CompilingAhead {
+        CompilingAhead(tokio::spawn(Arc::clone(self).compile_ahead()))
+    }
+
+    async fn compile_ahead(self: Arc<Self>) {
         loop {
             match drop_in_names(&self.dir) {
                 Ok(names) => {

@@ -9,7 +9,7 @@
 //!   thread, under a deadline: see [`crate::processors`]) and then runs it, so a slow load
 //!   delays only its own job, and a job's run deadline starts once its program is ready;
 //! - a worker that runs more than one job keeps every processor compiled ahead
-//!   ([`Registry::compile_ahead`]), so a file deployed while it runs is compiled before its
+//!   ([`Registry::start_compiling_ahead`]), so a file deployed while it runs is compiled before its
 //!   jobs arrive;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
@@ -137,7 +137,7 @@ pub async fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     let registry = Arc::new(Registry::new(config, &sandbox));
     // A worker that stays for more than one job compiles new and changed processors as they
     // appear, off the jobs' path; one started for a single job would only take CPU from it.
-    let compiling_ahead = (!args.once).then(|| tokio::spawn(Arc::clone(&registry).compile_ahead()));
+    let compiling_ahead = (!args.once).then(|| registry.start_compiling_ahead());
     let mut worker = Worker {
         store,
         runner: Arc::new(Runner { registry, sandbox, config: config.clone() }),
@@ -157,9 +157,7 @@ pub async fn run(config: &Config, args: WorkArgs) -> Result<ExitCode> {
     // worker per core.
     let result = worker.work_loop().await;
     heartbeat.stop();
-    if let Some(task) = compiling_ahead {
-        task.abort();
-    }
+    drop(compiling_ahead);
 
     let mut summary = result?;
     let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").clone();
