@@ -310,30 +310,7 @@ impl Registry {
     /// Checks that `wasm` is a module, then compiles (or fetches from the cache) and links it.
     fn prepare(&self, name: &str, source: &Source, wasm: &[u8]) -> Result<Arc<Prepared>, LoadError> {
         let fail = |reason: String| LoadError::about(name, source, reason);
-        let binary = match wat::Detect::from_bytes(wasm) {
-            _ if wasm.is_empty() => {
-                return Err(fail(
-                    "is an empty file; it must be a WASI command module (wasm32-wasip1) or component \
-                     (wasm32-wasip2)"
-                        .to_string(),
-                ));
-            }
-            wat::Detect::WasmBinary => Cow::Borrowed(wasm),
-            // Only the first line of a WAT error: the rest quotes the offending line.
-            wat::Detect::WasmText => wat::parse_bytes(wasm).map_err(|err| {
-                let error = err.to_string();
-                fail(format!("is not valid WebAssembly text: {}", error.lines().next().unwrap_or_default()))
-            })?,
-            wat::Detect::Unknown => {
-                let shown: Vec<String> = wasm.iter().take(4).map(|byte| format!("{byte:02x}")).collect();
-                let more = if wasm.len() > shown.len() { " …" } else { "" };
-                return Err(fail(format!(
-                    "is not WebAssembly (starts with {}{more}); it must be a binary module or \
-                     component (starting with 00 61 73 6d, \"\\0asm\") or WAT text (starting with \"(\")",
-                    shown.join(" ")
-                )));
-            }
-        };
+        let binary = binary_of(wasm).map_err(fail)?;
         // Hashing a 19 MB component takes tens of milliseconds: the file's digest names the
         // code that ran and, for a binary file, keys the cache as well.
         let file_digest = Sha256::digest(wasm);
@@ -565,13 +542,34 @@ pub fn unmatched_override_warnings(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// The kind of a file's WebAssembly: from a binary's header, or from WAT text's first form.
-fn kind_of(wasm: &[u8]) -> Option<Kind> {
+/// A file's WebAssembly as a binary: the file itself, or its WAT text parsed. `Err` says why
+/// it is neither, without quoting the file (see the module docs).
+fn binary_of(wasm: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     match wat::Detect::from_bytes(wasm) {
-        wat::Detect::WasmBinary => Kind::of(wasm),
-        wat::Detect::WasmText => Kind::of(&wat::parse_bytes(wasm).ok()?),
-        wat::Detect::Unknown => None,
+        _ if wasm.is_empty() => Err("is an empty file; it must be a WASI command module (wasm32-wasip1) or \
+                                     component (wasm32-wasip2)"
+            .to_string()),
+        wat::Detect::WasmBinary => Ok(Cow::Borrowed(wasm)),
+        // Only the first line of a WAT error: the rest quotes the offending line.
+        wat::Detect::WasmText => wat::parse_bytes(wasm).map_err(|err| {
+            let error = err.to_string();
+            format!("is not valid WebAssembly text: {}", error.lines().next().unwrap_or_default())
+        }),
+        wat::Detect::Unknown => {
+            let shown: Vec<String> = wasm.iter().take(4).map(|byte| format!("{byte:02x}")).collect();
+            let more = if wasm.len() > shown.len() { " …" } else { "" };
+            Err(format!(
+                "is not WebAssembly (starts with {}{more}); it must be a binary module or \
+                 component (starting with 00 61 73 6d, \"\\0asm\") or WAT text (starting with \"(\")",
+                shown.join(" ")
+            ))
+        }
     }
+}
+
+/// The kind of a file's WebAssembly, when it is WebAssembly at all.
+fn kind_of(wasm: &[u8]) -> Option<Kind> {
+    Kind::of(&binary_of(wasm).ok()?)
 }
 
 fn builtin(name: &str) -> Option<&'static [u8]> {
