@@ -191,6 +191,40 @@ fn failing_processors_retry_then_poison_and_a_flaky_one_recovers(backend: Backen
     }
 }
 
+/// Writes `a`, a NUL byte and `b` to stderr, then exits 1.
+const WRITES_NUL_TO_STDERR: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "a\00b")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const 1))))"#;
+
+/// PostgreSQL's `text` refuses NUL: a processor writing one must fail only its own job, in
+/// a turn that settles other jobs beside it, and never the worker.
+fn a_processor_writing_nul_bytes_fails_alone_and_the_worker_carries_on(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
+    std::fs::write(pool.path("processors/nul.wasm"), WRITES_NUL_TO_STDERR).unwrap();
+    pool.ok(&["seed", "--processor", "nul", "--payload", r#""nul""#]);
+    pool.ok(&["seed", "--count", "20"]);
+
+    let summary: Value =
+        serde_json::from_str(pool.ok(&["work", "--json", "--concurrency", "8"]).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (summary["processed"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()),
+        (Some(23), Some(20), Some(3)),
+        "{summary}"
+    );
+    let nul = job_by_payload(&pool, r#""nul""#);
+    assert_eq!(nul["status"], "poisoned");
+    assert_eq!(outcomes(&nul), ["exit", "exit", "exit"]);
+    assert_eq!(nul["attempt_history"][0]["stderr"], "a\u{2400}b", "NUL is stored visibly: {nul}");
+    assert_eq!(jobs_count(&pool.status(), "completed"), 20);
+}
+
 fn a_long_job_keeps_its_worker_alive_through_heartbeats(backend: Backend) {
     let pool = Pool::on(backend, FAST_LIFECYCLE);
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 5000}"#]);
@@ -451,6 +485,7 @@ on_both_backends!(
     check_spawns_workers_that_drain_the_pool,
     a_killed_workers_job_completes_once_on_another_worker,
     failing_processors_retry_then_poison_and_a_flaky_one_recovers,
+    a_processor_writing_nul_bytes_fails_alone_and_the_worker_carries_on,
     a_long_job_keeps_its_worker_alive_through_heartbeats,
     sigterm_finishes_the_job_in_flight_and_claims_no_more,
     a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper,

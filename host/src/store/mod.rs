@@ -24,6 +24,7 @@ mod sqlite;
 #[cfg(test)]
 mod suite;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -131,18 +132,31 @@ impl Store {
     /// failed and sent through `retry`: back to pending after its backoff, or poisoned when
     /// its attempts are used up), then claims up to `claim.limit` ready jobs. Each attempt is
     /// fenced on its claim: one the reaper took back is [`Settled::Stale`] and changes nothing.
+    /// What the job's code wrote is made [`storable`] first, so no output of one job can fail
+    /// the statement that settles the others with it.
     pub async fn turn(
         &self,
         finished: &[Finished<'_>],
         claim: Option<ClaimRequest<'_>>,
         retry: &RetryPolicy,
     ) -> Result<Turn> {
+        let texts: Vec<[Option<Cow<'_, str>>; 3]> = finished
+            .iter()
+            .map(|attempt| {
+                [attempt.result, attempt.report.message, attempt.report.stderr].map(|text| text.map(storable))
+            })
+            .collect();
         let settlements: Vec<Settlement<'_>> = finished
             .iter()
-            .map(|attempt| Settlement {
+            .zip(&texts)
+            .map(|(attempt, [result, message, stderr])| Settlement {
                 claim: claim_ref(attempt.job),
-                resolution: resolve(attempt.result, attempt.job.attempt, attempt.job.max_attempts, retry),
-                report: attempt.report.clone(),
+                resolution: resolve(result.as_deref(), attempt.job.attempt, attempt.job.max_attempts, retry),
+                report: AttemptReport {
+                    message: message.as_deref(),
+                    stderr: stderr.as_deref(),
+                    ..attempt.report.clone()
+                },
             })
             .collect();
         let turned = self.driver.turn(&settlements, claim.as_ref(), self.clock.now()).await;
@@ -338,6 +352,14 @@ impl Store {
             copied += page.len() as u64;
         }
     }
+}
+
+/// Text a job produced, as every backend can store it. PostgreSQL's `text` refuses NUL (and
+/// would fail the whole turn over one byte a processor wrote to stderr), so NUL is shown as
+/// `␀` (U+2400 SYMBOL FOR NULL), visibly and the same on every backend. Every other
+/// character is kept: the text is valid UTF-8 already.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') { Cow::Owned(text.replace('\0', "\u{2400}")) } else { Cow::Borrowed(text) }
 }
 
 fn claim_ref(job: &ClaimedJob) -> driver::ClaimRef {

@@ -131,6 +131,7 @@ for_each_backend!(
     counts_too_wide_for_u32_are_clamped_when_read,
     a_delay_past_the_end_of_time_saturates_instead_of_wrapping,
     a_turn_fences_each_attempt_alone_and_settles_the_live_ones,
+    output_with_nul_bytes_is_stored_visibly_and_settles_beside_the_others,
     a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token,
     purge_deletes_the_attempt_history_of_the_jobs_it_deletes,
     a_silent_worker_is_reaped_and_its_job_released,
@@ -428,6 +429,36 @@ async fn a_turn_fences_each_attempt_alone_and_settles_the_live_ones(t: TestStore
     assert_eq!(history(&t, &ids[1]).await, [lost]);
     assert_eq!(history(&t, &ids[2]).await, [Some("ok".to_owned())]);
     assert_eq!(history(&t, &ids[3]).await, [Some("exit".to_owned())]);
+    t.assert_counts_exact().await;
+}
+
+async fn output_with_nul_bytes_is_stored_visibly_and_settles_beside_the_others(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t.store.enqueue_all(&[job("default", 2), job("default", 1), job("default", 0)]).await.unwrap();
+    let held = t.claim("default", "w1", LEASE, 3).await.unwrap();
+    let nul_failure = AttemptReport {
+        message: Some("trap in \0guest"),
+        stderr: Some("a\0b"),
+        ..AttemptReport::of(OutcomeKind::Trap)
+    };
+    let ok = AttemptReport { stderr: Some("log\0line"), ..AttemptReport::of(OutcomeKind::Ok) };
+    let finished = [
+        Finished { job: &held[0], report: ok.clone(), result: Some("1") },
+        Finished { job: &held[1], report: nul_failure, result: None },
+        Finished { job: &held[2], report: ok, result: Some(r#""clean""#) },
+    ];
+    let turn = t.store.turn(&finished, None, &NO_BACKOFF).await.unwrap();
+    assert_eq!(turn.settled, [Settled::Completed, Settled::Retrying { run_at: t.now() }, Settled::Completed]);
+
+    let jobs = t.store.jobs(&[&ids[0], &ids[1], &ids[2]]).await.unwrap();
+    let by_id = |id: &str| jobs.iter().find(|job| job.job.id == id).unwrap();
+    let failed = &by_id(&ids[1]).attempt_history[0];
+    assert_eq!(failed.stderr.as_deref(), Some("a\u{2400}b"));
+    assert_eq!(failed.message.as_deref(), Some("trap in \u{2400}guest"));
+    assert_eq!(by_id(&ids[1]).job.last_error.as_deref(), Some("trap: trap in \u{2400}guest"));
+    assert_eq!(by_id(&ids[0]).attempt_history[0].stderr.as_deref(), Some("log\u{2400}line"));
+    assert_eq!(by_id(&ids[0]).result, Some(serde_json::json!(1)));
+    assert_eq!(by_id(&ids[2]).result, Some(serde_json::json!("clean")));
     t.assert_counts_exact().await;
 }
 
