@@ -1218,6 +1218,28 @@ fn metrics_report_a_known_state(backend: Backend) {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// SQLite only: escaping label values is the HTTP layer's, whatever the database.
+#[test]
+fn metric_labels_are_escaped_so_no_pool_name_breaks_the_scrape() {
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let names = [r#"x",status="y"#, r"back\slash", r#"\"both\"#];
+    for name in names {
+        api.enqueue(&json!({"processor": "echo", "pool": name, "delay": "1h"}));
+    }
+    let metrics = api.metrics();
+    for name in names {
+        assert_eq!(metrics.get("jobhost_jobs", &[("pool", name), ("status", "pending")]), 1.0, "{}", metrics.text);
+        assert_eq!(metrics.get("jobhost_ready_jobs", &[("pool", name)]), 0.0);
+    }
+    for line in metrics.text.lines().filter(|line| line.contains("pool=")) {
+        let labels = line.split_once('{').and_then(|(_, rest)| rest.rsplit_once('}')).map_or("", |(labels, _)| labels);
+        assert!(labels.matches("status=\"").count() <= 1, "one status label per sample: {line}");
+    }
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
 // ------------------------------------------------------------------------------------------
 // Long-polls
 // ------------------------------------------------------------------------------------------

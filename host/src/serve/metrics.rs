@@ -6,6 +6,10 @@
 //! activity table (see `store::activity`) attempts by outcome, their duration and fuel
 //! histograms, and jobs queued and claimed as counters to take rates of. A scrape reads
 //! kept counts and short index ranges only, so it costs the same at a million jobs.
+//!
+//! Label values are names people and API clients choose (pools, hosts), so every one is
+//! escaped as the exposition format says ([`Label`]): a quote in a pool name must not end
+//! its label and make Prometheus reject the whole scrape.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +18,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -53,12 +57,34 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
 }
 
+/// A label value, escaped as OpenMetrics and Prometheus's text format require: backslash,
+/// double quote and line feed (prometheus-client writes `&str` values as they are).
+#[derive(Debug, Clone, Copy)]
+struct Label<'a>(&'a str);
+
+impl EncodeLabelValue for Label<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, Label<'a>)>;
+
 fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    values: &[(Vec<(&str, &str)>, i64)],
+    values: &[(Labels<'_>, i64)],
 ) -> std::fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for (labels, value) in values {
@@ -67,12 +93,7 @@ fn gauge(
     Ok(())
 }
 
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    values: &[(Vec<(&str, &str)>, u64)],
-) -> std::fmt::Result {
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, values: &[(Labels<'_>, u64)]) -> std::fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in values {
         ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
@@ -91,13 +112,13 @@ impl Collector for Scrape {
             .iter()
             .flat_map(|pool| {
                 pool.jobs.by_status().map(|(status, count)| {
-                    (vec![("pool", pool.pool.as_str()), ("status", status.as_str())], as_gauge(count))
+                    (vec![("pool", Label(&pool.pool)), ("status", Label(status.as_str()))], as_gauge(count))
                 })
             })
             .collect();
         gauge(&mut encoder, "jobhost_jobs", "Jobs by pool and status.", None, &jobs)?;
         let ready: Vec<_> =
-            pools.iter().map(|pool| (vec![("pool", pool.pool.as_str())], as_gauge(pool.ready))).collect();
+            pools.iter().map(|pool| (vec![("pool", Label(&pool.pool))], as_gauge(pool.ready))).collect();
         gauge(&mut encoder, "jobhost_ready_jobs", "Pending jobs whose time has come.", None, &ready)?;
         let mut age = encoder.encode_descriptor(
             "jobhost_oldest_ready_age",
@@ -107,14 +128,14 @@ impl Collector for Scrape {
         )?;
         for pool in pools {
             let seconds = pool.oldest_ready_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
-            ConstGauge::new(seconds).encode(age.encode_family(&[("pool", pool.pool.as_str())])?)?;
+            ConstGauge::new(seconds).encode(age.encode_family(&[("pool", Label(&pool.pool))])?)?;
         }
 
         let mut workers = Vec::new();
         for (host, counts) in &self.status.hosts {
             let host = if host.is_empty() { "unknown" } else { host.as_str() };
             for (status, count) in counts.by_status() {
-                workers.push((vec![("host", host), ("status", status)], as_gauge(count)));
+                workers.push((vec![("host", Label(host)), ("status", Label(status))], as_gauge(count)));
             }
         }
         gauge(&mut encoder, "jobhost_workers", "Registered workers by host and status.", None, &workers)?;
@@ -125,7 +146,7 @@ impl Collector for Scrape {
             .iter()
             .map(|((pool, processor, outcome), count)| {
                 (
-                    vec![("pool", pool.as_str()), ("processor", processor.as_str()), ("outcome", outcome.as_str())],
+                    vec![("pool", Label(pool)), ("processor", Label(processor)), ("outcome", Label(outcome.as_str()))],
                     *count,
                 )
             })
@@ -134,15 +155,13 @@ impl Collector for Scrape {
         let enqueued: Vec<_> = activity
             .enqueued
             .iter()
-            .map(|((pool, processor), count)| {
-                (vec![("pool", pool.as_str()), ("processor", processor.as_str())], *count)
-            })
+            .map(|((pool, processor), count)| (vec![("pool", Label(pool)), ("processor", Label(processor))], *count))
             .collect();
         counter(&mut encoder, "jobhost_enqueued_jobs", "Jobs queued, by pool and processor.", &enqueued)?;
         // Every claim starts an attempt, which is either finished (and counted) or still held.
         let claims: Vec<_> = pools
             .iter()
-            .map(|pool| (vec![("pool", pool.pool.as_str())], activity.attempts_in(&pool.pool) + pool.jobs.claimed))
+            .map(|pool| (vec![("pool", Label(&pool.pool))], activity.attempts_in(&pool.pool) + pool.jobs.claimed))
             .collect();
         counter(&mut encoder, "jobhost_claims", "Jobs claimed by workers (attempts started), by pool.", &claims)?;
 
@@ -166,7 +185,7 @@ impl Collector for Scrape {
         ] {
             let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Histogram)?;
             for ((pool, processor), histogram) in histograms.iter().filter(|(_, h)| h.count > 0) {
-                let labels = [("pool", pool.as_str()), ("processor", processor.as_str())];
+                let labels = [("pool", Label(pool)), ("processor", Label(processor))];
                 let sum = histogram.sum as f64 / divisor;
                 let mut points = histogram.points(bounds, divisor);
                 // prometheus-client writes `le="+Inf"` for a last bound of f64::MAX only.
