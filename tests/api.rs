@@ -1240,6 +1240,63 @@ fn metric_labels_are_escaped_so_no_pool_name_breaks_the_scrape() {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// SQLite only: a database file that is gone is the simplest database that stops answering.
+#[test]
+fn readiness_tells_a_live_server_from_one_without_its_database() {
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let ready = api.get("/readyz");
+    assert_eq!((ready.status, ready.text.trim()), (200, "ready"), "{}", ready.describe());
+
+    std::fs::rename(pool.db(), pool.path("moved-away.db")).unwrap();
+    let error = api.get("/readyz").expect_error(503, "unavailable", None);
+    let message = error["message"].as_str().unwrap();
+    assert!(!message.contains("moved-away") && !message.contains(".db"), "an open probe names no file: {message}");
+    let live = api.get("/healthz");
+    assert_eq!((live.status, live.text.trim()), (200, "ok"), "the process itself is alive");
+
+    std::fs::rename(pool.path("moved-away.db"), pool.db()).unwrap();
+    assert_eq!(api.get("/readyz").status, 200, "ready again once the database is back");
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// PostgreSQL only: what is tested is the server's connection coming back.
+#[test]
+fn serve_reconnects_after_postgres_ends_its_connection() {
+    let pool = empty_pool(Backend::Postgres, "");
+    // The server's connections carry a name of their own, so the test ends exactly those.
+    let name = format!("jobhost-test-{}", uuid::Uuid::new_v4().simple());
+    let separator = if pool.location().contains('?') { '&' } else { '?' };
+    let named = pool.reached_at(&format!("{}{separator}application_name={name}", pool.location()));
+    let server = named.serve(&[]);
+    let api = Api::new(&server);
+    let id = api.enqueue(&json!({"processor": "echo", "delay": "1h"}));
+    assert_eq!(api.get("/readyz").status, 200);
+
+    for round in 0..2 {
+        let ended = pool.server_rows(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+        ));
+        assert_eq!(ended, ["t"], "round {round}: the server had one connection");
+        // The request that meets the closed connection may fail; the server must be back
+        // well within the deadline, without a restart.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = api.get(&format!("/api/v1/jobs/{id}"));
+            if reply.status == 200 {
+                break;
+            }
+            assert_eq!(reply.status, 503, "round {round}: {}", reply.describe());
+            assert!(Instant::now() < deadline, "round {round}: still {} after 10 s", reply.describe());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(api.get("/readyz").status, 200, "round {round}");
+        assert_eq!(api.get("/api/v1/status").status, 200, "round {round}");
+    }
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
 // ------------------------------------------------------------------------------------------
 // Long-polls
 // ------------------------------------------------------------------------------------------

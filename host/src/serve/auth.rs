@@ -221,9 +221,10 @@ pub fn is_api(path: &str) -> bool {
     path.starts_with("/api/") || path == "/metrics"
 }
 
-/// Paths anyone may reach: the health check, the sign-in page and the dashboard's assets.
+/// Paths anyone may reach: the health and readiness probes, the sign-in page and the
+/// dashboard's assets.
 fn is_open(path: &str) -> bool {
-    path == "/healthz" || path == "/login" || path.starts_with("/assets/")
+    path == "/healthz" || path == "/readyz" || path == "/login" || path.starts_with("/assets/")
 }
 
 /// The checks every request passes: the host it names, where a change comes from, who is

@@ -198,6 +198,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readiness))
         .route("/", get(dashboard::overview))
         .route("/jobs", get(dashboard::jobs))
         .route("/jobs/bulk", post(dashboard::bulk))
@@ -216,6 +217,26 @@ fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(serve.max_body.0 as usize))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
+}
+
+/// `GET /readyz`: 200 when the database answers now, else 503, for a load balancer or a
+/// Kubernetes readinessProbe; `/healthz` answers as long as the process serves (a
+/// livenessProbe), so a server cut off from its database is taken out of rotation, not
+/// restarted. Asking is also what reconnects a lost connection. The probe is open to anyone,
+/// so the database's name and error go to the log, not into the answer.
+async fn readiness(axum::extract::State(app): axum::extract::State<Arc<App>>) -> axum::response::Response {
+    match app.store().ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(err) => {
+            tracing::warn!("not ready: {err}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database does not answer now; the server keeps reconnecting (its log says why)",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {

@@ -148,6 +148,8 @@ pub trait Driver: Send + Sync {
     async fn import(&self, jobs: &[ExportedJob]) -> Result<()>;
     /// Whether the pool holds no job and no worker.
     async fn is_empty(&self) -> Result<bool>;
+    /// One cheap read of jobhost's tables: succeeds when the pool can be used now.
+    async fn ping(&self) -> Result<()>;
 
     /// Tests only: differences between the kept job counts and a real count.
     #[cfg(test)]

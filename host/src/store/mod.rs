@@ -278,6 +278,13 @@ impl Store {
         Ok(Reaped { workers, recovery })
     }
 
+    /// Succeeds when the pool answers a read now. Like every operation, it first reconnects
+    /// a PostgreSQL connection the server dropped.
+    pub async fn ping(&self) -> Result<()> {
+        let answered = self.driver.ping().await;
+        self.named(answered)
+    }
+
     /// Registers as `starting` the workers the checker on `request.host` should start:
     /// as many as there are ready jobs not yet covered by live workers on any host, at most
     /// this host's free slots. Concurrent checkers (on one host or many) never over-spawn.

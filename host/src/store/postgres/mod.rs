@@ -23,17 +23,16 @@ macro_rules! now_sql {
     };
 }
 
+mod connection;
 mod jobs;
 mod schema;
 mod tls;
 mod workers;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Statement};
 
 use super::Access;
 use super::activity::ActivityRow;
@@ -51,8 +50,7 @@ const ANALYZE_AFTER: u64 = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PostgresDriver {
-    client: tokio::sync::Mutex<Client>,
-    statements: std::sync::Mutex<HashMap<String, Statement>>,
+    connection: connection::Connection,
     location: String,
 }
 
@@ -78,28 +76,11 @@ impl PostgresDriver {
         // Every statement names its tables unqualified; the schema is fixed per session.
         let options = format!("{} -c search_path={}", pg.get_options().unwrap_or(""), config.schema);
         pg.options(options.trim_start());
-        let (mut client, connection) = pg.connect(tls.connector).await.map_err(|err| fail(StoreError::from(err)))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!("PostgreSQL connection ended: {err}");
-            }
-        });
-        schema::migrate(&mut client, &config.schema, access).await.map_err(fail)?;
-        Ok(PostgresDriver {
-            client: tokio::sync::Mutex::new(client),
-            statements: std::sync::Mutex::new(HashMap::new()),
-            location,
-        })
-    }
-
-    /// `sql` prepared on this connection, once.
-    async fn prepare(&self, client: &Client, sql: &str) -> Result<Statement> {
-        if let Some(statement) = self.statements.lock().expect("never poisoned").get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = client.prepare(sql).await?;
-        self.statements.lock().expect("never poisoned").insert(sql.to_owned(), statement.clone());
-        Ok(statement)
+        let connection = connection::Connection::open(pg, tls.connector).await.map_err(fail)?;
+        schema::migrate(&mut connection.link().await.map_err(fail)?.client, &config.schema, access)
+            .await
+            .map_err(fail)?;
+        Ok(PostgresDriver { connection, location })
     }
 }
 
@@ -200,9 +181,9 @@ impl Driver for PostgresDriver {
     }
 
     async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
-        let mut client = self.client.lock().await;
-        let statement = self.prepare(&client, jobs::ENQUEUE).await?;
-        let tx = client.transaction().await?;
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(jobs::ENQUEUE).await?;
+        let tx = link.client.transaction().await?;
         let queued = jobs::enqueue(&tx, &statement, jobs, now).await?;
         tx.commit().await?;
         // Until autovacuum first analyses a freshly filled table, the planner believes it
@@ -210,7 +191,7 @@ impl Driver for PostgresDriver {
         // a claim at 100,000 jobs instead of 0.1 ms). A large enqueue gathers the statistics
         // itself; the jobs are committed either way, so a failure here is only logged.
         if queued >= ANALYZE_AFTER
-            && let Err(err) = client.batch_execute("ANALYZE jobs").await
+            && let Err(err) = link.client.batch_execute("ANALYZE jobs").await
         {
             tracing::warn!("ANALYZE jobs after queueing {queued} jobs failed: {}", StoreError::from(err));
         }
@@ -226,9 +207,9 @@ impl Driver for PostgresDriver {
         if settlements.is_empty() && claim.is_none() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let client = self.client.lock().await;
-        let statement = self.prepare(&client, jobs::TURN).await?;
-        let (settled, mut claimed) = jobs::turn(&client, &statement, settlements, claim, now).await?;
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(jobs::TURN).await?;
+        let (settled, mut claimed) = jobs::turn(&link.client, &statement, settlements, claim, now).await?;
         // The claim ran on the statement's snapshot, in which a job this turn sent back for
         // an immediate retry was still claimed. Claim again rather than answer "nothing
         // ready" while that job is; only turns that retried something pay for it.
@@ -236,68 +217,67 @@ impl Driver for PostgresDriver {
             && settled.iter().any(|settled| matches!(settled, Settled::Retrying { .. }))
         {
             let more = ClaimRequest { limit: claim.limit - claimed.len() as u32, ..*claim };
-            claimed.extend(jobs::turn(&client, &statement, &[], Some(&more), now).await?.1);
+            claimed.extend(jobs::turn(&link.client, &statement, &[], Some(&more), now).await?.1);
         }
         Ok((settled, claimed))
     }
 
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
-        let client = self.client.lock().await;
-        let (jobs, histories) =
-            (self.prepare(&client, &jobs::JOBS).await?, self.prepare(&client, jobs::HISTORIES).await?);
-        jobs::jobs(&client, &jobs, &histories, ids).await
+        let mut link = self.connection.link().await?;
+        let (jobs, histories) = (link.prepare(&jobs::JOBS).await?, link.prepare(jobs::HISTORIES).await?);
+        jobs::jobs(&link.client, &jobs, &histories, ids).await
     }
 
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
-        let client = self.client.lock().await;
-        let statement = self.prepare(&client, &jobs::LIST).await?;
-        jobs::list(&client, &statement, filter).await
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(&jobs::LIST).await?;
+        jobs::list(&link.client, &statement, filter).await
     }
 
     async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
-        let client = self.client.lock().await;
-        jobs::retry(&client, id, now).await
+        let link = self.connection.link().await?;
+        jobs::retry(&link.client, id, now).await
     }
 
     async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
-        let client = self.client.lock().await;
-        jobs::statuses(&client, ids).await
+        let link = self.connection.link().await?;
+        jobs::statuses(&link.client, ids).await
     }
 
     async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
-        let client = self.client.lock().await;
-        jobs::retry_matching(&client, matching, now).await
+        let link = self.connection.link().await?;
+        jobs::retry_matching(&link.client, matching, now).await
     }
 
     async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
-        let client = self.client.lock().await;
-        jobs::cancel(&client, id, now).await
+        let link = self.connection.link().await?;
+        jobs::cancel(&link.client, id, now).await
     }
 
     async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
-        let client = self.client.lock().await;
-        jobs::cancel_matching(&client, matching, now).await
+        let link = self.connection.link().await?;
+        jobs::cancel_matching(&link.client, matching, now).await
     }
 
     async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
-        let client = self.client.lock().await;
-        jobs::purge(&client, older_than, statuses, now).await
+        let link = self.connection.link().await?;
+        jobs::purge(&link.client, older_than, statuses, now).await
     }
 
     async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {
-        let client = self.client.lock().await;
-        workers::activate(&client, worker, now).await
+        let link = self.connection.link().await?;
+        workers::activate(&link.client, worker, now).await
     }
 
     async fn heartbeat(&self, worker_id: &str, lease: Duration, now: Now) -> Result<bool> {
-        let client = self.client.lock().await;
-        let statement = self.prepare(&client, workers::HEARTBEAT).await?;
-        workers::heartbeat(&client, &statement, worker_id, lease, now).await
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(workers::HEARTBEAT).await?;
+        workers::heartbeat(&link.client, &statement, worker_id, lease, now).await
     }
 
     async fn deregister_worker(&self, worker_id: &str, now: Now) -> Result<()> {
-        let client = self.client.lock().await;
-        workers::deregister(&client, worker_id, now).await
+        let link = self.connection.link().await?;
+        workers::deregister(&link.client, worker_id, now).await
     }
 
     async fn mark_lost_workers(
@@ -307,74 +287,81 @@ impl Driver for PostgresDriver {
         start_grace: Duration,
         now: Now,
     ) -> Result<Vec<String>> {
-        let client = self.client.lock().await;
+        let link = self.connection.link().await?;
         // Reaping runs on every checker's interval: a steady moment to fold the counts and
         // the activity, so their appended rows stay few even when nobody reads them.
-        client.execute(workers::FOLD_COUNTS, &[]).await?;
-        client.execute(workers::FOLD_ACTIVITY.as_str(), &[&now]).await?;
-        workers::mark_lost(&client, pool, stale_after, start_grace, now).await
+        link.client.execute(workers::FOLD_COUNTS, &[]).await?;
+        link.client.execute(workers::FOLD_ACTIVITY.as_str(), &[&now]).await?;
+        workers::mark_lost(&link.client, pool, stale_after, start_grace, now).await
     }
 
     async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {
-        let client = self.client.lock().await;
-        jobs::abandoned(&client, pool, now).await
+        let link = self.connection.link().await?;
+        jobs::abandoned(&link.client, pool, now).await
     }
 
     async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
-        let mut client = self.client.lock().await;
-        let tx = client.transaction().await?;
+        let mut link = self.connection.link().await?;
+        let tx = link.client.transaction().await?;
         let plan = workers::plan(&tx, request, now).await?;
         tx.commit().await?;
         Ok(plan)
     }
 
     async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
-        let client = self.client.lock().await;
-        workers::status(&client, pool, now).await
+        let link = self.connection.link().await?;
+        workers::status(&link.client, pool, now).await
     }
 
     async fn pool_names(&self) -> Result<Vec<String>> {
-        let client = self.client.lock().await;
-        workers::pool_names(&client).await
+        let link = self.connection.link().await?;
+        workers::pool_names(&link.client).await
     }
 
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
-        let client = self.client.lock().await;
-        workers::list(&client, filter).await
+        let link = self.connection.link().await?;
+        workers::list(&link.client, filter).await
     }
 
     async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
-        let client = self.client.lock().await;
-        workers::activity(&client, now).await
+        let link = self.connection.link().await?;
+        workers::activity(&link.client, now).await
     }
 
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
-        let client = self.client.lock().await;
-        jobs::export(&client, after, limit).await
+        let link = self.connection.link().await?;
+        jobs::export(&link.client, after, limit).await
     }
 
     async fn import(&self, exported: &[ExportedJob]) -> Result<()> {
-        let mut client = self.client.lock().await;
-        let tx = client.transaction().await?;
+        let mut link = self.connection.link().await?;
+        let tx = link.client.transaction().await?;
         jobs::import(&tx, exported).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn is_empty(&self) -> Result<bool> {
-        let client = self.client.lock().await;
-        let row = client
+        let link = self.connection.link().await?;
+        let row = link
+            .client
             .query_one("SELECT NOT EXISTS (SELECT 1 FROM jobs) AND NOT EXISTS (SELECT 1 FROM workers)", &[])
             .await?;
         Ok(row.get(0))
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.connection.link().await?.client.query_one("SELECT EXISTS (SELECT 1 FROM jobs)", &[]).await?;
+        Ok(())
+    }
+
     #[cfg(test)]
     async fn drifted_counts(&self) -> Result<Vec<String>> {
         let rows = self
+            .connection
+            .link()
+            .await?
             .client
-            .lock()
-            .await
             .query(
                 "SELECT coalesce(c.pool, k.pool), coalesce(c.status, k.status), coalesce(c.n, 0), coalesce(k.jobs, 0)
                    FROM (SELECT pool, status, count(*) AS n FROM jobs GROUP BY pool, status) c
@@ -396,12 +383,12 @@ impl Driver for PostgresDriver {
 
     #[cfg(test)]
     async fn execute_for_test(&self, sql: &str) -> Result<()> {
-        Ok(self.client.lock().await.batch_execute(sql).await?)
+        Ok(self.connection.link().await?.client.batch_execute(sql).await?)
     }
 
     #[cfg(test)]
     async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>> {
-        let rows = self.client.lock().await.query(sql, &[]).await?;
+        let rows = self.connection.link().await?.client.query(sql, &[]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }
@@ -409,6 +396,21 @@ impl Driver for PostgresDriver {
 #[cfg(test)]
 mod tests {
     use super::redact;
+    use crate::store::suite::postgres_config;
+    use crate::store::{Access, ErrorKind, Store};
+
+    #[tokio::test]
+    async fn a_connection_the_server_ends_is_replaced_at_the_next_operation() {
+        let store = Store::open(&postgres_config(), Access::CreateIfMissing).await.unwrap();
+        store.ping().await.unwrap();
+        let ended = store.driver.execute_for_test("SELECT pg_terminate_backend(pg_backend_pid())").await.unwrap_err();
+        assert_eq!(ended.kind(), ErrorKind::Unreachable, "{ended}");
+        // The operation racing the connection's end may still fail; the one after it may not.
+        let answers = [store.ping().await, store.ping().await];
+        assert!(answers.iter().any(Result::is_ok), "the store never reconnected: {answers:?}");
+        assert!(answers[1].is_ok(), "{answers:?}");
+        assert_eq!(store.status(None).await.unwrap().jobs, crate::store::JobCounts::default());
+    }
 
     #[test]
     fn a_password_never_shows_in_the_location() {

@@ -313,6 +313,13 @@ impl Driver for SqliteDriver {
         })
     }
 
+    async fn ping(&self) -> Result<()> {
+        // A file deleted or replaced under an open connection still answers reads: the pool
+        // is only usable if its name still leads to the file this process has open.
+        verify_fingerprint(&self.fingerprint())?;
+        self.with_conn(|conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM jobs)", [], |_| Ok(()))?))
+    }
+
     #[cfg(test)]
     async fn drifted_counts(&self) -> Result<Vec<String>> {
         self.with_conn(|conn| {
