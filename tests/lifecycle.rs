@@ -63,6 +63,12 @@ fn outcomes(job: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Runs one worker at `concurrency` until the pool is drained; returns its `--json` summary.
+fn drain(pool: &Pool, concurrency: &str) -> Value {
+    let output = pool.ok(&["work", "--json", "--concurrency", concurrency]);
+    serde_json::from_str(output.lines().last().expect("a summary line")).expect("a JSON summary")
+}
+
 fn job_by_payload(pool: &Pool, payload: &str) -> Value {
     let payload: Value = serde_json::from_str(payload).expect("a JSON payload");
     pool.all_jobs().into_iter().find(|j| j["payload"] == payload).expect("job with that payload")
@@ -165,8 +171,7 @@ fn failing_processors_retry_then_poison_and_a_flaky_one_recovers(backend: Backen
     pool.ok(&["seed", "--processor", "third_time_lucky", "--payload", r#""flaky""#]);
     pool.ok(&["seed", "--processor", "echo", "--payload", r#"{"delay_ms": 60000}"#]);
 
-    let summary: Value =
-        serde_json::from_str(pool.ok(&["work", "--json", "--concurrency", "3"]).lines().last().unwrap()).unwrap();
+    let summary = drain(&pool, "3");
     assert_eq!(
         (summary["processed"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()),
         (Some(9), Some(1), Some(8)),
@@ -191,28 +196,15 @@ fn failing_processors_retry_then_poison_and_a_flaky_one_recovers(backend: Backen
     }
 }
 
-/// Writes `a`, a NUL byte and `b` to stderr, then exits 1.
-const WRITES_NUL_TO_STDERR: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "a\00b")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (call $exit (i32.const 1))))"#;
-
 /// PostgreSQL's `text` refuses NUL: a processor writing one must fail only its own job, in
 /// a turn that settles other jobs beside it, and never the worker.
 fn a_processor_writing_nul_bytes_fails_alone_and_the_worker_carries_on(backend: Backend) {
     let pool = Pool::on(backend, FAST_LIFECYCLE);
-    std::fs::write(pool.path("processors/nul.wasm"), WRITES_NUL_TO_STDERR).unwrap();
+    std::fs::write(pool.path("processors/nul.wasm"), support::writes_stderr_then_fails(r"a\00b", 3)).unwrap();
     pool.ok(&["seed", "--processor", "nul", "--payload", r#""nul""#]);
     pool.ok(&["seed", "--count", "20"]);
 
-    let summary: Value =
-        serde_json::from_str(pool.ok(&["work", "--json", "--concurrency", "8"]).lines().last().unwrap()).unwrap();
+    let summary = drain(&pool, "8");
     assert_eq!(
         (summary["processed"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()),
         (Some(23), Some(20), Some(3)),

@@ -373,21 +373,14 @@ fn many_processes_share_one_pool_and_complete_every_job_exactly_once(backend: Ba
 }
 
 /// Writes a clear-screen and a window-title escape to stderr, then fails.
-const TERMINAL_PRANK: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "\1b[2J\1b]0;owned\07gotcha")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 20))
-    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (call $exit (i32.const 1))))"#;
+fn terminal_prank() -> String {
+    support::writes_stderr_then_fails(r"\1b[2J\1b]0;owned\07gotcha", 20)
+}
 
 #[test]
 fn a_guests_escape_sequences_reach_a_terminal_escaped_and_json_verbatim() {
     let pool = Pool::new("");
-    std::fs::write(pool.path("processors/prank.wasm"), TERMINAL_PRANK).unwrap();
+    std::fs::write(pool.path("processors/prank.wasm"), terminal_prank()).unwrap();
     pool.ok(&["seed", "--processor", "prank", "--max-attempts", "1"]);
     pool.ok(&["work"]);
     let id = pool.json(&["jobs", "list"])[0]["id"].as_str().unwrap().to_owned();
@@ -419,7 +412,7 @@ fn copy_moves_every_job_with_its_history_and_refuses_a_non_empty_target(backend:
     // The source's process opens the target, so its config names the target's schema.
     let schema = std::fs::read_to_string(target.path("jobhost.yml")).unwrap();
     let pool = Pool::on(backend, &format!("{schema}retry: {{backoff_initial: 0, backoff_max: 0}}\n"));
-    std::fs::write(pool.path("processors/prank.wasm"), TERMINAL_PRANK).unwrap();
+    std::fs::write(pool.path("processors/prank.wasm"), terminal_prank()).unwrap();
     pool.ok(&["seed", "--count", "3"]);
     pool.ok(&["seed", "--processor", "prank", "--max-attempts", "2"]);
     pool.ok(&["work"]);

@@ -344,3 +344,20 @@ impl Server {
         self.process.wait_at_most(timeout, "jobhost serve stopping on SIGTERM").status
     }
 }
+
+/// A processor, as WAT text, that writes `bytes` to stderr and exits 1. `bytes` is written
+/// in WAT's string syntax (`\00` is a NUL byte); `length` is how many bytes that makes.
+pub fn writes_stderr_then_fails(bytes: &str, length: u32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{bytes}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const {length}))
+    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const 1))))"#
+    )
+}
