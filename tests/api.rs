@@ -1537,13 +1537,13 @@ fn a_token_from_the_environment_a_file_or_the_config_guards_the_api() {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
-/// Insists that an answer forbids framing, sniffing and referrers.
+/// Insists that an answer forbids framing, sniffing and referrers to other sites.
 fn assert_unframeable(reply: &Reply) {
     let policy = reply.header("content-security-policy").unwrap_or_else(|| panic!("no CSP: {}", reply.describe()));
     assert!(policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'self'"), "{policy}");
     assert_eq!(reply.header("x-frame-options"), Some("DENY"), "{}", reply.describe());
     assert_eq!(reply.header("x-content-type-options"), Some("nosniff"), "{}", reply.describe());
-    assert_eq!(reply.header("referrer-policy"), Some("no-referrer"), "{}", reply.describe());
+    assert_eq!(reply.header("referrer-policy"), Some("same-origin"), "{}", reply.describe());
 }
 
 /// SQLite only: these headers and refusals are the HTTP layer's, whatever the database.

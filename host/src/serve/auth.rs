@@ -15,7 +15,7 @@
 //!   name a loopback `Host` (which defeats DNS rebinding), and changes must not come from a
 //!   page of another origin (`Origin`) or another site (`Sec-Fetch-Site`).
 //! - No page may frame the dashboard (so its buttons cannot be clicked through), and every
-//!   answer forbids content sniffing and referrers ([`security_headers`]).
+//!   answer forbids content sniffing and referrers to other sites ([`security_headers`]).
 //! - Every dashboard form that changes something carries a CSRF token tied to the session
 //!   (or, without a token, to this server process).
 
@@ -521,14 +521,16 @@ pub fn too_many_failures(api: bool, wait: Duration) -> Response {
 
 /// Adds the headers every answer carries: no framing (`frame-ancestors`, and
 /// `X-Frame-Options` for older browsers), no content from elsewhere, no MIME sniffing, and
-/// no `Referer` leaking job ids to other sites.
+/// no `Referer` leaking job ids to other sites. (`same-origin`, not `no-referrer`: under
+/// `no-referrer` browsers send `Origin: null` with the dashboard's own form posts, which
+/// [`guard`] must refuse as it refuses a sandboxed frame's.)
 pub async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }
 
