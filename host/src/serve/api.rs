@@ -4,6 +4,9 @@
 //! Requests are read the way `jobhost seed` reads its flags: the same names, limits and
 //! checks (`settings::check_name`, `processors::validate_name`, `store::check_payload`,
 //! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every refusal names the field, e.g. `jobs[2].payload`.
+//!
+//! What one request may cost is bounded: pages of jobs and of a job's attempts, and a
+//! processors listing kept while the folder stays the same ([`ProcessorListing`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

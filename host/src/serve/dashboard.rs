@@ -1,12 +1,13 @@
 //! The dashboard: HTML pages rendered on the server (maud escapes every value put in them),
 //! so every page reads and every action works without JavaScript. A small script
 //! (`assets/live.js`) refreshes each page's `<main>` every two seconds without a reload.
-//! Every asset is compiled into the binary: the dashboard needs no network. (The processors
-//! page, whose listing loads every processor, is left out of the refresh.)
+//! Every asset is compiled into the binary, and no page has inline script or style, so the
+//! content security policy (see `auth`) lets nothing else run. (The processors page, whose
+//! listing loads every processor, is left out of the refresh.)
 //!
 //! Pages: the overview (counts, throughput over the last hour, pools), jobs (filters,
-//! pages, bulk retry and cancel), one job (payload, result, attempt timeline), workers, and
-//! processors. Actions are POST forms carrying the caller's CSRF token, answered with a
+//! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
+//! attempts a page at a time, workers, and processors. Actions are POST forms carrying the caller's CSRF token, answered with a
 //! redirect back (303), so a reload never repeats them.
 
 use std::sync::Arc;
