@@ -782,13 +782,16 @@ impl App {
     }
 }
 
+/// A listing and the version of the folder it was made from.
+type KeptListing = (FolderVersion, Arc<Vec<ProcessorInfo>>);
+
 /// The processors listing, kept while the processors folder stays the same. Listing loads
 /// every processor (a compile, or a read of the compile cache), so it is made once per
 /// version of the folder ([`FolderVersion`]: each file's size, times and inode), one at a
 /// time: callers that come meanwhile wait for it and share it.
 #[derive(Default)]
 pub struct ProcessorListing {
-    latest: Arc<tokio::sync::Mutex<Option<(FolderVersion, Arc<Vec<ProcessorInfo>>)>>>,
+    latest: Arc<tokio::sync::Mutex<Option<KeptListing>>>,
     /// Listings made (a counter in /metrics), to show that repeats load nothing.
     pub made: AtomicU64,
 }
@@ -798,7 +801,7 @@ impl ProcessorListing {
     /// else a new one. Blocks on file reads and compiles.
     fn refresh(
         &self,
-        mut latest: OwnedMutexGuard<Option<(FolderVersion, Arc<Vec<ProcessorInfo>>)>>,
+        mut latest: OwnedMutexGuard<Option<KeptListing>>,
         config: &Config,
         sandbox: &Sandbox,
     ) -> anyhow::Result<Arc<Vec<ProcessorInfo>>> {
