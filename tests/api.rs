@@ -56,6 +56,8 @@ impl Api {
     fn at(base: &str, token: Option<&str>) -> Api {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirect is an answer to check (the dashboard's forms answer 303).
+            .max_redirects(0)
             // Far above the longest long-poll a test makes: a hung server fails the test.
             .timeout_global(Some(Duration::from_secs(90)))
             .build()
@@ -112,6 +114,17 @@ impl Api {
         let length = body.len();
         let reply = request.send(ureq::SendBody::from_owned_reader(std::io::Cursor::new(body)));
         Reply::of(format!("POST {path} (chunked, {length} bytes)"), reply)
+    }
+
+    /// POST of `body` with its content type and exactly these headers besides (this
+    /// client's token included, if it has one).
+    fn post_with(&self, path: &str, content_type: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.authorized(self.agent.post(format!("{}{path}", self.base)));
+        request = request.header("Content-Type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::of(format!("POST {path} {headers:?} {body:.200}"), request.send(body))
     }
 
     fn delete(&self, path: &str) -> Reply {
@@ -212,6 +225,14 @@ impl Reply {
 
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|value| value.to_str().expect("a text header"))
+    }
+
+    /// The value of the `csrf` field of the page's first form.
+    fn csrf(&self) -> String {
+        let start =
+            self.text.find(r#"name="csrf" value=""#).unwrap_or_else(|| panic!("no CSRF field: {}", self.describe()));
+        let value = &self.text[start + r#"name="csrf" value=""#.len()..];
+        value[..value.find('"').unwrap()].to_owned()
     }
 
     /// The body as JSON, which it must be (with a JSON content type).
@@ -343,9 +364,10 @@ const SUMMARY_KEYS: &[&str] = &[
     "last_error",
 ];
 
-/// The job object's keys: a listed job's, and its payload, result and history.
+/// The job object's keys: a listed job's, and its payload, result, history and where its
+/// older history begins.
 fn job_keys() -> Vec<&'static str> {
-    SUMMARY_KEYS.iter().copied().chain(["payload", "result", "history"]).collect()
+    SUMMARY_KEYS.iter().copied().chain(["payload", "result", "history", "history_cursor"]).collect()
 }
 
 const HISTORY_KEYS: &[&str] = &[
@@ -427,9 +449,11 @@ fn now_ms() -> i64 {
 
 /// The API's job object without its history, and `jobs show --json` without its attempt
 /// history: the same record, which they must agree on.
-fn without(value: &Value, key: &str) -> Value {
+fn without(value: &Value, keys: &[&str]) -> Value {
     let mut value = value.clone();
-    value.as_object_mut().unwrap().remove(key);
+    for key in keys {
+        value.as_object_mut().unwrap().remove(*key);
+    }
     value
 }
 
@@ -437,7 +461,11 @@ fn without(value: &Value, key: &str) -> Value {
 fn assert_matches_cli(pool: &Pool, api_job: &Value) {
     let id = api_job["id"].as_str().unwrap();
     let cli = shown(pool, id);
-    assert_eq!(without(api_job, "history"), without(&cli, "attempt_history"), "GET /api/v1/jobs/{id} vs jobs show");
+    assert_eq!(
+        without(api_job, &["history", "history_cursor"]),
+        without(&cli, &["attempt_history"]),
+        "GET /api/v1/jobs/{id} vs jobs show"
+    );
     let history = api_job["history"].as_array().expect("history is an array");
     let attempts = cli["attempt_history"].as_array().expect("attempt_history is an array");
     assert_eq!(history.len(), attempts.len(), "as many history entries as attempts: {api_job}");
@@ -470,7 +498,7 @@ fn run_at_most(mut command: Command, timeout: Duration) -> Output {
 /// `jobhost serve ARGS` (no `--listen` of the harness's, no token unless `env` gives one).
 fn serve_command(pool: &Pool, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = pool.command(&["serve"]);
-    command.args(args).env_remove("JOBHOST_TOKEN").envs(env.iter().copied());
+    command.args(args).env_remove("JOBHOST_TOKEN").env_remove("JOBHOST_READ_TOKEN").envs(env.iter().copied());
     command
 }
 
@@ -707,6 +735,71 @@ fn get_job_shows_every_field_and_its_history_after_a_run(backend: Backend) {
 
     api.get(&format!("/api/v1/jobs/{}", uuid::Uuid::new_v4())).expect_error(404, "not_found", None);
     api.get("/api/v1/jobs/not-a-job-id").expect_error(404, "not_found", None);
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// The attempt numbers of a list of attempts, in its order.
+fn attempt_numbers(attempts: &Value) -> Vec<u64> {
+    let attempts = attempts.as_array().unwrap_or_else(|| panic!("an array of attempts, not {attempts}"));
+    attempts.iter().map(|attempt| attempt["attempt"].as_u64().expect("an attempt number")).collect()
+}
+
+fn a_long_history_is_paged_behind_the_latest_attempts(backend: Backend) {
+    let pool = empty_pool(backend, "retry: {backoff_initial: 0s}\n");
+    pool.add_processor("exit3.wat", "exit3");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let long = api.enqueue(&json!({"processor": "exit3", "max_attempts": 45}));
+    let short = api.enqueue(&json!({"processor": "exit3", "max_attempts": 20}));
+    work(&pool, &[]);
+
+    let job = api.job(&long);
+    assert_eq!((&job["status"], &job["attempts"]), (&json!("poisoned"), &json!(45)), "{job:.300}");
+    assert_eq!(attempt_numbers(&job["history"]), (26..=45).collect::<Vec<_>>(), "the latest 20, oldest first");
+    assert_matches_cli(&pool, &job);
+    let mut cursor = job["history_cursor"].as_str().expect("older attempts are announced").to_owned();
+    let mut older = Vec::new();
+    loop {
+        let page = api.get(&format!("/api/v1/jobs/{long}/attempts?limit=10&cursor={}", encode(&cursor))).expect(200);
+        assert_eq!(keys(&page), ["attempts", "next_cursor"], "{page:.300}");
+        for attempt in page["attempts"].as_array().unwrap() {
+            assert_eq!(keys(attempt), sorted(HISTORY_KEYS), "{attempt}");
+            assert_eq!(attempt["stderr"], "bad input\n", "whole attempts: {attempt}");
+        }
+        older.extend(attempt_numbers(&page["attempts"]));
+        match &page["next_cursor"] {
+            Value::String(next) => cursor = next.clone(),
+            Value::Null => break,
+            other => panic!("next_cursor is a string or null, not {other}"),
+        }
+    }
+    assert_eq!(older, (1..=25).rev().collect::<Vec<_>>(), "every older attempt once, newest first");
+    let newest = api.get(&format!("/api/v1/jobs/{long}/attempts")).expect(200);
+    assert_eq!(attempt_numbers(&newest["attempts"]), (26..=45).rev().collect::<Vec<_>>(), "20 by default");
+
+    let job = api.job(&short);
+    assert_eq!((attempt_numbers(&job["history"]).len(), &job["history_cursor"]), (20, &Value::Null), "all fit");
+    let page = api.get(&format!("/api/v1/jobs/{short}/attempts?limit=20")).expect(200);
+    assert_eq!((attempt_numbers(&page["attempts"]).len(), &page["next_cursor"]), (20, &Value::Null));
+
+    // The dashboard's job page links to the older attempts, which its attempts page lists.
+    let page = api.get(&format!("/jobs/{long}"));
+    assert_eq!(page.status, 200, "{}", page.describe());
+    assert!(page.text.contains(r#"data-attempt="26""#) && !page.text.contains(r#"data-attempt="25""#));
+    let link = format!(r#"href="/jobs/{long}/attempts?cursor=a26""#);
+    assert!(page.text.contains(&link), "the job page links to older attempts: {}", page.describe());
+    let page = api.get(&format!("/jobs/{long}/attempts?cursor=a26"));
+    assert_eq!(page.status, 200, "{}", page.describe());
+    assert!(page.text.contains(r#"data-attempt="25""#) && page.text.contains(r#"data-attempt="6""#));
+    assert!(!page.text.contains(r#"data-attempt="26""#) && !page.text.contains(r#"data-attempt="5""#));
+    assert!(page.text.contains(&format!(r#"href="/jobs/{long}/attempts?cursor=a6""#)), "and on to the next page");
+
+    let attempts = format!("/api/v1/jobs/{long}/attempts");
+    api.get(&format!("{attempts}?limit=0")).expect_error(422, "invalid_field", Some("limit"));
+    api.get(&format!("{attempts}?limit=101")).expect_error(422, "invalid_field", Some("limit"));
+    api.get(&format!("{attempts}?cursor=j5")).expect_error(422, "invalid_field", Some("cursor"));
+    api.get(&format!("{attempts}?after=a5")).expect_error(422, "invalid_field", None);
+    api.get(&format!("/api/v1/jobs/{}/attempts", uuid::Uuid::new_v4())).expect_error(404, "not_found", None);
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
@@ -1088,6 +1181,44 @@ fn processors_lists_what_the_cli_lists_broken_ones_included() {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// SQLite only: the processors come from this host's folder, not from the database.
+#[test]
+fn the_processors_listing_is_made_once_per_version_of_the_folder() {
+    let pool = empty_pool(Backend::Sqlite, "");
+    pool.add_processor("exit0.wat", "exit0");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let listings = || api.metrics().get("jobhost_server_processor_listings_total", &[]);
+    let status_of = |body: &Value, name: &str| {
+        let list = body["processors"].as_array().unwrap();
+        list.iter().find(|p| p["name"] == name).map(|p| p["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(listings(), 0.0);
+
+    // Callers that come together share one listing.
+    let first: Vec<Value> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8).map(|_| scope.spawn(|| api.get("/api/v1/processors").expect(200))).collect();
+        calls.into_iter().map(|call| call.join().unwrap()).collect()
+    });
+    assert!(first.iter().all(|body| *body == first[0]), "every caller gets the same listing");
+    assert_eq!(status_of(&first[0], "exit0").as_deref(), Some("ok"));
+    assert_eq!(listings(), 1.0, "eight callers at once, one listing");
+    // Asked again (the dashboard's page too) with nothing changed: nothing is loaded again.
+    assert_eq!(api.get("/api/v1/processors").expect(200), first[0]);
+    assert_eq!(api.get("/processors").status, 200);
+    assert_eq!(listings(), 1.0, "nothing changed, nothing loaded");
+
+    // A changed file, a new one and a removed one are each seen at once.
+    pool.add_processor("no_start.wat", "exit0");
+    assert_eq!(status_of(&api.get("/api/v1/processors").expect(200), "exit0").as_deref(), Some("broken"));
+    pool.add_processor("exit3.wat", "late");
+    assert_eq!(status_of(&api.get("/api/v1/processors").expect(200), "late").as_deref(), Some("ok"));
+    std::fs::remove_file(pool.path("processors/late.wasm")).unwrap();
+    assert_eq!(status_of(&api.get("/api/v1/processors").expect(200), "late"), None);
+    assert_eq!(listings(), 4.0, "one listing per change");
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
 /// SQLite only: the document describes the server, whatever the database.
 #[test]
 fn openapi_document_lists_every_endpoint() {
@@ -1107,6 +1238,7 @@ fn openapi_document_lists_every_endpoint() {
     let endpoints: &[(&str, &[&str])] = &[
         ("/jobs", &["get", "post"]),
         ("/jobs/{id}", &["get"]),
+        ("/jobs/{id}/attempts", &["get"]),
         ("/jobs/{id}/retry", &["post"]),
         ("/jobs/{id}/cancel", &["post"]),
         ("/jobs/retry", &["post"]),
@@ -1417,17 +1549,21 @@ fn without_a_token_on_loopback_everything_is_open() {
 }
 
 /// Every guarded endpoint refuses a missing or wrong bearer token and takes the right one.
+/// (Fewer wrong tokens than a client may offer in a row before it must wait.)
 fn assert_guarded_by(server: &Server, pool: &Pool, token: &str, wrong: &str) {
     let anonymous = Api::new(server);
     let right = Api::with_token(server, token);
-    for path in ["/api/v1/status", "/api/v1/jobs", "/api/v1/pools", "/api/v1/openapi.json", "/metrics"] {
+    let paths = ["/api/v1/status", "/api/v1/jobs", "/api/v1/pools", "/api/v1/openapi.json", "/metrics"];
+    for (index, path) in paths.into_iter().enumerate() {
         let reply = anonymous.get(path);
         reply.expect_error(401, "unauthorized", None);
         let challenge = reply.header("www-authenticate").unwrap_or_else(|| panic!("{path}: no WWW-Authenticate"));
         assert!(challenge.to_ascii_lowercase().starts_with("bearer"), "{path}: {challenge}");
-        for header in
-            [format!("Bearer {wrong}"), format!("Bearer {token}x"), format!("Basic {token}"), token.to_owned()]
-        {
+        let mut headers = vec![format!("Bearer {wrong}"), format!("Basic {token}"), token.to_owned()];
+        if index == 0 {
+            headers.push(format!("Bearer {token}x"));
+        }
+        for header in headers {
             let reply = anonymous.get_with(path, &[("Authorization", &header)]);
             reply.expect_error(401, "unauthorized", None);
             assert!(reply.header("www-authenticate").is_some(), "{path} with {header:?}");
@@ -1478,6 +1614,200 @@ fn a_token_from_the_environment_a_file_or_the_config_guards_the_api() {
     let server = pool.serve_with(&[], &[("JOBHOST_TOKEN", sixteen)]);
     assert_guarded_by(&server, &pool, sixteen, "0123456789abcdeg");
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// Insists that an answer forbids framing, sniffing and referrers to other sites.
+fn assert_unframeable(reply: &Reply) {
+    let policy = reply.header("content-security-policy").unwrap_or_else(|| panic!("no CSP: {}", reply.describe()));
+    assert!(policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'self'"), "{policy}");
+    assert_eq!(reply.header("x-frame-options"), Some("DENY"), "{}", reply.describe());
+    assert_eq!(reply.header("x-content-type-options"), Some("nosniff"), "{}", reply.describe());
+    assert_eq!(reply.header("referrer-policy"), Some("same-origin"), "{}", reply.describe());
+}
+
+/// SQLite only: these headers and refusals are the HTTP layer's, whatever the database.
+#[test]
+fn no_page_may_frame_the_dashboard_and_other_sites_cannot_change_jobs() {
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let id = api.enqueue(&json!({"processor": "echo", "delay": "1h"}));
+    for path in [
+        "/".to_owned(),
+        "/jobs".to_owned(),
+        format!("/jobs/{id}"),
+        "/processors".to_owned(),
+        "/assets/style.css".to_owned(),
+        "/assets/live.js".to_owned(),
+        "/api/v1/status".to_owned(),
+        format!("/api/v1/jobs/{id}"),
+        "/metrics".to_owned(),
+        "/healthz".to_owned(),
+        "/no-such-page".to_owned(),
+        "/api/v1/no-such-path".to_owned(),
+    ] {
+        assert_unframeable(&api.get(&path));
+    }
+
+    // A page of another site (a cross-site frame, or a page on another port of this host,
+    // which is the same site) cannot change jobs, even where the browser sends no Origin:
+    // not through the API, nor through the dashboard's own forms with their CSRF token.
+    let csrf = api.get("/jobs").csrf();
+    for site in ["cross-site", "same-site"] {
+        let headers = [("Sec-Fetch-Site", site)];
+        let reply = api.post_with("/api/v1/jobs", "application/json", r#"{"processor": "echo"}"#, &headers);
+        reply.expect_error(403, "forbidden", None);
+        assert_unframeable(&reply);
+        let form = format!("csrf={csrf}&action=cancel-matching");
+        let reply = api.post_with("/jobs/bulk", "application/x-www-form-urlencoded", &form, &headers);
+        assert_eq!(reply.status, 403, "{}", reply.describe());
+        assert!(reply.text.contains("another site"), "{}", reply.describe());
+        let reply = api.post_with(
+            &format!("/jobs/{id}/cancel"),
+            "application/x-www-form-urlencoded",
+            &format!("csrf={csrf}"),
+            &headers,
+        );
+        assert_eq!(reply.status, 403, "{}", reply.describe());
+    }
+    assert_eq!(api.job(&id)["status"], "pending", "nothing was cancelled");
+    assert_eq!(total(&pool), 1, "nothing was queued");
+    // The dashboard's own pages (same-origin) and requests a person typed (none) still work,
+    // as do clients that send no such header.
+    api.post_with("/api/v1/jobs", "application/json", r#"{"processor": "echo"}"#, &[("Sec-Fetch-Site", "none")])
+        .expect(201);
+    let form = format!("csrf={csrf}");
+    let reply = api.post_with(
+        &format!("/jobs/{id}/cancel"),
+        "application/x-www-form-urlencoded",
+        &form,
+        &[("Sec-Fetch-Site", "same-origin")],
+    );
+    assert_eq!(reply.status, 303, "{}", reply.describe());
+    assert_eq!(api.job(&id)["status"], "cancelled");
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// SQLite only: auth is the HTTP layer's, whatever the database.
+#[test]
+fn a_client_offering_wrong_tokens_is_made_to_wait_without_a_comparison() {
+    let token = "a-long-enough-token-123";
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve_with(&[], &[("JOBHOST_TOKEN", token)]);
+    let (anonymous, right) = (Api::new(&server), Api::with_token(&server, token));
+    let wrong = Api::with_token(&server, "not-the-token-at-all");
+    // Wrong bearer tokens and wrong sign-ins count together: ten in a row are answered.
+    for _ in 0..5 {
+        wrong.get("/api/v1/status").expect_error(401, "unauthorized", None);
+        let reply = anonymous.post_with("/login", "application/x-www-form-urlencoded", "token=not-the-token", &[]);
+        assert_eq!(reply.status, 401, "{}", reply.describe());
+    }
+    // The eleventh waits, whatever it offers: no comparison is made.
+    let reply = wrong.get("/api/v1/status");
+    reply.expect_error(429, "rate_limited", None);
+    let wait: u64 = reply.header("retry-after").expect("Retry-After").parse().expect("whole seconds");
+    assert!((1..=6).contains(&wait), "one wrong token comes back within 6 s, not {wait}");
+    right.get("/api/v1/jobs").expect_error(429, "rate_limited", None);
+    let reply = anonymous.post_with("/login", "application/x-www-form-urlencoded", &format!("token={token}"), &[]);
+    assert_eq!((reply.status, reply.header("retry-after").is_some()), (429, true), "{}", reply.describe());
+    assert!(reply.header("set-cookie").is_none(), "no session for a client made to wait");
+    // Asking without a token guesses nothing, and is answered as before.
+    anonymous.get("/api/v1/status").expect_error(401, "unauthorized", None);
+    assert_eq!(anonymous.get("/healthz").status, 200);
+    // Once the allowance comes back, the right token is taken again. (The wait is the
+    // behaviour under test: there is no event to await instead.)
+    std::thread::sleep(Duration::from_secs(wait));
+    assert_eq!(right.get("/api/v1/status").status, 200);
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// SQLite only: auth is the HTTP layer's, whatever the database.
+#[test]
+fn the_read_token_reads_the_api_dashboard_and_metrics_and_changes_nothing() {
+    let (token, read) = ("the-full-token-0123456", "the-read-token-0123456");
+    let pool = empty_pool(Backend::Sqlite, "");
+    pool.ok(&["seed", "--delay", "1h"]);
+    let id = pool.json(&["jobs", "list"])[0]["id"].as_str().unwrap().to_owned();
+    std::fs::write(pool.path("read-token"), format!("{read}\n")).unwrap();
+    let file = pool.path("read-token").display().to_string();
+    let config = std::fs::read_to_string(pool.path("jobhost.yml")).unwrap();
+
+    let check = |server: Server| {
+        let before = pool.all_jobs();
+        let reader = Api::with_token(&server, read);
+        for path in [
+            "/api/v1/status".to_owned(),
+            "/api/v1/jobs".to_owned(),
+            format!("/api/v1/jobs/{id}"),
+            format!("/api/v1/jobs/{id}/attempts"),
+            "/api/v1/pools".to_owned(),
+            "/api/v1/workers".to_owned(),
+            "/api/v1/processors".to_owned(),
+            "/api/v1/openapi.json".to_owned(),
+            "/metrics".to_owned(),
+            "/".to_owned(),
+            format!("/jobs/{id}"),
+        ] {
+            let reply = reader.get(&path);
+            assert_eq!(reply.status, 200, "the read token reads {path}: {}", reply.describe());
+        }
+        for (path, body) in [
+            ("/api/v1/jobs".to_owned(), json!({"processor": "echo"})),
+            ("/api/v1/jobs/cancel".to_owned(), json!({"ids": [id]})),
+            ("/api/v1/jobs/cancel".to_owned(), json!({"filter": {"status": "pending"}})),
+            ("/api/v1/jobs/retry".to_owned(), json!({"filter": {"pool": "default"}})),
+        ] {
+            let error = reader.post(&path, &body).expect_error(403, "read_only", None);
+            assert!(error["message"].as_str().unwrap().contains("read token"), "the refusal says why: {error}");
+        }
+        reader.post_empty(&format!("/api/v1/jobs/{id}/cancel")).expect_error(403, "read_only", None);
+
+        // Signed in with it, the dashboard shows no buttons and refuses their forms.
+        let anonymous = Api::new(&server);
+        let reply = anonymous.post_with("/login", "application/x-www-form-urlencoded", &format!("token={read}"), &[]);
+        assert_eq!(reply.status, 303, "the read token signs in: {}", reply.describe());
+        let session = reply.header("set-cookie").expect("a session").split(';').next().unwrap().to_owned();
+        let page = anonymous.get_with(&format!("/jobs/{id}"), &[("Cookie", &session)]);
+        assert!(page.text.contains("read-only") && !page.text.contains(r#"id="cancel""#), "{}", page.describe());
+        let csrf = page.csrf();
+        let reply = anonymous.post_with(
+            &format!("/jobs/{id}/cancel"),
+            "application/x-www-form-urlencoded",
+            &format!("csrf={csrf}"),
+            &[("Cookie", &session)],
+        );
+        assert_eq!(reply.status, 403, "{}", reply.describe());
+        assert_eq!(pool.all_jobs(), before, "nothing changed in the database");
+
+        // The token itself still changes jobs.
+        let writer = Api::with_token(&server, token);
+        writer.post_empty(&format!("/api/v1/jobs/{id}/cancel")).expect(200);
+        writer.post_empty(&format!("/api/v1/jobs/{id}/retry")).expect(200);
+        assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+    };
+    // Set by the flag, the environment or the config, as the token is.
+    check(pool.serve_with(&["--read-token-file", &file], &[("JOBHOST_TOKEN", token)]));
+    check(pool.serve_with(&[], &[("JOBHOST_TOKEN", token), ("JOBHOST_READ_TOKEN", read)]));
+    std::fs::write(pool.path("jobhost.yml"), format!("{config}serve: {{read_token_file: {file}}}\n")).unwrap();
+    check(pool.serve_with(&[], &[("JOBHOST_TOKEN", token)]));
+    std::fs::write(pool.path("jobhost.yml"), &config).unwrap();
+
+    // Checked as the token is, and refused alone or equal to the token.
+    std::fs::write(pool.path("short"), "fifteen-chars-x").unwrap();
+    let short = pool.path("short").display().to_string();
+    for (args, env, says) in [
+        (vec!["--read-token-file", short.as_str()], vec![("JOBHOST_TOKEN", token)], "16"),
+        (vec!["--read-token-file", file.as_str()], vec![], "no token"),
+        (vec![], vec![("JOBHOST_TOKEN", read), ("JOBHOST_READ_TOKEN", read)], "token of its own"),
+    ] {
+        let mut args = args;
+        args.extend(["--listen", "127.0.0.1:0"]);
+        let output = run_at_most(serve_command(&pool, &args, &env), Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?} is refused: {stderr}");
+        assert!(stderr.contains(says), "the message says why ({says}): {stderr}");
+        assert!(!stderr.contains(read), "the message does not repeat the token: {stderr}");
+    }
 }
 
 /// SQLite only: these refusals happen before the database matters.
@@ -1924,6 +2254,7 @@ on_both_backends!(
     enqueue_one_honours_every_field,
     enqueue_a_batch_returns_the_ids_in_order,
     get_job_shows_every_field_and_its_history_after_a_run,
+    a_long_history_is_paged_behind_the_latest_attempts,
     list_filters_and_walks_every_page_once,
     retry_and_cancel_one_job,
     bulk_retry_and_cancel_by_ids_and_by_filter,

@@ -148,7 +148,7 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one job with its whole attempt history.
+    /// Show one job with its latest attempts (at most 20).
     Show {
         /// The job's id.
         id: String,
@@ -296,6 +296,10 @@ pub struct ServeArgs {
     /// `serve.token_file`).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// File holding the read token, which reads but changes nothing (else
+    /// $JOBHOST_READ_TOKEN, else `serve.read_token_file`).
+    #[arg(long, value_name = "PATH")]
+    pub read_token_file: Option<PathBuf>,
     /// Serve reads only; refuse every change.
     #[arg(long)]
     pub read_only: bool,

@@ -206,6 +206,9 @@ pub struct ServeConfig {
     pub listen: String,
     /// File holding the token every request must carry (`$JOBHOST_TOKEN` is the other way).
     pub token_file: Option<PathBuf>,
+    /// File holding a second token that reads the API, the dashboard and the metrics but
+    /// changes nothing (`$JOBHOST_READ_TOKEN` is the other way); needs `token_file` too.
+    pub read_token_file: Option<PathBuf>,
     /// Serve reads only: every change is refused.
     pub read_only: bool,
     /// Largest request body (a batch of jobs is one body).
@@ -224,6 +227,7 @@ impl Default for ServeConfig {
         Self {
             listen: "127.0.0.1:7700".to_string(),
             token_file: None,
+            read_token_file: None,
             read_only: false,
             max_body: ByteSize(16 << 20),
             request_timeout: HumanDuration(Duration::from_secs(30)),

@@ -414,27 +414,7 @@ fn describe_type(file_type: fs::FileType) -> &'static str {
 /// line and never hides the others.
 pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorInfo>> {
     let registry = Registry::new(config, sandbox);
-    let dir = &config.processors.dir;
-    let mut files = Vec::new();
-    match fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let path =
-                    entry.with_context(|| format!("cannot list the processors folder {}", dir.display()))?.path();
-                if path.extension().is_some_and(|ext| ext == "wasm") {
-                    files.push(path);
-                }
-            }
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(err).with_context(|| {
-                format!("cannot list the processors folder {} (set processors.dir or --processors-dir)", dir.display())
-            });
-        }
-    }
-
-    let mut infos: Vec<ProcessorInfo> = files
+    let mut infos: Vec<ProcessorInfo> = wasm_files(&config.processors.dir)?
         .into_iter()
         .map(|path| {
             let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
@@ -485,6 +465,19 @@ pub fn list(config: &Config, sandbox: &Sandbox) -> anyhow::Result<Vec<ProcessorI
     Ok(infos)
 }
 
+/// What the processors folder holds, told without reading a file: each `*.wasm` entry with
+/// the stamp of its file. While it stays the same, [`list`] would list the same processors
+/// (the server keeps its listing until it changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderVersion(Vec<(PathBuf, Result<Option<Stamp>, String>)>);
+
+/// The [`FolderVersion`] of `config`'s processors folder: one directory read and one `lstat`
+/// per entry.
+pub fn folder_version(config: &Config) -> anyhow::Result<FolderVersion> {
+    let files = wasm_files(&config.processors.dir)?;
+    Ok(FolderVersion(files.into_iter().map(|path| (path.clone(), stamp_of(&path))).collect()))
+}
+
 /// The names of every processor this host has, built-in or drop-in, without loading any:
 /// what `seed` checks a processor name against.
 pub fn names(config: &Config) -> anyhow::Result<Vec<String>> {
@@ -497,17 +490,22 @@ pub fn names(config: &Config) -> anyhow::Result<Vec<String>> {
 
 /// The valid names of the `NAME.wasm` files in `dir`; none when it does not exist.
 fn drop_in_names(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut names = Vec::new();
+    let files = wasm_files(dir)?;
+    let stems = files.iter().filter_map(|path| path.file_stem()?.to_str());
+    Ok(stems.filter(|stem| validate_name(stem).is_ok()).map(str::to_owned).collect())
+}
+
+/// Every `*.wasm` entry of `dir`, by path; none when it does not exist. Only a folder that
+/// exists but cannot be listed is an error.
+fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries {
                 let path =
                     entry.with_context(|| format!("cannot list the processors folder {}", dir.display()))?.path();
-                if path.extension().is_some_and(|ext| ext == "wasm")
-                    && let Some(stem) = path.file_stem().and_then(|stem| stem.to_str())
-                    && validate_name(stem).is_ok()
-                {
-                    names.push(stem.to_string());
+                if path.extension().is_some_and(|ext| ext == "wasm") {
+                    files.push(path);
                 }
             }
         }
@@ -518,7 +516,8 @@ fn drop_in_names(dir: &Path) -> anyhow::Result<Vec<String>> {
             });
         }
     }
-    Ok(names)
+    files.sort();
+    Ok(files)
 }
 
 /// A warning for each `processors.overrides` key that names no processor (no `NAME.wasm`

@@ -118,6 +118,10 @@ pub fn settle(cli: Cli) -> Result<(Config, Command)> {
                 config.serve.token_file = Some(token_file);
                 config.set_by_flag.insert(String::from("serve.token_file"), "--token-file");
             }
+            if let Some(read_token_file) = args.read_token_file.take() {
+                config.serve.read_token_file = Some(read_token_file);
+                config.set_by_flag.insert(String::from("serve.read_token_file"), "--read-token-file");
+            }
             if args.read_only {
                 config.serve.read_only = true;
             }

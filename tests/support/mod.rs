@@ -312,7 +312,7 @@ impl Pool {
     pub fn serve_with(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut command = self.command(&["serve", "--listen", "127.0.0.1:0"]);
-        command.args(args).env_remove("JOBHOST_TOKEN").envs(env.iter().copied());
+        command.args(args).env_remove("JOBHOST_TOKEN").env_remove("JOBHOST_READ_TOKEN").envs(env.iter().copied());
         // Its log goes to a file, so a chatty server never blocks on a full pipe.
         let log = std::fs::File::create(self.path("serve.log")).expect("create serve.log");
         let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("spawn jobhost serve");

@@ -83,6 +83,14 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 crate::outln!("result     {}", for_stdout(&result.to_string()))?;
             }
             crate::outln!("history")?;
+            if detail.older_attempts.is_some() {
+                crate::outln!(
+                    "  (the latest {} of {} attempts; GET /api/v1/jobs/{}/attempts of `jobhost serve` pages through the rest)",
+                    detail.attempt_history.len(),
+                    job.attempts,
+                    job.id
+                )?;
+            }
             for attempt in &detail.attempt_history {
                 let outcome = attempt.outcome.as_deref().unwrap_or("running");
                 let duration = attempt.duration_ms.map_or_else(String::new, |ms| format!(" in {ms} ms"));

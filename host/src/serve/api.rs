@@ -4,8 +4,12 @@
 //! Requests are read the way `jobhost seed` reads its flags: the same names, limits and
 //! checks (`settings::check_name`, `processors::validate_name`, `store::check_payload`,
 //! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every refusal names the field, e.g. `jobs[2].payload`.
+//!
+//! What one request may cost is bounded: pages of jobs and of a job's attempts, and a
+//! processors listing kept while the folder stays the same ([`ProcessorListing`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -17,25 +21,30 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::sync::OwnedMutexGuard;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::App;
 use super::error::{ApiError, ErrorBody};
-use crate::config::{HumanDuration, MAX_ATTEMPTS};
+use crate::config::{Config, HumanDuration, MAX_ATTEMPTS};
+use crate::processors::{FolderVersion, ProcessorInfo};
+use crate::sandbox::Sandbox;
 use crate::store::{
-    AttemptRecord, Cursor, IdAnswer, JobCounts, JobDetail, JobFilter, JobMatch, JobStatus, JobSummary, NewJob,
-    PoolSnapshot, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
+    AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, JobCounts, JobDetail, JobFilter, JobMatch, JobStatus,
+    JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
 };
 
 /// Most jobs in one batch, and most ids in one bulk retry or cancel.
 pub const MAX_BATCH: usize = 100_000;
 /// Most jobs one listing page holds.
 pub const MAX_PAGE: u32 = 1_000;
+/// Most attempts one page holds: each may carry 64 KiB of stderr.
+pub const MAX_ATTEMPTS_PAGE: u32 = 100;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
-    paths(enqueue, get_job, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
+    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
     components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus)),
     modifiers(&BearerAuth)
 )]
@@ -106,7 +115,7 @@ pub struct EnqueuedBatch {
     ids: Vec<String>,
 }
 
-/// A job with its payload, result and attempts.
+/// A job with its payload, result and latest attempts.
 #[derive(Serialize, ToSchema)]
 pub struct JobView {
     #[serde(flatten)]
@@ -115,13 +124,22 @@ pub struct JobView {
     pub payload: Value,
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
-    /// Every attempt, oldest first.
+    /// The latest attempts (at most 20), oldest first; `attempts` says how many there are.
     pub history: Vec<AttemptRecord>,
+    /// When the job has older attempts: pass as `cursor` to `GET /api/v1/jobs/{id}/attempts`
+    /// to read them; `null` when `history` holds every attempt.
+    pub history_cursor: Option<String>,
 }
 
 impl From<JobDetail> for JobView {
     fn from(detail: JobDetail) -> JobView {
-        JobView { job: detail.job, payload: detail.payload, result: detail.result, history: detail.attempt_history }
+        JobView {
+            job: detail.job,
+            payload: detail.payload,
+            result: detail.result,
+            history: detail.attempt_history,
+            history_cursor: detail.older_attempts.map(AttemptCursor::token),
+        }
     }
 }
 
@@ -130,6 +148,14 @@ pub struct JobPage {
     /// Newest first.
     pub jobs: Vec<JobSummary>,
     /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttemptList {
+    /// Newest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last one.
     pub next_cursor: Option<String>,
 }
 
@@ -221,6 +247,16 @@ pub struct ListQuery {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// A page of a job's attempts; all optional.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptQuery {
+    /// 1 to 100; default 20.
+    pub limit: Option<u32>,
+    /// `history_cursor` of the job, or `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -528,6 +564,48 @@ fn matching<'a>(filter: &'a FilterRequest, prefix: &str) -> Result<JobMatch<'a>,
     })
 }
 
+impl App {
+    /// One page of job `id`'s attempts, as an attempts query asks for it.
+    pub async fn attempt_page(&self, id: &str, query: &AttemptQuery) -> Result<AttemptList, ApiError> {
+        let limit = query.limit.unwrap_or(RECENT_ATTEMPTS);
+        if !(1..=MAX_ATTEMPTS_PAGE).contains(&limit) {
+            return Err(ApiError::field("limit", format!("must be between 1 and {MAX_ATTEMPTS_PAGE}, got {limit}")));
+        }
+        let before = match &query.cursor {
+            Some(token) => Some(AttemptCursor::from_token(token).ok_or_else(|| {
+                ApiError::field(
+                    "cursor",
+                    "is not a cursor this server gave: pass history_cursor or next_cursor as it came",
+                )
+            })?),
+            None => None,
+        };
+        let attempts = self
+            .store()
+            .attempts(id, &AttemptPage { before, limit })
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no job with id {id}")))?;
+        let next_cursor = attempts
+            .last()
+            .filter(|last| attempts.len() == limit as usize && last.attempt > 1)
+            .map(|last| last.cursor().token());
+        Ok(AttemptList { attempts, next_cursor })
+    }
+}
+
+/// A job's attempts, newest first, a page at a time (the job object holds the latest 20).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/attempts", params(("id" = String, Path), AttemptQuery), responses(
+    (status = 200, body = AttemptList),
+    (status = 404, body = ErrorBody),
+))]
+pub async fn job_attempts(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<AttemptList>, ApiError> {
+    Ok(Json(app.attempt_page(&id, &query(raw.as_deref())?).await?))
+}
+
 /// Jobs, newest first, filtered and paged.
 #[utoipa::path(get, path = "/api/v1/jobs", params(ListQuery), responses((status = 200, body = JobPage)))]
 pub async fn list_jobs(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<JobPage>, ApiError> {
@@ -691,14 +769,54 @@ impl App {
         Ok(self.store().workers(&filter).await?)
     }
 
-    /// Every processor as `jobhost processors --json` shows it. Loading compiles (or reads
-    /// the compile cache), so it runs off the server's thread.
-    pub async fn processor_list(self: &Arc<App>) -> Result<Vec<crate::processors::ProcessorInfo>, ApiError> {
-        let app = self.clone();
-        tokio::task::spawn_blocking(move || crate::processors::list(&app.config, &app.sandbox))
+    /// Every processor as `jobhost processors --json` shows it; see [`ProcessorListing`].
+    pub async fn processor_list(self: &Arc<App>) -> Result<Arc<Vec<ProcessorInfo>>, ApiError> {
+        let latest = Arc::clone(&self.processor_listing.latest).lock_owned().await;
+        let app = Arc::clone(self);
+        // The lock goes with the listing to its thread: a listing whose caller gave up still
+        // finishes, and is kept, before the next one may start.
+        tokio::task::spawn_blocking(move || app.processor_listing.refresh(latest, &app.config, &app.sandbox))
             .await
             .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()))?
             .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))
+    }
+}
+
+/// A listing and the version of the folder it was made from.
+type KeptListing = (FolderVersion, Arc<Vec<ProcessorInfo>>);
+
+/// The processors listing, kept while the processors folder stays the same. Listing loads
+/// every processor (a compile, or a read of the compile cache), so it is made once per
+/// version of the folder ([`FolderVersion`]: each file's size, times and inode), one at a
+/// time: callers that come meanwhile wait for it and share it.
+#[derive(Default)]
+pub struct ProcessorListing {
+    latest: Arc<tokio::sync::Mutex<Option<KeptListing>>>,
+    /// Listings made (a counter in /metrics), to show that repeats load nothing.
+    pub made: AtomicU64,
+}
+
+impl ProcessorListing {
+    /// The listing for the folder as it is now: the kept one if the folder has not changed,
+    /// else a new one. Blocks on file reads and compiles.
+    fn refresh(
+        &self,
+        mut latest: OwnedMutexGuard<Option<KeptListing>>,
+        config: &Config,
+        sandbox: &Sandbox,
+    ) -> anyhow::Result<Arc<Vec<ProcessorInfo>>> {
+        // Taken before the files are read: a file that changes during the listing changes
+        // the version too, so the next call lists again.
+        let version = crate::processors::folder_version(config)?;
+        if let Some((seen, infos)) = latest.as_ref()
+            && *seen == version
+        {
+            return Ok(Arc::clone(infos));
+        }
+        self.made.fetch_add(1, Ordering::Relaxed);
+        let infos = Arc::new(crate::processors::list(config, sandbox)?);
+        *latest = Some((version, Arc::clone(&infos)));
+        Ok(infos)
     }
 }
 

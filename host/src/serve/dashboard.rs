@@ -1,12 +1,13 @@
 //! The dashboard: HTML pages rendered on the server (maud escapes every value put in them),
 //! so every page reads and every action works without JavaScript. A small script
 //! (`assets/live.js`) refreshes each page's `<main>` every two seconds without a reload.
-//! Every asset is compiled into the binary: the dashboard needs no network. (The processors
-//! page, whose listing loads every processor, is left out of the refresh.)
+//! Every asset is compiled into the binary, and no page has inline script or style, so the
+//! content security policy (see `auth`) lets nothing else run. (The processors page, whose
+//! listing loads every processor, is left out of the refresh.)
 //!
 //! Pages: the overview (counts, throughput over the last hour, pools), jobs (filters,
-//! pages, bulk retry and cancel), one job (payload, result, attempt timeline), workers, and
-//! processors. Actions are POST forms carrying the caller's CSRF token, answered with a
+//! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
+//! attempts a page at a time, workers, and processors. Actions are POST forms carrying the caller's CSRF token, answered with a
 //! redirect back (303), so a reload never repeats them.
 
 use std::sync::Arc;
@@ -19,10 +20,10 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::App;
 use super::api::{Action, BulkRequest, FilterRequest, ListQuery, WorkerQuery, query};
-use super::auth::{Caller, SESSION_COOKIE, csrf_refused};
+use super::auth::{Caller, Client, SESSION_COOKIE, SignIn, csrf_refused, too_many_failures};
 use super::error::ApiError;
 use crate::commands::format_time;
-use crate::store::{Activity, JobStatus, Millis};
+use crate::store::{Activity, AttemptRecord, JobStatus, Millis};
 
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/live.js");
@@ -347,10 +348,26 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
         h2 { "Result" }
         pre #result { (view.result.as_ref().map_or_else(|| "-".to_owned(), pretty)) }
         h2 { "Attempts" }
+        @if view.history_cursor.is_some() { p.muted { "The latest " (view.history.len()) " of " (job.attempts) "." } }
+        (attempt_table(&view.history))
+        @if let Some(cursor) = &view.history_cursor {
+            p { a #older-attempts href=(older_attempts(&job.id, cursor)) { "Older attempts →" } }
+        }
+    };
+    Ok(layout("Job", Some(&caller), body))
+}
+
+fn older_attempts(id: &str, cursor: &str) -> String {
+    format!("/jobs/{}/attempts?cursor={}", urlencode(id), urlencode(cursor))
+}
+
+/// A job's attempts in the order given, each with its stderr under it.
+fn attempt_table(attempts: &[AttemptRecord]) -> Markup {
+    html! {
         table #attempts {
             thead { tr { th { "#" } th { "Outcome" } th { "Started" } th { "Duration" } th { "Fuel" } th { "Code" } th { "Worker" } th { "Host" } th { "Message" } } }
             tbody {
-                @for attempt in &view.history {
+                @for attempt in attempts {
                     tr data-attempt=(attempt.attempt) {
                         td { (attempt.attempt) }
                         td.outcome { (attempt.outcome.as_deref().unwrap_or("running")) }
@@ -366,11 +383,29 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
                         tr.stderr { td {} td colspan="8" { pre { (stderr) } } }
                     }
                 }
-                @if view.history.is_empty() { tr { td colspan="9" .muted { "No attempts yet." } } }
+                @if attempts.is_empty() { tr { td colspan="9" .muted { "No attempts yet." } } }
             }
         }
+    }
+}
+
+/// A job's older attempts, a page at a time, newest first.
+pub async fn attempts(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Page {
+    let page = app.attempt_page(&id, &query(raw.as_deref())?).await?;
+    let body = html! {
+        h1 { "Attempts of job " a.id href={ "/jobs/" (urlencode(&id)) } { (id) } }
+        p.muted { "Newest first." }
+        (attempt_table(&page.attempts))
+        @if let Some(cursor) = &page.next_cursor {
+            p { a #older-attempts href=(older_attempts(&id, cursor)) { "Older attempts →" } }
+        }
     };
-    Ok(layout("Job", Some(&caller), body))
+    Ok(layout("Attempts", Some(&caller), body))
 }
 
 #[derive(serde::Deserialize)]
@@ -430,7 +465,7 @@ pub async fn processors(State(app): State<Arc<App>>, Extension(caller): Extensio
         table #processors {
             thead { tr { th { "Name" } th { "Status" } th { "Kind" } th { "Source" } th { "Bytes" } th { "SHA-256" } th { "Limits" } th { "Grants" } th { "Load error" } } }
             tbody {
-                @for info in &infos {
+                @for info in infos.iter() {
                     @let limits = &info.limits;
                     tr data-processor=(info.name) class=[info.status.is_err().then_some("broken")] {
                         td { (info.name) }
@@ -456,7 +491,7 @@ fn login_page(failed: bool) -> Markup {
         None,
         html! {
             h1 { "Sign in" }
-            p { "This jobhost needs its token. The operator set it with --token-file, $JOBHOST_TOKEN or serve.token_file." }
+            p { "This jobhost needs its token (or its read token, to look without changing anything). The operator set them with --token-file, $JOBHOST_TOKEN or serve.token_file (--read-token-file, $JOBHOST_READ_TOKEN or serve.read_token_file)." }
             @if failed { p #login-error .error { "That is not the token. Try again." } }
             form.login method="post" action="/login" {
                 label { "Token " input #token type="password" name="token" autocomplete="current-password" required autofocus; }
@@ -479,19 +514,24 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Client>,
+    Form(form): Form<LoginForm>,
+) -> Response {
     if !app.auth.has_token() {
         return Redirect::to("/").into_response();
     }
-    match app.auth.sign_in(&form.token) {
-        Some(session) => {
+    match app.auth.sign_in(&form.token, client) {
+        SignIn::Session(session) => {
             let cookie = format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
-        None => {
+        SignIn::Wrong => {
             tracing::info!("a dashboard sign-in failed");
             (StatusCode::UNAUTHORIZED, login_page(true)).into_response()
         }
+        SignIn::Wait(wait) => too_many_failures(false, wait),
     }
 }
 

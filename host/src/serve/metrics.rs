@@ -36,6 +36,7 @@ struct Scrape {
     activity: Activity,
     store_queries: u64,
     waiters: u64,
+    processor_listings: u64,
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
@@ -48,6 +49,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         activity,
         store_queries: app.queries.load(Ordering::Relaxed),
         waiters: app.watcher.waiters.load(Ordering::Relaxed),
+        processor_listings: app.processor_listing.made.load(Ordering::Relaxed),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -213,6 +215,12 @@ impl Collector for Scrape {
             "Long-poll requests waiting now.",
             None,
             &[(vec![], as_gauge(self.waiters))],
+        )?;
+        counter(
+            &mut encoder,
+            "jobhost_server_processor_listings",
+            "Processor listings this server made, loading every processor; a repeat with no file changed reuses the last.",
+            &[(vec![], self.processor_listings)],
         )?;
         Ok(())
     }

@@ -57,6 +57,7 @@ pub struct App {
     stopping: signal_watch::Receiver<bool>,
     /// Loads processors for the processors listing (compiling them, or reading the cache).
     sandbox: Sandbox,
+    processor_listing: api::ProcessorListing,
 }
 
 impl App {
@@ -70,8 +71,8 @@ impl App {
 pub async fn run(config: &Config) -> Result<ExitCode> {
     let serve = &config.serve;
     let address = serve.address().map_err(|why| anyhow::anyhow!("{} {why}", config.name("serve.listen")))?;
-    let token = auth::Token::resolve(config)?;
-    if token.is_none() && !address.ip().is_loopback() {
+    let tokens = auth::Tokens::resolve(config)?;
+    if !tokens.any() && !address.ip().is_loopback() {
         bail!(
             "{} {address} is reachable from other machines, so the server needs a token: pass --token-file FILE, \
              set $JOBHOST_TOKEN, or set serve.token_file (or listen on 127.0.0.1)",
@@ -89,11 +90,12 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let app = Arc::new(App {
         store,
         config: config.clone(),
-        auth: auth::Auth::new(token, serve.read_only),
+        auth: auth::Auth::new(tokens, serve.read_only),
         watcher: watch::Watcher::default(),
         queries: AtomicU64::new(0),
         stopping,
         sandbox: Sandbox::new(1)?,
+        processor_listing: api::ProcessorListing::default(),
     });
     let watcher = tokio::spawn({
         let app = app.clone();
@@ -114,9 +116,9 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
             permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!("cannot accept a connection: {err}");
@@ -126,7 +128,12 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
             },
             () = &mut shutdown => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Each request learns the address it came from (wrong tokens are counted per client).
+        let routed = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            hyper::service::Service::call(&routed, request)
+        });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
@@ -191,6 +198,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/jobs/cancel", post(api::cancel_jobs))
         .route("/api/v1/jobs/{id}/retry", post(api::retry_job))
         .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/jobs/{id}/attempts", get(api::job_attempts))
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/pools", get(api::pools))
         .route("/api/v1/workers", get(api::workers))
@@ -203,6 +211,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/jobs", get(dashboard::jobs))
         .route("/jobs/bulk", post(dashboard::bulk))
         .route("/jobs/{id}", get(dashboard::job))
+        .route("/jobs/{id}/attempts", get(dashboard::attempts))
         .route("/jobs/{id}/{action}", post(dashboard::act_on_job))
         .route("/workers", get(dashboard::workers))
         .route("/processors", get(dashboard::processors))
@@ -216,6 +225,7 @@ fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth::guard))
         .layer(DefaultBodyLimit::max(serve.max_body.0 as usize))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(auth::security_headers))
         .with_state(app)
 }
 

@@ -99,8 +99,11 @@ pub trait Driver: Send + Sync {
         now: Now,
     ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)>;
 
-    /// The jobs of `ids` that exist, with their attempt histories, in any order.
+    /// The jobs of `ids` that exist, in any order, each with its latest
+    /// [`RECENT_ATTEMPTS`]` + 1` attempts, oldest first (see [`JobDetail::new`]).
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>>;
+    /// One page of job `id`'s attempts, newest first; `None` when there is no such job.
+    async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>>;
     /// One page of the matching jobs, newest (highest `seq`) first.
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>>;
     /// The status of each of `ids` that exists, in any order.

@@ -168,10 +168,19 @@ impl Store {
         Ok(self.jobs(&[id]).await?.pop())
     }
 
-    /// The jobs of `ids` that exist, with their histories, in one read however many ids.
+    /// The jobs of `ids` that exist, each with its latest [`RECENT_ATTEMPTS`] attempts, in
+    /// one read however many ids and attempts.
     pub async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
         let jobs = self.driver.jobs(ids).await;
         self.named(jobs)
+    }
+
+    /// One page of job `id`'s attempts, newest first (see [`AttemptPage`]); the last one's
+    /// [`AttemptRecord::cursor`] in `page.before` asks for the next page. `None` when there
+    /// is no such job.
+    pub async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+        let attempts = self.driver.attempts(id, page).await;
+        self.named(attempts)
     }
 
     /// One page of the jobs matching `filter`, newest first; the last job's

@@ -286,6 +286,34 @@ pub struct JobSummary {
     pub finished_at: Option<Millis>,
 }
 
+/// Most attempts a job's detail carries: its latest. The older ones are read a page at a
+/// time ([`super::Store::attempts`]), so a job retried ten thousand times costs no more to
+/// show than one retried twenty.
+pub const RECENT_ATTEMPTS: u32 = 20;
+
+/// Where a page of a job's attempts stopped: they are listed newest first, so the next page
+/// holds the attempts numbered below this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptCursor(pub(super) u32);
+
+impl AttemptCursor {
+    /// The cursor as an opaque token for an API client.
+    pub fn token(self) -> String {
+        format!("a{}", self.0)
+    }
+
+    pub fn from_token(token: &str) -> Option<AttemptCursor> {
+        token.strip_prefix('a')?.parse().ok().filter(|&attempt| attempt > 0).map(AttemptCursor)
+    }
+}
+
+/// One page of a job's attempts, newest first: at most `limit`, numbered below `before`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptPage {
+    pub before: Option<AttemptCursor>,
+    pub limit: u32,
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     pub attempt: u32,
@@ -311,6 +339,11 @@ impl AttemptRecord {
         // `get`, not slicing: a damaged row must not stop a job from being shown.
         self.processor_sha256.as_deref().map(|sha| sha.get(..12).unwrap_or(sha))
     }
+
+    /// Where a page of attempts that ended with this one goes on.
+    pub fn cursor(&self) -> AttemptCursor {
+        AttemptCursor(self.attempt)
+    }
 }
 
 impl JobSummary {
@@ -322,15 +355,23 @@ impl JobSummary {
 
 impl JobDetail {
     /// A job as stored; payload and result text that cannot be parsed back stay as text.
+    /// `latest` is its [`RECENT_ATTEMPTS`] latest attempts and one more if it has more,
+    /// oldest first; that one is left out, and says that older attempts exist.
     pub(super) fn new(
         job: JobSummary,
         payload: String,
         result: Option<String>,
-        attempt_history: Vec<AttemptRecord>,
+        latest: Vec<AttemptRecord>,
     ) -> JobDetail {
         let (payload, payload_error) = stored_json(payload);
         let result = result.map(|text| stored_json(text).0);
-        JobDetail { job, payload, payload_error, result, attempt_history }
+        let mut attempt_history = latest;
+        let older = attempt_history.len() > RECENT_ATTEMPTS as usize;
+        if older {
+            attempt_history.drain(..attempt_history.len() - RECENT_ATTEMPTS as usize);
+        }
+        let older_attempts = attempt_history.first().filter(|_| older).map(AttemptRecord::cursor);
+        JobDetail { job, payload, payload_error, result, attempt_history, older_attempts }
     }
 }
 
@@ -352,7 +393,11 @@ pub struct JobDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_error: Option<String>,
     pub result: Option<serde_json::Value>,
+    /// The latest [`RECENT_ATTEMPTS`] attempts, oldest first.
     pub attempt_history: Vec<AttemptRecord>,
+    /// Where the attempts older than `attempt_history` begin, when there are any.
+    #[serde(skip)]
+    pub older_attempts: Option<AttemptCursor>,
 }
 
 /// A registered worker, as the API and dashboard list them.

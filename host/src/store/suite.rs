@@ -143,6 +143,7 @@ for_each_backend!(
     listing_filters_and_pages_through_every_job_once,
     bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status,
     job_statuses_and_jobs_answer_for_many_ids_at_once,
+    a_job_shows_its_latest_attempts_and_pages_through_the_older_ones,
     pools_and_workers_are_listed_with_their_counts_and_jobs,
     activity_counts_enqueues_and_attempts_and_survives_purge_and_folding,
 );
@@ -763,6 +764,60 @@ async fn job_statuses_and_jobs_answer_for_many_ids_at_once(t: TestStore) {
     assert_eq!(details[0].result, Some(serde_json::json!({"ok": 1})));
     assert_eq!(details[0].attempt_history.len(), 1, "each job with its own history");
     assert!(details[1].attempt_history.is_empty());
+}
+
+/// Fails `attempts` attempts of the job alone in `pool`.
+async fn fail_attempts(t: &TestStore, pool: &str, attempts: u32) {
+    for _ in 0..attempts {
+        let claimed = t.claim(pool, "w1", LEASE, 1).await.unwrap().pop().expect("the job is ready again");
+        t.fail(&claimed, &failure(OutcomeKind::Exit), &NO_BACKOFF).await.unwrap();
+    }
+}
+
+fn numbers(attempts: &[AttemptRecord]) -> Vec<u32> {
+    attempts.iter().map(|attempt| attempt.attempt).collect()
+}
+
+async fn a_job_shows_its_latest_attempts_and_pages_through_the_older_ones(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t
+        .store
+        .enqueue_all(&[
+            NewJob { max_attempts: 100, ..job("many", 0) },
+            NewJob { max_attempts: 100, ..job("exactly", 0) },
+            NewJob { max_attempts: 100, ..job("none", 0) },
+        ])
+        .await
+        .unwrap();
+    fail_attempts(&t, "many", 45).await;
+    fail_attempts(&t, "exactly", RECENT_ATTEMPTS).await;
+    let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut details = t.store.jobs(&asked).await.unwrap();
+    details.sort_by_key(|detail| ids.iter().position(|known| *known == detail.job.id));
+    let (many, exactly, none) = (&details[0], &details[1], &details[2]);
+    assert_eq!(numbers(&many.attempt_history), (26..=45).collect::<Vec<_>>(), "the latest, oldest first");
+    assert_eq!(many.job.attempts, 45, "the job still says how many there are");
+    assert_eq!(numbers(&exactly.attempt_history), (1..=RECENT_ATTEMPTS).collect::<Vec<_>>());
+    assert_eq!(exactly.older_attempts, None, "all of them fit");
+    assert!(none.attempt_history.is_empty() && none.older_attempts.is_none());
+
+    // The older ones, a page at a time from where the detail stopped, newest first.
+    let mut before = many.older_attempts;
+    assert!(before.is_some(), "older attempts are announced");
+    let mut pages = Vec::new();
+    while let Some(cursor) = before {
+        let page = t.store.attempts(&ids[0], &AttemptPage { before: Some(cursor), limit: 10 }).await.unwrap().unwrap();
+        before = (page.len() == 10).then(|| page.last().unwrap().cursor());
+        pages.push(numbers(&page));
+    }
+    let expected: Vec<Vec<u32>> = vec![(16..=25).rev().collect(), (6..=15).rev().collect(), (1..=5).rev().collect()];
+    assert_eq!(pages, expected);
+    let first = t.store.attempts(&ids[0], &AttemptPage { before: None, limit: 3 }).await.unwrap().unwrap();
+    assert_eq!(numbers(&first), [45, 44, 43], "without a cursor, the newest");
+    assert_eq!(first[0].outcome.as_deref(), Some("exit"), "whole records");
+    let empty = t.store.attempts(&ids[2], &AttemptPage { before: None, limit: 3 }).await.unwrap();
+    assert_eq!(empty.map(|page| page.len()), Some(0), "a job with no attempts has an empty page");
+    assert!(t.store.attempts("no-such-id", &AttemptPage { before: None, limit: 3 }).await.unwrap().is_none());
 }
 
 async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {

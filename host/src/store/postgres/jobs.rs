@@ -324,13 +324,56 @@ pub(super) static JOBS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-pub(super) const HISTORIES: &str =
-    "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
-            a.duration_ms, w.host, a.job_seq, a.processor_sha256
-       FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id WHERE a.job_seq = ANY($1)
-      ORDER BY a.job_seq, a.attempt";
+/// The columns of an attempt that [`attempt_from_row`] reads, on `attempts a` joined with
+/// `workers w`.
+macro_rules! attempt_columns {
+    () => {
+        "a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
+         a.duration_ms, w.host, a.job_seq, a.processor_sha256"
+    };
+}
 
-/// The jobs of `ids` that exist, with their histories: two statements however many ids.
+/// Each job's latest attempts ($2 of them), read backwards along its end of the primary key,
+/// so the attempts before them are never read.
+pub(super) const HISTORIES: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM unnest($1::bigint[]) AS wanted (seq)
+      CROSS JOIN LATERAL (SELECT * FROM attempts x WHERE x.job_seq = wanted.seq
+                           ORDER BY x.attempt DESC LIMIT $2) a
+      LEFT JOIN workers w ON w.id = a.worker_id
+     ORDER BY a.job_seq, a.attempt"
+);
+
+/// One page of a job's attempts, newest first.
+pub(super) const ATTEMPTS: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM jobs j JOIN attempts a ON a.job_seq = j.seq LEFT JOIN workers w ON w.id = a.worker_id
+     WHERE j.id = $1 AND a.attempt < $2 ORDER BY a.attempt DESC LIMIT $3"
+);
+
+/// An attempt read by `attempt_columns!`, with its job's `seq`.
+fn attempt_from_row(row: &Row) -> (i64, AttemptRecord) {
+    let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
+    let record = AttemptRecord {
+        attempt: clamp_count(row.get(0)),
+        worker_id: row.get(1),
+        started_at: row.get(2),
+        finished_at: row.get(3),
+        outcome: row.get(4),
+        message: row.get(5),
+        stderr: row.get(6),
+        fuel_used: measure(row.get(7)),
+        duration_ms: measure(row.get(8)),
+        processor_sha256: row.get(11),
+        host: row.get(9),
+    };
+    (row.get(10), record)
+}
+
+/// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
+/// and attempts.
 pub(super) async fn jobs(
     client: &Client,
     jobs: &Statement,
@@ -343,22 +386,10 @@ pub(super) async fn jobs(
         .map(|row| Ok((summary_from_row(row)?, row.get::<_, String>(16), row.get::<_, Option<String>>(17))))
         .collect::<Result<Vec<_>>>()?;
     let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
-    let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
     let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
-    for row in client.query(histories, &[&seqs]).await? {
-        by_seq.entry(row.get(10)).or_default().push(AttemptRecord {
-            attempt: clamp_count(row.get(0)),
-            worker_id: row.get(1),
-            started_at: row.get(2),
-            finished_at: row.get(3),
-            outcome: row.get(4),
-            message: row.get(5),
-            stderr: row.get(6),
-            fuel_used: measure(row.get(7)),
-            duration_ms: measure(row.get(8)),
-            processor_sha256: row.get(11),
-            host: row.get(9),
-        });
+    for row in client.query(histories, &[&seqs, &(i64::from(RECENT_ATTEMPTS) + 1)]).await? {
+        let (seq, record) = attempt_from_row(&row);
+        by_seq.entry(seq).or_default().push(record);
     }
     Ok(found
         .into_iter()
@@ -367,6 +398,21 @@ pub(super) async fn jobs(
             JobDetail::new(job, payload, result, history)
         })
         .collect())
+}
+
+/// One page of job `id`'s attempts, newest first; `None` when there is no such job.
+pub(super) async fn attempts(
+    client: &Client,
+    statement: &Statement,
+    id: &str,
+    page: &AttemptPage,
+) -> Result<Option<Vec<AttemptRecord>>> {
+    let before = page.before.map_or(i64::MAX, |AttemptCursor(attempt)| i64::from(attempt));
+    let rows = client.query(statement, &[&id, &before, &i64::from(page.limit)]).await?;
+    if rows.is_empty() && client.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(rows.iter().map(|row| attempt_from_row(row).1).collect()))
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).

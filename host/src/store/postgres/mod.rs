@@ -228,6 +228,12 @@ impl Driver for PostgresDriver {
         jobs::jobs(&link.client, &jobs, &histories, ids).await
     }
 
+    async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+        let client = self.client.lock().await;
+        let statement = self.prepare(&client, jobs::ATTEMPTS).await?;
+        jobs::attempts(&client, &statement, id, page).await
+    }
+
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
         let mut link = self.connection.link().await?;
         let statement = link.prepare(&jobs::LIST).await?;

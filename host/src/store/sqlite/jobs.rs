@@ -269,8 +269,31 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
     })
 }
 
-/// The jobs of `ids` that exist, with their histories: two statements however many ids
-/// (bound as JSON arrays), in no particular order.
+/// The columns of an attempt that [`attempt_from_row`] reads, on `attempts a` joined with
+/// `workers w`.
+const ATTEMPT_COLUMNS: &str = "a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr,
+    a.fuel_used, a.duration_ms, w.host, a.job_seq, a.processor_sha256";
+
+/// An attempt read by [`ATTEMPT_COLUMNS`], with its job's `seq`.
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, AttemptRecord)> {
+    let record = AttemptRecord {
+        attempt: count_at(row, 0)?,
+        worker_id: row.get(1)?,
+        started_at: row.get(2)?,
+        finished_at: row.get(3)?,
+        outcome: row.get(4)?,
+        message: row.get(5)?,
+        stderr: row.get(6)?,
+        fuel_used: measure_at(row, 7)?,
+        duration_ms: measure_at(row, 8)?,
+        processor_sha256: row.get(11)?,
+        host: row.get(9)?,
+    };
+    Ok((row.get(10)?, record))
+}
+
+/// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
+/// (bound as JSON arrays) and attempts, in no particular order.
 pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
     let ids = serde_json::to_string(ids).expect("strings serialize");
     let found = conn
@@ -283,29 +306,20 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
         .collect::<rusqlite::Result<Vec<(JobSummary, String, Option<String>)>>>()?;
     let seqs = serde_json::to_string(&found.iter().map(|(job, _, _)| job.seq).collect::<Vec<_>>()).expect("numbers");
     let mut histories: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
-    let mut history = conn.prepare_cached(
-        "SELECT a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
-                a.duration_ms, w.host, a.job_seq, a.processor_sha256
-           FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id
-          WHERE a.job_seq IN (SELECT value FROM json_each(?1)) ORDER BY a.job_seq, a.attempt",
-    )?;
-    let rows = history.query_map([seqs], |row| {
-        let record = AttemptRecord {
-            attempt: count_at(row, 0)?,
-            worker_id: row.get(1)?,
-            started_at: row.get(2)?,
-            finished_at: row.get(3)?,
-            outcome: row.get(4)?,
-            message: row.get(5)?,
-            stderr: row.get(6)?,
-            fuel_used: measure_at(row, 7)?,
-            duration_ms: measure_at(row, 8)?,
-            processor_sha256: row.get(11)?,
-            host: row.get(9)?,
-        };
-        Ok((row.get::<_, i64>(10)?, record))
-    })?;
-    for row in rows {
+    // Each job's first attempt to show is found by one short walk down its end of the
+    // primary key, so the attempts before it are never read.
+    let mut history = conn.prepare_cached(&format!(
+        "WITH wanted AS (
+              SELECT value AS seq,
+                     (SELECT x.attempt FROM attempts x WHERE x.job_seq = value
+                       ORDER BY x.attempt DESC LIMIT 1 OFFSET ?2) AS first_shown
+                FROM json_each(?1))
+         SELECT {ATTEMPT_COLUMNS}
+           FROM wanted JOIN attempts a ON a.job_seq = wanted.seq AND a.attempt >= coalesce(wanted.first_shown, 0)
+           LEFT JOIN workers w ON w.id = a.worker_id
+          ORDER BY a.job_seq, a.attempt"
+    ))?;
+    for row in history.query_map(params![seqs, RECENT_ATTEMPTS], attempt_from_row)? {
         let (seq, record) = row?;
         histories.entry(seq).or_default().push(record);
     }
@@ -316,6 +330,26 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
             JobDetail::new(job, payload, result, history)
         })
         .collect())
+}
+
+/// One page of job `id`'s attempts, newest first; `None` when there is no such job.
+pub(super) fn attempts(conn: &Connection, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+    let Some(seq) = conn
+        .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")?
+        .query_row([id], |row| row.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let before = page.before.map_or(i64::MAX, |AttemptCursor(attempt)| i64::from(attempt));
+    let attempts = conn
+        .prepare_cached(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id
+              WHERE a.job_seq = ?1 AND a.attempt < ?2 ORDER BY a.attempt DESC LIMIT ?3"
+        ))?
+        .query_map(params![seq, before, page.limit], |row| Ok(attempt_from_row(row)?.1))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(attempts))
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, with its values bound by [`match_params`].

@@ -211,6 +211,10 @@ impl Driver for SqliteDriver {
         self.with_conn(|conn| jobs::jobs(conn, ids))
     }
 
+    async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+        self.with_conn(|conn| jobs::attempts(conn, id, page))
+    }
+
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
         self.with_conn(|conn| jobs::list(conn, filter))
     }
