@@ -229,9 +229,9 @@ impl Driver for PostgresDriver {
     }
 
     async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
-        let client = self.client.lock().await;
-        let statement = self.prepare(&client, jobs::ATTEMPTS).await?;
-        jobs::attempts(&client, &statement, id, page).await
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(jobs::ATTEMPTS).await?;
+        jobs::attempts(&link.client, &statement, id, page).await
     }
 
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
