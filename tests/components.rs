@@ -350,7 +350,7 @@ fn hoarding_run(payload: Value) -> (Value, u64) {
 }
 
 /// What `jobhost run` of the limits guest may keep resident with a 16 MiB cap: the host's
-/// own footprint (16 MiB for this guest) and the cap; the fields guest peaks at about 30 MiB.
+/// own footprint (16 MiB for this guest) and the cap; the fields guest peaked at 30–48 MiB.
 /// Without a bound on host memory, 20,000 of its fields took 1.9 GiB and the run ended `ok`.
 const HOARDING_PEAK_BOUND: u64 = 128 << 20;
 
