@@ -335,6 +335,55 @@ fn a_component_allocating_past_its_cap_is_a_memory_outcome() {
     assert_eq!(report["outcome"], "memory", "{report:#}");
 }
 
+/// The limits guest hoarding resources (`mode`, with `bytes` for `fields`) under `--memory
+/// 16MiB`, with the peak resident memory of the `jobhost` process that ran it.
+fn hoarding_run(payload: Value) -> (Value, u64) {
+    let pool = pool("");
+    add_built(&pool, "limits", "limits");
+    let payload = payload.to_string();
+    let (output, peak) =
+        pool.run_with_peak_rss(&["run", "limits", "--payload", &payload, "--json", "--memory", "16MiB"]);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!("no JSON report ({err}): {}", String::from_utf8_lossy(&output.stderr));
+    });
+    (report, peak)
+}
+
+/// What `jobhost run` of the limits guest may keep resident with a 16 MiB cap: the host's
+/// own footprint (16 MiB for this guest) and the cap; the fields guest peaked at 30–48 MiB.
+/// Without a bound on host memory, 20,000 of its fields took 1.9 GiB and the run ended `ok`.
+const HOARDING_PEAK_BOUND: u64 = 128 << 20;
+
+#[test]
+fn a_component_hoarding_http_fields_in_the_host_is_stopped_at_its_memory_cap() {
+    let (report, peak) = hoarding_run(serde_json::json!({"mode": "fields", "bytes": 100_000}));
+    assert_eq!(report["outcome"], "memory", "{report:#}");
+    assert!(stderr(&report).contains("resources hold") && stderr(&report).contains("memory cap"), "{report:#}");
+    assert!(peak < HOARDING_PEAK_BOUND, "jobhost peaked at {} MiB resident", peak >> 20);
+}
+
+#[test]
+fn a_component_hoarding_small_resources_is_stopped_at_the_table_capacity() {
+    let (report, peak) = hoarding_run(serde_json::json!({"mode": "pollables"}));
+    assert_eq!(report["outcome"], "memory", "{report:#}");
+    assert!(stderr(&report).contains("the most a run may"), "{report:#}");
+    assert!(peak < HOARDING_PEAK_BOUND, "jobhost peaked at {} MiB resident", peak >> 20);
+}
+
+#[test]
+fn a_fields_map_past_its_size_limit_is_a_memory_outcome() {
+    let (report, _) = hoarding_run(serde_json::json!({"mode": "fields", "bytes": 200_000}));
+    assert_eq!(report["outcome"], "memory", "{report:#}");
+    assert!(stderr(&report).contains("fields map passed 131072 bytes"), "{report:#}");
+}
+
+#[test]
+fn a_component_holding_resources_within_its_cap_runs_to_the_end() {
+    let (report, _) = hoarding_run(serde_json::json!({"mode": "fields", "bytes": 10_000, "count": 100}));
+    assert_eq!(report["outcome"], "ok", "{report:#}");
+    assert_eq!(report["result"], 100);
+}
+
 #[test]
 fn a_component_writing_past_its_stdout_cap_is_output_too_large() {
     let report = limits_run("flood", &[]);

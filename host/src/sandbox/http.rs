@@ -102,7 +102,7 @@ impl Outbound {
 
 /// Writes one line to the guest's stderr, as far as its cap leaves room (the sandbox keeps
 /// one byte past the cap to detect overflow; a note never takes it).
-fn note(stderr: &MemoryOutputPipe, line: String) {
+pub(super) fn note(stderr: &MemoryOutputPipe, line: String) {
     let mut stderr = stderr.clone();
     let room = stderr.check_write().unwrap_or(0).saturating_sub(1);
     let mut line = format!("jobhost: {line}\n").into_bytes();
@@ -126,6 +126,10 @@ fn shown(uri: &http::Uri) -> String {
 }
 
 impl WasiHttpHooks for Outbound {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        super::host_memory::BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

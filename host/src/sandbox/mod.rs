@@ -35,11 +35,15 @@
 //!   over all of a component's memories, and tables, and *records* a refused growth. Hitting the
 //!   memory cap is not a trap in wasmtime (the guest sees `memory.grow` return -1 and usually
 //!   aborts), so without that record a memory problem would look like a random `unreachable`.
+//! - **Host memory held for a component** ([`host_memory`]): its resources live in the host,
+//!   outside its linear memory, so they are bounded in number and counted against the same
+//!   memory cap, measured after every host call.
 //!
 //! A run ends in exactly one [`Outcome`]; the order of the checks in `classify` is the
 //! contract: a refused memory growth explains a failure better than the trap it caused, and
 //! output past a cap invalidates even a run that then exits 0 (its result is truncated).
 
+mod host_memory;
 mod http;
 
 use std::sync::Arc;
@@ -50,7 +54,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
-    Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    CallHook, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -263,11 +267,12 @@ struct JobState<W> {
     limiter: CapLimiter,
 }
 
-/// WASI 0.2 state of a component's run: its context, its resources, and the outgoing-HTTP
-/// policy that stands where an HTTP client would.
+/// WASI 0.2 state of a component's run: its context, its resources and what they hold in
+/// the host, and the outgoing-HTTP policy that stands where an HTTP client would.
 struct ComponentWasi {
     ctx: WasiCtx,
     table: ResourceTable,
+    host_memory: host_memory::HostMemory,
     http: WasiHttpCtx,
     outbound: http::Outbound,
 }
@@ -429,8 +434,11 @@ impl Sandbox {
             .env("JOB_ID", job.job_id)
             .env("JOB_ATTEMPT", job.attempt.to_string())
             .env("JOB_POOL", job.pool)
-            .arg(job.processor);
-        let limiter = CapLimiter { memory_cap: to_usize(limits.memory.0), memory_in_use: 0, hit: false };
+            .arg(job.processor)
+            // Random bytes are made in the host before they are copied to the guest.
+            .max_random_size(limits.memory.0);
+        let memory_cap = to_usize(limits.memory.0);
+        let limiter = CapLimiter { memory_cap, memory_in_use: 0, hit: false };
 
         let (ending, fuel_left, memory_hit) = match &program.code {
             Code::Module(pre) => {
@@ -439,15 +447,28 @@ impl Sandbox {
                 (ending, store.get_fuel(), store.data().limiter.hit)
             }
             Code::Component(pre) => {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(host_memory::TABLE_CAPACITY);
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(host_memory::FIELDS_SIZE_LIMIT);
                 let component_wasi = ComponentWasi {
                     ctx: wasi.build(),
-                    table: ResourceTable::new(),
-                    http: WasiHttpCtx::new(),
+                    table,
+                    host_memory: host_memory::HostMemory::new(memory_cap, stderr.clone()),
+                    http,
                     outbound: http::Outbound::new(job.processor, grants.http.clone(), stderr.clone()),
                 };
                 let mut store = self.store(component_wasi, limiter, limits);
+                // What one call hands to the host (its lists and strings, lifted) is bounded
+                // by the cap as well, not by wasmtime's default of 128 MiB.
+                store.set_hostcall_fuel(memory_cap);
+                store.call_hook(|mut store, hook| match hook {
+                    CallHook::ReturningFromHost => host_memory::account(store.data_mut()),
+                    _ => Ok(()),
+                });
                 let ending = within(limits, call_run(pre, &mut store)).await;
-                (ending, store.get_fuel(), store.data().limiter.hit)
+                let hit = store.data().limiter.hit || host_memory::overfilled_fields(&ending, &stderr);
+                (ending, store.get_fuel(), hit)
             }
         };
         let fuel_used = limits.fuel.saturating_sub(fuel_left.expect("the engine is configured with fuel"));
