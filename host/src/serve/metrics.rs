@@ -6,6 +6,8 @@
 //! activity table (see `store::activity`) attempts by outcome, their duration and fuel
 //! histograms, and jobs queued and claimed as counters to take rates of. A scrape reads
 //! kept counts and short index ranges only, so it costs the same at a million jobs.
+//! Only the `jobhost_server_*` figures are this process's own: its store queries, long-polls
+//! waiting, and connections open and idle.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,7 @@ struct Scrape {
     activity: Activity,
     store_queries: u64,
     waiters: u64,
+    connections: super::connections::Counts,
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
@@ -44,6 +47,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         activity,
         store_queries: app.queries.load(Ordering::Relaxed),
         waiters: app.watcher.waiters.load(Ordering::Relaxed),
+        connections: app.connections.counts(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -194,6 +198,20 @@ impl Collector for Scrape {
             "Long-poll requests waiting now.",
             None,
             &[(vec![], as_gauge(self.waiters))],
+        )?;
+        gauge(
+            &mut encoder,
+            "jobhost_server_connections",
+            "HTTP connections open now, in a request or idle.",
+            None,
+            &[(vec![], as_gauge(self.connections.open as u64))],
+        )?;
+        gauge(
+            &mut encoder,
+            "jobhost_server_idle_connections",
+            "HTTP connections open now between requests: the first closed to make room at serve.max_connections.",
+            None,
+            &[(vec![], as_gauge(self.connections.idle as u64))],
         )?;
         Ok(())
     }
