@@ -2,10 +2,12 @@
 //! make room, how long one may stall, and the limits a request meets before it is routed.
 //!
 //! A connection is one tokio task serving HTTP/1.1 with hyper, so thousands cost little. At
-//! `serve.max_connections`, the connection that has been idle (between requests, or not yet
-//! sent one) the longest is closed to make room for the new one, as nginx and Envoy shed
-//! keep-alive connections first; the accept loop waits only when every connection is inside
-//! a request, and long-polls are bounded below the cap (see `watch`), so short requests
+//! `serve.max_connections`, the keep-alive connection that has been idle (answered, waiting for
+//! its next request) the longest is closed to make room for the new one, as nginx and Envoy
+//! shed keep-alive connections first. A new connection is not idle until its first answer (a
+//! client that connects and sends at once must not lose its request); until then only
+//! [`HEADER_TIMEOUT`] bounds it. The accept loop waits only when no connection is idle, and
+//! long-polls are bounded below the cap (see `watch`), so short requests
 //! always get through. A connection silent for [`HEADER_TIMEOUT`] before or between requests
 //! is closed by hyper; one whose client takes none of a response for `serve.write_timeout`
 //! is closed here ([`WriteDeadline`]).
@@ -109,8 +111,9 @@ impl Connections {
         Counts { open: state.open.len(), idle: state.idle.len() }
     }
 
-    /// Makes room for one more connection and registers it: at the cap, the connection idle
-    /// the longest is told to close; when none is idle, waits for one to close or go idle.
+    /// Makes room for one more connection and registers it, not idle until its first answer:
+    /// at the cap, the connection idle the longest is told to close; when none is idle, waits
+    /// for one to close or go idle.
     pub async fn admit(self: &Arc<Self>) -> Connection {
         loop {
             let room = self.room.notified();
@@ -130,7 +133,6 @@ impl Connections {
                     state.next_id += 1;
                     let close = Arc::new(Notify::new());
                     state.open.insert(id, Slot { idle_since: None, requests: 0, closing: false, close: close.clone() });
-                    state.go_idle(id);
                     return Connection { id, close, connections: self.clone() };
                 }
             }
@@ -469,9 +471,10 @@ mod tests {
     async fn at_the_cap_the_longest_idle_connection_makes_room() {
         let connections = Arc::new(Connections::new(2));
         let first = Arc::new(connections.admit().await);
-        let second = connections.admit().await;
+        let second = Arc::new(connections.admit().await);
+        drop(InRequest::new(second.clone()));
         drop(InRequest::new(first.clone()));
-        // `first` went idle again after its request, later than `second`: `second` is shed.
+        // `second` has been idle the longest: it is shed.
         let shed = second.close.clone();
         let third = connections.admit().await;
         tokio::time::timeout(Duration::from_secs(1), shed.notified())
