@@ -2156,6 +2156,254 @@ fn unknown_paths_and_wrong_methods_answer_in_json() {
 }
 
 // ------------------------------------------------------------------------------------------
+// Connections and the edge, over raw sockets: what an HTTP client library would not send, or
+// would read on our behalf
+// ------------------------------------------------------------------------------------------
+
+/// One TCP connection of our own to the server.
+struct Raw {
+    stream: std::net::TcpStream,
+    /// Bytes read past the last answer.
+    pending: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(server: &Server) -> Raw {
+        let address = server.base.strip_prefix("http://").expect("an http:// base");
+        let stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+        Raw { stream, pending: Vec::new() }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    /// Sends `GET target` with these extra header lines (each ending in CRLF).
+    fn get(&mut self, target: &str, headers: &str) {
+        self.send(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n").as_bytes());
+    }
+
+    /// Reads bytes until `done` says how many make a whole, the server closes, or `timeout`
+    /// passes; returns what was read and which came first.
+    fn read_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> Option<usize>) -> (Vec<u8>, Ended) {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 64 << 10];
+        loop {
+            if let Some(end) = done(&self.pending) {
+                let rest = self.pending.split_off(end);
+                return (std::mem::replace(&mut self.pending, rest), Ended::Whole);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (std::mem::take(&mut self.pending), Ended::TimedOut);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return (std::mem::take(&mut self.pending), Ended::Closed),
+                Ok(read) => self.pending.extend_from_slice(&chunk[..read]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                // A reset is the server closing too.
+                Err(_) => return (std::mem::take(&mut self.pending), Ended::Closed),
+            }
+        }
+    }
+
+    /// The next answer (with a `Content-Length` body), within `timeout`; `None` if none came.
+    fn answer(&mut self, what: &str, timeout: Duration) -> Option<Reply> {
+        let (bytes, ended) = self.read_until(timeout, |bytes| {
+            let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+            let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |length| length.trim().parse::<usize>().expect("a numeric content-length"));
+            (bytes.len() >= head_end + length).then_some(head_end + length)
+        });
+        if ended != Ended::Whole {
+            assert!(bytes.is_empty(), "{what}: half an answer: {:?}", String::from_utf8_lossy(&bytes));
+            return None;
+        }
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
+        let mut headers = ureq::http::HeaderMap::new();
+        for line in lines {
+            let (name, value) = line.split_once(':').expect("a header line");
+            headers.append(
+                ureq::http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                ureq::http::HeaderValue::from_str(value.trim()).unwrap(),
+            );
+        }
+        let text = String::from_utf8(bytes[head_end + 4..].to_vec()).expect("a text body");
+        Some(Reply { what: what.to_owned(), status, headers, text })
+    }
+
+    /// Insists on an answer within `timeout`.
+    fn expect_answer(&mut self, what: &str, timeout: Duration) -> Reply {
+        self.answer(what, timeout).unwrap_or_else(|| panic!("{what}: no answer within {timeout:?}"))
+    }
+
+    /// Whether the server closes the connection within `timeout` (reading what it still sends).
+    fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.read_until(timeout, |_| None).1 == Ended::Closed
+    }
+}
+
+/// How a read of [`Raw`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Whole,
+    Closed,
+    TimedOut,
+}
+
+/// SQLite only: connections are the HTTP layer's, whatever the database.
+#[test]
+fn idle_connections_over_the_cap_do_not_delay_a_new_request() {
+    let pool = empty_pool(Backend::Sqlite, "serve: {max_connections: 20}\n");
+    let server = pool.serve(&[]);
+    // Twice the cap of keep-alive connections, each idle after one answer. The cap used to
+    // hold the newer ones back until the older ones' idle timeout (10 s) closed them.
+    let mut idle: Vec<Raw> = Vec::new();
+    for i in 0..40 {
+        let mut connection = Raw::connect(&server);
+        connection.get("/healthz", "");
+        let what = format!("GET /healthz on idle connection {i}");
+        assert_eq!(connection.expect_answer(&what, Duration::from_secs(5)).text, "ok");
+        idle.push(connection);
+    }
+    let start = Instant::now();
+    Api::new(&server).get("/api/v1/status").expect(200);
+    assert!(start.elapsed() < Duration::from_secs(5), "a new request waited {:?}", start.elapsed());
+    // Room was made by closing the connections idle the longest: the oldest ones.
+    for (i, connection) in idle.iter_mut().enumerate().take(20) {
+        assert!(connection.closed_within(Duration::from_secs(5)), "the server closed idle connection {i}");
+    }
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+fn long_polls_leave_room_for_short_requests(backend: Backend) {
+    // 20 connections: at most 10 long-polls wait (the default, half), the rest are refused.
+    let pool = empty_pool(backend, "serve: {max_connections: 20}\n");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let id = api.enqueue(&json!({"processor": "echo", "delay": "1h"}));
+    let (answered, answers) = std::sync::mpsc::channel();
+    for i in 0..30 {
+        let mut connection = Raw::connect(&server);
+        connection.get(&format!("/api/v1/jobs/{id}?wait=30s"), "");
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let reply = connection.answer(&format!("long-poll {i}"), Duration::from_secs(60));
+            let _ = answered.send(reply);
+        });
+    }
+    // The 20 past the bound are answered at once; they used to hold the connections instead.
+    for _ in 0..20 {
+        let reply =
+            answers.recv_timeout(Duration::from_secs(10)).expect("a long-poll past the bound is answered at once");
+        let reply = reply.expect("an answer");
+        let error = reply.expect_error(503, "unavailable", None);
+        assert!(error["message"].as_str().unwrap().contains("serve.max_waiters"), "{error}");
+        assert_eq!(reply.header("retry-after"), Some("1"), "{}", reply.describe());
+    }
+    let start = Instant::now();
+    let metrics = api.metrics();
+    assert!(start.elapsed() < Duration::from_secs(5), "a /metrics probe waited {:?}", start.elapsed());
+    assert_eq!(metrics.get("jobhost_server_waiters", &[]), 10.0);
+    assert!(answers.try_recv().is_err(), "the 10 within the bound still wait");
+    // They were waiting: a shutdown answers them at once with the job as it is.
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+    for _ in 0..10 {
+        let reply = answers.recv_timeout(Duration::from_secs(10)).expect("answered at shutdown").expect("an answer");
+        assert_eq!(reply.expect(200)["status"], "pending");
+    }
+}
+
+/// SQLite only: writing answers is the HTTP layer's, whatever the database.
+#[test]
+fn a_client_that_stops_reading_an_answer_is_disconnected() {
+    let pool = empty_pool(Backend::Sqlite, "jobs: {max_payload: 16MiB}\nserve: {write_timeout: 1s}\n");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    // Far more than the socket buffers between the server and a client that reads nothing.
+    let blob = "x".repeat(8 << 20);
+    let id = api.enqueue(&json!({"processor": "echo", "delay": "1h", "payload": {"blob": blob}}));
+    let mut reader = Raw::connect(&server);
+    reader.get(&format!("/api/v1/jobs/{id}"), "");
+    // The connection is closed once nothing has been taken for 1 s; `api`'s is the only one left.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = api.metrics().get("jobhost_server_connections", &[]);
+        if open == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unread answer's connection is still open ({open} open)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (read, ended) = reader.read_until(Duration::from_secs(10), |_| None);
+    assert_eq!(ended, Ended::Closed, "the server closed the connection");
+    assert!(read.len() < blob.len(), "the answer was cut short ({} bytes read)", read.len());
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// SQLite only: the edge limits are the HTTP layer's, whatever the database.
+#[test]
+fn oversized_and_malformed_requests_answer_in_json() {
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve(&[]);
+    let quick = Duration::from_secs(5);
+    let ask = |what: &str, request: &[u8]| {
+        let mut connection = Raw::connect(&server);
+        connection.send(request);
+        let start = Instant::now();
+        let reply = connection.expect_answer(what, quick);
+        assert!(start.elapsed() < Duration::from_secs(2), "{what}: answered after {:?}", start.elapsed());
+        (reply, connection)
+    };
+    let long_query = format!("x={}", "a".repeat(9 << 10));
+    for path in ["/api/v1/jobs", "/"] {
+        let (reply, _) =
+            ask("a 9 KiB URI", format!("GET {path}?{long_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+        reply.expect_error(414, "uri_too_long", None);
+    }
+    let big_header = format!("X-Big: {}\r\n", "b".repeat(40 << 10));
+    let (reply, _) = ask(
+        "a 40 KiB header",
+        format!("GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n{big_header}\r\n").as_bytes(),
+    );
+    reply.expect_error(431, "headers_too_large", None);
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (reply, _) =
+        ask("150 headers", format!("GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n").as_bytes());
+    reply.expect_error(431, "headers_too_large", None);
+
+    // A declared body over serve.max_body is refused before a byte of it is sent.
+    let declared = b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                     Content-Length: 1073741824\r\n\r\n";
+    let (reply, mut connection) = ask("Content-Length: 1 GiB", declared);
+    let error = reply.expect_error(413, "body_too_large", None);
+    assert!(error["message"].as_str().unwrap().contains("1073741824"), "{error}");
+    assert!(connection.closed_within(quick), "the connection is closed: its body is unread");
+
+    // A chunked body whose chunk size is not hexadecimal.
+    let chunked = b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                    Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
+    let (reply, _) = ask("a malformed chunked body", chunked);
+    reply.expect_error(400, "bad_request", None);
+
+    // Past hyper's own limit (a 64 KiB URI) hyper answers alone, without a body: the last resort.
+    let huge = format!("GET /api/v1/jobs?x={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "a".repeat(70 << 10));
+    let (reply, _) = ask("a 70 KiB URI", huge.as_bytes());
+    assert_eq!((reply.status, reply.text.as_str()), (414, ""), "{}", reply.describe());
+    assert_eq!(total(&pool), 0);
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+// ------------------------------------------------------------------------------------------
 // The Python example (docs/examples/enqueue_and_wait.py)
 // ------------------------------------------------------------------------------------------
 
@@ -2265,6 +2513,7 @@ on_both_backends!(
     long_poll_answers_when_a_worker_finishes_the_job,
     long_poll_times_out_with_the_job_as_it_is_and_bad_waits_are_refused,
     sigterm_still_answers_an_in_flight_long_poll,
+    long_polls_leave_room_for_short_requests,
     read_only_refuses_every_post_and_changes_nothing,
     bodies_that_are_not_json_objects_are_refused,
     bad_fields_are_refused_by_name_and_insert_nothing,

@@ -1,7 +1,7 @@
 //! `jobhost-bench`: measures jobhost against the targets of the v1 speed issue and writes the
 //! results to `BENCHMARKS.md`. Run it through `./scripts/bench`, which builds what it needs.
 //!
-//! Sections 1, 2, 6 and 8 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
+//! Sections 1, 2, 6, 8 and 10 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
 //! names, or else on a throwaway one that `scripts/postgres start` makes in the temporary folder
 //! (fsync off) when the first of them needs it, stopped and deleted when the benchmark ends.
 //! Each PostgreSQL measurement gets a fresh schema, dropped afterwards.
@@ -10,7 +10,8 @@
 //! [`end_to_end`] (1), [`store`] (2), [`flatmachines`] (3, the original example's store),
 //! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7), [`server`] (8, `jobhost
 //! serve` through its HTTP API), [`components`] (9, WASI 0.2 components in Rust and Python, and
-//! jobs waiting on HTTP). Sections run one after
+//! jobs waiting on HTTP), [`connections`] (10, short requests beside thousands of long-polls).
+//! Sections run one after
 //! another, never side by side, because the machine has few cores and is shared. A section
 //! that fails is reported as a failed row and the others still run.
 //!
@@ -20,6 +21,7 @@
 
 mod cold_start;
 mod components;
+mod connections;
 mod end_to_end;
 mod flatmachines;
 mod memory;
@@ -78,6 +80,7 @@ enum Section {
     Memory,
     Server,
     Components,
+    Connections,
 }
 
 impl Section {
@@ -92,6 +95,7 @@ impl Section {
             Section::Memory => memory::run(bench, report),
             Section::Server => server::run(bench, report, shelf),
             Section::Components => components::run(bench, report),
+            Section::Connections => connections::run(bench, report),
         }
     }
 
@@ -106,6 +110,7 @@ impl Section {
             Section::Memory => "7. memory",
             Section::Server => "8. server",
             Section::Components => "9. components",
+            Section::Connections => "10. connections",
         }
     }
 
@@ -121,6 +126,7 @@ impl Section {
             Section::Memory => memory::SECTION,
             Section::Server => server::SECTION,
             Section::Components => components::SECTION,
+            Section::Connections => connections::SECTION,
         };
         SectionId { label, title: self.title() }
     }

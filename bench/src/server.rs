@@ -62,7 +62,7 @@ pub const SECTION: &str = "server";
 const CONNECTIONS: usize = 8;
 /// Single-job requests before anything is timed: connection, statements and pages warm.
 const WARM_UP: usize = 20;
-const BATCH: usize = 1_000;
+pub const BATCH: usize = 1_000;
 const BATCH_TARGET: f64 = 50_000.0;
 const WAITERS: [usize; 2] = [10, 1_000];
 const WAIT: &str = "30s";
@@ -552,7 +552,7 @@ fn pages<'a>(
 }
 
 /// A running `jobhost serve` on a free port of 127.0.0.1; SIGTERM when dropped.
-struct Server {
+pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     base: String,
@@ -564,7 +564,7 @@ struct Server {
 impl Server {
     /// Starts `jobhost serve --listen 127.0.0.1:0` on `pool` and waits for its line
     /// `listening on http://…`.
-    fn start(pool: &Pool) -> Result<Server> {
+    pub fn start(pool: &Pool) -> Result<Server> {
         let log = pool.path("serve.log");
         let log_file = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = pool
@@ -605,7 +605,7 @@ impl Server {
         Ok(server)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -636,7 +636,7 @@ impl Server {
     }
 
     /// Waits until the server counts `waiters` long-polls waiting.
-    fn wait_for_waiters(&self, client: &Agent, waiters: usize) -> Result<()> {
+    pub fn wait_for_waiters(&self, client: &Agent, waiters: usize) -> Result<()> {
         let deadline = Instant::now() + STARTUP;
         loop {
             let waiting = self.metric(client, WAITING)?;
@@ -652,7 +652,7 @@ impl Server {
     }
 
     /// Stops the server with SIGTERM and insists on a clean exit.
-    fn stop(mut self) -> Result<()> {
+    pub fn stop(mut self) -> Result<()> {
         let status = self.terminate()?;
         ensure!(status.success(), "`jobhost serve` exited with {status} after SIGTERM; its log: {}", self.log_tail());
         Ok(())
@@ -698,7 +698,7 @@ impl Drop for Server {
 
 /// An HTTP client with its own connection: keep-alive, no redirects followed, statuses
 /// returned rather than turned into errors.
-fn client() -> Agent {
+pub fn client() -> Agent {
     Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -708,7 +708,7 @@ fn client() -> Agent {
 }
 
 /// POSTs a JSON body and insists on 201 Created; returns the answer's body.
-fn post_created(client: &Agent, url: &str, body: &[u8]) -> Result<String> {
+pub fn post_created(client: &Agent, url: &str, body: &[u8]) -> Result<String> {
     let mut response =
         client.post(url).content_type("application/json").send(body).with_context(|| format!("POST {url} failed"))?;
     let text = response.body_mut().read_to_string().with_context(|| format!("cannot read the answer to POST {url}"))?;
@@ -718,7 +718,7 @@ fn post_created(client: &Agent, url: &str, body: &[u8]) -> Result<String> {
 }
 
 /// GETs `url` and insists on 200 OK; returns the body.
-fn get_ok(client: &Agent, url: &str) -> Result<String> {
+pub fn get_ok(client: &Agent, url: &str) -> Result<String> {
     let mut response = client.get(url).call().with_context(|| format!("GET {url} failed"))?;
     let text = response
         .body_mut()
@@ -743,14 +743,14 @@ fn single_body(seq: usize) -> Vec<u8> {
 }
 
 /// `{"jobs": [...]}` of `count` echo jobs, numbered from `first`.
-fn batch_body(first: usize, count: usize) -> Vec<u8> {
+pub fn batch_body(first: usize, count: usize) -> Vec<u8> {
     let jobs: Vec<Value> =
         (first..first + count).map(|seq| json!({"processor": "echo", "payload": {"seq": seq}})).collect();
     json!({ "jobs": jobs }).to_string().into_bytes()
 }
 
 /// The `ids` of a batch's answer, in order.
-fn ids_of(answer: &str) -> Result<Vec<String>> {
+pub fn ids_of(answer: &str) -> Result<Vec<String>> {
     let answer: Value = serde_json::from_str(answer).context("a batch was answered with something not JSON")?;
     answer["ids"]
         .as_array()
@@ -762,7 +762,7 @@ fn ids_of(answer: &str) -> Result<Vec<String>> {
 
 /// The sum of a metric's samples over all its label sets, in Prometheus/OpenMetrics text;
 /// `None` if it has none.
-fn sample(text: &str, name: &str) -> Option<f64> {
+pub fn sample(text: &str, name: &str) -> Option<f64> {
     let mut sum = None;
     for line in text.lines().filter(|line| !line.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else { continue };

@@ -218,8 +218,15 @@ pub struct ServeConfig {
     pub request_timeout: HumanDuration,
     /// Longest `?wait=` a long-poll may ask for.
     pub max_wait: HumanDuration,
-    /// Most connections open at once; further ones wait to be accepted.
+    /// Most connections open at once. At the cap, the connection idle the longest is closed
+    /// to make room; only when every connection is in a request do new ones wait.
     pub max_connections: u32,
+    /// Most long-polls waiting at once (unset: half of `max_connections`), so waiters always
+    /// leave connections for short requests; one more is answered 503 at once.
+    pub max_waiters: Option<u32>,
+    /// Longest a response may go without the client taking any of it before the connection
+    /// is closed (a client that stopped reading).
+    pub write_timeout: HumanDuration,
 }
 
 impl Default for ServeConfig {
@@ -232,7 +239,9 @@ impl Default for ServeConfig {
             max_body: ByteSize(16 << 20),
             request_timeout: HumanDuration(Duration::from_secs(30)),
             max_wait: HumanDuration(Duration::from_secs(60)),
-            max_connections: 1024,
+            max_connections: 10_000,
+            max_waiters: None,
+            write_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -243,6 +252,12 @@ impl ServeConfig {
         self.listen.parse().map_err(|_| {
             format!("must be an IP address and port, e.g. 127.0.0.1:7700 or 0.0.0.0:7700, got {:?}", self.listen)
         })
+    }
+
+    /// The long-polls allowed to wait at once when `connections` may be open (fewer than
+    /// `max_connections` if the open-files limit is lower): always fewer than `connections`.
+    pub fn waiters_for(&self, connections: u32) -> u32 {
+        self.max_waiters.unwrap_or(connections / 2).min(connections.saturating_sub(1))
     }
 }
 
@@ -440,12 +455,26 @@ impl Config {
                 self.jobs.max_payload
             );
         }
-        for (key, value) in [("serve.request_timeout", serve.request_timeout), ("serve.max_wait", serve.max_wait)] {
+        for (key, value) in [
+            ("serve.request_timeout", serve.request_timeout),
+            ("serve.max_wait", serve.max_wait),
+            ("serve.write_timeout", serve.write_timeout),
+        ] {
             if value.0 < Duration::from_secs(1) {
                 bail!("{} must be at least 1s, got {value}", self.name(key));
             }
         }
-        check_range(self.name("serve.max_connections"), serve.max_connections, 1, 100_000, "connections")?;
+        check_range(self.name("serve.max_connections"), serve.max_connections, 2, 100_000, "connections")?;
+        if let Some(waiters) = serve.max_waiters
+            && !(1..serve.max_connections).contains(&waiters)
+        {
+            bail!(
+                "{} must be between 1 and {} ({}, less one, so a short request always finds a connection), got {waiters}",
+                self.name("serve.max_waiters"),
+                serve.max_connections - 1,
+                self.name("serve.max_connections"),
+            );
+        }
         self.processors.limits.validate(self, "processors.limits")?;
         for (name, overrides) in &self.processors.overrides {
             crate::processors::validate_name(name).map_err(|err| anyhow::anyhow!("processors.overrides: {err}"))?;
@@ -798,6 +827,25 @@ mod tests {
         assert!(Config::parse("worker: {concurrency: 100000}").is_err());
         assert!(Config::parse("checker: {interval: 0}").is_err());
         assert!(Config::parse("jobs: {max_payload: 1GiB}").is_err());
+    }
+
+    #[test]
+    fn long_polls_always_leave_a_connection_for_short_requests() {
+        let serve = Config::parse("").unwrap().serve;
+        assert_eq!((serve.max_connections, serve.waiters_for(serve.max_connections)), (10_000, 5_000));
+        let serve = Config::parse("serve: {max_connections: 100, max_waiters: 90}").unwrap().serve;
+        assert_eq!(serve.waiters_for(100), 90);
+        // Fewer connections than configured (a low open-files limit) still leave one.
+        assert_eq!(serve.waiters_for(50), 49);
+        for (yaml, wanted) in [
+            ("serve: {max_connections: 100, max_waiters: 100}", "serve.max_waiters must be between 1 and 99"),
+            ("serve: {max_waiters: 0}", "serve.max_waiters must be between 1 and 9999"),
+            ("serve: {max_connections: 1}", "serve.max_connections must be between 2 and 100000"),
+            ("serve: {write_timeout: 500ms}", "serve.write_timeout must be at least 1s"),
+        ] {
+            let message = format!("{:#}", Config::parse(yaml).unwrap_err());
+            assert!(message.contains(wanted), "{yaml}: {message}");
+        }
     }
 
     #[test]

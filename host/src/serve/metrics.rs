@@ -10,6 +10,9 @@
 //! Label values are names people and API clients choose (pools, hosts), so every one is
 //! escaped as the exposition format says ([`Label`]): a quote in a pool name must not end
 //! its label and make Prometheus reject the whole scrape.
+//!
+//! Only the `jobhost_server_*` figures are this process's own: its store queries, long-polls
+//! waiting, and connections open and idle.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,6 +40,7 @@ struct Scrape {
     store_queries: u64,
     waiters: u64,
     processor_listings: u64,
+    connections: super::connections::Counts,
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
@@ -50,6 +54,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         store_queries: app.queries.load(Ordering::Relaxed),
         waiters: app.watcher.waiters.load(Ordering::Relaxed),
         processor_listings: app.processor_listing.made.load(Ordering::Relaxed),
+        connections: app.connections.counts(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -221,6 +226,20 @@ impl Collector for Scrape {
             "jobhost_server_processor_listings",
             "Processor listings this server made, loading every processor; a repeat with no file changed reuses the last.",
             &[(vec![], self.processor_listings)],
+        )?;
+        gauge(
+            &mut encoder,
+            "jobhost_server_connections",
+            "HTTP connections open now, in a request or idle.",
+            None,
+            &[(vec![], as_gauge(self.connections.open as u64))],
+        )?;
+        gauge(
+            &mut encoder,
+            "jobhost_server_idle_connections",
+            "HTTP connections open now between requests: the first closed to make room at serve.max_connections.",
+            None,
+            &[(vec![], as_gauge(self.connections.idle as u64))],
         )?;
         Ok(())
     }

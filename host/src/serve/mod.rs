@@ -5,14 +5,17 @@
 //! The server owns the HTTP side only: it reads and changes jobs through [`Store`] and never
 //! runs one. Its defences against careless and hostile clients live here and in [`auth`]:
 //! - no token means loopback only; with one, every call needs it ([`auth::guard`]);
-//! - bodies are capped (`serve.max_body`), headers must arrive within [`HEADER_TIMEOUT`],
-//!   a whole request within `serve.request_timeout` (a long-poll gets its wait on top), and
-//!   at most `serve.max_connections` connections are open at once;
+//! - bodies are capped (`serve.max_body`), a whole request must be answered within
+//!   `serve.request_timeout` (a long-poll gets its wait on top), and long-polls are bounded
+//!   (`serve.max_waiters`, see [`watch`]);
+//! - connections are bounded, shed idle ones first and time out when silent or unread, and
+//!   oversized URIs, headers and declared bodies are refused before routing ([`connections`]);
 //! - SIGTERM or SIGINT stops accepting, lets requests in flight finish (long-polls are
 //!   answered at once with the job as it is) and exits 0.
 
 mod api;
 mod auth;
+mod connections;
 mod dashboard;
 mod error;
 mod metrics;
@@ -29,8 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{Semaphore, watch as signal_watch};
+use tokio::sync::watch as signal_watch;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
@@ -39,8 +41,6 @@ use crate::store::{Access, Store};
 
 use error::ApiError;
 
-/// Longest a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -58,6 +58,8 @@ pub struct App {
     /// Loads processors for the processors listing (compiling them, or reading the cache).
     sandbox: Sandbox,
     processor_listing: api::ProcessorListing,
+    /// The open connections (gauges in /metrics).
+    connections: Arc<connections::Connections>,
 }
 
 impl App {
@@ -85,17 +87,19 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
         format!("cannot listen on {address}: is another server using it? pick another with --listen")
     })?;
-    raise_open_files_limit(serve.max_connections);
+    let max_connections = raise_open_files_limit(serve.max_connections, config);
     let (stop, stopping) = signal_watch::channel(false);
+    let connections = Arc::new(connections::Connections::new(max_connections));
     let app = Arc::new(App {
         store,
         config: config.clone(),
         auth: auth::Auth::new(tokens, serve.read_only),
-        watcher: watch::Watcher::default(),
+        watcher: watch::Watcher::new(serve.waiters_for(max_connections)),
         queries: AtomicU64::new(0),
         stopping,
         sandbox: Sandbox::new(1)?,
         processor_listing: api::ProcessorListing::default(),
+        connections: connections.clone(),
     });
     let watcher = tokio::spawn({
         let app = app.clone();
@@ -108,14 +112,9 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     crate::outln!("listening on http://{}", listener.local_addr()?)?;
     tracing::info!(%address, token = app.auth.has_token(), read_only = serve.read_only, "serving");
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(serve.max_connections as usize));
+    let settings = connections::Settings { max_body: serve.max_body.0, write_timeout: serve.write_timeout.0 };
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -128,28 +127,23 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
             },
             () = &mut shutdown => break,
         };
+        let connection = tokio::select! {
+            connection = connections.admit() => connection,
+            () = &mut shutdown => break,
+        };
         // Each request learns the address it came from (wrong tokens are counted per client).
         let routed = hyper_util::service::TowerToHyperService::new(router.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             hyper::service::Service::call(&routed, request)
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!("connection ended: {err}");
-            }
-            drop(permit);
-        });
+        tokio::spawn(connection.serve(stream, service, settings.clone()));
     }
     drop(listener);
     let _ = stop.send(true);
+    connections.close_all();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.all_closed() => {}
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     watcher.abort();
@@ -157,19 +151,33 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
 }
 
 /// Each connection is a file descriptor; the usual soft limit (1024) is below the default
-/// `serve.max_connections` plus the database's, so the soft limit is raised towards the hard one.
-fn raise_open_files_limit(connections: u32) {
-    let wanted = u64::from(connections) + 256;
+/// `serve.max_connections`, so the soft limit is raised towards the hard one. Returns the
+/// connections that fit: `wanted`, or fewer when the hard limit is lower (with a warning).
+fn raise_open_files_limit(wanted: u32, config: &Config) -> u32 {
+    let needed = u64::from(wanted) + connections::RESERVED_FILES;
     // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
-    unsafe {
+    let open_files = unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && (limit.rlim_cur as u64) < wanted {
-            limit.rlim_cur = limit.rlim_max.min(wanted as libc::rlim_t);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!("cannot raise the open-files limit to {wanted}: fewer connections may be served");
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if (limit.rlim_cur as u64) < needed {
+            let raised = limit.rlim_max.min(needed as libc::rlim_t);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &libc::rlimit { rlim_cur: raised, rlim_max: limit.rlim_max }) == 0 {
+                limit.rlim_cur = raised;
             }
         }
+        limit.rlim_cur as u64
+    };
+    let fitting = connections::connections_fitting(open_files, wanted).max(2);
+    if fitting < wanted {
+        tracing::warn!(
+            "the open-files limit ({open_files}) leaves room for {fitting} connections, not the {wanted} of {}: \
+             serving at most {fitting} (raise the hard limit: LimitNOFILE= in a systemd unit, or `ulimit -Hn`)",
+            config.name("serve.max_connections")
+        );
     }
+    fitting
 }
 
 /// Resolves at the first SIGTERM or SIGINT; the handlers are installed by this call.
@@ -262,27 +270,43 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
 }
 
-/// axum answers a body over the cap, and tower-http a request out of time, without a body;
-/// the API promises its JSON shape for every error.
+/// axum answers a body over the cap or one it cannot read (a malformed chunked body, one cut
+/// short), and tower-http a request out of time, in plain text or without a body; the API
+/// promises its JSON shape for every error.
 async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     let api = auth::is_api(request.uri().path());
     let response = next.run(request).await;
-    let error = match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "the request body is larger than serve.max_body: send less (split a batch), or raise serve.max_body",
-        ),
-        StatusCode::REQUEST_TIMEOUT => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the request took longer than serve.request_timeout: send it faster, or ask for less at once",
-        ),
-        _ => return response,
-    };
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
-    if api && !is_json { error.into_response() } else { response }
+    if !api || is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than serve.max_body: send less (split a batch), or raise serve.max_body",
+        )
+        .into_response(),
+        StatusCode::REQUEST_TIMEOUT => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request took longer than serve.request_timeout: send it faster, or ask for less at once",
+        )
+        .into_response(),
+        StatusCode::BAD_REQUEST => {
+            // axum's own text names what was wrong with the body; it is short.
+            let said = axum::body::to_bytes(response.into_body(), 4 << 10).await.unwrap_or_default();
+            let said = String::from_utf8_lossy(&said);
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the request could not be read ({}): send a well-formed HTTP/1.1 request", said.trim()),
+            )
+            .into_response()
+        }
+        _ => response,
+    }
 }
