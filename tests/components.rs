@@ -120,13 +120,14 @@ fn granted_pool(name: &str, allow: &str) -> Pool {
 
 const SECRET: &str = "s3cret-value-never-stored";
 
-/// Seeds one job for `name` with `payload` and lets a real worker (holding the secret in its
-/// environment) run it; returns the job as `jobs show --json` prints it.
-fn run_as_job(pool: &Pool, name: &str, payload: &Value) -> (Value, String) {
+/// Seeds one job for `name` with `payload` and lets a real worker (holding `secret` as
+/// `API_TOKEN` in its environment) run it; returns the job as `jobs show --json` prints it,
+/// and what the worker said.
+fn run_as_job(pool: &Pool, name: &str, payload: &Value, secret: &str) -> (Value, String) {
     // As a deploy would: compile ahead, so the worker loads compiled code.
     pool.ok(&["processors", "--compile"]);
     pool.ok(&["seed", "--processor", name, "--payload", &payload.to_string(), "--max-attempts", "1"]);
-    let output = pool.command(&["work", "--once"]).env("API_TOKEN", SECRET).output().unwrap();
+    let output = pool.command(&["work", "--once"]).env("API_TOKEN", secret).output().unwrap();
     let logs = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the worker failed: {logs}");
     let jobs = pool.all_jobs();
@@ -165,7 +166,7 @@ fn example_runs_as_a_job_with_its_grants(built_file: &str, language: &str) {
     let endpoint = Endpoint::start("hello from the test");
     let pool = granted_pool(built_file, &format!("127.0.0.1:{}", endpoint.port));
     add_built(&pool, built_file, built_file);
-    let (job, logs) = run_as_job(&pool, built_file, &serde_json::json!({"url": endpoint.url("/greeting")}));
+    let (job, logs) = run_as_job(&pool, built_file, &serde_json::json!({"url": endpoint.url("/greeting")}), SECRET);
     assert_eq!(job["status"], "completed", "{job:#}");
     assert_eq!(
         job["result"],
@@ -216,9 +217,14 @@ fn the_rust_module_example_runs_without_network() {
 
 /// `jobhost run NAME --payload PAYLOAD --json EXTRA...`, with the secret in its environment.
 fn run(pool: &Pool, name: &str, payload: &str, extra: &[&str]) -> Value {
+    run_with_secret(pool, name, payload, extra, SECRET)
+}
+
+/// [`run`] with `secret` as `API_TOKEN`.
+fn run_with_secret(pool: &Pool, name: &str, payload: &str, extra: &[&str], secret: &str) -> Value {
     let mut args = vec!["run", name, "--payload", payload, "--json"];
     args.extend_from_slice(extra);
-    let output = pool.command(&args).env("API_TOKEN", SECRET).output().unwrap();
+    let output = pool.command(&args).env("API_TOKEN", secret).output().unwrap();
     serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
             "no JSON report ({err}): {}{}",
@@ -426,7 +432,39 @@ fn a_component_sees_only_the_job_variables_and_its_grants() {
     let mut names: Vec<&str> = env.keys().map(String::as_str).collect();
     names.sort();
     assert_eq!(names, ["API_TOKEN", "GREETING", "JOB_ATTEMPT", "JOB_ID", "JOB_POOL"], "{report:#}");
-    assert_eq!(env["API_TOKEN"], SECRET, "the secret reaches the guest");
+    assert_eq!(env["API_TOKEN"], "***", "the secret reaches the guest, and its value is masked in the result");
+}
+
+/// A secret with characters JSON escapes, so that its escaped form must be masked too.
+const ESCAPED_SECRET: &str = r#"s3cret"quote\back-never-shown"#;
+
+#[test]
+fn a_secret_the_processor_prints_is_masked_wherever_jobhost_keeps_or_shows_output() {
+    let escaped = serde_json::to_string(ESCAPED_SECRET).unwrap();
+    let escaped = escaped.trim_matches('"');
+    for as_json in [true, false] {
+        let pool = pool("    limits:\n      secrets: [API_TOKEN]");
+        add_built(&pool, "limits", "limits");
+        let payload = serde_json::json!({"mode": "reveal", "var": "API_TOKEN", "json": as_json});
+        let (job, logs) = run_as_job(&pool, "limits", &payload, ESCAPED_SECRET);
+        let report = run_with_secret(&pool, "limits", &payload.to_string(), &[], ESCAPED_SECRET);
+        let expected =
+            if as_json { serde_json::json!({"API_TOKEN": "***"}) } else { serde_json::json!("API_TOKEN is ***\n") };
+        let masked_stderr = "API_TOKEN is ***\n{\"API_TOKEN\": \"***\"}\n";
+        assert_eq!((&job["status"], &job["result"]), (&serde_json::json!("completed"), &expected), "{job:#}");
+        assert_eq!(job["attempt_history"][0]["stderr"], masked_stderr, "{job:#}");
+        assert_eq!(
+            (&report["result"], &report["stderr"]),
+            (&expected, &serde_json::json!(masked_stderr)),
+            "{report:#}"
+        );
+
+        let shown = pool.ok(&["jobs", "show", job["id"].as_str().unwrap()]);
+        let kept = everything_kept(&pool, &[&logs, &shown, &job.to_string(), &report.to_string()]);
+        for form in [ESCAPED_SECRET, escaped, "s3cret"] {
+            assert!(!contains(&kept, form), "{form:?} was kept or printed (json: {as_json})");
+        }
+    }
 }
 
 #[test]

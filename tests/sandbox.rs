@@ -275,6 +275,62 @@ fn modules_that_cannot_load_are_load_errors() {
     }
 }
 
+/// Each WebAssembly proposal the host does not accept, in a module that uses it, and the
+/// words of the load error that name it.
+const REFUSED_FEATURES: [(&str, &str, &str); 12] = [
+    ("memory64", r#"(module (memory i64 1) (func (export "_start")))"#, "memory64"),
+    ("table64", r#"(module (table i64 1 funcref) (func (export "_start")))"#, "memory64"),
+    ("multi_memory", r#"(module (memory 1) (memory 1) (func (export "_start")))"#, "multiple memories"),
+    ("tail_call", r#"(module (func $f) (func (export "_start") (return_call $f)))"#, "tail calls"),
+    (
+        "relaxed_simd",
+        r#"(module (func (export "_start") (drop (i32x4.relaxed_trunc_f32x4_s (v128.const i64x2 0 0)))))"#,
+        "relaxed SIMD",
+    ),
+    (
+        "function_references",
+        r#"(module (type $t (func)) (func $f) (elem declare func $f)
+             (func (export "_start") (call_ref $t (ref.func $f))))"#,
+        "function references",
+    ),
+    ("gc", r#"(module (type $s (struct)) (func (export "_start") (drop (struct.new $s))))"#, "gc"),
+    ("threads", r#"(module (memory 1 1 shared) (func (export "_start")))"#, "threads"),
+    ("exceptions", r#"(module (tag $e) (func (export "_start") (throw $e)))"#, "exceptions"),
+    ("custom_page_sizes", r#"(module (memory 1 (pagesize 1)) (func (export "_start")))"#, "custom page sizes"),
+    (
+        "wide_arithmetic",
+        r#"(module (func (export "_start")
+             (drop (drop (i64.add128 (i64.const 0) (i64.const 0) (i64.const 0) (i64.const 0))))))"#,
+        "wide arithmetic",
+    ),
+    ("stack_switching", r#"(module (type $f (func)) (type $c (cont $f)) (func (export "_start")))"#, "stack switching"),
+];
+
+#[test]
+fn webassembly_features_the_host_does_not_accept_are_load_errors_naming_them() {
+    let pool = Pool::new("");
+    for (name, wat, feature) in REFUSED_FEATURES {
+        fs::write(pool.path(&format!("processors/{name}.wasm")), wat).unwrap();
+        let report = run(&pool, name, &[]);
+        assert_eq!(report["outcome"], "load_error", "{name}: {report}");
+        assert!(message(&report).contains(feature), "{name}: expected {feature:?} in {report}");
+    }
+}
+
+/// Issue 16: two 64-bit memories, one grown by -1 pages, wrapped the memory limiter's sum,
+/// and the other then grew past the cap (the run ended `ok` with 3 MiB live under 2 MiB).
+#[test]
+fn the_memory_cap_cannot_be_walked_past_with_64_bit_memories() {
+    let pool = Pool::new("");
+    let walk = r#"(module (memory $a i64 16) (memory $b i64 1) (func (export "_start") (drop (memory.grow $a
+        (i64.const -1))) (if (i64.eq (memory.grow $b (i64.const 31)) (i64.const -1)) (then unreachable))))"#;
+    fs::write(pool.path("processors/walk.wasm"), walk).unwrap();
+    let report = run(&pool, "walk", &["--memory", "2MiB"]);
+    assert_eq!(report["outcome"], "load_error", "{report}");
+    // Refused for its second memory, before its 64-bit ones are looked at.
+    assert!(message(&report).contains("multiple memories"), "{report}");
+}
+
 #[test]
 fn run_on_a_fifo_is_a_prompt_load_error() {
     let pool = Pool::new("");

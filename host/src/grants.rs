@@ -254,10 +254,14 @@ fn canonical(address: IpAddr) -> IpAddr {
 }
 
 /// Whether `address` is on the public internet: not loopback, private, link-local, shared
-/// (carrier NAT), multicast, reserved or unspecified, also when written inside IPv6
-/// (mapped, NAT64, 6to4).
+/// (carrier NAT), multicast, reserved, documentation, benchmarking or unspecified. An IPv4
+/// address inside a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address is judged as
+/// itself; the IPv6 forms that carry or reach IPv4 without saying which network they
+/// translate into (IPv4-mapped, -compatible and -translated, local-use NAT64, Teredo) are
+/// refused whole: no public name needs one, and an allow entry naming the address still
+/// reaches it.
 pub fn is_public(address: IpAddr) -> bool {
-    match canonical(address) {
+    match address {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => is_public_v6(v6),
     }
@@ -288,13 +292,27 @@ fn is_public_v6(v6: Ipv6Addr) -> bool {
     if segments[0] == 0x2002 {
         return is_public_v4(embedded_v4(segments[1], segments[2]));
     }
+    let in_prefix = |prefix: [u16; 8], length: u32| {
+        let mask = u128::MAX.checked_shl(128 - length).unwrap_or(0);
+        u128::from(v6) & mask == u128::from(Ipv6Addr::from(prefix))
+    };
     !(v6.is_unspecified()
         || v6.is_loopback()
         || v6.is_multicast()
         || v6.is_unique_local()
         || v6.is_unicast_link_local()
+        // IPv4-compatible ::/96 and IPv4-mapped ::ffff:0:0/96.
         || v6.to_ipv4().is_some()
-        || segments[0] == 0x2001 && segments[1] == 0x0db8)
+        || in_prefix([0, 0, 0, 0, 0xffff, 0, 0, 0], 96) // IPv4-translated
+        || in_prefix([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48) // NAT64 local use
+        || in_prefix([0x100, 0, 0, 0, 0, 0, 0, 0], 64) // discard only
+        || in_prefix([0x2001, 0, 0, 0, 0, 0, 0, 0], 32) // Teredo
+        || in_prefix([0x2001, 2, 0, 0, 0, 0, 0, 0], 48) // benchmarking
+        || in_prefix([0x2001, 0x10, 0, 0, 0, 0, 0, 0], 28) // ORCHID
+        || in_prefix([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28) // ORCHIDv2
+        || in_prefix([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32) // documentation
+        || in_prefix([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20) // documentation
+        || in_prefix([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10)) // site-local (deprecated)
 }
 
 /// Checks `env` and `secrets` of `processors.overrides.NAME` (`key`): names that WASI can
@@ -374,28 +392,82 @@ mod tests {
 
     #[test]
     fn only_public_addresses_are_public() {
+        // One address in every refused range, at its edges where a neighbour is public.
         for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
+            "0.0.0.0", // this network, 0.0.0.0/8
+            "0.255.255.255",
+            "10.1.2.3",   // private
+            "100.64.0.1", // shared (carrier NAT), 100.64.0.0/10
+            "100.127.255.255",
+            "127.0.0.1",       // loopback
+            "169.254.169.254", // link-local: cloud metadata
+            "172.16.0.1",      // private
+            "192.0.0.1",       // IETF protocol assignments, 192.0.0.0/24
+            "192.0.0.255",
+            "192.0.2.1",   // documentation
+            "192.168.1.1", // private
+            "198.18.0.1",  // benchmarking, 198.18.0.0/15
+            "198.19.255.255",
+            "198.51.100.1",     // documentation
+            "203.0.113.1",      // documentation
+            "224.0.0.1",        // multicast
+            "240.0.0.1",        // reserved, 240.0.0.0/4
+            "255.255.255.255",  // broadcast
+            "::",               // unspecified
+            "::1",              // loopback
+            "::7f00:1",         // IPv4-compatible
+            "::ffff:127.0.0.1", // IPv4-mapped, ::ffff:0:0/96
             "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-            "2002:7f00:1::",
+            "::ffff:8.8.8.8", // mapped, even of a public address
+            "::ffff:0:a00:1", // IPv4-translated, ::ffff:0:0:0/96
+            "::ffff:0:808:808",
+            "64:ff9b::a9fe:a9fe", // NAT64 of a link-local address
+            "64:ff9b:1::808:808", // NAT64 local use, 64:ff9b:1::/48
+            "64:ff9b:1:ffff::1",
+            "100::1", // discard only, 100::/64
+            "100::ffff:ffff:ffff:ffff",
+            "2001::1", // Teredo, 2001::/32
+            "2001:0:ffff::1",
+            "2001:2::1",  // benchmarking, 2001:2::/48
+            "2001:10::1", // ORCHID, 2001:10::/28
+            "2001:1f:ffff::1",
+            "2001:20::1", // ORCHIDv2, 2001:20::/28
+            "2001:2f:ffff::1",
+            "2001:db8::1",      // documentation, 2001:db8::/32
+            "2002:7f00:1::",    // 6to4 of a loopback address
+            "2002:c0a8:101::1", // 6to4 of a private address
+            "3fff::1",          // documentation, 3fff::/20
+            "3fff:fff::1",
+            "fc00::1", // unique local
+            "fd00::1",
+            "fe80::1", // link-local
+            "fec0::1", // site-local, fec0::/10
+            "feff:ffff::1",
+            "ff02::1", // multicast
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for public in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "1.0.0.1",        // past 0.0.0.0/8
+            "100.63.255.255", // before 100.64.0.0/10
+            "100.128.0.1",    // past it
+            "192.0.1.1",      // past 192.0.0.0/24
+            "198.17.255.255", // before 198.18.0.0/15
+            "198.20.0.1",     // past it
+            "2606:4700:4700::1111",
+            "2001:4860:4860::8888", // in 2001::/16 but outside every refused range
+            "2001:1::1",            // past Teredo
+            "2001:3::1",            // past benchmarking
+            "2001:30::1",           // past ORCHIDv2
+            "2001:db9::1",          // past documentation
+            "2002:808:808::1",      // 6to4 of a public address
+            "64:ff9b::808:808",     // NAT64 of a public address
+            "64:ff9b:2::1",         // past NAT64 local use
+            "101::1",               // past discard only
+            "3fff:1000::1",         // past 3fff::/20
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

@@ -120,9 +120,12 @@ struct Target {
     entry: AllowedHost,
 }
 
-/// The URI without its query, which may carry secrets.
+/// The URI without the parts that may carry secrets: user information and query.
 fn shown(uri: &http::Uri) -> String {
-    format!("{}://{}{}", uri.scheme_str().unwrap_or("?"), uri.authority().map_or("?", |a| a.as_str()), uri.path())
+    let host_and_port = uri.authority().map_or("?", |authority| {
+        authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_userinfo, host)| host)
+    });
+    format!("{}://{host_and_port}{}", uri.scheme_str().unwrap_or("?"), uri.path())
 }
 
 impl WasiHttpHooks for Outbound {
@@ -349,5 +352,21 @@ impl Body for CappedBody {
 
     fn is_end_stream(&self) -> bool {
         self.incoming.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_shows_no_user_information_or_query() {
+        let shown = |uri: &str| shown(&uri.parse().unwrap());
+        assert_eq!(
+            shown("https://user:pa%40ss@api.example.com:8443/v1/items?token=abc#top"),
+            "https://api.example.com:8443/v1/items"
+        );
+        assert_eq!(shown("http://token@[::1]/x?a=b"), "http://[::1]/x");
+        assert_eq!(shown("http://example.com"), "http://example.com/");
     }
 }

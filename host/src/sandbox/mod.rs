@@ -38,6 +38,10 @@
 //! - **Host memory held for a component** ([`host_memory`]): its resources live in the host,
 //!   outside its linear memory, so they are bounded in number and counted against the same
 //!   memory cap, measured after every host call.
+//! - **Only the WebAssembly processors need** ([`ACCEPTED_FEATURES`]): every other proposal
+//!   wasmtime offers is refused when a processor is compiled.
+//! - **A report that shows no secret** ([`redact`]): the granted secrets' values are masked
+//!   in stdout, stderr and messages where the report is assembled, and messages are capped.
 //!
 //! A run ends in exactly one [`Outcome`]; the order of the checks in `classify` is the
 //! contract: a refused memory growth explains a failure better than the trap it caused, and
@@ -45,6 +49,7 @@
 
 mod host_memory;
 mod http;
+mod redact;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +60,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
     CallHook, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap, WasmBacktrace,
+    ResourceLimiter, Store, Trap, WasmBacktrace, WasmFeatures,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -80,6 +85,28 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// Most elements any table may grow to. Tables hold function references (8 bytes each); a
 /// Rust guest needs a few hundred, an embedded CPython tens of thousands.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The WebAssembly a processor may use: WebAssembly 2.0 (what Rust, wasi-sdk, CPython and
+/// SpiderMonkey builds emit), extended constant expressions (position-independent code, as
+/// componentize-py links) and the component model. Everything else wasmtime offers is
+/// refused when a processor is compiled: each is code the host does not need and attack
+/// surface it does not want. 64-bit memories let a guest ask for sizes the limiter must not
+/// wrap on, several memories per module multiply what one cap must cover, and the rest
+/// (tail calls, typed function references, GC, relaxed SIMD, whose results differ between
+/// machines, threads, exceptions, stack switching, custom page sizes, wide arithmetic, the
+/// component model's async and other extensions) are newer compiler paths no processor
+/// of ours exercises. An allowlist, so a proposal a wasmtime upgrade turns on stays off.
+/// `docs/processors.md` lists the same set.
+const ACCEPTED_FEATURES: WasmFeatures = WasmFeatures::FLOATS
+    .union(WasmFeatures::MUTABLE_GLOBAL)
+    .union(WasmFeatures::SATURATING_FLOAT_TO_INT)
+    .union(WasmFeatures::SIGN_EXTENSION)
+    .union(WasmFeatures::MULTI_VALUE)
+    .union(WasmFeatures::BULK_MEMORY)
+    .union(WasmFeatures::REFERENCE_TYPES)
+    .union(WasmFeatures::SIMD)
+    .union(WasmFeatures::EXTENDED_CONST)
+    .union(WasmFeatures::COMPONENT_MODEL);
 
 /// Pool room one run may use: a component built by componentize-py or componentize-js holds a
 /// few dozen core instances and a handful of memories and tables (its interpreter, libc and
@@ -173,7 +200,8 @@ pub struct JobInput<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunReport {
     pub outcome: Outcome,
-    /// What the guest wrote to stderr, cut at the stderr cap, invalid UTF-8 replaced.
+    /// What the guest wrote to stderr, cut at the stderr cap, invalid UTF-8 replaced,
+    /// granted secrets masked.
     pub stderr: String,
     pub fuel_used: u64,
     pub duration: Duration,
@@ -251,7 +279,7 @@ impl RunReport {
     /// The report for a processor that never ran (not found, not compilable, ...).
     pub fn load_error(message: String) -> RunReport {
         RunReport {
-            outcome: Outcome::LoadError(message),
+            outcome: Outcome::LoadError(redact::capped(&message)),
             stderr: String::new(),
             fuel_used: 0,
             duration: Duration::ZERO,
@@ -298,17 +326,26 @@ struct CapLimiter {
     hit: bool,
 }
 
+impl CapLimiter {
+    /// The bytes of all memories together once one grows from `current` to `desired`, if
+    /// that fits the cap. A request wasmtime clamps to nearly `usize::MAX` (a 64-bit
+    /// `memory.grow` by -1 pages) must be refused, not wrapped around to a small sum.
+    fn in_use_after(&self, current: usize, desired: usize) -> Option<usize> {
+        let others = self.memory_in_use.saturating_sub(current);
+        others.checked_add(desired).filter(|&in_use| in_use <= self.memory_cap)
+    }
+}
+
 impl ResourceLimiter for CapLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Refuse rather than error: a guest that handles a failed `memory.grow` may carry on,
         // and `hit` still explains the failure if it does not.
-        let in_use = self.memory_in_use - current.min(self.memory_in_use) + desired;
-        let allowed = in_use <= self.memory_cap;
-        if allowed {
+        let in_use = self.in_use_after(current, desired);
+        if let Some(in_use) = in_use {
             self.memory_in_use = in_use;
         }
-        self.hit |= !allowed;
-        Ok(allowed)
+        self.hit |= in_use.is_none();
+        Ok(in_use.is_some())
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -408,10 +445,15 @@ impl Sandbox {
         for (name, value) in &grants.env {
             wasi.env(name, value);
         }
+        let mut secret_values = Vec::with_capacity(grants.secrets.len());
         for name in &grants.secrets {
-            // Read now, not kept: the value goes into this run's context and nowhere else.
+            // Read now, not kept: the value goes into this run's context, and masks this
+            // run's output, and nowhere else.
             match std::env::var(name) {
-                Ok(value) => wasi.env(name, value),
+                Ok(value) => {
+                    wasi.env(name, &value);
+                    secret_values.push(value);
+                }
                 Err(_) => {
                     return RunReport::load_error(format!(
                         "processor \"{}\" is granted the secret {name}, but {name} is not set in this \
@@ -419,8 +461,9 @@ impl Sandbox {
                         job.processor
                     ));
                 }
-            };
+            }
         }
+        let secrets = redact::Secrets::new(secret_values.iter().map(String::as_str));
         let _slot = self.slots.acquire().await.expect("the slot semaphore is never closed");
         let started = Instant::now();
         let stdout_cap = to_usize(limits.stdout.0);
@@ -483,8 +526,8 @@ impl Sandbox {
             None
         };
         RunReport {
-            outcome: classify(ending, memory_hit, overflow, &out),
-            stderr: String::from_utf8_lossy(&err[..err.len().min(stderr_cap)]).into_owned(),
+            outcome: classify(ending, memory_hit, overflow, &out, &secrets),
+            stderr: secrets.mask(&String::from_utf8_lossy(&err[..err.len().min(stderr_cap)])).into_owned(),
             fuel_used,
             duration: started.elapsed(),
             processor_sha256: Some(program.sha256.clone()),
@@ -520,6 +563,7 @@ async fn within(limits: &Limits, call: impl Future<Output = Result<(), Failure>>
 fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.consume_fuel(true).epoch_interruption(true);
+    config.wasm_features(WasmFeatures::all().difference(ACCEPTED_FEATURES), false);
     if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
@@ -599,8 +643,15 @@ async fn call_run(
     }
 }
 
-/// Turns how the run ended into an [`Outcome`]. Order matters; see the module docs.
-fn classify(ending: Result<(), Failure>, memory_hit: bool, overflow: Option<&'static str>, stdout: &[u8]) -> Outcome {
+/// Turns how the run ended into an [`Outcome`], its result and messages masked
+/// ([`redact`]). Order matters; see the module docs.
+fn classify(
+    ending: Result<(), Failure>,
+    memory_hit: bool,
+    overflow: Option<&'static str>,
+    stdout: &[u8],
+    secrets: &redact::Secrets,
+) -> Outcome {
     let failure = match ending {
         Ok(()) => None,
         Err(Failure::Errored(err)) if err.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => None,
@@ -613,12 +664,15 @@ fn classify(ending: Result<(), Failure>, memory_hit: bool, overflow: Option<&'st
         return Outcome::OutputTooLarge { stream };
     }
     match failure {
-        None => Outcome::Ok(parse_result(stdout)),
+        None => Outcome::Ok(secrets.result(stdout)),
         Some(Failure::TimedOut) => Outcome::Timeout,
         Some(Failure::NotInstantiated(err)) if err.downcast_ref::<Trap>().is_none() => {
-            Outcome::LoadError(format!("cannot instantiate the processor: {err:#}"))
+            Outcome::LoadError(secrets.message(&format!("cannot instantiate the processor: {err:#}")))
         }
-        Some(Failure::NotInstantiated(err) | Failure::Errored(err)) => error_outcome(&err),
+        Some(Failure::NotInstantiated(err) | Failure::Errored(err)) => match error_outcome(&err) {
+            Outcome::Trap { kind, message } => Outcome::Trap { kind, message: secrets.message(&message) },
+            outcome => outcome,
+        },
     }
 }
 
@@ -659,15 +713,6 @@ fn trap_message(trap: &Trap, err: &wasmtime::Error) -> String {
         }
     }
     message
-}
-
-/// The result rule: JSON when stdout is JSON, else the text as a JSON string; nothing (or only
-/// whitespace) is `null`.
-fn parse_result(stdout: &[u8]) -> Value {
-    if stdout.trim_ascii().is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(stdout).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(stdout).into_owned()))
 }
 
 fn snake_case(camel: &str) -> String {
@@ -758,15 +803,66 @@ mod tests {
         assert_eq!(run_wat(&sandbox, two_mib, &capped).await.outcome, Outcome::Memory);
     }
 
+    /// A command component of core modules with one memory of `pages` each, whose
+    /// `wasi:cli/run` returns `ok`.
+    fn component_with_memories(pages: &[u32]) -> String {
+        let memories: String = pages
+            .iter()
+            .enumerate()
+            .map(|(i, pages)| format!("(core module $m{i} (memory {pages})) (core instance (instantiate $m{i}))"))
+            .collect();
+        format!(
+            r#"(component {memories}
+                 (core module $run (func (export "run") (result i32) (i32.const 0)))
+                 (core instance $run (instantiate $run))
+                 (func $run (result (result)) (canon lift (core func $run "run")))
+                 (instance $cli (export "run" (func $run)))
+                 (export "wasi:cli/run@0.2.12" (instance $cli)))"#
+        )
+    }
+
     #[tokio::test]
-    async fn the_memory_cap_holds_for_all_memories_together() {
+    async fn the_memory_cap_holds_for_all_of_a_components_memories_together() {
         let sandbox = Sandbox::new(1).unwrap();
-        // Two memories of 1.25 MiB: each fits a 2 MiB cap, both together do not.
-        let two_memories = r#"(module (memory 20) (memory 20) (func (export "_start")))"#;
-        let one_memory = r#"(module (memory 20) (func (export "_start")))"#;
         let capped = Limits { memory: ByteSize(2 << 20), ..limits() };
-        assert_eq!(run_wat(&sandbox, two_memories, &capped).await.outcome, Outcome::Memory);
-        assert_eq!(run_wat(&sandbox, one_memory, &capped).await.outcome, Outcome::Ok(Value::Null));
+        let run = async |wat: String| {
+            let component = Component::new(sandbox.engine(), wat).expect("valid WAT");
+            let program = sandbox.prepare(&Compiled::Component(component), "test".into()).expect("a command");
+            let job = JobInput { job_id: "j1", attempt: 1, pool: "p", processor: "test", payload: b"" };
+            sandbox.run(&program, job, &capped, &Grants::default()).await.outcome
+        };
+        // Memories of 1.25 MiB: each fits a 2 MiB cap, two together do not.
+        assert_eq!(run(component_with_memories(&[20])).await, Outcome::Ok(Value::Null));
+        assert_eq!(run(component_with_memories(&[20, 20])).await, Outcome::Memory);
+    }
+
+    #[test]
+    fn the_limiter_sums_memories_and_never_wraps() {
+        const KIB: usize = 1 << 10;
+        let grow = |limiter: &mut CapLimiter, current: usize, desired: usize| {
+            limiter.memory_growing(current, desired, None).unwrap()
+        };
+        let mut limiter = CapLimiter { memory_cap: 2048 * KIB, memory_in_use: 0, hit: false };
+        assert!(grow(&mut limiter, 0, 1024 * KIB) && grow(&mut limiter, 0, 64 * KIB));
+        // Issue 16's walk: a 64-bit `memory.grow` by -1 pages reaches the limiter as nearly
+        // usize::MAX; summed unchecked it wrapped to zero and let the other memory grow
+        // past the cap.
+        assert!(!grow(&mut limiter, 1024 * KIB, usize::MAX - 64 * KIB + 1));
+        assert!(limiter.hit, "the refusal is recorded");
+        assert_eq!(limiter.memory_in_use, 1088 * KIB, "a refused growth changes nothing");
+        assert!(!grow(&mut limiter, 64 * KIB, 2048 * KIB));
+        assert!(!grow(&mut limiter, 0, usize::MAX));
+        assert_eq!(limiter.memory_in_use, 1088 * KIB);
+        // Up to the cap exactly, and not a byte past it.
+        assert!(grow(&mut limiter, 64 * KIB, 1024 * KIB));
+        assert_eq!(limiter.memory_in_use, 2048 * KIB);
+        assert!(!grow(&mut limiter, 1024 * KIB, 1024 * KIB + 1));
+
+        // A memory larger than the count (none the limiter saw created) counts as itself.
+        let mut limiter = CapLimiter { memory_cap: 4096 * KIB, memory_in_use: 1024 * KIB, hit: false };
+        assert!(grow(&mut limiter, 2048 * KIB, 3072 * KIB));
+        assert_eq!(limiter.memory_in_use, 3072 * KIB);
+        assert!(!limiter.hit);
     }
 
     #[tokio::test]
