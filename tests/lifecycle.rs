@@ -548,11 +548,11 @@ fn on_postgres_a_checker_reconnects_when_the_server_drops_it() {
     pool.wait_for_status(Duration::from_secs(30), "the reconnected checker to run the second job", |s| {
         jobs_count(s, "completed") == 2
     });
+    // Whether the round that meets the ended session fails (and says so) is a race with the
+    // session's end; either way the checker carries on, connected again.
     signal(&checker, libc::SIGTERM);
     let output = checker.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("this round failed, trying again"), "the dropped connection was noticed: {stderr}");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// libfaketime's preload library, from Debian's `faketime` package (scripts/postgres installs it).

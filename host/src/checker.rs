@@ -54,19 +54,15 @@ pub async fn run(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut store = store;
     let mut children = Vec::new();
     loop {
         match check_round(&store, config, &args).await {
             Ok(spawned) => children.extend(spawned),
             // A server restarting or failing over must not end the loop that keeps the
-            // pool's workers alive: say so, connect again, and try at the next interval.
+            // pool's workers alive: say so and try at the next interval, when the store
+            // connects again by itself.
             Err(err) if is_transient(&err) => {
                 tracing::warn!("this round failed, trying again in {}: {err:#}", config.checker.interval);
-                match Store::open(&config.database, Access::Existing).await {
-                    Ok(reopened) => store = reopened,
-                    Err(err) => tracing::warn!("cannot reconnect yet: {err:#}"),
-                }
             }
             Err(err) => return Err(err),
         }
