@@ -443,10 +443,9 @@ fn is_open(path: &str) -> bool {
 pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let api = is_api(&path);
-    let refuse = |error: ApiError| -> Response {
-        if api { error.into_response() } else { (error.status, error.message).into_response() }
-    };
+    let refuse = |error: ApiError| refusal(error, api);
     let client = Client::of(&request);
+    request.extensions_mut().insert(client);
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("");
     if !app.auth.has_token() && !is_loopback_name(host_of(host)) {
@@ -465,7 +464,6 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
         ));
     }
     if is_open(&path) {
-        request.extensions_mut().insert(client);
         return next.run(request).await;
     }
     let caller = match app.auth.caller(headers, api, client) {
@@ -490,7 +488,6 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
         };
         return refuse(ApiError::new(StatusCode::FORBIDDEN, "read_only", message));
     }
-    request.extensions_mut().insert(client);
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -511,13 +508,15 @@ pub fn too_many_failures(api: bool, wait: Duration) -> Response {
         "too many wrong tokens from this address ({FAILURE_BURST} in a row): wait {} s before trying again",
         retry_after(wait).to_str().unwrap_or("a few")
     );
-    let mut response = if api {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response()
-    } else {
-        (StatusCode::TOO_MANY_REQUESTS, message).into_response()
-    };
+    let mut response = refusal(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message), api);
     response.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
     response
+}
+
+/// A refusal as its caller reads it: the API's JSON error, or its message as text for the
+/// dashboard.
+fn refusal(error: ApiError, api: bool) -> Response {
+    if api { error.into_response() } else { (error.status, error.message).into_response() }
 }
 
 /// Adds the headers every answer carries: no framing (`frame-ancestors`, and

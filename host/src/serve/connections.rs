@@ -81,6 +81,16 @@ struct Slot {
     close: Arc<Notify>,
 }
 
+impl Slot {
+    /// Tells the connection to close once its request in flight (if any) is answered. The
+    /// caller counts it in [`State::closing`] and takes it off [`State::idle`].
+    fn tell_to_close(&mut self) {
+        self.idle_since = None;
+        self.closing = true;
+        self.close.notify_one();
+    }
+}
+
 impl State {
     fn go_idle(&mut self, id: u64) {
         let key = self.next_idle;
@@ -122,10 +132,7 @@ impl Connections {
                 if state.open.len() - state.closing >= self.max
                     && let Some((_, oldest)) = state.idle.pop_first()
                 {
-                    let slot = state.open.get_mut(&oldest).expect("an idle connection is open");
-                    slot.idle_since = None;
-                    slot.closing = true;
-                    slot.close.notify_one();
+                    state.open.get_mut(&oldest).expect("an idle connection is open").tell_to_close();
                     state.closing += 1;
                 }
                 if state.open.len() - state.closing < self.max {
@@ -146,9 +153,7 @@ impl Connections {
         state.idle.clear();
         let mut told = 0;
         for slot in state.open.values_mut().filter(|slot| !slot.closing) {
-            slot.idle_since = None;
-            slot.closing = true;
-            slot.close.notify_one();
+            slot.tell_to_close();
             told += 1;
         }
         state.closing += told;

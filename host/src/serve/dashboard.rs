@@ -7,8 +7,8 @@
 //!
 //! Pages: the overview (counts, throughput over the last hour, pools), jobs (filters,
 //! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
-//! attempts a page at a time, workers, and processors. Actions are POST forms carrying the caller's CSRF token, answered with a
-//! redirect back (303), so a reload never repeats them.
+//! attempts a page at a time, workers, and processors. Actions are POST forms carrying the
+//! caller's CSRF token, answered with a redirect back (303), so a reload never repeats them.
 
 use std::sync::Arc;
 

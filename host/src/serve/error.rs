@@ -28,7 +28,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: bad_request, invalid_json, invalid_field, unsupported_media_type,
     /// body_too_large, uri_too_long, headers_too_large, not_found, wrong_status, unauthorized,
-    /// forbidden, read_only, method_not_allowed, timeout, unavailable, internal.
+    /// forbidden, read_only, rate_limited, method_not_allowed, timeout, unavailable, internal.
     code: &'static str,
     /// What went wrong and how to fix it, for people.
     message: String,
