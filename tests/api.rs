@@ -2410,7 +2410,7 @@ fn oversized_and_malformed_requests_answer_in_json() {
 /// Starts the standard-library Python example at `base`, with `token` in
 /// `$JOBHOST_TOKEN` when given.
 fn python_example(base: &str, token: Option<&str>) -> KillOnDrop {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/enqueue_and_wait.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/enqueue_and_wait.py");
     let mut command = Command::new("python3");
     command.arg(script).arg(base).env_remove("JOBHOST_URL").env_remove("JOBHOST_TOKEN").stdin(Stdio::null());
     if let Some(token) = token {

@@ -22,7 +22,7 @@ use support::Pool;
 fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let out = root.join("target/tmp/components");
         let status = Command::new(root.join("scripts/components"))
             .arg("build")
@@ -105,7 +105,7 @@ impl Endpoint {
 /// one compile cache for the whole suite: a Python or JavaScript component takes seconds to
 /// compile, and compiling it once per test would only measure that.
 fn pool(overrides: &str) -> Pool {
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/components-cache");
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/components-cache");
     let overrides = if overrides.is_empty() { " {}".to_string() } else { format!("\n{overrides}") };
     Pool::new(&format!("processors:\n  cache_dir: {}\n  overrides:{overrides}\n", cache.display()))
 }
@@ -505,7 +505,7 @@ fn processors_compile_ahead_and_report_failures() {
 /// what this suite builds.
 #[test]
 fn the_docs_show_each_example_as_built() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let docs = std::fs::read_to_string(root.join("docs/processors.md")).unwrap();
     for source in [
         "processors/examples/rust-component/src/main.rs",

@@ -22,11 +22,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use jobhost::config::Config;
-use jobhost::outcome::OutcomeKind;
-use jobhost::processors::Registry;
-use jobhost::sandbox::{JobInput, Outcome, Sandbox};
-use jobhost::store::{Access, AttemptReport, ClaimRequest, Finished, NewWorker, Settled, Store};
+use jobhost_core::config::Config;
+use jobhost_core::outcome::OutcomeKind;
+use jobhost_sandbox::processors::Registry;
+use jobhost_sandbox::{JobInput, Outcome, Sandbox};
+use jobhost_store::{Access, AttemptReport, ClaimRequest, Finished, NewWorker, Settled, Store};
 
 use crate::report::{Report, Row, millis};
 use crate::support::{Bench, Pool, block_on, median_duration, retry_policy, status};

@@ -35,10 +35,10 @@ use anyhow::{Context, Result, bail, ensure};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
-use jobhost::config::Config;
-use jobhost::processors::Registry;
-use jobhost::sandbox::{JobInput, Outcome, Sandbox};
-use jobhost::store::JobStatus;
+use jobhost_core::config::Config;
+use jobhost_sandbox::processors::Registry;
+use jobhost_sandbox::{JobInput, Outcome, Sandbox};
+use jobhost_store::JobStatus;
 
 use crate::cold_start::time_process;
 use crate::report::{Report, Row, micros, millis, number, per_second, times};

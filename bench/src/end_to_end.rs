@@ -27,7 +27,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use jobhost::store::JobStatus;
+use jobhost_store::JobStatus;
 
 use crate::report::{Report, Row, number, per_second};
 use crate::support::{
@@ -206,7 +206,7 @@ fn drain(bench: &Bench, backend: Backend<'_>, jobs: u64, concurrency: u32) -> Re
 }
 
 /// Workers exit on their own once no job is ready; the next run waits for that.
-fn wait_for_workers_to_exit(pool: &Pool, observer: &jobhost::store::Store, poll: Duration) -> Result<()> {
+fn wait_for_workers_to_exit(pool: &Pool, observer: &jobhost_store::Store, poll: Duration) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let workers = block_on(observer.status(None))?.workers;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use jobhost::config::Synchronous;
+use jobhost_core::config::Synchronous;
 use serde_json::Value;
 
 use crate::report::{Report, Row, number, per_second, times};

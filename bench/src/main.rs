@@ -243,5 +243,5 @@ fn command_line(root: &Path) -> String {
 /// The current time as UTC, from the system clock, in the format jobhost prints timestamps.
 fn utc_now() -> String {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as i64;
-    jobhost::commands::format_time(millis)
+    jobhost::output::format_time(millis)
 }

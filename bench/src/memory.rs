@@ -9,7 +9,7 @@
 //! The target is 50 MiB of the worker's own plus the cap of the job it runs.
 
 use anyhow::{Context, Result, ensure};
-use jobhost::config::Limits;
+use jobhost_core::config::Limits;
 
 use crate::report::{Report, Row, mib};
 use crate::support::{Bench, Pool, block_on, list, run_to_end, status};

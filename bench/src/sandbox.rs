@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use jobhost::config::Config;
-use jobhost::processors::Registry;
-use jobhost::sandbox::{JobInput, Outcome, Sandbox};
+use jobhost_core::config::Config;
+use jobhost_sandbox::processors::Registry;
+use jobhost_sandbox::{JobInput, Outcome, Sandbox};
 
 use crate::report::{Report, Row, micros, times};
 use crate::support::{Bench, median_duration, percentile_duration};

@@ -21,8 +21,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use jobhost::config::DatabaseConfig;
-use jobhost::store::{Access, NewWorker, RetryPolicy, Store};
+use jobhost_core::config::DatabaseConfig;
+use jobhost_store::{Access, NewWorker, RetryPolicy, Store};
 
 use crate::report::{Report, Row, micros, millis, number, per_second, times};
 use crate::store::{POOL, claim_and_complete, enqueue};

@@ -1,5 +1,5 @@
 //! Section 2, store alone: claim+complete pairs per second on one SQLite file, and on one
-//! PostgreSQL schema, in 1, 2, 4 and 8 OS processes, through `jobhost::store` with no sandbox
+//! PostgreSQL schema, in 1, 2, 4 and 8 OS processes, through `jobhost_store` with no sandbox
 //! in the way.
 //!
 //! Each process is this benchmark re-invoked as `jobhost-bench store-worker`: it opens its
@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::ValueEnum;
-use jobhost::config::{DatabaseConfig, Synchronous};
-use jobhost::outcome::OutcomeKind;
-use jobhost::store::{
+use jobhost_core::config::{DatabaseConfig, Synchronous};
+use jobhost_core::outcome::OutcomeKind;
+use jobhost_store::{
     Access, AttemptReport, ClaimRequest, ClaimedJob, Finished, NewJob, NewWorker, RetryPolicy, Settled, Store,
 };
 

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use jobhost::config::DatabaseConfig;
-use jobhost::store::{Access, JobFilter, JobMatch, JobStatus, JobSummary, NewJob, RetryPolicy, StatusSnapshot, Store};
+use jobhost_core::config::DatabaseConfig;
+use jobhost_store::{Access, JobFilter, JobMatch, JobStatus, JobSummary, NewJob, RetryPolicy, StatusSnapshot, Store};
 use tempfile::TempDir;
 
 /// The run's settings and the paths every section needs.
@@ -419,7 +419,7 @@ pub fn list(store: &Store, status: Option<JobStatus>, limit: u64) -> Result<Vec<
 
 /// The retry policy of the default configuration.
 pub fn retry_policy() -> RetryPolicy {
-    RetryPolicy::from_config(&jobhost::config::Config::default().retry)
+    RetryPolicy::from_config(&jobhost_core::config::Config::default().retry)
 }
 
 /// Milliseconds since the Unix epoch: the unit of jobhost's timestamps.

@@ -14,7 +14,7 @@ pub const JOBHOST: &str = env!("CARGO_BIN_EXE_jobhost");
 
 /// The fixtures folder of test processors (`tests/fixtures/processors`).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/processors")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/processors")
 }
 
 /// Where a test's pool lives.

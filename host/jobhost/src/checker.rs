@@ -1,0 +1,192 @@
+//! `jobhost check`: compare ready jobs with live workers and spawn the missing workers.
+//!
+//! needed = min(ready jobs, max_workers); spawn = needed − live, where live counts
+//! `starting` workers and `active` ones with a fresh heartbeat. New workers are registered
+//! as `starting` in the same transaction that counted (see `Store::plan_workers`), before
+//! they are launched, so checks run back to back or side by side never over-spawn.
+//!
+//! Workers are fire-and-forget: each is a `jobhost work` process in a session of its own
+//! (a signal to the checker's terminal does not reach it), with the checker's config and
+//! database, logging to `<data dir>/logs/<worker-id>.log`.
+//!
+//! With `--interval`, the checker also keeps every processor compiled into the compile cache
+//! (see [`Registry::start_compiling_ahead`]), so the workers it starts load compiled code.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use jobhost_core::config::{Config, DatabaseConfig};
+use jobhost_sandbox::Sandbox;
+use jobhost_sandbox::processors::Registry;
+use jobhost_store::{Access, ErrorKind, PlanRequest, RetryPolicy, Store, StoreError};
+
+use crate::settings::CheckSettings;
+
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    queue_depth: u64,
+    active_workers: u64,
+    /// Live workers on this host.
+    active_here: u64,
+    workers_needed: u64,
+    spawned: usize,
+    spawned_ids: Vec<String>,
+}
+
+pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
+    let store = Store::open(&config.database, Access::Existing).await?;
+    if !args.repeat {
+        check_once(&store, config, &args.pool, args.json).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // While the checker runs, it keeps the compile cache filled for the workers it starts, so
+    // a new or changed processor is compiled once, here, not by every worker that needs it.
+    let sandbox = Sandbox::new(1)?;
+    let _compiling_ahead = Arc::new(Registry::new(config, &sandbox)).start_compiling_ahead();
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut children = Vec::new();
+    loop {
+        match check_round(&store, config, &args).await {
+            Ok(spawned) => children.extend(spawned),
+            // A server restarting or failing over must not end the loop that keeps the
+            // pool's workers alive: say so and try at the next interval, when the store
+            // connects again by itself.
+            Err(err) if is_transient(&err) => {
+                tracing::warn!("this round failed, trying again in {}: {err:#}", config.checker.interval);
+            }
+            Err(err) => return Err(err),
+        }
+        // Collect the workers that exited, so they do not linger as zombies.
+        children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
+        tokio::select! {
+            _ = tokio::time::sleep(config.checker.interval.0) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One round of the loop: reap, then plan and spawn.
+async fn check_round(store: &Store, config: &Config, args: &CheckSettings) -> Result<Vec<Child>> {
+    let retry = RetryPolicy::from_config(&config.retry);
+    let reaped =
+        store.reap(Some(&args.pool), config.reaper.stale_after.0, config.checker.start_grace.0, &retry).await?;
+    if !reaped.workers.is_empty() || reaped.recovery.released > 0 || reaped.recovery.poisoned > 0 {
+        tracing::info!(?reaped, "reaped");
+    }
+    check_once(store, config, &args.pool, args.json).await
+}
+
+/// Whether `err` is the database being out of reach or busy for a while, not a mistake.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StoreError>().is_some_and(|err| matches!(err.kind(), ErrorKind::Unreachable | ErrorKind::Busy))
+}
+
+async fn check_once(store: &Store, config: &Config, pool: &str, json: bool) -> Result<Vec<Child>> {
+    let host = config.worker.host();
+    let request = PlanRequest {
+        pool,
+        host: &host,
+        max_workers: config.checker.max_workers,
+        stale_after: config.reaper.stale_after.0,
+    };
+    let plan = store.plan_workers(&request).await?;
+    let mut children = Vec::new();
+    for worker_id in &plan.new_workers {
+        match spawn_worker(config, pool, worker_id) {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                // Nothing will ever run under this id: end its registration now rather
+                // than leaving it to the start grace.
+                store.deregister_worker(worker_id).await?;
+                return Err(err);
+            }
+        }
+    }
+    let report = CheckReport {
+        queue_depth: plan.queue_depth,
+        active_workers: plan.live_workers,
+        active_here: plan.live_here,
+        workers_needed: plan.workers_needed,
+        spawned: plan.new_workers.len(),
+        spawned_ids: plan.new_workers,
+    };
+    if json {
+        crate::outln!("{}", serde_json::to_string(&report)?)?;
+    } else {
+        crate::outln!(
+            "pool {pool}: {} ready job(s), {} live worker(s) ({} on {host}), {} needed here; spawned {}",
+            report.queue_depth,
+            report.active_workers,
+            report.active_here,
+            report.workers_needed,
+            report.spawned
+        )?;
+        for id in &report.spawned_ids {
+            crate::outln!("  started worker {id}")?;
+        }
+    }
+    Ok(children)
+}
+
+/// Launches `jobhost work` for a worker already registered as `starting`.
+fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
+    let log_dir = config.database.data_dir().join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create the worker log folder {}", log_dir.display()))?;
+    let log_path = log_dir.join(format!("{worker_id}.log"));
+    let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+
+    let exe = std::env::current_exe().context("cannot find the jobhost executable to spawn workers")?;
+    let mut command = Command::new(exe);
+    // The pool goes by environment, not argv: a server URL may hold a password, and argv is
+    // readable by every user of the machine.
+    command
+        .env("JOBHOST_DB", database_for_child(&config.database))
+        // The worker belongs to this host's slots: it must register under the same name,
+        // whether that came from --host, the config or the hostname.
+        .env("JOBHOST_HOST", config.worker.host())
+        .arg("--processors-dir")
+        .arg(absolute(&config.processors.dir));
+    if let Some(source) = &config.source {
+        command.arg("--config").arg(absolute(source));
+    }
+    command
+        .args(["--log-level", "info", "work", "--pool", pool, "--worker-id", worker_id])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Safety: setsid is async-signal-safe, as required between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().context("cannot spawn a `jobhost work` process")
+}
+
+/// The pool as a spawned worker must name it: a SQLite path made absolute.
+fn database_for_child(database: &DatabaseConfig) -> String {
+    if database.is_server() {
+        return database.path.clone();
+    }
+    absolute(Path::new(&database.path)).display().to_string()
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

@@ -1,0 +1,836 @@
+//! The JSON API under `/api/v1`, and its OpenAPI document, generated from these handlers
+//! and types (utoipa), so the document cannot drift from what is served.
+//!
+//! Requests are read the way `jobhost seed` reads its flags: the same names, limits and
+//! checks (`names::check_label`, `names::check_processor`, `store::check_payload`,
+//! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every refusal names the field, e.g. `jobs[2].payload`.
+//!
+//! What one request may cost is bounded: pages of jobs and of a job's attempts, and a
+//! processors listing kept while the folder stays the same ([`ProcessorListing`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::OwnedMutexGuard;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use jobhost_core::config::{Config, MAX_ATTEMPTS};
+use jobhost_core::units::HumanDuration;
+use jobhost_sandbox::Sandbox;
+use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
+use jobhost_store::{
+    AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, JobCounts, JobDetail, JobFilter, JobMatch, JobStatus,
+    JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
+};
+
+use super::App;
+use super::error::{ApiError, ErrorBody};
+
+/// Most jobs in one batch, and most ids in one bulk retry or cancel.
+pub const MAX_BATCH: usize = 100_000;
+/// Most jobs one listing page holds.
+pub const MAX_PAGE: u32 = 1_000;
+/// Most attempts one page holds: each may carry 64 KiB of stderr.
+pub const MAX_ATTEMPTS_PAGE: u32 = 100;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
+    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
+    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new())]);
+    }
+}
+
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// One job to queue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJobRequest {
+    /// The processor that runs the job: `echo`, or a `.wasm` file in this host's processors folder.
+    processor: Option<String>,
+    /// Any JSON value; the processor reads it on stdin, exactly as sent. Default `{}`.
+    #[schema(value_type = Object)]
+    payload: Option<Box<RawValue>>,
+    /// Default `default`.
+    pool: Option<String>,
+    /// Higher runs first. Default 0.
+    priority: Option<i64>,
+    /// Ready only after this long, e.g. `30s`, `5m`.
+    #[schema(value_type = String, example = "30s")]
+    delay: Option<HumanDuration>,
+    /// Ready only from this time (milliseconds since the Unix epoch).
+    run_at: Option<i64>,
+    /// Attempts before the job is poisoned. Default: `retry.max_attempts`.
+    max_attempts: Option<u32>,
+}
+
+/// A batch: queued in one transaction, all or nothing.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "only describes the request body in the OpenAPI document")]
+pub struct NewJobsRequest {
+    jobs: Vec<NewJobRequest>,
+}
+
+/// One job, or a batch.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "only describes the request body in the OpenAPI document")]
+pub enum EnqueueRequest {
+    One(NewJobRequest),
+    Batch(NewJobsRequest),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Enqueued {
+    id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnqueuedBatch {
+    ids: Vec<String>,
+}
+
+/// A job with its payload, result and latest attempts.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// The latest attempts (at most 20), oldest first; `attempts` says how many there are.
+    pub history: Vec<AttemptRecord>,
+    /// When the job has older attempts: pass as `cursor` to `GET /api/v1/jobs/{id}/attempts`
+    /// to read them; `null` when `history` holds every attempt.
+    pub history_cursor: Option<String>,
+}
+
+impl From<JobDetail> for JobView {
+    fn from(detail: JobDetail) -> JobView {
+        JobView {
+            job: detail.job,
+            payload: detail.payload,
+            result: detail.result,
+            history: detail.attempt_history,
+            history_cursor: detail.older_attempts.map(AttemptCursor::token),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttemptList {
+    /// Newest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Changed {
+    id: String,
+    status: JobStatus,
+}
+
+/// Which jobs a bulk retry or cancel is about: a list of ids, or a filter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    ids: Option<Vec<String>>,
+    filter: Option<FilterRequest>,
+}
+
+impl BulkRequest {
+    pub fn ids(ids: Vec<String>) -> BulkRequest {
+        BulkRequest { ids: Some(ids), filter: None }
+    }
+
+    pub fn filter(filter: FilterRequest) -> BulkRequest {
+        BulkRequest { ids: None, filter: Some(filter) }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRequest {
+    pub pool: Option<String>,
+    pub status: Option<String>,
+    pub processor: Option<String>,
+    /// Created at or after (ms since the epoch).
+    pub created_after: Option<i64>,
+    /// Created before (ms since the epoch).
+    pub created_before: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BulkAnswer {
+    /// How many jobs changed.
+    pub count: u64,
+    /// With `ids`: the ids that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<Vec<String>>,
+    /// With `ids`: the ids that did not, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Vec<Refused>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Refused {
+    pub id: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PoolList {
+    pools: Vec<PoolSnapshot>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerList {
+    workers: Vec<WorkerInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProcessorList {
+    /// The objects `jobhost processors --json` prints.
+    #[schema(value_type = Vec<Object>)]
+    processors: Vec<Value>,
+}
+
+/// The listing's query parameters; all optional.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub pool: Option<String>,
+    /// pending, claimed, completed, poisoned or cancelled.
+    pub status: Option<String>,
+    pub processor: Option<String>,
+    /// Created at or after (ms since the epoch).
+    created_after: Option<i64>,
+    /// Created before (ms since the epoch).
+    created_before: Option<i64>,
+    /// 1 to 1000; default 50.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of a job's attempts; all optional.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptQuery {
+    /// 1 to 100; default 20.
+    pub limit: Option<u32>,
+    /// `history_cursor` of the job, or `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// Wait up to this long (e.g. `30s`, at most `serve.max_wait`) for the job to finish.
+    wait: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PoolQuery {
+    pool: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerQuery {
+    pool: Option<String>,
+    /// starting, active, terminated or lost.
+    status: Option<String>,
+}
+
+/// Reads a query string into `T`; a bad or unknown parameter is a 422 naming it.
+pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> Result<T, ApiError> {
+    let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
+        return Ok(T::default());
+    };
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        let field = if field == "." { "query".to_owned() } else { field };
+        ApiError::field(field, format!("bad query parameter: {}", err.inner()))
+    })
+}
+
+/// A request body that may be parsed: declared JSON, a JSON object, and nested within
+/// [`MAX_BODY_DEPTH`].
+fn json_body<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<&'a [u8], ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON, with `Content-Type: application/json`",
+        ));
+    }
+    // serde_json's own nesting limit (128) would count the body's levels too, refusing
+    // payloads that `seed` takes, and without naming the field. The body's depth is bounded
+    // here instead, and each payload's by `check_payload`, as for `seed`.
+    if nesting_depth(bytes) > MAX_BODY_DEPTH {
+        return Err(ApiError::invalid_json(format!(
+            "the body nests deeper than {MAX_BODY_DEPTH} levels: a payload may nest at most 128 deep"
+        )));
+    }
+    if !is_object(bytes) {
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
+    }
+    Ok(bytes)
+}
+
+/// Whether JSON text is an object (serde would also read a list into a struct, field by field).
+fn is_object(text: &[u8]) -> bool {
+    text.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// Parses JSON text (checked by [`json_body`]) into `T`. Errors name the field, under
+/// `prefix` (the text's place in the body, e.g. `jobs[2]`): bad JSON is a 400, a value of
+/// the wrong kind a 422.
+fn parse<T: DeserializeOwned>(text: &[u8], prefix: &str) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    deserializer.disable_recursion_limit();
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::invalid_json(format!("the body is not valid JSON: {inner}"));
+        }
+        let field = match (prefix, path.as_str()) {
+            ("", ".") => return ApiError::invalid_json(format!("the body has the wrong shape: {inner}")),
+            (prefix, ".") => prefix.to_owned(),
+            ("", path) => path.to_owned(),
+            (prefix, path) if path.starts_with('[') => format!("{prefix}{path}"),
+            (prefix, path) => format!("{prefix}.{path}"),
+        };
+        ApiError::field(field, inner.to_string())
+    })?;
+    deserializer.end().map_err(|err| ApiError::invalid_json(format!("the body is not valid JSON: {err}")))?;
+    Ok(parsed)
+}
+
+/// Levels a body may nest before it is refused whole: well past a payload's 128 inside a
+/// batch, so a payload a little too deep is refused by name, and little enough for the
+/// parser's recursion to stay far inside a thread's stack.
+const MAX_BODY_DEPTH: usize = 1_024;
+
+/// How deep `[` and `{` nest in JSON text (outside strings); a scan that needs no stack.
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn parse_status(field: &str, text: &str) -> Result<JobStatus, ApiError> {
+    JobStatus::parse(text).ok_or_else(|| {
+        ApiError::field(
+            field,
+            format!("unknown status {text:?}: use pending, claimed, completed, poisoned or cancelled"),
+        )
+    })
+}
+
+fn check_pool(field: &str, pool: &str) -> Result<(), ApiError> {
+    jobhost_core::names::check_label(pool).map_err(|err| ApiError::field(field, format!("{field} {err}")))
+}
+
+impl App {
+    /// A request's job as the store queues it, checked as `jobhost seed` checks its flags.
+    fn new_job(&self, request: NewJobRequest, field: &str, known: &[String]) -> Result<NewJob, ApiError> {
+        let name = |key: &str| if field.is_empty() { key.to_owned() } else { format!("{field}.{key}") };
+        let config = &self.config;
+        let processor = request.processor.ok_or_else(|| ApiError::field(name("processor"), "is required"))?;
+        jobhost_core::names::check_processor(&processor).map_err(|err| ApiError::field(name("processor"), err))?;
+        if !known.contains(&processor) {
+            return Err(ApiError::field(
+                name("processor"),
+                format!(
+                    "no processor {processor:?} on this host (it has: {}): add {processor}.wasm to {}",
+                    known.join(", "),
+                    config.processors.dir.display()
+                ),
+            ));
+        }
+        let pool = request.pool.unwrap_or_else(|| "default".to_owned());
+        check_pool(&name("pool"), &pool)?;
+        // The payload's own text, so numbers beyond f64 and the like arrive as they were sent.
+        let payload = request.payload.map_or_else(|| "{}".to_owned(), |payload| payload.get().trim().to_owned());
+        jobhost_store::check_payload(payload.as_bytes(), config.jobs.max_payload.0)
+            .map_err(|err| ApiError::field(name("payload"), format!("payload {err}")))?;
+        let max_attempts = request.max_attempts.unwrap_or(config.retry.max_attempts);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(ApiError::field(name("max_attempts"), format!("must be between 1 and {MAX_ATTEMPTS}")));
+        }
+        let delay_ms = match (request.delay, request.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(name("run_at"), "give delay or run_at, not both"));
+            }
+            (Some(delay), None) => millis(delay.0),
+            (None, Some(run_at)) => run_at.saturating_sub(now_ms()).max(0),
+            (None, None) => 0,
+        };
+        Ok(NewJob {
+            id: NewJob::new_id(),
+            pool,
+            processor,
+            payload,
+            priority: request.priority.unwrap_or(0),
+            max_attempts,
+            delay_ms,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, millis)
+}
+
+/// Queue one job or a batch.
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = EnqueueRequest, responses(
+    (status = 201, description = "Queued one job", body = Enqueued),
+    (status = 201, description = "Queued the whole batch, ids in order", body = EnqueuedBatch),
+    (status = 422, description = "A field is wrong; nothing was queued", body = ErrorBody),
+))]
+pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
+    let text = json_body(&headers, &bytes)?;
+    let known = jobhost_sandbox::processors::names(&app.config)
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))?;
+    // The top level is read first, keeping each value's text, to tell one job from a batch.
+    let top: std::collections::BTreeMap<String, Box<RawValue>> = parse(text, "")?;
+    let Some(jobs) = top.get("jobs") else {
+        let job = app.new_job(parse(text, "")?, "", &known)?;
+        let mut ids = app.store().enqueue_all(&[job]).await?;
+        return Ok((StatusCode::CREATED, Json(Enqueued { id: ids.remove(0) })).into_response());
+    };
+    if let Some(other) = top.keys().find(|key| *key != "jobs") {
+        return Err(ApiError::field(other.clone(), "a batch holds only `jobs`: put every field in its jobs"));
+    }
+    let items: Vec<Box<RawValue>> = parse(jobs.get().as_bytes(), "jobs")?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::field("jobs", format!("must hold 1 to {MAX_BATCH} jobs, got {}", items.len())));
+    }
+    let mut queued = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let field = format!("jobs[{index}]");
+        if !is_object(item.get().as_bytes()) {
+            return Err(ApiError::field(field, "must be a JSON object"));
+        }
+        queued.push(app.new_job(parse(item.get().as_bytes(), &field)?, &field, &known)?);
+    }
+    let ids = app.store().enqueue_all(&queued).await?;
+    Ok((StatusCode::CREATED, Json(EnqueuedBatch { ids })).into_response())
+}
+
+/// One job with its history; `?wait=30s` waits for it to finish.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path), JobQuery), responses(
+    (status = 200, description = "The job (unfinished if the wait ran out)", body = JobView),
+    (status = 404, body = ErrorBody),
+))]
+pub async fn get_job(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<JobView>, ApiError> {
+    let query: JobQuery = query(raw.as_deref())?;
+    let wait = query.wait.as_deref().map(|text| app.wait_for(text)).transpose()?;
+    let job = app.job(&id).await?;
+    if let Some(wait) = wait
+        && !job.job.status.is_finished()
+    {
+        return match app.watcher.wait(&id, wait, app.stopping.clone()).await? {
+            Some(finished) => Ok(Json(JobView::from(JobDetail::clone(&finished)))),
+            None => Ok(Json(app.job(&id).await?)),
+        };
+    }
+    Ok(Json(job))
+}
+
+impl App {
+    /// A `?wait=` value, checked against `serve.max_wait`.
+    fn wait_for(&self, text: &str) -> Result<Duration, ApiError> {
+        let wait: HumanDuration = text.parse().map_err(|err: String| ApiError::field("wait", err))?;
+        let max = self.config.serve.max_wait;
+        if wait > max {
+            return Err(ApiError::field("wait", format!("is longer than serve.max_wait ({max}): wait at most {max}")));
+        }
+        Ok(wait.0)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobView, ApiError> {
+        let detail = self.store().job(id).await?.ok_or_else(|| ApiError::not_found(format!("no job with id {id}")))?;
+        Ok(JobView::from(detail))
+    }
+
+    /// One page of the jobs a listing query asks for.
+    pub async fn job_page(&self, query: &ListQuery) -> Result<JobPage, ApiError> {
+        let limit = query.limit.unwrap_or(50);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}, got {limit}")));
+        }
+        let after = match &query.cursor {
+            Some(token) => Some(Cursor::from_token(token).ok_or_else(|| {
+                ApiError::field("cursor", "is not a cursor this server gave: pass next_cursor as it came")
+            })?),
+            None => None,
+        };
+        let filter = FilterRequest {
+            pool: query.pool.clone(),
+            status: query.status.clone(),
+            processor: query.processor.clone(),
+            created_after: query.created_after,
+            created_before: query.created_before,
+        };
+        let matching = matching(&filter, "")?;
+        let jobs = self.store().list_jobs(&JobFilter { matching, after, limit }).await?;
+        let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|job| job.cursor().token())).flatten();
+        Ok(JobPage { jobs, next_cursor })
+    }
+}
+
+/// A filter as the store takes it; `prefix` names its place in the request (`filter.`).
+fn matching<'a>(filter: &'a FilterRequest, prefix: &str) -> Result<JobMatch<'a>, ApiError> {
+    if let Some(pool) = &filter.pool {
+        check_pool(&format!("{prefix}pool"), pool)?;
+    }
+    let status = filter.status.as_deref().map(|status| parse_status(&format!("{prefix}status"), status)).transpose()?;
+    Ok(JobMatch {
+        pool: filter.pool.as_deref(),
+        status,
+        processor: filter.processor.as_deref(),
+        created_after: filter.created_after,
+        created_before: filter.created_before,
+    })
+}
+
+impl App {
+    /// One page of job `id`'s attempts, as an attempts query asks for it.
+    pub async fn attempt_page(&self, id: &str, query: &AttemptQuery) -> Result<AttemptList, ApiError> {
+        let limit = query.limit.unwrap_or(RECENT_ATTEMPTS);
+        if !(1..=MAX_ATTEMPTS_PAGE).contains(&limit) {
+            return Err(ApiError::field("limit", format!("must be between 1 and {MAX_ATTEMPTS_PAGE}, got {limit}")));
+        }
+        let before = match &query.cursor {
+            Some(token) => Some(AttemptCursor::from_token(token).ok_or_else(|| {
+                ApiError::field(
+                    "cursor",
+                    "is not a cursor this server gave: pass history_cursor or next_cursor as it came",
+                )
+            })?),
+            None => None,
+        };
+        let attempts = self
+            .store()
+            .attempts(id, &AttemptPage { before, limit })
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no job with id {id}")))?;
+        let next_cursor = attempts
+            .last()
+            .filter(|last| attempts.len() == limit as usize && last.attempt > 1)
+            .map(|last| last.cursor().token());
+        Ok(AttemptList { attempts, next_cursor })
+    }
+}
+
+/// A job's attempts, newest first, a page at a time (the job object holds the latest 20).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/attempts", params(("id" = String, Path), AttemptQuery), responses(
+    (status = 200, body = AttemptList),
+    (status = 404, body = ErrorBody),
+))]
+pub async fn job_attempts(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<AttemptList>, ApiError> {
+    Ok(Json(app.attempt_page(&id, &query(raw.as_deref())?).await?))
+}
+
+/// Jobs, newest first, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/jobs", params(ListQuery), responses((status = 200, body = JobPage)))]
+pub async fn list_jobs(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<JobPage>, ApiError> {
+    Ok(Json(app.job_page(&query(raw.as_deref())?).await?))
+}
+
+/// Which of retry or cancel an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Retry,
+    Cancel,
+}
+
+impl Action {
+    fn rule(self) -> &'static str {
+        match self {
+            Action::Retry => "only poisoned or cancelled jobs can be retried",
+            Action::Cancel => "only pending jobs can be cancelled",
+        }
+    }
+
+    fn status(self) -> JobStatus {
+        match self {
+            Action::Retry => JobStatus::Pending,
+            Action::Cancel => JobStatus::Cancelled,
+        }
+    }
+}
+
+impl App {
+    /// Retries or cancels one job; the error says why it could not be.
+    pub async fn act_on(&self, action: Action, id: &str) -> Result<(), ApiError> {
+        let store = self.store();
+        let answer = match action {
+            Action::Retry => store.retry_job(id).await?,
+            Action::Cancel => store.cancel_job(id).await?,
+        };
+        match answer {
+            IdAnswer::Done => Ok(()),
+            IdAnswer::NotFound => Err(ApiError::not_found(format!("no job with id {id}"))),
+            IdAnswer::WrongStatus(status) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_status",
+                format!("job {id} is {}: {}", status.as_str(), action.rule()),
+            )),
+            IdAnswer::NoAttemptsLeft => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_status",
+                format!("job {id} has used every attempt jobhost can count: queue it anew"),
+            )),
+        }
+    }
+
+    /// Retries or cancels a list of ids (each on its own) or every job a filter matches (one
+    /// statement).
+    pub async fn act_on_many(&self, action: Action, request: BulkRequest) -> Result<BulkAnswer, ApiError> {
+        match (request.ids, request.filter) {
+            (Some(ids), None) => {
+                if ids.len() > MAX_BATCH {
+                    return Err(ApiError::field("ids", format!("must hold at most {MAX_BATCH} ids")));
+                }
+                let (mut done, mut refused) = (Vec::new(), Vec::new());
+                for id in ids {
+                    match self.act_on(action, &id).await {
+                        Ok(()) => done.push(id),
+                        Err(err) if err.status.is_client_error() => {
+                            refused.push(Refused { id, code: err.code, message: err.message })
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(BulkAnswer { count: done.len() as u64, done: Some(done), refused: Some(refused) })
+            }
+            (None, Some(filter)) => {
+                let matching = matching(&filter, "filter.")?;
+                let store = self.store();
+                let count = match action {
+                    Action::Retry => store.retry_matching(&matching).await?,
+                    Action::Cancel => store.cancel_matching(&matching).await?,
+                };
+                Ok(BulkAnswer { count, done: None, refused: None })
+            }
+            _ => Err(ApiError::invalid_json("give exactly one of `ids` (a list of job ids) and `filter` (an object)")),
+        }
+    }
+}
+
+/// Give a poisoned or cancelled job a fresh set of attempts.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", params(("id" = String, Path)), responses(
+    (status = 200, body = Changed), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+pub async fn retry_job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Changed>, ApiError> {
+    app.act_on(Action::Retry, &id).await?;
+    Ok(Json(Changed { id, status: Action::Retry.status() }))
+}
+
+/// Cancel a pending job so no worker takes it.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = String, Path)), responses(
+    (status = 200, body = Changed), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+))]
+pub async fn cancel_job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Changed>, ApiError> {
+    app.act_on(Action::Cancel, &id).await?;
+    Ok(Json(Changed { id, status: Action::Cancel.status() }))
+}
+
+/// Retry a list of jobs, or every poisoned or cancelled job matching a filter.
+#[utoipa::path(post, path = "/api/v1/jobs/retry", request_body = BulkRequest, responses((status = 200, body = BulkAnswer)))]
+pub async fn retry_jobs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<BulkAnswer>, ApiError> {
+    Ok(Json(app.act_on_many(Action::Retry, parse(json_body(&headers, &bytes)?, "")?).await?))
+}
+
+/// Cancel a list of jobs, or every pending job matching a filter.
+#[utoipa::path(post, path = "/api/v1/jobs/cancel", request_body = BulkRequest, responses((status = 200, body = BulkAnswer)))]
+pub async fn cancel_jobs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<BulkAnswer>, ApiError> {
+    Ok(Json(app.act_on_many(Action::Cancel, parse(json_body(&headers, &bytes)?, "")?).await?))
+}
+
+/// Exactly what `jobhost status --json` prints.
+#[utoipa::path(get, path = "/api/v1/status", params(PoolQuery), responses((status = 200, body = StatusSnapshot)))]
+pub async fn status(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<StatusSnapshot>, ApiError> {
+    let query: PoolQuery = query(raw.as_deref())?;
+    if let Some(pool) = &query.pool {
+        check_pool("pool", pool)?;
+    }
+    Ok(Json(app.store().status(query.pool.as_deref()).await?))
+}
+
+/// Every pool with its counts, ready jobs and oldest ready age.
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = PoolList)))]
+pub async fn pools(State(app): State<Arc<App>>) -> Result<Json<PoolList>, ApiError> {
+    Ok(Json(PoolList { pools: app.store().pools().await? }))
+}
+
+/// Most workers one listing shows.
+pub const MAX_WORKERS_LISTED: u32 = 500;
+
+impl App {
+    pub async fn worker_list(&self, query: &WorkerQuery) -> Result<Vec<WorkerInfo>, ApiError> {
+        if let Some(pool) = &query.pool {
+            check_pool("pool", pool)?;
+        }
+        let [starting, active, terminated, lost] = WorkerCounts::STATUSES;
+        if let Some(status) = query.status.as_deref()
+            && !WorkerCounts::STATUSES.contains(&status)
+        {
+            return Err(ApiError::field(
+                "status",
+                format!("unknown status {status:?}: use {starting}, {active}, {terminated} or {lost}"),
+            ));
+        }
+        let filter =
+            WorkerFilter { pool: query.pool.as_deref(), status: query.status.as_deref(), limit: MAX_WORKERS_LISTED };
+        Ok(self.store().workers(&filter).await?)
+    }
+
+    /// Every processor as `jobhost processors --json` shows it; see [`ProcessorListing`].
+    pub async fn processor_list(self: &Arc<App>) -> Result<Arc<Vec<ProcessorInfo>>, ApiError> {
+        let latest = Arc::clone(&self.processor_listing.latest).lock_owned().await;
+        let app = Arc::clone(self);
+        // The lock goes with the listing to its thread: a listing whose caller gave up still
+        // finishes, and is kept, before the next one may start.
+        tokio::task::spawn_blocking(move || app.processor_listing.refresh(latest, &app.config, &app.sandbox))
+            .await
+            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()))?
+            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))
+    }
+}
+
+/// A listing and the version of the folder it was made from.
+type KeptListing = (FolderVersion, Arc<Vec<ProcessorInfo>>);
+
+/// The processors listing, kept while the processors folder stays the same. Listing loads
+/// every processor (a compile, or a read of the compile cache), so it is made once per
+/// version of the folder ([`FolderVersion`]: each file's size, times and inode), one at a
+/// time: callers that come meanwhile wait for it and share it.
+#[derive(Default)]
+pub struct ProcessorListing {
+    latest: Arc<tokio::sync::Mutex<Option<KeptListing>>>,
+    /// Listings made (a counter in /metrics), to show that repeats load nothing.
+    pub made: AtomicU64,
+}
+
+impl ProcessorListing {
+    /// The listing for the folder as it is now: the kept one if the folder has not changed,
+    /// else a new one. Blocks on file reads and compiles.
+    fn refresh(
+        &self,
+        mut latest: OwnedMutexGuard<Option<KeptListing>>,
+        config: &Config,
+        sandbox: &Sandbox,
+    ) -> anyhow::Result<Arc<Vec<ProcessorInfo>>> {
+        // Taken before the files are read: a file that changes during the listing changes
+        // the version too, so the next call lists again.
+        let version = jobhost_sandbox::processors::folder_version(config)?;
+        if let Some((seen, infos)) = latest.as_ref()
+            && *seen == version
+        {
+            return Ok(Arc::clone(infos));
+        }
+        self.made.fetch_add(1, Ordering::Relaxed);
+        let infos = Arc::new(jobhost_sandbox::processors::list(config, sandbox)?);
+        *latest = Some((version, Arc::clone(&infos)));
+        Ok(infos)
+    }
+}
+
+/// Workers, live ones first (at most 500).
+#[utoipa::path(get, path = "/api/v1/workers", params(WorkerQuery), responses((status = 200, body = WorkerList)))]
+pub async fn workers(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Json<WorkerList>, ApiError> {
+    Ok(Json(WorkerList { workers: app.worker_list(&query(raw.as_deref())?).await? }))
+}
+
+/// Every processor with its source, size, hash, limits, and load error if broken.
+#[utoipa::path(get, path = "/api/v1/processors", responses((status = 200, body = ProcessorList)))]
+pub async fn processors(State(app): State<Arc<App>>) -> Result<Json<ProcessorList>, ApiError> {
+    let infos = app.processor_list().await?;
+    Ok(Json(ProcessorList { processors: infos.iter().map(ProcessorInfo::to_json).collect() }))
+}

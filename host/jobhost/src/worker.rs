@@ -1,0 +1,455 @@
+//! `jobhost work`: one worker process — register, claim, run in the sandbox, record, exit.
+//!
+//! Shape of a worker:
+//! - a single-threaded tokio runtime drives up to `concurrency` sandboxed runs at once
+//!   (guests yield at every epoch tick, so one busy guest cannot starve the others);
+//! - between runs, the loop records every job that finished and claims replacements in one
+//!   write transaction, so a busy worker commits once per turn, not twice per job;
+//! - each claimed job is a task that loads its processor (read and compiled on a blocking
+//!   thread, under a deadline: see [`jobhost_sandbox::processors`]) and then runs it, so a slow load
+//!   delays only its own job, and a job's run deadline starts once its program is ready;
+//! - a worker that runs more than one job keeps every processor compiled ahead
+//!   ([`Registry::start_compiling_ahead`]), so a file deployed while it runs is compiled before its
+//!   jobs arrive;
+//! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
+//!   cannot delay them and a long job keeps its lease;
+//! - the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within their
+//!   deadlines; a second one exits at once (the reaper recovers what was held).
+//!
+//! Every complete/fail is fenced on the claim: if the reaper gave the job away meanwhile,
+//! the late answer changes nothing and is logged.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use jobhost_core::config::Config;
+use jobhost_core::outcome::OutcomeKind;
+use jobhost_sandbox::processors::{self, Registry};
+use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
+use jobhost_store::{
+    Access, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker, RetryPolicy, Settled,
+    Store,
+};
+
+use crate::output::LineSink;
+use crate::settings::WorkSettings;
+
+/// What became of one job, printed as a JSON line with `--json`.
+#[derive(Debug, Serialize)]
+struct JobLine {
+    job_id: String,
+    processor: String,
+    attempt: u32,
+    outcome: OutcomeKind,
+    /// `completed`, `retrying`, `poisoned`, or `stale` when the claim had been taken away.
+    status: &'static str,
+    message: Option<String>,
+    duration_ms: u64,
+    fuel_used: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    worker_id: String,
+    processed: u64,
+    completed: u64,
+    failed: u64,
+    /// The worker's final status: `terminated`, or `lost` when the reaper had given up on it.
+    status: &'static str,
+}
+
+impl Summary {
+    fn count(&mut self, line: &JobLine) {
+        self.processed += 1;
+        if line.status == "completed" {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+/// What a job task needs to load and run its job: shared by every task.
+struct Runner {
+    sandbox: Sandbox,
+    registry: Arc<Registry>,
+    config: Config,
+}
+
+/// The worker's loop state. Only the loop touches the store; job tasks load and run guests.
+struct Worker {
+    store: Store,
+    runner: Arc<Runner>,
+    retry: RetryPolicy,
+    worker_id: String,
+    pool: String,
+    concurrency: u32,
+    max_jobs: Option<u64>,
+    json: bool,
+    /// Set by the heartbeat thread when this worker must stop claiming, and why.
+    stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    /// The `--json` lines; they stop (and the worker goes on) if the reader goes away.
+    out: LineSink,
+}
+
+/// Why the heartbeat thread stopped the worker; each is an abnormal end, exit status 1.
+#[derive(Debug, Clone)]
+enum StopReason {
+    /// The reaper declared this worker lost: its jobs are another worker's now.
+    Lost,
+    /// The database file was deleted or replaced under the worker.
+    DatabaseReplaced(String),
+}
+
+pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
+    let concurrency = config.worker.concurrency;
+    let max_jobs = args.max_jobs;
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+
+    let store = Store::open(&config.database, Access::Existing).await?;
+    store
+        .activate_worker(&NewWorker {
+            id: worker_id.clone(),
+            pool: args.pool.clone(),
+            host: Some(config.worker.host()),
+            pid: Some(std::process::id()),
+        })
+        .await?;
+    tracing::info!(worker_id, pool = args.pool, concurrency, "worker started");
+    let sandbox = match Sandbox::new(concurrency) {
+        Ok(sandbox) => sandbox,
+        Err(err) => {
+            // Deregister so the failed start is not mistaken for a crash.
+            store.deregister_worker(&worker_id).await?;
+            return Err(err);
+        }
+    };
+    for warning in processors::unmatched_override_warnings(config) {
+        tracing::warn!("{warning}");
+    }
+    let stop_reason = Arc::new(std::sync::Mutex::new(None));
+    let fingerprint = store.fingerprint();
+    let registry = Arc::new(Registry::new(config, &sandbox));
+    // A worker that stays for more than one job compiles new and changed processors as they
+    // appear, off the jobs' path; one started for a single job would only take CPU from it.
+    let compiling_ahead = (max_jobs != Some(1)).then(|| registry.start_compiling_ahead());
+    let mut worker = Worker {
+        store,
+        runner: Arc::new(Runner { registry, sandbox, config: config.clone() }),
+        retry: RetryPolicy::from_config(&config.retry),
+        worker_id: worker_id.clone(),
+        pool: args.pool.clone(),
+        concurrency,
+        max_jobs,
+        json: args.json,
+        stop_reason: stop_reason.clone(),
+        out: LineSink::default(),
+    };
+
+    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, stop_reason.clone())?;
+    // One thread (the command's current-thread runtime): store calls run between guest runs,
+    // with no hand-offs between threads. A worker uses one core; `jobhost check` starts one
+    // worker per core.
+    let result = worker.work_loop().await;
+    heartbeat.stop();
+    drop(compiling_ahead);
+
+    let mut summary = result?;
+    let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").clone();
+    summary.worker_id = worker_id.clone();
+    summary.status = if matches!(stop_reason, Some(StopReason::Lost)) { "lost" } else { "terminated" };
+    if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
+        worker.store.deregister_worker(&worker_id).await?;
+    }
+    tracing::info!(worker_id, processed = summary.processed, "worker finished");
+    let out = &mut worker.out;
+    if args.json {
+        out.line(format_args!("{}", serde_json::to_string(&summary)?));
+    } else if summary.processed == 0 {
+        out.line(format_args!("worker {worker_id}: no work available"));
+    } else {
+        out.line(format_args!(
+            "worker {worker_id}: processed {} job(s): {} completed, {} failed",
+            summary.processed, summary.completed, summary.failed
+        ));
+    }
+    match stop_reason {
+        None => Ok(ExitCode::SUCCESS),
+        Some(StopReason::Lost) => anyhow::bail!(
+            "worker {worker_id} stopped: the reaper declared it lost (no heartbeat within reaper.stale_after), \
+             so the jobs it held were handed back to the pool; check that the machine is not overloaded or \
+             suspended, or raise reaper.stale_after"
+        ),
+        Some(StopReason::DatabaseReplaced(why)) => anyhow::bail!("worker {worker_id} stopped: {why}"),
+    }
+}
+
+/// A job whose run ended, waiting to be recorded in the next turn.
+struct FinishedRun {
+    job: ClaimedJob,
+    report: RunReport,
+}
+
+impl Worker {
+    /// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
+    /// the reaper declares this worker lost.
+    ///
+    /// Each turn of the loop is one write transaction: it records every job that finished
+    /// since the last turn and claims as many new ones as there are free slots.
+    async fn work_loop(&mut self) -> Result<Summary> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop_notify = Arc::new(tokio::sync::Notify::new());
+        // The handlers are installed here, before the first claim, not when the task first
+        // runs: a SIGTERM in between would otherwise kill the worker holding a job.
+        let signals = Signals::install()?;
+        tokio::spawn(watch_signals(signals, stopping.clone(), stop_notify.clone()));
+
+        let mut summary = Summary::default();
+        let mut in_flight: JoinSet<FinishedRun> = JoinSet::new();
+        let mut finished: Vec<FinishedRun> = Vec::new();
+        let mut claimed_total: u64 = 0;
+        loop {
+            let may_claim = !stopping.load(Ordering::SeqCst)
+                && self.stop_reason.lock().expect("never poisoned").is_none()
+                && self.max_jobs.is_none_or(|max| claimed_total < max);
+            let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
+            let want = match self.max_jobs {
+                _ if !may_claim => 0,
+                Some(max) => free_slots.min(max - claimed_total),
+                None => free_slots,
+            };
+            if want > 0 || !finished.is_empty() {
+                let (lines, claimed) = self.settle(std::mem::take(&mut finished), want as u32).await?;
+                for line in lines {
+                    summary.count(&line);
+                    if self.json {
+                        self.out.line(format_args!("{}", serde_json::to_string(&line)?));
+                    }
+                }
+                claimed_total += claimed.len() as u64;
+                for job in claimed {
+                    in_flight.spawn(run_job(self.runner.clone(), job));
+                }
+            }
+            if in_flight.is_empty() {
+                // Nothing running and nothing more to claim: the pool is drained (or we stop).
+                break;
+            }
+            // Wait for a run to end (its failure may make its job ready again), then take
+            // every other run that ended meanwhile into the same batch.
+            tokio::select! {
+                done = in_flight.join_next() => {
+                    if let Some(done) = done {
+                        finished.push(done.context("a job task panicked")?);
+                    }
+                }
+                _ = stop_notify.notified() => {}
+            }
+            while let Some(done) = in_flight.try_join_next() {
+                finished.push(done.context("a job task panicked")?);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Records the finished jobs and claims up to `want` new ones in one store turn.
+    async fn settle(&mut self, finished: Vec<FinishedRun>, want: u32) -> Result<(Vec<JobLine>, Vec<ClaimedJob>)> {
+        let messages: Vec<Option<String>> = finished.iter().map(|run| run.report.outcome.message()).collect();
+        let results: Vec<Option<String>> = finished
+            .iter()
+            .map(|run| match &run.report.outcome {
+                Outcome::Ok(result) => Some(result.to_string()),
+                _ => None,
+            })
+            .collect();
+        let attempts: Vec<Finished<'_>> = finished
+            .iter()
+            .zip(&messages)
+            .zip(&results)
+            .map(|((run, message), result)| Finished {
+                job: &run.job,
+                report: AttemptReport {
+                    kind: run.report.outcome.kind(),
+                    message: message.as_deref(),
+                    stderr: Some(run.report.stderr.as_str()).filter(|s| !s.is_empty()),
+                    fuel_used: Some(run.report.fuel_used),
+                    duration_ms: Some(run.report.duration.as_millis() as u64),
+                    processor_sha256: run.report.processor_sha256.as_deref(),
+                },
+                result: result.as_deref(),
+            })
+            .collect();
+        let claim = (want > 0).then(|| ClaimRequest {
+            pool: &self.pool,
+            worker_id: &self.worker_id,
+            lease: self.runner.config.reaper.stale_after.0,
+            limit: want,
+        });
+        let turn = self.store.turn(&attempts, claim, &self.retry).await?;
+
+        let lines: Vec<JobLine> = finished
+            .iter()
+            .zip(messages)
+            .zip(&turn.settled)
+            .map(|((run, message), settled)| JobLine {
+                job_id: run.job.id.clone(),
+                processor: run.job.processor.clone(),
+                attempt: run.job.attempt,
+                outcome: run.report.outcome.kind(),
+                status: match settled {
+                    Settled::Completed => "completed",
+                    Settled::Retrying { .. } => "retrying",
+                    Settled::Poisoned => "poisoned",
+                    Settled::Stale => "stale",
+                },
+                message,
+                duration_ms: run.report.duration.as_millis() as u64,
+                fuel_used: run.report.fuel_used,
+            })
+            .collect();
+        for line in &lines {
+            if line.status == "stale" {
+                tracing::warn!(
+                    job_id = line.job_id,
+                    worker_id = self.worker_id,
+                    "the job was recovered by the reaper while this worker ran it; its {} outcome was discarded",
+                    line.outcome.as_str()
+                );
+            } else {
+                tracing::info!(
+                    job_id = line.job_id,
+                    outcome = line.outcome.as_str(),
+                    status = line.status,
+                    "job finished"
+                );
+            }
+        }
+        Ok((lines, turn.claimed))
+    }
+}
+
+/// Loads one claimed job's processor and runs the job in the sandbox.
+async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> FinishedRun {
+    let report = match runner.registry.load(&job.processor).await {
+        Ok(program) => {
+            let limits = runner.config.limits_for(&job.processor);
+            let input = JobInput {
+                job_id: &job.id,
+                attempt: job.attempt,
+                pool: &job.pool,
+                processor: &job.processor,
+                payload: job.payload.as_bytes(),
+            };
+            runner.sandbox.run(&program, input, &limits, &runner.config.grants_for(&job.processor)).await
+        }
+        Err(err) => RunReport::load_error(err.to_string()),
+    };
+    FinishedRun { job, report }
+}
+
+/// The worker's SIGTERM and SIGINT streams.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
+}
+
+/// First signal: stop claiming. Second: exit at once.
+async fn watch_signals(mut signals: Signals, stopping: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>) {
+    for round in 0.. {
+        tokio::select! {
+            _ = signals.term.recv() => {}
+            _ = signals.int.recv() => {}
+        }
+        if round > 0 {
+            tracing::warn!("second signal: exiting now; the reaper will recover the jobs still held");
+            std::process::exit(130);
+        }
+        tracing::info!("signal received: finishing the jobs in flight, claiming no more");
+        stopping.store(true, Ordering::SeqCst);
+        notify.notify_waiters();
+    }
+}
+
+/// The heartbeat thread: renews the worker's liveness and its jobs' leases on a fixed
+/// schedule, with its own connection so job work never delays it.
+struct Heartbeat {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(
+        config: &Config,
+        worker_id: &str,
+        fingerprint: Fingerprint,
+        stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    ) -> Result<Heartbeat> {
+        let database = config.database.clone();
+        let interval = config.worker.heartbeat_interval.0;
+        let lease = config.reaper.stale_after.0;
+        let worker_id = worker_id.to_owned();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+            // Connected at the first beat, not at start: a worker that finishes sooner (a
+            // `--once` run) never pays for a second connection. The thread drives its store
+            // on a runtime of its own, so a busy worker loop never delays a beat.
+            let mut store: Option<Store> = None;
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                tracing::error!(worker_id, "cannot start the heartbeat's async runtime; no heartbeats will be sent");
+                return;
+            };
+            loop {
+                match stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                // A new file at the database's path is another pool: beating there would
+                // renew nothing of ours, and claiming there would run someone else's jobs.
+                let beat = fingerprint.verify().and_then(|()| {
+                    runtime.block_on(async {
+                        if store.is_none() {
+                            store = Some(Store::open(&database, Access::Existing).await?);
+                        }
+                        store.as_ref().expect("opened above").heartbeat(&worker_id, lease).await
+                    })
+                });
+                let stop = match beat {
+                    Ok(true) => continue,
+                    Ok(false) => StopReason::Lost,
+                    Err(err) if matches!(err.kind(), ErrorKind::Replaced | ErrorKind::Missing) => {
+                        StopReason::DatabaseReplaced(err.to_string())
+                    }
+                    Err(err) => {
+                        tracing::warn!(worker_id, "heartbeat failed (will retry): {err:#}");
+                        continue;
+                    }
+                };
+                tracing::error!(worker_id, "stopping: {stop:?}; claiming no more jobs");
+                *stop_reason.lock().expect("never poisoned") = Some(stop);
+                return;
+            }
+        })?;
+        Ok(Heartbeat { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}

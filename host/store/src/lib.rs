@@ -1,0 +1,400 @@
+//! jobhost-store: the durable job pool: one interface, [`Store`], over two backends — an embedded SQLite
+//! file (the default: one machine, nothing to run) and a PostgreSQL server (many machines
+//! sharing one pool). `--db` picks one: a `postgres://` or `postgresql://` URL, else a path.
+//!
+//! The store is split the way River splits its driver:
+//! - this module and [`model`] hold what is the same for every backend: the data, the retry
+//!   policy and how a finished attempt is settled ([`Store::turn`]), reaping as "mark the
+//!   silent workers lost, then settle their jobs as `worker_lost`", errors that name the
+//!   database and the fix;
+//! - a [`driver::Driver`] (`sqlite`, `postgres`) owns only its SQL and its connections, and
+//!   makes every state change of a job one statement or one transaction fenced on the state
+//!   it expects, so a late or duplicate call changes nothing and says so.
+//!
+//! Nothing outside the store names a backend, a connection or a database file. One test
+//! suite (`suite`) is written against [`Store`] and run against every backend.
+//!
+//! It builds on `jobhost-core` alone and must not know about WebAssembly, processors' code,
+//! the command line or HTTP serving; it links no wasmtime, so its suite builds and runs
+//! (`cargo test -p jobhost-store`) without compiling the sandbox.
+
+mod activity;
+mod driver;
+mod error;
+mod model;
+mod postgres;
+mod retry;
+mod sqlite;
+#[cfg(test)]
+mod suite;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use jobhost_core::config::DatabaseConfig;
+use jobhost_core::outcome::OutcomeKind;
+
+pub use activity::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, Histogram};
+use driver::{Driver, Now, Resolution, Settlement};
+pub use error::{ErrorKind, Result, StoreError};
+pub use model::*;
+pub use retry::RetryPolicy;
+
+/// Where a store reads the time: the database's clock, or (in tests) a hand-driven one.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    Database,
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    fn now(&self) -> Now {
+        match self {
+            Clock::Database => None,
+            Clock::Manual(now) => Some(now.load(Ordering::SeqCst)),
+        }
+    }
+}
+
+/// A database location as it may be shown to people: a server URL without its password.
+pub fn shown_location(location: &str) -> String {
+    let config = DatabaseConfig { path: location.to_owned(), ..DatabaseConfig::default() };
+    if config.is_server() { postgres::redact(location) } else { location.to_owned() }
+}
+
+/// Whether opening may create the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create the pool (a SQLite file and its folders, or the schema on a server) when it does
+    /// not exist: commands that add jobs.
+    CreateIfMissing,
+    /// The pool must exist: a typo in `--db` is an error, not a new empty pool.
+    Existing,
+}
+
+/// A connection to the pool. Methods take `&self`: a store can be shared between tasks.
+pub struct Store {
+    driver: Box<dyn Driver>,
+    clock: Clock,
+}
+
+impl Fingerprint {
+    /// Fails with [`ErrorKind::Replaced`] when the database opened is no longer the one its
+    /// location names.
+    pub fn verify(&self) -> Result<()> {
+        sqlite::verify_fingerprint(self)
+    }
+}
+
+impl Store {
+    /// Opens the pool at `config.path`, creating or upgrading its schema as `access` allows,
+    /// and refusing databases that are not jobhost's or come from a newer jobhost.
+    pub async fn open(config: &DatabaseConfig, access: Access) -> Result<Store> {
+        Store::open_with_clock(config, access, Clock::Database).await
+    }
+
+    pub async fn open_with_clock(config: &DatabaseConfig, access: Access, clock: Clock) -> Result<Store> {
+        let driver: Box<dyn Driver> = if config.is_server() {
+            Box::new(postgres::PostgresDriver::open(config, access).await?)
+        } else {
+            Box::new(sqlite::SqliteDriver::open(config, access)?)
+        };
+        Ok(Store { driver, clock })
+    }
+
+    /// The database as people name it: a path, or a URL without its password.
+    pub fn location(&self) -> &str {
+        self.driver.location()
+    }
+
+    /// Which database this store opened; see [`Fingerprint::verify`].
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.driver.fingerprint()
+    }
+
+    fn named<T>(&self, result: Result<T>) -> Result<T> {
+        result.map_err(|err| err.at(self.driver.location()))
+    }
+
+    /// Queues every job `jobs` yields in one transaction: all of them, or none if any is
+    /// refused (the refusal is the error). Jobs are streamed, so memory stays flat.
+    pub async fn enqueue(&self, jobs: impl Iterator<Item = Result<NewJob, Refusal>> + Send) -> Result<u64> {
+        let mut jobs = jobs;
+        let queued = self.driver.enqueue(&mut jobs, self.clock.now()).await;
+        self.named(queued)
+    }
+
+    /// Queues `jobs` in one transaction; returns their ids in order.
+    pub async fn enqueue_all(&self, jobs: &[NewJob]) -> Result<Vec<String>> {
+        self.enqueue(jobs.iter().cloned().map(Ok)).await?;
+        Ok(jobs.iter().map(|job| job.id.clone()).collect())
+    }
+
+    /// One worker turn, in one transaction: records every finished attempt (completed, or
+    /// failed and sent through `retry`: back to pending after its backoff, or poisoned when
+    /// its attempts are used up), then claims up to `claim.limit` ready jobs. Each attempt is
+    /// fenced on its claim: one the reaper took back is [`Settled::Stale`] and changes nothing.
+    /// What the job's code wrote is made [`storable`] first, so no output of one job can fail
+    /// the statement that settles the others with it.
+    pub async fn turn(
+        &self,
+        finished: &[Finished<'_>],
+        claim: Option<ClaimRequest<'_>>,
+        retry: &RetryPolicy,
+    ) -> Result<Turn> {
+        let texts: Vec<[Option<Cow<'_, str>>; 3]> = finished
+            .iter()
+            .map(|attempt| {
+                [attempt.result, attempt.report.message, attempt.report.stderr].map(|text| text.map(storable))
+            })
+            .collect();
+        let settlements: Vec<Settlement<'_>> = finished
+            .iter()
+            .zip(&texts)
+            .map(|(attempt, [result, message, stderr])| Settlement {
+                claim: claim_ref(attempt.job),
+                resolution: resolve(result.as_deref(), attempt.job.attempt, attempt.job.max_attempts, retry),
+                report: AttemptReport {
+                    message: message.as_deref(),
+                    stderr: stderr.as_deref(),
+                    ..attempt.report.clone()
+                },
+            })
+            .collect();
+        let turned = self.driver.turn(&settlements, claim.as_ref(), self.clock.now()).await;
+        let (settled, claimed) = self.named(turned)?;
+        Ok(Turn { settled, claimed })
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
+        Ok(self.jobs(&[id]).await?.pop())
+    }
+
+    /// The jobs of `ids` that exist, each with its latest [`RECENT_ATTEMPTS`] attempts, in
+    /// one read however many ids and attempts.
+    pub async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
+        let jobs = self.driver.jobs(ids).await;
+        self.named(jobs)
+    }
+
+    /// One page of job `id`'s attempts, newest first (see [`AttemptPage`]); the last one's
+    /// [`AttemptRecord::cursor`] in `page.before` asks for the next page. `None` when there
+    /// is no such job.
+    pub async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+        let attempts = self.driver.attempts(id, page).await;
+        self.named(attempts)
+    }
+
+    /// One page of the jobs matching `filter`, newest first; the last job's
+    /// [`JobSummary::cursor`] in `filter.after` asks for the next page.
+    pub async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        let jobs = self.driver.list_jobs(filter).await;
+        self.named(jobs)
+    }
+
+    /// The status of each of `ids` that exists (one query for all of them).
+    pub async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+        let statuses = self.driver.job_statuses(ids).await;
+        self.named(statuses)
+    }
+
+    /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
+    pub async fn retry_job(&self, id: &str) -> Result<IdAnswer> {
+        let answer = self.driver.retry_job(id, self.clock.now()).await;
+        self.named(answer)
+    }
+
+    /// Retries every poisoned or cancelled job that `matching` matches, in one statement;
+    /// returns how many.
+    pub async fn retry_matching(&self, matching: &JobMatch<'_>) -> Result<u64> {
+        let retried = self.driver.retry_matching(matching, self.clock.now()).await;
+        self.named(retried)
+    }
+
+    /// Withdraws a pending job so no worker claims it.
+    pub async fn cancel_job(&self, id: &str) -> Result<IdAnswer> {
+        let answer = self.driver.cancel_job(id, self.clock.now()).await;
+        self.named(answer)
+    }
+
+    /// Cancels every pending job that `matching` matches, in one statement; returns how many.
+    pub async fn cancel_matching(&self, matching: &JobMatch<'_>) -> Result<u64> {
+        let cancelled = self.driver.cancel_matching(matching, self.clock.now()).await;
+        self.named(cancelled)
+    }
+
+    /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago, with
+    /// their attempt history. Returns how many jobs were deleted.
+    pub async fn purge(&self, older_than: Duration, statuses: &[JobStatus]) -> Result<u64> {
+        let purged = self.driver.purge(older_than, statuses, self.clock.now()).await;
+        self.named(purged)
+    }
+
+    /// A worker coming up: turns its `starting` row (left by the checker) into `active`, or
+    /// registers it afresh. Refuses an id whose worker already ended or was declared lost.
+    pub async fn activate_worker(&self, worker: &NewWorker) -> Result<()> {
+        let activated = self.driver.activate_worker(worker, self.clock.now()).await;
+        self.named(activated)
+    }
+
+    /// Proves `worker_id` alive and extends the leases of the jobs it holds by `lease`.
+    /// Returns false when the worker is no longer `active` (it was reaped): it must stop.
+    pub async fn heartbeat(&self, worker_id: &str, lease: Duration) -> Result<bool> {
+        let alive = self.driver.heartbeat(worker_id, lease, self.clock.now()).await;
+        self.named(alive)
+    }
+
+    /// A clean exit. Jobs it still holds (it should hold none) are left to the reaper.
+    pub async fn deregister_worker(&self, worker_id: &str) -> Result<()> {
+        let deregistered = self.driver.deregister_worker(worker_id, self.clock.now()).await;
+        self.named(deregistered)
+    }
+
+    /// One reaping pass: `active` workers silent for longer than `stale_after` and `starting`
+    /// ones not up within `start_grace` become `lost`; then every abandoned job (its worker
+    /// gone, or its lease expired) goes through the retry policy as a `worker_lost` attempt,
+    /// fenced on its claim, so reapers running at once never release a job twice.
+    pub async fn reap(
+        &self,
+        pool: Option<&str>,
+        stale_after: Duration,
+        start_grace: Duration,
+        retry: &RetryPolicy,
+    ) -> Result<Reaped> {
+        let now = self.clock.now();
+        let workers = self.driver.mark_lost_workers(pool, stale_after, start_grace, now).await;
+        let workers = self.named(workers)?;
+        for worker in &workers {
+            tracing::warn!(worker_id = worker, "worker marked lost: no heartbeat within {stale_after:?}");
+        }
+        let abandoned = self.driver.abandoned_jobs(pool, now).await;
+        let abandoned = self.named(abandoned)?;
+        let reasons: Vec<String> = abandoned.iter().map(driver::Abandoned::reason).collect();
+        let settlements: Vec<Settlement<'_>> = abandoned
+            .iter()
+            .zip(&reasons)
+            .map(|(job, reason)| Settlement {
+                claim: job.claim.clone(),
+                resolution: resolve(None, job.claim.attempt, job.max_attempts, retry),
+                report: AttemptReport { message: Some(reason), ..AttemptReport::of(OutcomeKind::WorkerLost) },
+            })
+            .collect();
+        let turned = self.driver.turn(&settlements, None, now).await;
+        let (settled, _) = self.named(turned)?;
+        let mut recovery = Recovery::default();
+        for outcome in settled {
+            match outcome {
+                Settled::Poisoned => recovery.poisoned += 1,
+                Settled::Retrying { .. } => recovery.released += 1,
+                Settled::Completed | Settled::Stale => {}
+            }
+        }
+        Ok(Reaped { workers, recovery })
+    }
+
+    /// Succeeds when the pool answers a read now. Like every operation, it first reconnects
+    /// a PostgreSQL connection the server dropped.
+    pub async fn ping(&self) -> Result<()> {
+        let answered = self.driver.ping().await;
+        self.named(answered)
+    }
+
+    /// Registers as `starting` the workers the checker on `request.host` should start:
+    /// as many as there are ready jobs not yet covered by live workers on any host, at most
+    /// this host's free slots. Concurrent checkers (on one host or many) never over-spawn.
+    pub async fn plan_workers(&self, request: &PlanRequest<'_>) -> Result<WorkerPlan> {
+        let plan = self.driver.plan_workers(request, self.clock.now()).await;
+        self.named(plan)
+    }
+
+    pub async fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
+        let status = self.driver.status(pool, self.clock.now()).await;
+        self.named(status)
+    }
+
+    /// Every pool holding jobs, with its counts, ready jobs and oldest ready age.
+    pub async fn pools(&self) -> Result<Vec<PoolSnapshot>> {
+        let names = self.driver.pool_names().await;
+        let mut pools = Vec::new();
+        for pool in self.named(names)? {
+            let status = self.status(Some(&pool)).await?;
+            pools.push(PoolSnapshot {
+                pool,
+                jobs: status.jobs,
+                ready: status.ready,
+                oldest_ready_age_ms: status.oldest_ready_age_ms,
+            });
+        }
+        Ok(pools)
+    }
+
+    pub async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+        let workers = self.driver.workers(filter).await;
+        self.named(workers)
+    }
+
+    /// What the pool has done, added up: jobs queued, attempts by outcome, their durations
+    /// and fuel, and the last hour minute by minute. Costs the same at any number of jobs.
+    pub async fn activity(&self) -> Result<Activity> {
+        let read = self.driver.activity(self.clock.now()).await;
+        let (now, rows) = self.named(read)?;
+        Ok(Activity::from_rows(rows, now))
+    }
+
+    /// Copies every job of this pool, with its attempt history and result, into `target`:
+    /// how a pool moves between backends. Workers are not copied (they belong to the machines
+    /// of the old pool); a job still claimed arrives claimed by a worker the target does not
+    /// know, so its reaper hands it back as `worker_lost`. `target` must hold no job and no
+    /// worker unless `into_non_empty`. Jobs are copied a page at a time, each page in one
+    /// transaction: after a failure the pages copied so far stay in the target.
+    pub async fn copy_to(&self, target: &Store, into_non_empty: bool) -> Result<u64> {
+        const PAGE: u32 = 1_000;
+        if !into_non_empty && !target.named(target.driver.is_empty().await)? {
+            return Err(StoreError::new(
+                ErrorKind::Refused,
+                format!(
+                    "the target {} already holds jobs or workers: copy into an empty pool, or pass \
+                     --into-non-empty to add these jobs to it",
+                    target.location()
+                ),
+            ));
+        }
+        let mut copied = 0;
+        let mut after = 0;
+        loop {
+            let page = self.driver.export(after, PAGE).await;
+            let page = self.named(page)?;
+            let Some(last) = page.last() else {
+                return Ok(copied);
+            };
+            after = last.seq;
+            let imported = target.driver.import(&page).await;
+            target.named(imported)?;
+            copied += page.len() as u64;
+        }
+    }
+}
+
+/// Text a job produced, as every backend can store it. PostgreSQL's `text` refuses NUL (and
+/// would fail the whole turn over one byte a processor wrote to stderr), so NUL is shown as
+/// `␀` (U+2400 SYMBOL FOR NULL), visibly and the same on every backend. Every other
+/// character is kept: the text is valid UTF-8 already.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') { Cow::Owned(text.replace('\0', "\u{2400}")) } else { Cow::Borrowed(text) }
+}
+
+fn claim_ref(job: &ClaimedJob) -> driver::ClaimRef {
+    driver::ClaimRef { seq: job.seq, worker_id: job.worker_id.clone(), token: job.token, attempt: job.attempt }
+}
+
+/// The retry rule, the same for every backend: a result completes the job; a failure sends
+/// it back after its backoff, or poisons it when its last attempt failed.
+fn resolve<'a>(result: Option<&'a str>, attempt: u32, max_attempts: u32, retry: &RetryPolicy) -> Resolution<'a> {
+    match result {
+        Some(result) => Resolution::Complete { result },
+        None if attempt >= max_attempts => Resolution::Poison,
+        None => Resolution::Retry { delay: retry.backoff(attempt) },
+    }
+}

@@ -1,0 +1,626 @@
+//! The store's data: what goes in (jobs, workers, claims) and what comes out (jobs with
+//! their history, status counts, plans), the same for every backend.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use jobhost_core::outcome::OutcomeKind;
+
+/// Milliseconds since the Unix epoch; the unit of every timestamp in the store.
+pub type Millis = i64;
+
+pub fn millis(duration: Duration) -> Millis {
+    duration.as_millis().try_into().unwrap_or(Millis::MAX)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Claimed,
+    Completed,
+    Poisoned,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Pending, JobStatus::Claimed, JobStatus::Completed, JobStatus::Poisoned, JobStatus::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Claimed => "claimed",
+            JobStatus::Completed => "completed",
+            JobStatus::Poisoned => "poisoned",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Poisoned | JobStatus::Cancelled)
+    }
+}
+
+/// The most attempts a job can ever have been counted. `jobs retry` stops granting more
+/// there, so attempt numbers always fit every integer type they are read into.
+pub const ATTEMPTS_CEILING: u32 = i32::MAX as u32;
+
+/// Why a payload cannot be queued; reads as the end of a sentence naming the payload
+/// ("--payload is not valid JSON: …").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadError(String);
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// Checks a payload the way everything downstream reads it back (`jobs show`, the API, and
+/// processors using serde_json): one JSON value, numbers within f64, strings of valid
+/// Unicode, nesting at most 128 deep; and no larger than `max_bytes`.
+pub fn check_payload(text: &[u8], max_bytes: u64) -> Result<(), PayloadError> {
+    if text.len() as u64 > max_bytes {
+        return Err(PayloadError(format!(
+            "is {} bytes, more than jobs.max_payload ({}): send less, or raise jobs.max_payload",
+            text.len(),
+            jobhost_core::units::ByteSize(max_bytes)
+        )));
+    }
+    serde_json::from_slice::<serde_json::Value>(text).map(drop).map_err(|err| {
+        // serde_json ends its message with the position; say it once, in the caller's terms.
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        let position = match err.line() {
+            1 => format!("column {}", err.column()),
+            line => format!("line {line}, column {}", err.column()),
+        };
+        PayloadError(format!("is not valid JSON: {message} (at {position})"))
+    })
+}
+
+/// A job to enqueue; its payload has passed [`check_payload`].
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Chosen by the caller ([`NewJob::new_id`]), so it knows the ids without the store
+    /// handing back a list as long as the jobs.
+    pub id: String,
+    pub pool: String,
+    pub processor: String,
+    pub payload: String,
+    pub priority: i64,
+    pub max_attempts: u32,
+    pub delay_ms: Millis,
+}
+
+impl NewJob {
+    /// A time-ordered id (UUIDv7): new jobs land at the end of the id index instead of on a
+    /// random page of it, which kept large pools' inserts from slowing down as they grew.
+    pub fn new_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+}
+
+/// Why a job handed to [`super::Store::enqueue`] was refused; nothing is queued then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// A job a worker holds. Settling it is fenced on `worker_id` and `token`: only the holder
+/// of this exact claim can finish it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub seq: i64,
+    pub pool: String,
+    pub processor: String,
+    pub payload: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub worker_id: String,
+    pub token: i64,
+}
+
+/// What a worker asks to claim.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub pool: &'a str,
+    pub worker_id: &'a str,
+    /// How long the claim holds without a heartbeat.
+    pub lease: Duration,
+    pub limit: u32,
+}
+
+/// An attempt that ended, to be recorded: `result` is its JSON text when it succeeded.
+#[derive(Debug, Clone)]
+pub struct Finished<'a> {
+    pub job: &'a ClaimedJob,
+    pub report: AttemptReport<'a>,
+    pub result: Option<&'a str>,
+}
+
+/// What became of one finished attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Completed,
+    Retrying {
+        run_at: Millis,
+    },
+    Poisoned,
+    /// The claim was no longer live (the reaper took the job back): nothing changed.
+    Stale,
+}
+
+/// One worker turn: how each finished attempt was settled, and the jobs claimed.
+#[derive(Debug, Clone, Default)]
+pub struct Turn {
+    pub settled: Vec<Settled>,
+    pub claimed: Vec<ClaimedJob>,
+}
+
+/// What one attempt ended as.
+#[derive(Debug, Clone)]
+pub struct AttemptReport<'a> {
+    pub kind: OutcomeKind,
+    pub message: Option<&'a str>,
+    pub stderr: Option<&'a str>,
+    pub fuel_used: Option<u64>,
+    pub duration_ms: Option<u64>,
+    /// The lowercase hex SHA-256 of the processor's wasm bytes; `None` when it never loaded.
+    pub processor_sha256: Option<&'a str>,
+}
+
+impl AttemptReport<'_> {
+    pub fn of(kind: OutcomeKind) -> AttemptReport<'static> {
+        AttemptReport { kind, message: None, stderr: None, fuel_used: None, duration_ms: None, processor_sha256: None }
+    }
+
+    /// What a failed attempt leaves in the job's `last_error`.
+    pub fn last_error(&self) -> String {
+        match self.message {
+            Some(message) => format!("{}: {message}", self.kind.as_str()),
+            None => self.kind.as_str().to_owned(),
+        }
+    }
+}
+
+/// What the reaper recovered from dead workers and expired leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub released: u64,
+    pub poisoned: u64,
+}
+
+/// The answer for one id of a `retry` or `cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdAnswer {
+    Done,
+    NotFound,
+    WrongStatus(JobStatus),
+    /// `retry` of a job that has used every attempt jobhost can count.
+    NoAttemptsLeft,
+}
+
+impl IdAnswer {
+    /// Why a `retry` (`retrying`) or `cancel` changed nothing, given the job's status and
+    /// attempts, if it exists.
+    pub(super) fn explain(found: Option<(JobStatus, u32)>, retrying: bool) -> IdAnswer {
+        match found {
+            None => IdAnswer::NotFound,
+            Some((JobStatus::Poisoned | JobStatus::Cancelled, attempts))
+                if retrying && attempts >= ATTEMPTS_CEILING =>
+            {
+                IdAnswer::NoAttemptsLeft
+            }
+            Some((status, _)) => IdAnswer::WrongStatus(status),
+        }
+    }
+}
+
+/// Which jobs a listing or a bulk retry or cancel is about; every condition left `None`
+/// matches all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobMatch<'a> {
+    pub pool: Option<&'a str>,
+    pub status: Option<JobStatus>,
+    pub processor: Option<&'a str>,
+    /// Created at or after this time.
+    pub created_after: Option<Millis>,
+    /// Created before this time.
+    pub created_before: Option<Millis>,
+}
+
+/// One page of a listing: the matching jobs, newest first, that come after `after` (the
+/// [`JobSummary::cursor`] of the previous page's last job).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobFilter<'a> {
+    pub matching: JobMatch<'a>,
+    pub after: Option<Cursor>,
+    pub limit: u32,
+}
+
+/// Where a listing stopped: jobs are listed in the order they were queued, newest first, so a
+/// page goes on from the last job's place in that order, however jobs change meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(pub(super) i64);
+
+impl Cursor {
+    /// The cursor as an opaque token for an API client.
+    pub fn token(self) -> String {
+        format!("j{}", self.0)
+    }
+
+    pub fn from_token(token: &str) -> Option<Cursor> {
+        token.strip_prefix('j')?.parse().ok().filter(|&seq| seq > 0).map(Cursor)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobSummary {
+    /// Its place in the queue's order; see [`JobSummary::cursor`].
+    #[serde(skip)]
+    pub(super) seq: i64,
+    pub id: String,
+    pub pool: String,
+    pub processor: String,
+    pub status: JobStatus,
+    pub priority: i64,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: Millis,
+    pub worker_id: Option<String>,
+    /// The machine of the worker that holds or last held the job.
+    pub host: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+/// Most attempts a job's detail carries: its latest. The older ones are read a page at a
+/// time ([`super::Store::attempts`]), so a job retried ten thousand times costs no more to
+/// show than one retried twenty.
+pub const RECENT_ATTEMPTS: u32 = 20;
+
+/// Where a page of a job's attempts stopped: they are listed newest first, so the next page
+/// holds the attempts numbered below this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptCursor(pub(super) u32);
+
+impl AttemptCursor {
+    /// The cursor as an opaque token for an API client.
+    pub fn token(self) -> String {
+        format!("a{}", self.0)
+    }
+
+    pub fn from_token(token: &str) -> Option<AttemptCursor> {
+        token.strip_prefix('a')?.parse().ok().filter(|&attempt| attempt > 0).map(AttemptCursor)
+    }
+}
+
+/// One page of a job's attempts, newest first: at most `limit`, numbered below `before`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptPage {
+    pub before: Option<AttemptCursor>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    /// `None` while the attempt is still running.
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+    pub stderr: Option<String>,
+    pub fuel_used: Option<u64>,
+    pub duration_ms: Option<u64>,
+    /// SHA-256 of the processor's code that ran this attempt (hex); null when it never loaded.
+    pub processor_sha256: Option<String>,
+    /// The machine of the worker that made the attempt.
+    pub host: Option<String>,
+}
+
+impl AttemptRecord {
+    /// The first 12 hex digits of [`AttemptRecord::processor_sha256`]: enough to tell two
+    /// versions of a processor apart where people read it.
+    pub fn short_processor_sha256(&self) -> Option<&str> {
+        // `get`, not slicing: a damaged row must not stop a job from being shown.
+        self.processor_sha256.as_deref().map(|sha| sha.get(..12).unwrap_or(sha))
+    }
+
+    /// Where a page of attempts that ended with this one goes on.
+    pub fn cursor(&self) -> AttemptCursor {
+        AttemptCursor(self.attempt)
+    }
+}
+
+impl JobSummary {
+    /// Where a listing that ended with this job goes on.
+    pub fn cursor(&self) -> Cursor {
+        Cursor(self.seq)
+    }
+}
+
+impl JobDetail {
+    /// A job as stored; payload and result text that cannot be parsed back stay as text.
+    /// `latest` is its [`RECENT_ATTEMPTS`] latest attempts and one more if it has more,
+    /// oldest first; that one is left out, and says that older attempts exist.
+    pub(super) fn new(
+        job: JobSummary,
+        payload: String,
+        result: Option<String>,
+        latest: Vec<AttemptRecord>,
+    ) -> JobDetail {
+        let (payload, payload_error) = stored_json(payload);
+        let result = result.map(|text| stored_json(text).0);
+        let mut attempt_history = latest;
+        let older = attempt_history.len() > RECENT_ATTEMPTS as usize;
+        if older {
+            attempt_history.drain(..attempt_history.len() - RECENT_ATTEMPTS as usize);
+        }
+        let older_attempts = attempt_history.first().filter(|_| older).map(AttemptRecord::cursor);
+        JobDetail { job, payload, payload_error, result, attempt_history, older_attempts }
+    }
+}
+
+/// Parses stored JSON text; text that does not parse is kept as a JSON string, with why.
+fn stored_json(text: String) -> (serde_json::Value, Option<String>) {
+    match serde_json::from_str(&text) {
+        Ok(value) => (value, None),
+        Err(err) => (serde_json::Value::String(text), Some(err.to_string())),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// The payload; its text as a JSON string when it cannot be read back as JSON.
+    pub payload: serde_json::Value,
+    /// Why the stored payload is shown as text: it was queued before payloads were checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    /// The latest [`RECENT_ATTEMPTS`] attempts, oldest first.
+    pub attempt_history: Vec<AttemptRecord>,
+    /// Where the attempts older than `attempt_history` begin, when there are any.
+    #[serde(skip)]
+    pub older_attempts: Option<AttemptCursor>,
+}
+
+/// A registered worker, as the API and dashboard list them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub pool: String,
+    pub status: String,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    pub started_at: Millis,
+    pub last_heartbeat_at: Millis,
+    pub stopped_at: Option<Millis>,
+    /// Ids of the jobs it holds now.
+    pub current_jobs: Vec<String>,
+}
+
+/// Which workers to list; `None` matches all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerFilter<'a> {
+    pub pool: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub limit: u32,
+}
+
+/// One pool's counts, as in [`StatusSnapshot`] for that pool.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    pub pool: String,
+    pub jobs: JobCounts,
+    pub ready: u64,
+    pub oldest_ready_age_ms: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWorker {
+    pub id: String,
+    pub pool: String,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+}
+
+impl NewWorker {
+    /// Why worker `id` may not come up for `wanted_pool`, its row being `status` in `pool`.
+    pub(super) fn refusal(id: &str, wanted_pool: &str, status: &str, pool: &str) -> String {
+        if status == "starting" {
+            format!("worker {id} was registered for pool {pool:?}, not {wanted_pool:?}: start it with --pool {pool}")
+        } else {
+            format!("worker {id} is already {status}: a worker id is used once; start with a new --worker-id")
+        }
+    }
+}
+
+/// Counts for `jobhost status`. Its JSON form is a fixed interface other tools read.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    pub jobs: JobCounts,
+    pub ready: u64,
+    pub oldest_ready_age_ms: Option<Millis>,
+    pub workers: WorkerCounts,
+    /// The same worker counts for each machine (`worker.host`) that ran workers.
+    pub hosts: std::collections::BTreeMap<String, WorkerCounts>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct JobCounts {
+    pub pending: u64,
+    pub claimed: u64,
+    pub completed: u64,
+    pub poisoned: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct WorkerCounts {
+    pub starting: u64,
+    pub active: u64,
+    pub terminated: u64,
+    pub lost: u64,
+}
+
+/// What the checker on one host asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanRequest<'a> {
+    pub pool: &'a str,
+    pub host: &'a str,
+    /// Most live workers this host keeps for the pool.
+    pub max_workers: u32,
+    /// A worker silent for longer than this does not count as live.
+    pub stale_after: Duration,
+}
+
+/// The checker's view of a pool and the workers it registered to close the gap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerPlan {
+    /// Ready jobs, counted up to what could matter: live workers everywhere plus this host's slots.
+    pub queue_depth: u64,
+    /// Live workers of the pool on every host.
+    pub live_workers: u64,
+    /// Live workers of the pool on this host.
+    pub live_here: u64,
+    pub workers_needed: u64,
+    /// Ids registered as `starting`; the caller launches one worker for each.
+    pub new_workers: Vec<String>,
+}
+
+impl WorkerPlan {
+    /// The plan for a host with `max_workers` slots: the ready jobs that live workers on
+    /// other hosts do not cover, up to its slots, less the workers it already has.
+    pub(super) fn new(queue_depth: u64, live_workers: u64, live_here: u64, max_workers: u32) -> WorkerPlan {
+        let elsewhere = live_workers.saturating_sub(live_here);
+        let workers_needed = queue_depth.saturating_sub(elsewhere).min(u64::from(max_workers));
+        WorkerPlan { queue_depth, live_workers, live_here, workers_needed, new_workers: Vec::new() }
+    }
+
+    pub(super) fn to_spawn(&self) -> u64 {
+        self.workers_needed.saturating_sub(self.live_here)
+    }
+}
+
+impl JobCounts {
+    pub(super) fn set(&mut self, status: &str, count: u64) {
+        match JobStatus::parse(status) {
+            Some(JobStatus::Pending) => self.pending = count,
+            Some(JobStatus::Claimed) => self.claimed = count,
+            Some(JobStatus::Completed) => self.completed = count,
+            Some(JobStatus::Poisoned) => self.poisoned = count,
+            Some(JobStatus::Cancelled) => self.cancelled = count,
+            None => {}
+        }
+    }
+}
+
+impl JobCounts {
+    /// Every status with its count, in [`JobStatus::ALL`]'s order.
+    pub fn by_status(&self) -> [(JobStatus, u64); 5] {
+        [
+            (JobStatus::Pending, self.pending),
+            (JobStatus::Claimed, self.claimed),
+            (JobStatus::Completed, self.completed),
+            (JobStatus::Poisoned, self.poisoned),
+            (JobStatus::Cancelled, self.cancelled),
+        ]
+    }
+}
+
+impl WorkerCounts {
+    /// The statuses a worker can be in.
+    pub const STATUSES: [&'static str; 4] = ["starting", "active", "terminated", "lost"];
+
+    /// Every status with its count, in [`WorkerCounts::STATUSES`]' order.
+    pub fn by_status(&self) -> [(&'static str, u64); 4] {
+        let [starting, active, terminated, lost] = Self::STATUSES;
+        [(starting, self.starting), (active, self.active), (terminated, self.terminated), (lost, self.lost)]
+    }
+
+    fn add(&mut self, status: &str, count: u64) {
+        match status {
+            "starting" => self.starting += count,
+            "active" => self.active += count,
+            "terminated" => self.terminated += count,
+            _ => self.lost += count,
+        }
+    }
+}
+
+impl StatusSnapshot {
+    /// Counts `count` workers of `host` in `status`, in the totals and in the host's row.
+    pub(super) fn add_workers(&mut self, host: String, status: &str, count: u64) {
+        self.workers.add(status, count);
+        self.hosts.entry(host).or_default().add(status, count);
+    }
+}
+
+/// What one reaping pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub workers: Vec<String>,
+    pub recovery: Recovery,
+}
+
+/// Which database a store opened, so a long-running process can tell that its database was
+/// deleted or replaced under it (a new file at the same path is a different pool).
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    /// A SQLite file and its (device, inode); a server database has no file to watch.
+    pub(super) file: Option<(PathBuf, (u64, u64))>,
+}
+
+/// A job as `jobhost copy` moves it: every column, and its attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedJob {
+    pub seq: i64,
+    pub id: String,
+    pub pool: String,
+    pub processor: String,
+    pub payload: String,
+    pub status: JobStatus,
+    pub priority: i64,
+    pub run_at: Millis,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub worker_id: Option<String>,
+    pub claim_token: Option<i64>,
+    pub lease_expires_at: Option<Millis>,
+    pub result: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub history: Vec<ExportedAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedAttempt {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+    pub stderr: Option<String>,
+    pub fuel_used: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub processor_sha256: Option<String>,
+}

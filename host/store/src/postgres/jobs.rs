@@ -1,0 +1,654 @@
+//! Jobs on PostgreSQL: enqueue, the worker's turn (settle and claim in one statement), find
+//! the abandoned, inspect, retry, cancel, purge, export and import.
+//!
+//! Like the SQLite backend, reading never fails on one odd row: counts are stored as
+//! `bigint` and clamped when read, and payloads that do not parse are shown as text.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement, Transaction};
+
+use super::{NOW, clamp_count};
+use crate::activity::{duration_bucket, fuel_bucket};
+use crate::driver::{Abandoned, ClaimRef, Now, Resolution, Settlement};
+use crate::error::{ErrorKind, Result, StoreError};
+use crate::model::*;
+
+/// Jobs go to the server this many to a statement; a `seed` of millions streams through
+/// one transaction in chunks of this size.
+const CHUNK: usize = 1_000;
+
+/// `a + b` in SQL, saturating at the end of time instead of failing on overflow.
+macro_rules! saturating_add {
+    ($a:literal, $b:literal) => {
+        concat!("least(", $a, "::numeric + ", $b, ", 9223372036854775807)::bigint")
+    };
+}
+
+/// Inserts a chunk of jobs and counts them in the activity table, in one statement.
+pub(super) const ENQUEUE: &str = concat!(
+    "WITH inserted AS (
+       INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
+                         created_at, updated_at)
+       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority, ",
+    saturating_add!("t.now", "j.delay"),
+    ", 0, j.max_attempts, t.now, t.now
+         FROM (SELECT ",
+    now_sql!(),
+    " AS now) t,
+              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
+                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, n)
+        ORDER BY j.n
+       RETURNING pool, processor, created_at)
+     INSERT INTO activity
+     SELECT created_at / 60000, pool, processor, 'enqueued', -1, -1, count(*), 0, 0
+       FROM inserted GROUP BY created_at / 60000, pool, processor"
+);
+
+pub(super) async fn enqueue(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
+    now: Now,
+) -> Result<u64> {
+    let mut queued = 0;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        chunk.clear();
+        for job in (&mut *jobs).take(CHUNK) {
+            chunk.push(job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))?);
+        }
+        if chunk.is_empty() {
+            return Ok(queued);
+        }
+        let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
+        let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
+        tx.execute(
+            statement,
+            &[
+                &now,
+                &column(|job| &job.id),
+                &column(|job| &job.pool),
+                &column(|job| &job.processor),
+                &column(|job| &job.payload),
+                &number(|job| job.priority),
+                &number(|job| i64::from(job.max_attempts)),
+                &number(|job| job.delay_ms),
+            ],
+        )
+        .await?;
+        queued += chunk.len() as u64;
+    }
+}
+
+/// A worker's turn as one statement: settle every finished attempt that still holds its
+/// claim (`settled`, `closed`), then claim ready jobs (`picked`, `taken`, `started`). Each
+/// settlement is fenced on its own claim. The settled jobs were `claimed` and the picked ones
+/// `pending` in the statement's snapshot, so no row is changed twice.
+pub(super) const TURN: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     s AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[],
+                                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
+                                $14::bigint[], $20::integer[], $21::integer[], $22::text[])
+                    AS s(seq, worker_id, token, attempt, status, delay, result, last_error, outcome, message,
+                         stderr, fuel_used, duration_ms, duration_bucket, fuel_bucket, processor_sha256)),
+     settled AS (
+       UPDATE jobs j
+          SET status = s.status,
+              result = CASE WHEN s.status = 'completed' THEN s.result ELSE j.result END,
+              last_error = CASE WHEN s.status = 'completed' THEN NULL ELSE s.last_error END,
+              run_at = CASE WHEN s.status = 'pending' THEN ",
+    saturating_add!("t.now", "s.delay"),
+    " ELSE j.run_at END,
+              worker_id = CASE WHEN s.status = 'pending' THEN NULL ELSE j.worker_id END,
+              claim_token = CASE WHEN s.status = 'pending' THEN NULL ELSE j.claim_token END,
+              lease_expires_at = NULL,
+              finished_at = CASE WHEN s.status = 'pending' THEN j.finished_at ELSE t.now END,
+              updated_at = t.now
+         FROM s, t
+        WHERE j.seq = s.seq AND j.status = 'claimed' AND j.worker_id = s.worker_id AND j.claim_token = s.token
+       RETURNING j.seq, j.run_at, j.pool, j.processor),
+     counted AS (
+       INSERT INTO activity
+       SELECT t.now / 60000, settled.pool, settled.processor, s.outcome, s.duration_bucket, s.fuel_bucket, count(*),
+              coalesce(sum(s.duration_ms), 0), coalesce(sum(s.fuel_used), 0)
+         FROM settled JOIN s ON s.seq = settled.seq, t
+        GROUP BY t.now, settled.pool, settled.processor, s.outcome, s.duration_bucket, s.fuel_bucket),
+     closed AS (
+       UPDATE attempts a
+          SET finished_at = t.now, outcome = s.outcome, message = s.message, stderr = s.stderr,
+              fuel_used = s.fuel_used, duration_ms = s.duration_ms, processor_sha256 = s.processor_sha256
+         FROM s, t, settled
+        WHERE settled.seq = s.seq AND a.job_seq = s.seq AND a.attempt = s.attempt AND a.outcome IS NULL),
+     picked AS (
+       SELECT seq FROM jobs
+        WHERE pool = $15 AND status = 'pending' AND run_at <= (SELECT now FROM t)
+          AND EXISTS (SELECT 1 FROM workers WHERE id = $16 AND status = 'active')
+        ORDER BY priority DESC, run_at, seq
+        LIMIT $17
+          FOR UPDATE SKIP LOCKED),
+     taken AS (
+       UPDATE jobs j
+          SET status = 'claimed', worker_id = $16, claim_token = $18, attempts = j.attempts + 1,
+              lease_expires_at = ",
+    saturating_add!("t.now", "$19::bigint"),
+    ", updated_at = t.now
+         FROM picked, t
+        WHERE j.seq = picked.seq
+       RETURNING j.seq, j.id, j.pool, j.processor, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at),
+     started AS (
+       INSERT INTO attempts (job_seq, attempt, worker_id, started_at)
+       SELECT taken.seq, taken.attempts, $16, t.now FROM taken, t)
+     SELECT true, seq, run_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM settled
+     UNION ALL
+     SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority FROM taken"
+);
+
+pub(super) async fn turn(
+    client: &Client,
+    statement: &Statement,
+    settlements: &[Settlement<'_>],
+    claim: Option<&ClaimRequest<'_>>,
+    now: Now,
+) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+    let status_of = |resolution: &Resolution<'_>| match resolution {
+        Resolution::Complete { .. } => "completed",
+        Resolution::Retry { .. } => "pending",
+        Resolution::Poison => "poisoned",
+    };
+    let seqs: Vec<i64> = settlements.iter().map(|s| s.claim.seq).collect();
+    let workers: Vec<&str> = settlements.iter().map(|s| s.claim.worker_id.as_str()).collect();
+    let tokens: Vec<i64> = settlements.iter().map(|s| s.claim.token).collect();
+    let attempts: Vec<i64> = settlements.iter().map(|s| i64::from(s.claim.attempt)).collect();
+    let statuses: Vec<&str> = settlements.iter().map(|s| status_of(&s.resolution)).collect();
+    let delays: Vec<i64> = settlements
+        .iter()
+        .map(|s| match s.resolution {
+            Resolution::Retry { delay } => millis(delay),
+            _ => 0,
+        })
+        .collect();
+    let results: Vec<Option<&str>> = settlements
+        .iter()
+        .map(|s| match s.resolution {
+            Resolution::Complete { result } => Some(result),
+            _ => None,
+        })
+        .collect();
+    let last_errors: Vec<String> = settlements.iter().map(|s| s.report.last_error()).collect();
+    let outcomes: Vec<&str> = settlements.iter().map(|s| s.report.kind.as_str()).collect();
+    let messages: Vec<Option<&str>> = settlements.iter().map(|s| s.report.message).collect();
+    let stderrs: Vec<Option<&str>> = settlements.iter().map(|s| s.report.stderr).collect();
+    let clamp = |value: Option<u64>| value.map(|value| value.min(i64::MAX as u64) as i64);
+    let fuel: Vec<Option<i64>> = settlements.iter().map(|s| clamp(s.report.fuel_used)).collect();
+    let durations: Vec<Option<i64>> = settlements.iter().map(|s| clamp(s.report.duration_ms)).collect();
+    let duration_buckets: Vec<i32> = settlements.iter().map(|s| duration_bucket(s.report.duration_ms)).collect();
+    let fuel_buckets: Vec<i32> = settlements.iter().map(|s| fuel_bucket(s.report.fuel_used)).collect();
+    let processor_hashes: Vec<Option<&str>> = settlements.iter().map(|s| s.report.processor_sha256).collect();
+    let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+    let (pool, worker, limit, lease) = match claim {
+        Some(claim) => (Some(claim.pool), Some(claim.worker_id), i64::from(claim.limit), millis(claim.lease)),
+        None => (None, None, 0, 0),
+    };
+    let params: [&(dyn ToSql + Sync); 22] = [
+        &now,
+        &seqs,
+        &workers,
+        &tokens,
+        &attempts,
+        &statuses,
+        &delays,
+        &results,
+        &last_errors,
+        &outcomes,
+        &messages,
+        &stderrs,
+        &fuel,
+        &durations,
+        &pool,
+        &worker,
+        &limit,
+        &token,
+        &lease,
+        &duration_buckets,
+        &fuel_buckets,
+        &processor_hashes,
+    ];
+    let rows = client.query(statement, &params).await?;
+
+    let mut settled_at = std::collections::HashMap::new();
+    let mut claimed = Vec::new();
+    for row in &rows {
+        let seq: i64 = row.get(1);
+        let run_at: i64 = row.get(2);
+        if row.get::<_, bool>(0) {
+            settled_at.insert(seq, run_at);
+            continue;
+        }
+        let priority: i64 = row.get(9);
+        claimed.push((
+            (std::cmp::Reverse(priority), run_at, seq),
+            ClaimedJob {
+                seq,
+                id: row.get(3),
+                pool: row.get(4),
+                processor: row.get(5),
+                payload: row.get(6),
+                attempt: clamp_count(row.get(7)),
+                max_attempts: clamp_count(row.get(8)),
+                worker_id: worker.unwrap_or_default().to_owned(),
+                token,
+            },
+        ));
+    }
+    // RETURNING comes in no particular order; hand the jobs out in the order they were chosen.
+    claimed.sort_by_key(|(order, _)| *order);
+    let settled = settlements
+        .iter()
+        .map(|settlement| match (settled_at.get(&settlement.claim.seq), settlement.resolution) {
+            (None, _) => Settled::Stale,
+            (Some(_), Resolution::Complete { .. }) => Settled::Completed,
+            (Some(_), Resolution::Poison) => Settled::Poisoned,
+            (Some(&run_at), Resolution::Retry { .. }) => Settled::Retrying { run_at },
+        })
+        .collect();
+    Ok((settled, claimed.into_iter().map(|(_, job)| job).collect()))
+}
+
+pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT j.seq, j.worker_id, j.claim_token, j.attempts, j.max_attempts, w.status,
+                        t.now - coalesce(j.lease_expires_at, t.now)
+                   FROM (SELECT {NOW} AS now) t, jobs j LEFT JOIN workers w ON w.id = j.worker_id
+                  WHERE j.status = 'claimed' AND ($2::text IS NULL OR j.pool = $2)
+                    AND (j.lease_expires_at <= t.now OR w.status IS NULL OR w.status IN ('terminated', 'lost'))"
+            ),
+            &[&now, &pool],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Abandoned {
+            claim: ClaimRef {
+                seq: row.get(0),
+                worker_id: row.get::<_, Option<String>>(1).unwrap_or_default(),
+                token: row.get::<_, Option<i64>>(2).unwrap_or_default(),
+                attempt: clamp_count(row.get(3)),
+            },
+            max_attempts: clamp_count(row.get(4)),
+            worker_status: row.get(5),
+            lease_overdue_ms: row.get(6),
+        })
+        .collect())
+}
+
+const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
+     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
+
+fn status_at(row: &Row, index: usize) -> Result<JobStatus> {
+    let text: &str = row.get(index);
+    JobStatus::parse(text).ok_or_else(|| StoreError::new(ErrorKind::Other, format!("unknown job status {text:?}")))
+}
+
+fn summary_from_row(row: &Row) -> Result<JobSummary> {
+    Ok(JobSummary {
+        seq: row.get(15),
+        id: row.get(0),
+        pool: row.get(1),
+        processor: row.get(2),
+        status: status_at(row, 3)?,
+        priority: row.get(4),
+        attempts: clamp_count(row.get(5)),
+        max_attempts: clamp_count(row.get(6)),
+        run_at: row.get(7),
+        worker_id: row.get(8),
+        host: row.get(9),
+        lease_expires_at: row.get(10),
+        last_error: row.get(11),
+        created_at: row.get(12),
+        updated_at: row.get(13),
+        finished_at: row.get(14),
+    })
+}
+
+pub(super) static JOBS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
+           FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = ANY($1)"
+    )
+});
+
+/// The columns of an attempt that [`attempt_from_row`] reads, on `attempts a` joined with
+/// `workers w`.
+macro_rules! attempt_columns {
+    () => {
+        "a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr, a.fuel_used,
+         a.duration_ms, w.host, a.job_seq, a.processor_sha256"
+    };
+}
+
+/// Each job's latest attempts ($2 of them), read backwards along its end of the primary key,
+/// so the attempts before them are never read.
+pub(super) const HISTORIES: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM unnest($1::bigint[]) AS wanted (seq)
+      CROSS JOIN LATERAL (SELECT * FROM attempts x WHERE x.job_seq = wanted.seq
+                           ORDER BY x.attempt DESC LIMIT $2) a
+      LEFT JOIN workers w ON w.id = a.worker_id
+     ORDER BY a.job_seq, a.attempt"
+);
+
+/// One page of a job's attempts, newest first.
+pub(super) const ATTEMPTS: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM jobs j JOIN attempts a ON a.job_seq = j.seq LEFT JOIN workers w ON w.id = a.worker_id
+     WHERE j.id = $1 AND a.attempt < $2 ORDER BY a.attempt DESC LIMIT $3"
+);
+
+/// An attempt read by `attempt_columns!`, with its job's `seq`.
+fn attempt_from_row(row: &Row) -> (i64, AttemptRecord) {
+    let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
+    let record = AttemptRecord {
+        attempt: clamp_count(row.get(0)),
+        worker_id: row.get(1),
+        started_at: row.get(2),
+        finished_at: row.get(3),
+        outcome: row.get(4),
+        message: row.get(5),
+        stderr: row.get(6),
+        fuel_used: measure(row.get(7)),
+        duration_ms: measure(row.get(8)),
+        processor_sha256: row.get(11),
+        host: row.get(9),
+    };
+    (row.get(10), record)
+}
+
+/// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
+/// and attempts.
+pub(super) async fn jobs(
+    client: &Client,
+    jobs: &Statement,
+    histories: &Statement,
+    ids: &[&str],
+) -> Result<Vec<JobDetail>> {
+    let rows = client.query(jobs, &[&ids]).await?;
+    let found = rows
+        .iter()
+        .map(|row| Ok((summary_from_row(row)?, row.get::<_, String>(16), row.get::<_, Option<String>>(17))))
+        .collect::<Result<Vec<_>>>()?;
+    let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
+    let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
+    for row in client.query(histories, &[&seqs, &(i64::from(RECENT_ATTEMPTS) + 1)]).await? {
+        let (seq, record) = attempt_from_row(&row);
+        by_seq.entry(seq).or_default().push(record);
+    }
+    Ok(found
+        .into_iter()
+        .map(|(job, payload, result)| {
+            let history = by_seq.remove(&job.seq).unwrap_or_default();
+            JobDetail::new(job, payload, result, history)
+        })
+        .collect())
+}
+
+/// One page of job `id`'s attempts, newest first; `None` when there is no such job.
+pub(super) async fn attempts(
+    client: &Client,
+    statement: &Statement,
+    id: &str,
+    page: &AttemptPage,
+) -> Result<Option<Vec<AttemptRecord>>> {
+    let before = page.before.map_or(i64::MAX, |AttemptCursor(attempt)| i64::from(attempt));
+    let rows = client.query(statement, &[&id, &before, &i64::from(page.limit)]).await?;
+    if rows.is_empty() && client.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(rows.iter().map(|row| attempt_from_row(row).1).collect()))
+}
+
+/// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).
+fn matching(first: usize) -> String {
+    let [pool, status, processor, after, before] = std::array::from_fn(|i| first + i);
+    format!(
+        "(${pool}::text IS NULL OR j.pool = ${pool}) AND (${status}::text IS NULL OR j.status = ${status})
+         AND (${processor}::text IS NULL OR j.processor = ${processor})
+         AND (${after}::bigint IS NULL OR j.created_at >= ${after})
+         AND (${before}::bigint IS NULL OR j.created_at < ${before})"
+    )
+}
+
+/// The values of [`matching`], in its order.
+fn match_params<'a>(matching: &'a JobMatch<'_>, status: &'a Option<&'static str>) -> [&'a (dyn ToSql + Sync); 5] {
+    [&matching.pool, status, &matching.processor, &matching.created_after, &matching.created_before]
+}
+
+pub(super) static LIST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SUMMARY_COLUMNS} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
+          WHERE {} AND ($6::bigint IS NULL OR j.seq < $6)
+          ORDER BY j.seq DESC LIMIT $7",
+        matching(1)
+    )
+});
+
+pub(super) async fn list(client: &Client, statement: &Statement, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+    let status = filter.matching.status.map(JobStatus::as_str);
+    let after = filter.after.map(|cursor| cursor.0);
+    let limit = i64::from(filter.limit);
+    let mut params = match_params(&filter.matching, &status).to_vec();
+    params.extend([&after as &(dyn ToSql + Sync), &limit]);
+    let rows = client.query(statement, &params).await?;
+    rows.iter().map(summary_from_row).collect()
+}
+
+pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+    let rows = client.query("SELECT id, status FROM jobs WHERE id = ANY($1)", &[&ids]).await?;
+    rows.iter().map(|row| Ok((row.get(0), status_at(row, 1)?))).collect()
+}
+
+/// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
+/// (`$2`); the time is `$1`.
+fn retry_update(filter: &str) -> String {
+    format!(
+        "UPDATE jobs j
+            SET status = 'pending', run_at = t.now, max_attempts = least(j.attempts + j.max_attempts, $2),
+                worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL,
+                updated_at = t.now
+           FROM (SELECT {NOW} AS now) t
+          WHERE j.status IN ('poisoned', 'cancelled') AND j.attempts < $2 AND {filter}"
+    )
+}
+
+pub(super) async fn retry(client: &Client, id: &str, now: Now) -> Result<IdAnswer> {
+    let changed = client.execute(&retry_update("j.id = $3"), &[&now, &i64::from(ATTEMPTS_CEILING), &id]).await?;
+    answer_for(client, id, changed, true).await
+}
+
+pub(super) async fn retry_matching(client: &Client, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let ceiling = i64::from(ATTEMPTS_CEILING);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &ceiling];
+    params.extend(match_params(matching, &status));
+    Ok(client.execute(&retry_update(&self::matching(3)), &params).await?)
+}
+
+const CANCEL_UPDATE: &str = concat!(
+    "UPDATE jobs j SET status = 'cancelled', finished_at = t.now, updated_at = t.now
+       FROM (SELECT ",
+    now_sql!(),
+    " AS now) t WHERE j.status = 'pending'"
+);
+
+pub(super) async fn cancel_matching(client: &Client, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now];
+    params.extend(match_params(matching, &status));
+    Ok(client.execute(&format!("{CANCEL_UPDATE} AND {}", self::matching(2)), &params).await?)
+}
+
+pub(super) async fn cancel(client: &Client, id: &str, now: Now) -> Result<IdAnswer> {
+    let changed = client.execute(&format!("{CANCEL_UPDATE} AND j.id = $2"), &[&now, &id]).await?;
+    answer_for(client, id, changed, false).await
+}
+
+async fn answer_for(client: &Client, id: &str, changed: u64, retrying: bool) -> Result<IdAnswer> {
+    if changed > 0 {
+        return Ok(IdAnswer::Done);
+    }
+    let found = match client.query_opt("SELECT status, attempts FROM jobs WHERE id = $1", &[&id]).await? {
+        Some(row) => Some((status_at(&row, 0)?, clamp_count(row.get(1)))),
+        None => None,
+    };
+    Ok(IdAnswer::explain(found, retrying))
+}
+
+pub(super) async fn purge(client: &Client, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
+    let finished: Vec<&str> = statuses.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
+    Ok(client
+        .execute(
+            &format!(
+                "DELETE FROM jobs USING (SELECT {NOW} AS now) t
+                  WHERE status = ANY($2) AND finished_at < t.now - least($3::bigint, t.now)"
+            ),
+            &[&now, &finished, &millis(older_than)],
+        )
+        .await?)
+}
+
+pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
+    let rows = client
+        .query(
+            "SELECT seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
+                    claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at
+               FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after, &i64::from(limit)],
+        )
+        .await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        jobs.push(ExportedJob {
+            seq: row.get(0),
+            id: row.get(1),
+            pool: row.get(2),
+            processor: row.get(3),
+            payload: row.get(4),
+            status: status_at(row, 5)?,
+            priority: row.get(6),
+            run_at: row.get(7),
+            attempts: clamp_count(row.get(8)),
+            max_attempts: clamp_count(row.get(9)),
+            worker_id: row.get(10),
+            claim_token: row.get(11),
+            lease_expires_at: row.get(12),
+            result: row.get(13),
+            last_error: row.get(14),
+            created_at: row.get(15),
+            updated_at: row.get(16),
+            finished_at: row.get(17),
+            history: Vec::new(),
+        });
+    }
+    let seqs: Vec<i64> = jobs.iter().map(|job| job.seq).collect();
+    let history = client
+        .query(
+            "SELECT job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used,
+                    duration_ms, processor_sha256
+               FROM attempts WHERE job_seq = ANY($1) ORDER BY job_seq, attempt",
+            &[&seqs],
+        )
+        .await?;
+    let mut by_seq: std::collections::HashMap<i64, Vec<ExportedAttempt>> = std::collections::HashMap::new();
+    for row in &history {
+        by_seq.entry(row.get(0)).or_default().push(ExportedAttempt {
+            attempt: clamp_count(row.get(1)),
+            worker_id: row.get(2),
+            started_at: row.get(3),
+            finished_at: row.get(4),
+            outcome: row.get(5),
+            message: row.get(6),
+            stderr: row.get(7),
+            fuel_used: row.get(8),
+            duration_ms: row.get(9),
+            processor_sha256: row.get(10),
+        });
+    }
+    for job in &mut jobs {
+        job.history = by_seq.remove(&job.seq).unwrap_or_default();
+    }
+    Ok(jobs)
+}
+
+pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
+    let insert_job = tx
+        .prepare(
+            "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
+                               worker_id, claim_token, lease_expires_at, result, last_error, created_at, updated_at,
+                               finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             RETURNING seq",
+        )
+        .await?;
+    let insert_attempt = tx
+        .prepare(
+            "INSERT INTO attempts (job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr,
+                                   fuel_used, duration_ms, processor_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .await?;
+    for job in jobs {
+        let seq: i64 = tx
+            .query_one(
+                &insert_job,
+                &[
+                    &job.id,
+                    &job.pool,
+                    &job.processor,
+                    &job.payload,
+                    &job.status.as_str(),
+                    &job.priority,
+                    &job.run_at,
+                    &i64::from(job.attempts),
+                    &i64::from(job.max_attempts),
+                    &job.worker_id,
+                    &job.claim_token,
+                    &job.lease_expires_at,
+                    &job.result,
+                    &job.last_error,
+                    &job.created_at,
+                    &job.updated_at,
+                    &job.finished_at,
+                ],
+            )
+            .await?
+            .get(0);
+        for attempt in &job.history {
+            tx.execute(
+                &insert_attempt,
+                &[
+                    &seq,
+                    &i64::from(attempt.attempt),
+                    &attempt.worker_id,
+                    &attempt.started_at,
+                    &attempt.finished_at,
+                    &attempt.outcome,
+                    &attempt.message,
+                    &attempt.stderr,
+                    &attempt.fuel_used,
+                    &attempt.duration_ms,
+                    &attempt.processor_sha256,
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}

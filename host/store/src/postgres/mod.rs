@@ -1,0 +1,435 @@
+//! The PostgreSQL backend: one pool on a server that many machines share.
+//!
+//! Correct under READ COMMITTED, PostgreSQL's default, with no reliance on a single writer:
+//! - every state change of a job is one statement, fenced in its `WHERE` on the state it
+//!   expects (status, worker, claim token), so of two racing changes one finds nothing to
+//!   change and says so;
+//! - a worker's turn (its finished attempts and its next claims) is one statement too: one
+//!   round trip, and claims lock their rows with `FOR UPDATE SKIP LOCKED`, so no job goes
+//!   to two workers and a claimer skips, rather than waits for, rows another is taking;
+//! - planning takes an advisory lock per pool, so concurrent checkers never over-spawn;
+//! - counts are appended by triggers as per-statement deltas and folded by readers (see
+//!   [`schema`]), so no row is updated by every writer.
+//!
+//! Time is the server's (`statement_timestamp()`), so machines whose clocks disagree still
+//! agree on leases and staleness. Statements are prepared once per connection, which speaks
+//! TLS as libpq's `sslmode` says ([`tls`]).
+
+/// The operation's time in milliseconds: the one passed as `$1`, else the server's. A macro,
+/// so statements built with `concat!` can use it too.
+macro_rules! now_sql {
+    () => {
+        "coalesce($1::bigint, (extract(epoch FROM statement_timestamp()) * 1000)::bigint)"
+    };
+}
+
+mod connection;
+mod jobs;
+mod schema;
+mod tls;
+mod workers;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::error::SqlState;
+
+use jobhost_core::config::DatabaseConfig;
+
+use super::Access;
+use super::activity::ActivityRow;
+use super::driver::{Abandoned, Driver, Now, Settlement};
+use super::error::{ErrorKind, Result, StoreError};
+use super::model::*;
+
+const NOW: &str = now_sql!();
+
+/// An enqueue of at least this many jobs refreshes the planner's statistics of `jobs`.
+const ANALYZE_AFTER: u64 = 10_000;
+
+/// How long to wait for a server that does not answer before saying it cannot be reached.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PostgresDriver {
+    connection: connection::Connection,
+    location: String,
+}
+
+impl PostgresDriver {
+    pub async fn open(config: &DatabaseConfig, access: Access) -> Result<PostgresDriver> {
+        let location = redact(&config.path);
+        let fail = |err: StoreError| err.at(&location);
+        let tls = tls::from_url(&config.path).map_err(|why| fail(StoreError::new(ErrorKind::BadLocation, why)))?;
+        let mut pg: tokio_postgres::Config = tls
+            .url
+            .parse()
+            .map_err(|err: tokio_postgres::Error| fail(StoreError::new(ErrorKind::BadLocation, err.to_string())))?;
+        // As libpq does: a password kept out of the URL (and so out of config files and argv).
+        if let (None, Ok(password)) = (pg.get_password(), std::env::var("PGPASSWORD")) {
+            pg.password(password);
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("jobhost");
+        }
+        // Every statement names its tables unqualified; the schema is fixed per session.
+        let options = format!("{} -c search_path={}", pg.get_options().unwrap_or(""), config.schema);
+        pg.options(options.trim_start());
+        let connection = connection::Connection::open(pg, tls.connector).await.map_err(fail)?;
+        schema::migrate(&mut connection.link().await.map_err(fail)?.client, &config.schema, access)
+            .await
+            .map_err(fail)?;
+        Ok(PostgresDriver { connection, location })
+    }
+}
+
+/// The URL as it may be shown: any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, hosts)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{hosts}"),
+            None => format!("{user_info}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> StoreError {
+        let Some(db) = err.as_db_error() else {
+            // Not the server's answer: it could not be reached, the connection broke, or a
+            // value could not be sent or read.
+            let mut detail = err.to_string();
+            let mut lost = err.is_closed() || detail.starts_with("error connecting") || detail.starts_with("timeout");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                lost |= cause.is::<std::io::Error>();
+                detail = format!("{detail}: {cause}");
+                source = cause.source();
+            }
+            let kind = if detail.starts_with("error performing TLS handshake") {
+                ErrorKind::Tls
+            } else if lost {
+                ErrorKind::Unreachable
+            } else {
+                ErrorKind::Other
+            };
+            return StoreError::new(kind, detail);
+        };
+        let code = db.code();
+        let kind = if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            ErrorKind::AuthFailed
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            ErrorKind::PermissionDenied
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            ErrorKind::CannotOpen
+        } else if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::INVALID_SCHEMA_NAME {
+            ErrorKind::Missing
+        } else if [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code) {
+            // The server is going down or not up yet: out of reach for now.
+            ErrorKind::Unreachable
+        } else if [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::LOCK_NOT_AVAILABLE]
+            .contains(code)
+        {
+            ErrorKind::Busy
+        } else if *code == SqlState::DISK_FULL {
+            ErrorKind::DiskFull
+        } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            ErrorKind::ReadOnly
+        } else {
+            ErrorKind::Other
+        };
+        let detail = match kind {
+            ErrorKind::Missing => format!(" ({})", db.message()),
+            _ => db.message().to_owned(),
+        };
+        StoreError::new(kind, detail)
+    }
+}
+
+/// A count or measure read at the width stored (64 bits) and clamped into `u32`.
+fn clamp_count(value: i64) -> u32 {
+    value.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+#[async_trait]
+impl Driver for PostgresDriver {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint { file: None }
+    }
+
+    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(jobs::ENQUEUE).await?;
+        let tx = link.client.transaction().await?;
+        let queued = jobs::enqueue(&tx, &statement, jobs, now).await?;
+        tx.commit().await?;
+        // Until autovacuum first analyses a freshly filled table, the planner believes it
+        // holds one row and sends the claim through a sort of every pending job (80-130 ms
+        // a claim at 100,000 jobs instead of 0.1 ms). A large enqueue gathers the statistics
+        // itself; the jobs are committed either way, so a failure here is only logged.
+        if queued >= ANALYZE_AFTER
+            && let Err(err) = link.client.batch_execute("ANALYZE jobs").await
+        {
+            tracing::warn!("ANALYZE jobs after queueing {queued} jobs failed: {}", StoreError::from(err));
+        }
+        Ok(queued)
+    }
+
+    async fn turn(
+        &self,
+        settlements: &[Settlement<'_>],
+        claim: Option<&ClaimRequest<'_>>,
+        now: Now,
+    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+        if settlements.is_empty() && claim.is_none() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(jobs::TURN).await?;
+        let (settled, mut claimed) = jobs::turn(&link.client, &statement, settlements, claim, now).await?;
+        // The claim ran on the statement's snapshot, in which a job this turn sent back for
+        // an immediate retry was still claimed. Claim again rather than answer "nothing
+        // ready" while that job is; only turns that retried something pay for it.
+        if let Some(claim) = claim.filter(|claim| claimed.len() < claim.limit as usize)
+            && settled.iter().any(|settled| matches!(settled, Settled::Retrying { .. }))
+        {
+            let more = ClaimRequest { limit: claim.limit - claimed.len() as u32, ..*claim };
+            claimed.extend(jobs::turn(&link.client, &statement, &[], Some(&more), now).await?.1);
+        }
+        Ok((settled, claimed))
+    }
+
+    async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
+        let mut link = self.connection.link().await?;
+        let (jobs, histories) = (link.prepare(&jobs::JOBS).await?, link.prepare(jobs::HISTORIES).await?);
+        jobs::jobs(&link.client, &jobs, &histories, ids).await
+    }
+
+    async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(jobs::ATTEMPTS).await?;
+        jobs::attempts(&link.client, &statement, id, page).await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(&jobs::LIST).await?;
+        jobs::list(&link.client, &statement, filter).await
+    }
+
+    async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
+        let link = self.connection.link().await?;
+        jobs::retry(&link.client, id, now).await
+    }
+
+    async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+        let link = self.connection.link().await?;
+        jobs::statuses(&link.client, ids).await
+    }
+
+    async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        let link = self.connection.link().await?;
+        jobs::retry_matching(&link.client, matching, now).await
+    }
+
+    async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
+        let link = self.connection.link().await?;
+        jobs::cancel(&link.client, id, now).await
+    }
+
+    async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        let link = self.connection.link().await?;
+        jobs::cancel_matching(&link.client, matching, now).await
+    }
+
+    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
+        let link = self.connection.link().await?;
+        jobs::purge(&link.client, older_than, statuses, now).await
+    }
+
+    async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {
+        let link = self.connection.link().await?;
+        workers::activate(&link.client, worker, now).await
+    }
+
+    async fn heartbeat(&self, worker_id: &str, lease: Duration, now: Now) -> Result<bool> {
+        let mut link = self.connection.link().await?;
+        let statement = link.prepare(workers::HEARTBEAT).await?;
+        workers::heartbeat(&link.client, &statement, worker_id, lease, now).await
+    }
+
+    async fn deregister_worker(&self, worker_id: &str, now: Now) -> Result<()> {
+        let link = self.connection.link().await?;
+        workers::deregister(&link.client, worker_id, now).await
+    }
+
+    async fn mark_lost_workers(
+        &self,
+        pool: Option<&str>,
+        stale_after: Duration,
+        start_grace: Duration,
+        now: Now,
+    ) -> Result<Vec<String>> {
+        let link = self.connection.link().await?;
+        // Reaping runs on every checker's interval: a steady moment to fold the counts and
+        // the activity, so their appended rows stay few even when nobody reads them.
+        link.client.execute(workers::FOLD_COUNTS, &[]).await?;
+        link.client.execute(workers::FOLD_ACTIVITY.as_str(), &[&now]).await?;
+        workers::mark_lost(&link.client, pool, stale_after, start_grace, now).await
+    }
+
+    async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {
+        let link = self.connection.link().await?;
+        jobs::abandoned(&link.client, pool, now).await
+    }
+
+    async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
+        let mut link = self.connection.link().await?;
+        let tx = link.client.transaction().await?;
+        let plan = workers::plan(&tx, request, now).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
+        let link = self.connection.link().await?;
+        workers::status(&link.client, pool, now).await
+    }
+
+    async fn pool_names(&self) -> Result<Vec<String>> {
+        let link = self.connection.link().await?;
+        workers::pool_names(&link.client).await
+    }
+
+    async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+        let link = self.connection.link().await?;
+        workers::list(&link.client, filter).await
+    }
+
+    async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
+        let link = self.connection.link().await?;
+        workers::activity(&link.client, now).await
+    }
+
+    async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
+        let link = self.connection.link().await?;
+        jobs::export(&link.client, after, limit).await
+    }
+
+    async fn import(&self, exported: &[ExportedJob]) -> Result<()> {
+        let mut link = self.connection.link().await?;
+        let tx = link.client.transaction().await?;
+        jobs::import(&tx, exported).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn is_empty(&self) -> Result<bool> {
+        let link = self.connection.link().await?;
+        let row = link
+            .client
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM jobs) AND NOT EXISTS (SELECT 1 FROM workers)", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.connection.link().await?.client.query_one("SELECT EXISTS (SELECT 1 FROM jobs)", &[]).await?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    async fn drifted_counts(&self) -> Result<Vec<String>> {
+        let rows = self
+            .connection
+            .link()
+            .await?
+            .client
+            .query(
+                "SELECT coalesce(c.pool, k.pool), coalesce(c.status, k.status), coalesce(c.n, 0), coalesce(k.jobs, 0)
+                   FROM (SELECT pool, status, count(*) AS n FROM jobs GROUP BY pool, status) c
+                   FULL JOIN (SELECT pool, status, sum(jobs)::bigint AS jobs FROM job_count_deltas
+                               GROUP BY pool, status HAVING sum(jobs) <> 0) k
+                     ON k.pool = c.pool AND k.status = c.status
+                  WHERE coalesce(c.n, 0) != coalesce(k.jobs, 0)",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let (pool, status): (String, String) = (row.get(0), row.get(1));
+                format!("{pool}/{status}: counted {}, kept {}", row.get::<_, i64>(2), row.get::<_, i64>(3))
+            })
+            .collect())
+    }
+
+    #[cfg(test)]
+    async fn execute_for_test(&self, sql: &str) -> Result<()> {
+        Ok(self.connection.link().await?.client.batch_execute(sql).await?)
+    }
+
+    #[cfg(test)]
+    async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>> {
+        let rows = self.connection.link().await?.client.query(sql, &[]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+    use crate::suite::postgres_config;
+    use crate::{Access, ErrorKind, Store};
+
+    #[tokio::test]
+    async fn a_connection_the_server_ends_is_replaced_at_the_next_operation() {
+        let store = Store::open(&postgres_config(), Access::CreateIfMissing).await.unwrap();
+        store.ping().await.unwrap();
+        let ended = store.driver.execute_for_test("SELECT pg_terminate_backend(pg_backend_pid())").await.unwrap_err();
+        assert_eq!(ended.kind(), ErrorKind::Unreachable, "{ended}");
+        // The operation racing the connection's end may still fail; the one after it may not.
+        let answers = [store.ping().await, store.ping().await];
+        assert!(answers.iter().any(Result::is_ok), "the store never reconnected: {answers:?}");
+        assert!(answers[1].is_ok(), "{answers:?}");
+        assert_eq!(store.status(None).await.unwrap().jobs, crate::JobCounts::default());
+    }
+
+    #[test]
+    fn a_password_never_shows_in_the_location() {
+        assert_eq!(redact("postgres://app:s3cret@db.internal:5432/jobs"), "postgres://app:***@db.internal:5432/jobs");
+        assert_eq!(
+            redact("postgresql://app@db/jobs?sslmode=disable&password=s3cret"),
+            "postgresql://app@db/jobs?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact("postgres://jobhost@127.0.0.1:55432/postgres"),
+            "postgres://jobhost@127.0.0.1:55432/postgres"
+        );
+        assert_eq!(redact("postgres://a:b:c@h1,h2/db"), "postgres://a:***@h1,h2/db");
+    }
+}

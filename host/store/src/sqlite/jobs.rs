@@ -1,0 +1,570 @@
+//! Jobs on SQLite: enqueue, settle, claim, find the abandoned, inspect, retry, cancel, purge,
+//! export and import.
+//!
+//! Reading never fails on one odd row: counts are read at the width SQLite stores and
+//! clamped, and a payload that cannot be parsed back is shown as its text, so one damaged
+//! job cannot stop listing, showing or reaping the others.
+
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params};
+
+use crate::activity::Tally;
+use crate::driver::{Abandoned, ClaimRef, Resolution, Settlement};
+use crate::error::{ErrorKind, Result, StoreError};
+use crate::model::*;
+
+pub(super) fn enqueue(
+    tx: &Transaction<'_>,
+    jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
+    now: Millis,
+) -> Result<u64> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts,
+                           max_attempts, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, 0, ?7, ?8, ?8)",
+    )?;
+    let mut queued = 0;
+    let mut tally = Tally::default();
+    for job in jobs {
+        let job = job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))?;
+        insert.execute(params![
+            job.id,
+            job.pool,
+            job.processor,
+            job.payload,
+            job.priority,
+            now.saturating_add(job.delay_ms),
+            job.max_attempts,
+            now
+        ])?;
+        tally.enqueued(&job.pool, &job.processor);
+        queued += 1;
+    }
+    record(tx, &tally, now)?;
+    Ok(queued)
+}
+
+/// Adds a transaction's [`Tally`] to the activity table.
+pub(super) fn record(tx: &Transaction<'_>, tally: &Tally, now: Millis) -> Result<()> {
+    let mut add = tx.prepare_cached(
+        "INSERT INTO activity (minute, pool, processor, event, duration_bucket, fuel_bucket, events, duration_ms, fuel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT DO UPDATE SET events = events + excluded.events,
+             duration_ms = duration_ms + excluded.duration_ms, fuel = fuel + excluded.fuel",
+    )?;
+    let clamp = |value: u64| value.min(i64::MAX as u64) as i64;
+    for ((pool, processor, event, duration_bucket, fuel_bucket), value) in &tally.rows {
+        add.execute(params![
+            now.div_euclid(60_000),
+            pool,
+            processor,
+            event,
+            duration_bucket,
+            fuel_bucket,
+            clamp(value.events),
+            clamp(value.duration_ms),
+            clamp(value.fuel)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Settles one finished attempt if its claim is still live, counting it in `tally`.
+pub(super) fn settle(
+    tx: &Transaction<'_>,
+    settlement: &Settlement<'_>,
+    now: Millis,
+    tally: &mut Tally,
+) -> Result<Settled> {
+    let ClaimRef { seq, worker_id, token, attempt } = &settlement.claim;
+    let last_error = settlement.report.last_error();
+    let (changed, settled) = match settlement.resolution {
+        Resolution::Complete { result } => (
+            tx.prepare_cached(
+                "UPDATE jobs SET status = 'completed', result = ?1, last_error = NULL, lease_expires_at = NULL,
+                                 finished_at = ?2, updated_at = ?2
+                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5
+                 RETURNING pool, processor",
+            )?
+            .query_row(params![result, now, seq, worker_id, token], pool_and_processor)
+            .optional()?,
+            Settled::Completed,
+        ),
+        Resolution::Retry { delay } => {
+            let run_at = now.saturating_add(millis(delay));
+            (
+                tx.prepare_cached(
+                    "UPDATE jobs SET status = 'pending', run_at = ?1, last_error = ?2, worker_id = NULL,
+                                     claim_token = NULL, lease_expires_at = NULL, updated_at = ?3
+                      WHERE seq = ?4 AND status = 'claimed' AND worker_id = ?5 AND claim_token = ?6
+                     RETURNING pool, processor",
+                )?
+                .query_row(params![run_at, last_error, now, seq, worker_id, token], pool_and_processor)
+                .optional()?,
+                Settled::Retrying { run_at },
+            )
+        }
+        Resolution::Poison => (
+            tx.prepare_cached(
+                "UPDATE jobs SET status = 'poisoned', last_error = ?1, lease_expires_at = NULL,
+                                 finished_at = ?2, updated_at = ?2
+                  WHERE seq = ?3 AND status = 'claimed' AND worker_id = ?4 AND claim_token = ?5
+                 RETURNING pool, processor",
+            )?
+            .query_row(params![last_error, now, seq, worker_id, token], pool_and_processor)
+            .optional()?,
+            Settled::Poisoned,
+        ),
+    };
+    let Some((pool, processor)) = changed else {
+        return Ok(Settled::Stale);
+    };
+    let report = &settlement.report;
+    tally.finished(pool, processor, report);
+    let clamp = |value: Option<u64>| value.map(|value| value.min(i64::MAX as u64) as i64);
+    tx.prepare_cached(
+        "UPDATE attempts
+            SET finished_at = ?1, outcome = ?2, message = ?3, stderr = ?4, fuel_used = ?5, duration_ms = ?6,
+                processor_sha256 = ?7
+          WHERE job_seq = ?8 AND attempt = ?9 AND outcome IS NULL",
+    )?
+    .execute(params![
+        now,
+        report.kind.as_str(),
+        report.message,
+        report.stderr,
+        clamp(report.fuel_used),
+        clamp(report.duration_ms),
+        report.processor_sha256,
+        seq,
+        attempt
+    ])?;
+    Ok(settled)
+}
+
+fn pool_and_processor(row: &Row<'_>) -> rusqlite::Result<(String, String)> {
+    Ok((row.get(0)?, row.get(1)?))
+}
+
+/// Takes up to `claim.limit` ready jobs, highest priority first, then the longest ready.
+/// The transaction holds the write lock, so no job goes to two workers and an empty answer
+/// means no job was ready at that instant. Only an `active` worker can claim.
+pub(super) fn claim(tx: &Transaction<'_>, claim: &ClaimRequest<'_>, now: Millis) -> Result<Vec<ClaimedJob>> {
+    let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+    // Pick, then take each pick by its key: the same effect as one UPDATE over an
+    // `IN (SELECT …)`, without the temporary index SQLite builds for the IN on every call.
+    let picked = tx
+        .prepare_cached(
+            "SELECT seq FROM jobs
+              WHERE pool = :pool AND status = 'pending' AND run_at <= :now
+                AND EXISTS (SELECT 1 FROM workers WHERE id = :worker AND status = 'active')
+              ORDER BY priority DESC, run_at, seq
+              LIMIT :limit",
+        )?
+        .query_map(
+            named_params! { ":pool": claim.pool, ":now": now, ":worker": claim.worker_id, ":limit": claim.limit },
+            |row| row.get::<_, i64>(0),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut take = tx.prepare_cached(
+        "UPDATE jobs
+            SET status = 'claimed', worker_id = ?1, claim_token = ?2, attempts = attempts + 1,
+                lease_expires_at = ?3, updated_at = ?4
+          WHERE seq = ?5 AND status = 'pending'
+         RETURNING id, pool, processor, payload, attempts, max_attempts",
+    )?;
+    let mut start_attempt =
+        tx.prepare_cached("INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)")?;
+    let lease_until = now.saturating_add(millis(claim.lease));
+    let mut claimed = Vec::with_capacity(picked.len());
+    for seq in picked {
+        let job = take.query_row(params![claim.worker_id, token, lease_until, now, seq], |row| {
+            Ok(ClaimedJob {
+                seq,
+                id: row.get(0)?,
+                pool: row.get(1)?,
+                processor: row.get(2)?,
+                payload: row.get(3)?,
+                attempt: count_at(row, 4)?,
+                max_attempts: count_at(row, 5)?,
+                worker_id: claim.worker_id.to_owned(),
+                token,
+            })
+        })?;
+        start_attempt.execute(params![seq, job.attempt, claim.worker_id, now])?;
+        claimed.push(job);
+    }
+    Ok(claimed)
+}
+
+/// Claimed jobs (of `pool`, if given) whose lease expired or whose worker is no longer
+/// `starting` or `active`.
+pub(super) fn abandoned(conn: &Connection, pool: Option<&str>, now: Millis) -> Result<Vec<Abandoned>> {
+    let abandoned = conn
+        .prepare_cached(
+            "SELECT j.seq, j.worker_id, j.claim_token, j.attempts, j.max_attempts, w.status, j.lease_expires_at
+               FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
+              WHERE j.status = 'claimed' AND (:pool IS NULL OR j.pool = :pool)
+                AND (j.lease_expires_at <= :now OR w.status IS NULL OR w.status IN ('terminated', 'lost'))",
+        )?
+        .query_map(named_params! { ":pool": pool, ":now": now }, |row| {
+            let lease_expires_at: Option<Millis> = row.get(6)?;
+            Ok(Abandoned {
+                claim: ClaimRef {
+                    seq: row.get(0)?,
+                    worker_id: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    token: row.get::<_, Option<i64>>(2)?.unwrap_or_default(),
+                    attempt: count_at(row, 3)?,
+                },
+                max_attempts: count_at(row, 4)?,
+                worker_status: row.get(5)?,
+                lease_overdue_ms: now.saturating_sub(lease_expires_at.unwrap_or(now)),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(abandoned)
+}
+
+const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
+     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
+
+/// A count column read at the width SQLite stores (64 bits) and clamped into `u32`.
+fn count_at(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    Ok(row.get::<_, i64>(index)?.clamp(0, i64::from(u32::MAX)) as u32)
+}
+
+/// An optional non-negative measure read at 64 bits.
+fn measure_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(index)?.map(|value| value.max(0) as u64))
+}
+
+fn status_at(row: &Row<'_>, index: usize) -> rusqlite::Result<JobStatus> {
+    let text: String = row.get(index)?;
+    JobStatus::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown job status {text:?}").into(),
+        )
+    })
+}
+
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
+    Ok(JobSummary {
+        seq: row.get(15)?,
+        id: row.get(0)?,
+        pool: row.get(1)?,
+        processor: row.get(2)?,
+        status: status_at(row, 3)?,
+        priority: row.get(4)?,
+        attempts: count_at(row, 5)?,
+        max_attempts: count_at(row, 6)?,
+        run_at: row.get(7)?,
+        worker_id: row.get(8)?,
+        host: row.get(9)?,
+        lease_expires_at: row.get(10)?,
+        last_error: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+        finished_at: row.get(14)?,
+    })
+}
+
+/// The columns of an attempt that [`attempt_from_row`] reads, on `attempts a` joined with
+/// `workers w`.
+const ATTEMPT_COLUMNS: &str = "a.attempt, a.worker_id, a.started_at, a.finished_at, a.outcome, a.message, a.stderr,
+    a.fuel_used, a.duration_ms, w.host, a.job_seq, a.processor_sha256";
+
+/// An attempt read by [`ATTEMPT_COLUMNS`], with its job's `seq`.
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, AttemptRecord)> {
+    let record = AttemptRecord {
+        attempt: count_at(row, 0)?,
+        worker_id: row.get(1)?,
+        started_at: row.get(2)?,
+        finished_at: row.get(3)?,
+        outcome: row.get(4)?,
+        message: row.get(5)?,
+        stderr: row.get(6)?,
+        fuel_used: measure_at(row, 7)?,
+        duration_ms: measure_at(row, 8)?,
+        processor_sha256: row.get(11)?,
+        host: row.get(9)?,
+    };
+    Ok((row.get(10)?, record))
+}
+
+/// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
+/// (bound as JSON arrays) and attempts, in no particular order.
+pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
+    let ids = serde_json::to_string(ids).expect("strings serialize");
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS}, j.payload, j.result
+               FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
+              WHERE j.id IN (SELECT value FROM json_each(?1))"
+        ))?
+        .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(16)?, row.get(17)?)))?
+        .collect::<rusqlite::Result<Vec<(JobSummary, String, Option<String>)>>>()?;
+    let seqs = serde_json::to_string(&found.iter().map(|(job, _, _)| job.seq).collect::<Vec<_>>()).expect("numbers");
+    let mut histories: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
+    // Each job's first attempt to show is found by one short walk down its end of the
+    // primary key, so the attempts before it are never read.
+    let mut history = conn.prepare_cached(&format!(
+        "WITH wanted AS (
+              SELECT value AS seq,
+                     (SELECT x.attempt FROM attempts x WHERE x.job_seq = value
+                       ORDER BY x.attempt DESC LIMIT 1 OFFSET ?2) AS first_shown
+                FROM json_each(?1))
+         SELECT {ATTEMPT_COLUMNS}
+           FROM wanted JOIN attempts a ON a.job_seq = wanted.seq AND a.attempt >= coalesce(wanted.first_shown, 0)
+           LEFT JOIN workers w ON w.id = a.worker_id
+          ORDER BY a.job_seq, a.attempt"
+    ))?;
+    for row in history.query_map(params![seqs, RECENT_ATTEMPTS], attempt_from_row)? {
+        let (seq, record) = row?;
+        histories.entry(seq).or_default().push(record);
+    }
+    Ok(found
+        .into_iter()
+        .map(|(job, payload, result)| {
+            let history = histories.remove(&job.seq).unwrap_or_default();
+            JobDetail::new(job, payload, result, history)
+        })
+        .collect())
+}
+
+/// One page of job `id`'s attempts, newest first; `None` when there is no such job.
+pub(super) fn attempts(conn: &Connection, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+    let Some(seq) = conn
+        .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")?
+        .query_row([id], |row| row.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let before = page.before.map_or(i64::MAX, |AttemptCursor(attempt)| i64::from(attempt));
+    let attempts = conn
+        .prepare_cached(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts a LEFT JOIN workers w ON w.id = a.worker_id
+              WHERE a.job_seq = ?1 AND a.attempt < ?2 ORDER BY a.attempt DESC LIMIT ?3"
+        ))?
+        .query_map(params![seq, before, page.limit], |row| Ok(attempt_from_row(row)?.1))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(attempts))
+}
+
+/// The conditions of a [`JobMatch`] on `jobs j`, with its values bound by [`match_params`].
+const MATCHING: &str = "(:pool IS NULL OR j.pool = :pool) AND (:status IS NULL OR j.status = :status)
+    AND (:processor IS NULL OR j.processor = :processor)
+    AND (:created_after IS NULL OR j.created_at >= :created_after)
+    AND (:created_before IS NULL OR j.created_at < :created_before)";
+
+fn match_params<'a>(
+    matching: &'a JobMatch<'_>,
+    status: &'a Option<&'static str>,
+) -> [(&'static str, &'a dyn ToSql); 5] {
+    [
+        (":pool", &matching.pool),
+        (":status", status),
+        (":processor", &matching.processor),
+        (":created_after", &matching.created_after),
+        (":created_before", &matching.created_before),
+    ]
+}
+
+pub(super) fn list(conn: &Connection, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
+          WHERE {MATCHING} AND (:after IS NULL OR j.seq < :after)
+          ORDER BY j.seq DESC LIMIT :limit"
+    ))?;
+    let status = filter.matching.status.map(JobStatus::as_str);
+    let after = filter.after.map(|cursor| cursor.0);
+    let mut params = match_params(&filter.matching, &status).to_vec();
+    params.extend([(":after", &after as &dyn ToSql), (":limit", &filter.limit)]);
+    let jobs = statement.query_map(params.as_slice(), summary_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(jobs)
+}
+
+/// One statement for any number of ids: they are bound as one JSON array.
+pub(super) fn statuses(conn: &Connection, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+    let ids = serde_json::to_string(ids).expect("strings serialize");
+    let found = conn
+        .prepare_cached("SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?1))")?
+        .query_map([ids], |row| Ok((row.get(0)?, status_at(row, 1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(found)
+}
+
+/// The attempt numbers already used stay in the history, so the fresh attempts are counted
+/// on top of them: `max_attempts` grows by its old value, up to [`ATTEMPTS_CEILING`].
+const RETRY_UPDATE: &str = "UPDATE jobs AS j
+    SET status = 'pending', run_at = :now, max_attempts = min(attempts + max_attempts, :ceiling), worker_id = NULL,
+        claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL, updated_at = :now
+  WHERE j.status IN ('poisoned', 'cancelled') AND j.attempts < :ceiling";
+
+pub(super) fn retry(conn: &Connection, id: &str, now: Millis) -> Result<IdAnswer> {
+    let changed = conn.prepare_cached(&format!("{RETRY_UPDATE} AND j.id = :id"))?.execute(named_params! {
+        ":now": now,
+        ":ceiling": ATTEMPTS_CEILING,
+        ":id": id,
+    })?;
+    answer_for(conn, id, changed, true)
+}
+
+pub(super) fn retry_matching(conn: &Connection, matching: &JobMatch<'_>, now: Millis) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let mut params = match_params(matching, &status).to_vec();
+    params.extend([(":now", &now as &dyn ToSql), (":ceiling", &ATTEMPTS_CEILING)]);
+    let changed = conn.prepare_cached(&format!("{RETRY_UPDATE} AND {MATCHING}"))?.execute(params.as_slice())?;
+    Ok(changed as u64)
+}
+
+const CANCEL_UPDATE: &str =
+    "UPDATE jobs AS j SET status = 'cancelled', finished_at = :now, updated_at = :now WHERE j.status = 'pending'";
+
+pub(super) fn cancel_matching(conn: &Connection, matching: &JobMatch<'_>, now: Millis) -> Result<u64> {
+    let status = matching.status.map(JobStatus::as_str);
+    let mut params = match_params(matching, &status).to_vec();
+    params.push((":now", &now as &dyn ToSql));
+    let changed = conn.prepare_cached(&format!("{CANCEL_UPDATE} AND {MATCHING}"))?.execute(params.as_slice())?;
+    Ok(changed as u64)
+}
+
+pub(super) fn cancel(conn: &Connection, id: &str, now: Millis) -> Result<IdAnswer> {
+    let changed = conn
+        .prepare_cached(&format!("{CANCEL_UPDATE} AND j.id = :id"))?
+        .execute(named_params! { ":now": now, ":id": id })?;
+    answer_for(conn, id, changed, false)
+}
+
+/// Why `retry` (`retrying`) or `cancel` changed nothing for `id`.
+fn answer_for(conn: &Connection, id: &str, changed: usize, retrying: bool) -> Result<IdAnswer> {
+    if changed > 0 {
+        return Ok(IdAnswer::Done);
+    }
+    let found: Option<(JobStatus, i64)> = conn
+        .query_row("SELECT status, attempts FROM jobs WHERE id = ?1", [id], |row| Ok((status_at(row, 0)?, row.get(1)?)))
+        .optional()?;
+    Ok(IdAnswer::explain(found.map(|(status, attempts)| (status, attempts.clamp(0, u32::MAX.into()) as u32)), retrying))
+}
+
+pub(super) fn purge(tx: &Transaction<'_>, cutoff: Millis, statuses: &[JobStatus]) -> Result<u64> {
+    let mut deleted = 0;
+    for status in statuses.iter().filter(|s| s.is_finished()) {
+        deleted += tx
+            .execute("DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2", params![status.as_str(), cutoff])?
+            as u64;
+    }
+    Ok(deleted)
+}
+
+pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
+    let mut jobs = conn
+        .prepare_cached(
+            "SELECT seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
+                    claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at
+               FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![after, limit], |row| {
+            Ok(ExportedJob {
+                seq: row.get(0)?,
+                id: row.get(1)?,
+                pool: row.get(2)?,
+                processor: row.get(3)?,
+                payload: row.get(4)?,
+                status: status_at(row, 5)?,
+                priority: row.get(6)?,
+                run_at: row.get(7)?,
+                attempts: count_at(row, 8)?,
+                max_attempts: count_at(row, 9)?,
+                worker_id: row.get(10)?,
+                claim_token: row.get(11)?,
+                lease_expires_at: row.get(12)?,
+                result: row.get(13)?,
+                last_error: row.get(14)?,
+                created_at: row.get(15)?,
+                updated_at: row.get(16)?,
+                finished_at: row.get(17)?,
+                history: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut history = conn.prepare_cached(
+        "SELECT attempt, worker_id, started_at, finished_at, outcome, message, stderr, fuel_used, duration_ms,
+                processor_sha256
+           FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
+    )?;
+    for job in &mut jobs {
+        job.history = history
+            .query_map([job.seq], |row| {
+                Ok(ExportedAttempt {
+                    attempt: count_at(row, 0)?,
+                    worker_id: row.get(1)?,
+                    started_at: row.get(2)?,
+                    finished_at: row.get(3)?,
+                    outcome: row.get(4)?,
+                    message: row.get(5)?,
+                    stderr: row.get(6)?,
+                    fuel_used: row.get(7)?,
+                    duration_ms: row.get(8)?,
+                    processor_sha256: row.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+    }
+    Ok(jobs)
+}
+
+pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
+    let mut insert_job = tx.prepare_cached(
+        "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
+                           claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         RETURNING seq",
+    )?;
+    let mut insert_attempt = tx.prepare_cached(
+        "INSERT INTO attempts (job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr,
+                               fuel_used, duration_ms, processor_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for job in jobs {
+        let seq: i64 = insert_job.query_row(
+            params![
+                job.id,
+                job.pool,
+                job.processor,
+                job.payload,
+                job.status.as_str(),
+                job.priority,
+                job.run_at,
+                job.attempts,
+                job.max_attempts,
+                job.worker_id,
+                job.claim_token,
+                job.lease_expires_at,
+                job.result,
+                job.last_error,
+                job.created_at,
+                job.updated_at,
+                job.finished_at
+            ],
+            |row| row.get(0),
+        )?;
+        for attempt in &job.history {
+            insert_attempt.execute(params![
+                seq,
+                attempt.attempt,
+                attempt.worker_id,
+                attempt.started_at,
+                attempt.finished_at,
+                attempt.outcome,
+                attempt.message,
+                attempt.stderr,
+                attempt.fuel_used,
+                attempt.duration_ms,
+                attempt.processor_sha256
+            ])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! The SQLite backend: one file shared by every jobhost process on the machine.
+//!
+//! Write transactions take the write lock up front (`BEGIN IMMEDIATE`), so two processes
+//! never deadlock upgrading read locks, and waiting for it is bounded by `busy_timeout`.
+//! One writer at a time makes a transaction's reads and writes atomic here; the fencing
+//! (`status`, worker and claim token in every `WHERE`) is what keeps a late call harmless.
+//!
+//! Durability: WAL mode. With `synchronous = NORMAL` (the default) a committed transaction
+//! survives a crash of any jobhost process, but the most recent commits can be lost if the
+//! machine itself loses power; `FULL` fsyncs every commit and survives that too.
+
+mod jobs;
+mod schema;
+mod workers;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use jobhost_core::config::DatabaseConfig;
+
+use super::Access;
+use super::activity::ActivityRow;
+use super::driver::{Abandoned, Driver, Now, Settlement};
+use super::error::{ErrorKind, Result, StoreError};
+use super::model::*;
+
+pub struct SqliteDriver {
+    conn: Mutex<Connection>,
+    location: String,
+    fingerprint: Fingerprint,
+}
+
+impl SqliteDriver {
+    pub fn open(config: &DatabaseConfig, access: Access) -> Result<SqliteDriver> {
+        let path = Path::new(&config.path);
+        let location = config.path.clone();
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match access {
+            Access::CreateIfMissing => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|err| {
+                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}")).at(&location)
+                    })?;
+                }
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+            Access::Existing if !path.exists() => return Err(StoreError::new(ErrorKind::Missing, "").at(&location)),
+            Access::Existing => {}
+        }
+        let mut conn = Connection::open_with_flags(path, flags).map_err(|err| StoreError::from(err).at(&location))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&location))?;
+        let fingerprint = Fingerprint { file: Some((path.to_path_buf(), (meta.dev(), meta.ino()))) };
+        BUSY_TIMEOUT_MS.store(millis(config.busy_timeout.0).max(0) as u64, Ordering::Relaxed);
+        // Identity and version are checked before any pragma that writes to the file, so a
+        // foreign or newer file is refused exactly as it was.
+        conn.busy_handler(Some(wait_for_lock))
+            .map_err(StoreError::from)
+            .and_then(|()| schema::migrate(&mut conn))
+            .and_then(|()| configure(&conn, config))
+            .map_err(|err| err.at(&location))?;
+        Ok(SqliteDriver { conn: Mutex::new(conn), location, fingerprint })
+    }
+
+    fn with_conn<T>(&self, op: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().expect("no store operation panics holding the connection");
+        op(&mut conn)
+    }
+
+    /// Runs `op` in a write transaction taken up front; commits when it returns `Ok`.
+    fn write<T>(&self, op: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = op(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+}
+
+fn configure(conn: &Connection, config: &DatabaseConfig) -> Result<()> {
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::new(
+            ErrorKind::Other,
+            format!("SQLite refused WAL mode (got {mode}); put the database on a local filesystem"),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // Checkpoint every ~16 MiB of WAL rather than SQLite's 4 MiB: a checkpoint costs two
+    // fsyncs and rewrites the hot pages, and busy workers trigger them constantly.
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // Without this SQLite re-prepares a statement whenever a value bound into a spot the
+    // planner looked at changes, such as the claim's `LIMIT`: a tenth of a busy worker's CPU
+    // went to parsing the same SQL again.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // Keep the WAL file when the last connection closes (it is still checkpointed): deleting
+    // it there and creating it again in the next process cost a short-lived `jobhost work
+    // --once` an unlink, a create and a directory fsync. Any size limit makes SQLite empty
+    // the kept file at that close, so the next process need not re-read it; the limit itself
+    // is above the autocheckpoint size, so a busy WAL is not truncated at every checkpoint.
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+    let mut persist: std::ffi::c_int = 1;
+    // SAFETY: a valid handle of this open connection, the "main" schema name as a C string,
+    // and the int that SQLITE_FCNTL_PERSIST_WAL reads and writes.
+    let code = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut persist).cast(),
+        )
+    };
+    if code != rusqlite::ffi::SQLITE_OK {
+        return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None).into());
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// See [`Fingerprint::verify`]: the file at the path must still be the one opened.
+pub fn verify_fingerprint(fingerprint: &Fingerprint) -> Result<()> {
+    let Some((path, file)) = &fingerprint.file else {
+        return Ok(());
+    };
+    let detail = match std::fs::metadata(path) {
+        Ok(meta) if (meta.dev(), meta.ino()) == *file => return Ok(()),
+        Ok(_) => "another file now has its name",
+        Err(_) => "the file is gone",
+    };
+    Err(StoreError::new(ErrorKind::Replaced, format!("{detail}; stop and start again on the database you mean"))
+        .at(&path.display().to_string()))
+}
+
+/// The time an operation runs at: the one given, else this machine's clock.
+fn resolve_now(now: Now) -> Millis {
+    now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis))
+}
+
+/// How long [`wait_for_lock`] keeps trying; one setting per process (`database.busy_timeout`),
+/// kept in a static because SQLite's busy handler is a plain function.
+static BUSY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+
+/// SQLite's own busy handler sleeps whole milliseconds (1, 2, 5, 10 …), while our write
+/// transactions hold the lock for tens of microseconds, so two busy workers spent most of
+/// their time asleep waiting for each other. This one first yields the CPU a few times (on a
+/// busy machine the holder is often waiting for it), then sleeps 10 µs, doubling up to 1 ms,
+/// until about `database.busy_timeout` has passed; then SQLite reports the database busy.
+fn wait_for_lock(attempt: i32) -> bool {
+    const YIELDS: i32 = 4;
+    const DOUBLINGS: i32 = 7; // 10 µs · 2^7 ≈ 1.3 ms: from then on every wait is 1 ms.
+    let timeout_ms = BUSY_TIMEOUT_MS.load(Ordering::Relaxed);
+    let waits = attempt - YIELDS - DOUBLINGS;
+    if waits > 0 && waits as u64 > timeout_ms {
+        return false;
+    }
+    if attempt < YIELDS {
+        std::thread::yield_now();
+        return true;
+    }
+    let wait_us = (10u64 << (attempt - YIELDS).clamp(0, DOUBLINGS)).min(1_000);
+    std::thread::sleep(Duration::from_micros(wait_us));
+    true
+}
+
+#[async_trait]
+impl Driver for SqliteDriver {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
+        let now = resolve_now(now);
+        self.write(|tx| jobs::enqueue(tx, jobs, now))
+    }
+
+    async fn turn(
+        &self,
+        settlements: &[Settlement<'_>],
+        claim: Option<&ClaimRequest<'_>>,
+        now: Now,
+    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+        let now = resolve_now(now);
+        self.write(|tx| {
+            let mut tally = super::activity::Tally::default();
+            let settled = settlements
+                .iter()
+                .map(|settlement| jobs::settle(tx, settlement, now, &mut tally))
+                .collect::<Result<Vec<_>>>()?;
+            jobs::record(tx, &tally, now)?;
+            let claimed = match claim {
+                Some(claim) => jobs::claim(tx, claim, now)?,
+                None => Vec::new(),
+            };
+            Ok((settled, claimed))
+        })
+    }
+
+    async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
+        self.with_conn(|conn| jobs::jobs(conn, ids))
+    }
+
+    async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
+        self.with_conn(|conn| jobs::attempts(conn, id, page))
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
+        self.with_conn(|conn| jobs::list(conn, filter))
+    }
+
+    async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
+        self.with_conn(|conn| jobs::retry(conn, id, resolve_now(now)))
+    }
+
+    async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
+        self.with_conn(|conn| jobs::statuses(conn, ids))
+    }
+
+    async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        self.with_conn(|conn| jobs::retry_matching(conn, matching, resolve_now(now)))
+    }
+
+    async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
+        self.with_conn(|conn| jobs::cancel(conn, id, resolve_now(now)))
+    }
+
+    async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
+        self.with_conn(|conn| jobs::cancel_matching(conn, matching, resolve_now(now)))
+    }
+
+    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
+        let cutoff = resolve_now(now).saturating_sub(millis(older_than));
+        self.write(|tx| jobs::purge(tx, cutoff, statuses))
+    }
+
+    async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {
+        self.write(|tx| workers::activate(tx, worker, resolve_now(now)))
+    }
+
+    async fn heartbeat(&self, worker_id: &str, lease: Duration, now: Now) -> Result<bool> {
+        self.write(|tx| workers::heartbeat(tx, worker_id, lease, resolve_now(now)))
+    }
+
+    async fn deregister_worker(&self, worker_id: &str, now: Now) -> Result<()> {
+        self.with_conn(|conn| workers::deregister(conn, worker_id, resolve_now(now)))
+    }
+
+    async fn mark_lost_workers(
+        &self,
+        pool: Option<&str>,
+        stale_after: Duration,
+        start_grace: Duration,
+        now: Now,
+    ) -> Result<Vec<String>> {
+        let now = resolve_now(now);
+        // Reaping runs on every checker's interval: a steady moment to fold old activity
+        // even when nobody reads it.
+        self.with_conn(|conn| workers::fold_activity(conn, now))?;
+        self.write(|tx| workers::mark_lost(tx, pool, stale_after, start_grace, now))
+    }
+
+    async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {
+        self.with_conn(|conn| jobs::abandoned(conn, pool, resolve_now(now)))
+    }
+
+    async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
+        self.write(|tx| workers::plan(tx, request, resolve_now(now)))
+    }
+
+    async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
+        self.with_conn(|conn| workers::status(conn, pool, resolve_now(now)))
+    }
+
+    async fn pool_names(&self) -> Result<Vec<String>> {
+        self.with_conn(|conn| workers::pool_names(conn))
+    }
+
+    async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
+        self.with_conn(|conn| workers::list(conn, filter))
+    }
+
+    async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
+        let now = resolve_now(now);
+        self.with_conn(|conn| {
+            workers::fold_activity(conn, now)?;
+            Ok((now, workers::activity(conn)?))
+        })
+    }
+
+    async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
+        self.with_conn(|conn| jobs::export(conn, after, limit))
+    }
+
+    async fn import(&self, exported: &[ExportedJob]) -> Result<()> {
+        self.write(|tx| jobs::import(tx, exported))
+    }
+
+    async fn is_empty(&self) -> Result<bool> {
+        self.with_conn(|conn| {
+            let empty = conn.query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM jobs) AND NOT EXISTS (SELECT 1 FROM workers)",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(empty)
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        // A file deleted or replaced under an open connection still answers reads: the pool
+        // is only usable if its name still leads to the file this process has open.
+        verify_fingerprint(&self.fingerprint())?;
+        self.with_conn(|conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM jobs)", [], |_| Ok(()))?))
+    }
+
+    #[cfg(test)]
+    async fn drifted_counts(&self) -> Result<Vec<String>> {
+        self.with_conn(|conn| {
+            let drift = conn
+                .prepare(
+                    "SELECT coalesce(c.pool, k.pool), coalesce(c.status, k.status), coalesce(c.n, 0), coalesce(k.jobs, 0)
+                       FROM (SELECT pool, status, count(*) AS n FROM jobs GROUP BY pool, status) c
+                       FULL JOIN (SELECT pool, status, jobs FROM job_counts WHERE jobs != 0) k
+                         ON k.pool = c.pool AND k.status = c.status
+                      WHERE coalesce(c.n, 0) != coalesce(k.jobs, 0)",
+                )?
+                .query_map([], |row| {
+                    Ok(format!(
+                        "{}/{}: counted {}, kept {}",
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(drift)
+        })
+    }
+
+    #[cfg(test)]
+    async fn execute_for_test(&self, sql: &str) -> Result<()> {
+        self.with_conn(|conn| Ok(conn.execute_batch(sql)?))
+    }
+
+    #[cfg(test)]
+    async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>> {
+        self.with_conn(|conn| {
+            let counts = conn.prepare(sql)?.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(counts)
+        })
+    }
+}
+
+impl std::fmt::Debug for SqliteDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SqliteDriver({})", self.location)
+    }
+}

@@ -1,0 +1,896 @@
+//! The store's test suite: written once against [`Store`] and run against every backend,
+//! as River's driver test suite is run against each of its drivers. Each test gets a fresh
+//! pool and a clock it moves by hand, so backoff and leases are tested without sleeping.
+//!
+//! PostgreSQL tests need a server: `JOBHOST_TEST_PG` names one (the test command,
+//! `scripts/test`, starts a throwaway one). Without it they fail; they are never skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use jobhost_core::config::DatabaseConfig;
+
+use super::*;
+
+const LEASE: Duration = Duration::from_secs(60);
+const NO_BACKOFF: RetryPolicy = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
+
+/// A fresh schema on the server `$JOBHOST_TEST_PG` names; fails without one.
+pub fn postgres_config() -> DatabaseConfig {
+    let server = std::env::var("JOBHOST_TEST_PG").unwrap_or_else(|_| {
+        panic!("set JOBHOST_TEST_PG=postgres://… or run ./scripts/test, which starts a PostgreSQL server")
+    });
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    DatabaseConfig { path: server, schema, ..Default::default() }
+}
+
+/// A store on a fresh pool with a hand-driven clock.
+pub struct TestStore {
+    pub store: Store,
+    now: Arc<AtomicI64>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    async fn open(config: DatabaseConfig, dir: tempfile::TempDir) -> TestStore {
+        let now = Arc::new(AtomicI64::new(1_700_000_000_000));
+        let store = Store::open_with_clock(&config, Access::CreateIfMissing, Clock::Manual(now.clone()))
+            .await
+            .unwrap_or_else(|err| panic!("cannot open the test pool: {err}"));
+        TestStore { store, now, _dir: dir }
+    }
+
+    pub async fn sqlite() -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig { path: dir.path().join("pool.db").display().to_string(), ..Default::default() };
+        TestStore::open(config, dir).await
+    }
+
+    /// A fresh schema on the test server; see [`postgres_config`].
+    pub async fn postgres() -> TestStore {
+        TestStore::open(postgres_config(), tempfile::tempdir().unwrap()).await
+    }
+
+    pub fn advance(&self, millis: i64) {
+        self.now.fetch_add(millis, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> Millis {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    /// Checks the kept job counts against a count of the jobs themselves.
+    pub async fn assert_counts_exact(&self) {
+        let drift = self.store.driver.drifted_counts().await.unwrap();
+        assert!(drift.is_empty(), "job counts drifted from the jobs table: {drift:?}");
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        self.store.driver.execute_for_test(sql).await.unwrap();
+    }
+
+    /// The single column of every row `sql` returns, as integers.
+    pub async fn counts(&self, sql: &str) -> Vec<i64> {
+        self.store.driver.counts_for_test(sql).await.unwrap()
+    }
+
+    pub async fn claim(&self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
+        let request = ClaimRequest { pool, worker_id, lease, limit };
+        Ok(self.store.turn(&[], Some(request), &NO_BACKOFF).await?.claimed)
+    }
+
+    pub async fn complete(&self, job: &ClaimedJob, result: &str, report: &AttemptReport<'_>) -> Result<Settled> {
+        let finished = Finished { job, report: report.clone(), result: Some(result) };
+        Ok(self.store.turn(&[finished], None, &NO_BACKOFF).await?.settled[0])
+    }
+
+    pub async fn fail(&self, job: &ClaimedJob, report: &AttemptReport<'_>, retry: &RetryPolicy) -> Result<Settled> {
+        let finished = Finished { job, report: report.clone(), result: None };
+        Ok(self.store.turn(&[finished], None, retry).await?.settled[0])
+    }
+}
+
+fn plan(pool: &str, max_workers: u32) -> PlanRequest<'_> {
+    PlanRequest { pool, host: "here", max_workers, stale_after: Duration::from_secs(60) }
+}
+
+/// Registers every test of the suite once per backend, as `sqlite::NAME` and `postgres::NAME`.
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::TestStore::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::TestStore::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+for_each_backend!(
+    claim_takes_highest_priority_then_oldest_and_never_twice,
+    a_delayed_job_is_not_ready_until_its_time,
+    only_an_active_worker_can_claim,
+    complete_records_the_result_and_the_attempt,
+    each_attempt_records_the_code_that_ran_it,
+    a_stale_complete_or_fail_changes_nothing,
+    failures_retry_with_backoff_then_poison_at_max_attempts,
+    abandoned_jobs_come_back_as_worker_lost_and_poison_at_the_limit,
+    an_expired_lease_is_recovered_even_from_a_registered_worker,
+    retry_cancel_and_purge_act_only_on_the_right_statuses,
+    every_outcome_kind_can_be_stored_and_read_back,
+    counts_too_wide_for_u32_are_clamped_when_read,
+    a_delay_past_the_end_of_time_saturates_instead_of_wrapping,
+    a_turn_fences_each_attempt_alone_and_settles_the_live_ones,
+    output_with_nul_bytes_is_stored_visibly_and_settles_beside_the_others,
+    a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token,
+    purge_deletes_the_attempt_history_of_the_jobs_it_deletes,
+    a_silent_worker_is_reaped_and_its_job_released,
+    heartbeats_keep_a_worker_and_its_leases_alive,
+    a_starting_worker_that_never_comes_up_is_lost_after_the_grace,
+    plan_workers_counts_starting_workers_and_never_overspawns,
+    plan_workers_fills_each_hosts_own_slots_and_counts_the_others_workers,
+    status_counts_jobs_and_workers_and_the_ready_backlog,
+    listing_filters_and_pages_through_every_job_once,
+    bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status,
+    job_statuses_and_jobs_answer_for_many_ids_at_once,
+    a_job_shows_its_latest_attempts_and_pages_through_the_older_ones,
+    pools_and_workers_are_listed_with_their_counts_and_jobs,
+    activity_counts_enqueues_and_attempts_and_survives_purge_and_folding,
+);
+
+/// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
+async fn recover(t: &TestStore) -> Recovery {
+    let never = Duration::from_secs(1 << 30);
+    t.store.reap(None, never, never, &NO_BACKOFF).await.unwrap().recovery
+}
+
+fn job(pool: &str, priority: i64) -> NewJob {
+    NewJob {
+        id: NewJob::new_id(),
+        pool: pool.into(),
+        processor: "echo".into(),
+        payload: r#"{"n":1}"#.into(),
+        priority,
+        max_attempts: 3,
+        delay_ms: 0,
+    }
+}
+
+async fn active_worker(t: &TestStore, id: &str) {
+    t.store.activate_worker(&NewWorker { id: id.into(), pool: "default".into(), host: None, pid: None }).await.unwrap();
+}
+
+async fn claim_one(t: &TestStore, worker: &str) -> Option<ClaimedJob> {
+    t.claim("default", worker, LEASE, 1).await.unwrap().pop()
+}
+
+fn failure(kind: OutcomeKind) -> AttemptReport<'static> {
+    AttemptReport { message: Some("boom"), ..AttemptReport::of(kind) }
+}
+
+async fn claim_takes_highest_priority_then_oldest_and_never_twice(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids =
+        t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0), job("other", 9)]).await.unwrap();
+    let mut order = Vec::new();
+    while let Some(job) = claim_one(&t, "w1").await {
+        order.push(job.id);
+    }
+    assert_eq!(order, [ids[1].clone(), ids[0].clone(), ids[2].clone()]);
+}
+
+async fn a_delayed_job_is_not_ready_until_its_time(t: TestStore) {
+    active_worker(&t, "w1").await;
+    t.store.enqueue_all(&[NewJob { delay_ms: 5_000, ..job("default", 0) }]).await.unwrap();
+    assert!(claim_one(&t, "w1").await.is_none());
+    t.advance(5_000);
+    assert!(claim_one(&t, "w1").await.is_some());
+}
+
+async fn only_an_active_worker_can_claim(t: TestStore) {
+    t.store.enqueue_all(&[job("default", 0)]).await.unwrap();
+    assert!(claim_one(&t, "nobody").await.is_none(), "an unregistered worker gets nothing");
+    active_worker(&t, "w1").await;
+    assert!(claim_one(&t, "w1").await.is_some());
+}
+
+async fn complete_records_the_result_and_the_attempt(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let id = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    let report = AttemptReport { fuel_used: Some(42), duration_ms: Some(3), ..AttemptReport::of(OutcomeKind::Ok) };
+    assert_eq!(t.complete(&claimed, r#"{"done":true}"#, &report).await.unwrap(), Settled::Completed);
+
+    let detail = t.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(detail.job.status, JobStatus::Completed);
+    assert_eq!(detail.result, Some(serde_json::json!({"done": true})));
+    assert_eq!(detail.attempt_history.len(), 1);
+    assert_eq!(detail.attempt_history[0].outcome.as_deref(), Some("ok"));
+    assert_eq!(detail.attempt_history[0].fuel_used, Some(42));
+}
+
+async fn each_attempt_records_the_code_that_ran_it(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let id = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    let never_loaded = claim_one(&t, "w1").await.unwrap();
+    let load_error = AttemptReport { message: Some("no such processor"), ..AttemptReport::of(OutcomeKind::LoadError) };
+    t.fail(&never_loaded, &load_error, &NO_BACKOFF).await.unwrap();
+    let ran = claim_one(&t, "w1").await.unwrap();
+    let code = "3f2a9c1b0d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    let ok = AttemptReport { processor_sha256: Some(code), ..AttemptReport::of(OutcomeKind::Ok) };
+    assert_eq!(t.complete(&ran, "1", &ok).await.unwrap(), Settled::Completed);
+
+    let history = t.store.job(&id).await.unwrap().unwrap().attempt_history;
+    let hashes: Vec<Option<&str>> = history.iter().map(|attempt| attempt.processor_sha256.as_deref()).collect();
+    assert_eq!(hashes, [None, Some(code)], "a processor that never loaded ran no code");
+}
+
+async fn a_stale_complete_or_fail_changes_nothing(t: TestStore) {
+    active_worker(&t, "w1").await;
+    active_worker(&t, "w2").await;
+    let id = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    let first = claim_one(&t, "w1").await.unwrap();
+    assert!(matches!(
+        t.fail(&first, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(),
+        Settled::Retrying { .. }
+    ));
+    let second = claim_one(&t, "w2").await.unwrap();
+
+    let ok = AttemptReport::of(OutcomeKind::Ok);
+    assert_eq!(t.complete(&first, "1", &ok).await.unwrap(), Settled::Stale, "first claim is gone");
+    assert_eq!(t.fail(&first, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Stale);
+    let forged = ClaimedJob { token: second.token.wrapping_add(1), ..second.clone() };
+    assert_eq!(t.complete(&forged, "1", &ok).await.unwrap(), Settled::Stale, "a wrong token is refused");
+
+    assert_eq!(t.complete(&second, "2", &ok).await.unwrap(), Settled::Completed);
+    assert_eq!(t.complete(&second, "3", &ok).await.unwrap(), Settled::Stale, "completing twice is refused");
+    let detail = t.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(detail.result, Some(serde_json::json!(2)));
+    assert_eq!(detail.attempt_history.len(), 2);
+    t.assert_counts_exact().await;
+}
+
+async fn failures_retry_with_backoff_then_poison_at_max_attempts(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let id = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    let policy = RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(60), jitter: 0.0 };
+
+    let first = claim_one(&t, "w1").await.unwrap();
+    let retry_at = t.now() + 1_000;
+    assert_eq!(
+        t.fail(&first, &failure(OutcomeKind::Trap), &policy).await.unwrap(),
+        Settled::Retrying { run_at: retry_at }
+    );
+    t.advance(999);
+    assert!(claim_one(&t, "w1").await.is_none(), "not ready during the backoff");
+    t.advance(1);
+    let second = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(second.attempt, 2);
+    let retry_at = t.now() + 2_000;
+    assert_eq!(
+        t.fail(&second, &failure(OutcomeKind::Timeout), &policy).await.unwrap(),
+        Settled::Retrying { run_at: retry_at }
+    );
+    t.advance(2_000);
+    let third = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(t.fail(&third, &failure(OutcomeKind::Exit), &policy).await.unwrap(), Settled::Poisoned);
+
+    let detail = t.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(detail.job.status, JobStatus::Poisoned);
+    assert_eq!(detail.job.last_error.as_deref(), Some("exit: boom"));
+    let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.clone().unwrap()).collect();
+    assert_eq!(kinds, ["trap", "timeout", "exit"]);
+    t.advance(1_000_000);
+    assert!(claim_one(&t, "w1").await.is_none(), "a poisoned job is never claimed");
+    t.assert_counts_exact().await;
+}
+
+async fn abandoned_jobs_come_back_as_worker_lost_and_poison_at_the_limit(t: TestStore) {
+    let id = t.store.enqueue_all(&[NewJob { max_attempts: 2, ..job("default", 0) }]).await.unwrap().remove(0);
+    for (round, worker) in ["w1", "w2"].into_iter().enumerate() {
+        active_worker(&t, worker).await;
+        let held = claim_one(&t, worker).await.unwrap();
+        assert_eq!(recover(&t).await, Recovery::default(), "a live lease is left alone");
+        t.store.deregister_worker(worker).await.unwrap();
+        let expected =
+            if round == 0 { Recovery { released: 1, poisoned: 0 } } else { Recovery { released: 0, poisoned: 1 } };
+        assert_eq!(recover(&t).await, expected);
+        let ok = AttemptReport::of(OutcomeKind::Ok);
+        assert_eq!(t.complete(&held, "1", &ok).await.unwrap(), Settled::Stale, "the old holder cannot finish it");
+    }
+    let detail = t.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(detail.job.status, JobStatus::Poisoned);
+    let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.clone().unwrap()).collect();
+    assert_eq!(kinds, ["worker_lost", "worker_lost"]);
+    t.assert_counts_exact().await;
+}
+
+async fn an_expired_lease_is_recovered_even_from_a_registered_worker(t: TestStore) {
+    active_worker(&t, "w1").await;
+    t.store.enqueue_all(&[job("default", 0)]).await.unwrap();
+    claim_one(&t, "w1").await.unwrap();
+    t.advance(millis(LEASE) - 1);
+    assert_eq!(recover(&t).await.released, 0);
+    t.advance(1);
+    assert_eq!(recover(&t).await.released, 1);
+}
+
+async fn retry_cancel_and_purge_act_only_on_the_right_statuses(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t.store.enqueue_all(&[NewJob { max_attempts: 1, ..job("default", 9) }, job("default", 0)]).await.unwrap();
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(t.fail(&claimed, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+
+    assert_eq!(t.store.cancel_job(&ids[0]).await.unwrap(), IdAnswer::WrongStatus(JobStatus::Poisoned));
+    assert_eq!(t.store.cancel_job(&ids[1]).await.unwrap(), IdAnswer::Done);
+    assert_eq!(t.store.cancel_job("no-such-id").await.unwrap(), IdAnswer::NotFound);
+
+    let poisoned = |pool| JobMatch { pool, status: Some(JobStatus::Poisoned), ..JobMatch::default() };
+    assert_eq!(t.store.retry_matching(&poisoned(Some("other"))).await.unwrap(), 0);
+    assert_eq!(t.store.retry_matching(&poisoned(None)).await.unwrap(), 1);
+    let retried = claim_one(&t, "w1").await.unwrap();
+    assert_eq!((retried.id.as_str(), retried.attempt), (ids[0].as_str(), 2));
+    assert_eq!(
+        t.store.job(&ids[0]).await.unwrap().unwrap().job.max_attempts,
+        2,
+        "a fresh attempt on top of the used one"
+    );
+    let ok = AttemptReport::of(OutcomeKind::Ok);
+    t.complete(&retried, "1", &ok).await.unwrap();
+
+    t.advance(10_000);
+    assert_eq!(t.store.purge(Duration::from_secs(20), &JobStatus::ALL).await.unwrap(), 0, "too recent");
+    assert_eq!(t.store.purge(Duration::from_secs(5), &[JobStatus::Completed]).await.unwrap(), 1);
+    assert!(t.store.job(&ids[0]).await.unwrap().is_none());
+    assert_eq!(t.store.job(&ids[1]).await.unwrap().unwrap().job.status, JobStatus::Cancelled);
+    t.assert_counts_exact().await;
+}
+
+async fn every_outcome_kind_can_be_stored_and_read_back(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let jobs: Vec<NewJob> = OutcomeKind::ALL.iter().map(|_| NewJob { max_attempts: 1, ..job("default", 0) }).collect();
+    let ids = t.store.enqueue_all(&jobs).await.unwrap();
+    for kind in OutcomeKind::ALL {
+        let claimed = claim_one(&t, "w1").await.unwrap();
+        if kind == OutcomeKind::Ok {
+            t.complete(&claimed, "1", &AttemptReport::of(kind)).await.unwrap();
+        } else {
+            t.fail(&claimed, &failure(kind), &NO_BACKOFF).await.unwrap();
+        }
+    }
+    let mut stored = Vec::new();
+    for id in &ids {
+        stored.push(t.store.job(id).await.unwrap().unwrap().attempt_history[0].outcome.clone().unwrap());
+    }
+    stored.sort();
+    let mut expected: Vec<&str> = OutcomeKind::ALL.iter().map(|kind| kind.as_str()).collect();
+    expected.sort();
+    assert_eq!(stored, expected);
+}
+
+async fn counts_too_wide_for_u32_are_clamped_when_read(t: TestStore) {
+    let id = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    t.execute("UPDATE jobs SET max_attempts = 4294967297, attempts = -3").await;
+    let listed = t.store.list_jobs(&JobFilter { limit: 10, ..JobFilter::default() }).await.unwrap();
+    assert_eq!((listed[0].attempts, listed[0].max_attempts), (0, u32::MAX));
+    assert_eq!(t.store.job(&id).await.unwrap().unwrap().job.max_attempts, u32::MAX);
+}
+
+async fn a_delay_past_the_end_of_time_saturates_instead_of_wrapping(t: TestStore) {
+    t.store.enqueue_all(&[NewJob { delay_ms: Millis::MAX, ..job("default", 0) }]).await.unwrap();
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!((status.ready, status.oldest_ready_age_ms), (0, None), "the job is not ready: {status:?}");
+}
+
+async fn history(t: &TestStore, id: &str) -> Vec<Option<String>> {
+    t.store.job(id).await.unwrap().unwrap().attempt_history.into_iter().map(|a| a.outcome).collect()
+}
+
+async fn a_turn_fences_each_attempt_alone_and_settles_the_live_ones(t: TestStore) {
+    active_worker(&t, "w1").await;
+    active_worker(&t, "w2").await;
+    let ids = t
+        .store
+        .enqueue_all(&[job("default", 3), job("default", 2), job("default", 1), job("default", 0)])
+        .await
+        .unwrap();
+    // The first two claims expire and are recovered, so w1's answers for them are stale;
+    // w2 then takes the first job again, and w1's stale answer must not touch w2's attempt.
+    let expired = t.claim("default", "w1", Duration::from_secs(1), 2).await.unwrap();
+    let held = t.claim("default", "w1", LEASE, 2).await.unwrap();
+    t.advance(1_000);
+    assert_eq!(recover(&t).await, Recovery { released: 2, poisoned: 0 });
+    let taken_again = claim_one(&t, "w2").await.unwrap();
+    assert_eq!(taken_again.id, ids[0]);
+
+    let ok = AttemptReport::of(OutcomeKind::Ok);
+    let finished = [
+        Finished { job: &expired[0], report: ok.clone(), result: Some("0") },
+        Finished { job: &expired[1], report: failure(OutcomeKind::Trap), result: None },
+        Finished { job: &held[0], report: ok.clone(), result: Some("2") },
+        Finished { job: &held[1], report: failure(OutcomeKind::Exit), result: None },
+    ];
+    let turn = t.store.turn(&finished, None, &NO_BACKOFF).await.unwrap();
+    let now = t.now();
+    assert_eq!(turn.settled, [Settled::Stale, Settled::Stale, Settled::Completed, Settled::Retrying { run_at: now }]);
+
+    assert_eq!(t.store.job(&ids[0]).await.unwrap().unwrap().result, None, "the stale complete wrote no result");
+    let lost = Some("worker_lost".to_owned());
+    assert_eq!(history(&t, &ids[0]).await, [lost.clone(), None], "w2's attempt is still open");
+    assert_eq!(history(&t, &ids[1]).await, [lost]);
+    assert_eq!(history(&t, &ids[2]).await, [Some("ok".to_owned())]);
+    assert_eq!(history(&t, &ids[3]).await, [Some("exit".to_owned())]);
+    t.assert_counts_exact().await;
+}
+
+async fn output_with_nul_bytes_is_stored_visibly_and_settles_beside_the_others(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t.store.enqueue_all(&[job("default", 2), job("default", 1), job("default", 0)]).await.unwrap();
+    let held = t.claim("default", "w1", LEASE, 3).await.unwrap();
+    let nul_failure = AttemptReport {
+        message: Some("trap in \0guest"),
+        stderr: Some("a\0b"),
+        ..AttemptReport::of(OutcomeKind::Trap)
+    };
+    let ok = AttemptReport { stderr: Some("log\0line"), ..AttemptReport::of(OutcomeKind::Ok) };
+    let finished = [
+        Finished { job: &held[0], report: ok.clone(), result: Some("1") },
+        Finished { job: &held[1], report: nul_failure, result: None },
+        Finished { job: &held[2], report: ok, result: Some(r#""clean""#) },
+    ];
+    let turn = t.store.turn(&finished, None, &NO_BACKOFF).await.unwrap();
+    assert_eq!(turn.settled, [Settled::Completed, Settled::Retrying { run_at: t.now() }, Settled::Completed]);
+
+    let jobs = t.store.jobs(&[&ids[0], &ids[1], &ids[2]]).await.unwrap();
+    let by_id = |id: &str| jobs.iter().find(|job| job.job.id == id).unwrap();
+    let failed = &by_id(&ids[1]).attempt_history[0];
+    assert_eq!(failed.stderr.as_deref(), Some("a\u{2400}b"));
+    assert_eq!(failed.message.as_deref(), Some("trap in \u{2400}guest"));
+    assert_eq!(by_id(&ids[1]).job.last_error.as_deref(), Some("trap: trap in \u{2400}guest"));
+    assert_eq!(by_id(&ids[0]).attempt_history[0].stderr.as_deref(), Some("log\u{2400}line"));
+    assert_eq!(by_id(&ids[0]).result, Some(serde_json::json!(1)));
+    assert_eq!(by_id(&ids[2]).result, Some(serde_json::json!("clean")));
+    t.assert_counts_exact().await;
+}
+
+async fn a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token(t: TestStore) {
+    active_worker(&t, "w1").await;
+    // The first enqueue is ready a second later than the second one, so run_at and seq
+    // disagree: run_at must decide before seq does.
+    let late = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 0) }]).await.unwrap();
+    let late_urgent = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 5) }]).await.unwrap();
+    let early = t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0)]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { delay_ms: 60_000, ..job("default", 9) }, job("other", 9)]).await.unwrap();
+    t.advance(1_000);
+
+    let first = t.claim("default", "w1", LEASE, 3).await.unwrap();
+    let ids = |jobs: &[ClaimedJob]| jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), [early[1].clone(), late_urgent[0].clone(), early[0].clone()]);
+    assert!(first.iter().all(|j| j.token == first[0].token && j.attempt == 1), "{first:?}");
+    for claimed in &first {
+        let attempts = t.store.job(&claimed.id).await.unwrap().unwrap().attempt_history;
+        assert_eq!((attempts.len(), attempts[0].worker_id.as_str(), attempts[0].outcome.as_deref()), (1, "w1", None));
+    }
+
+    let rest = t.claim("default", "w1", LEASE, 10).await.unwrap();
+    assert_eq!(ids(&rest), [early[2].clone(), late[0].clone()], "the not-yet-ready job and the other pool stay");
+    assert_ne!(rest[0].token, first[0].token, "each claim has its own token");
+    assert!(t.claim("default", "w1", LEASE, 10).await.unwrap().is_empty());
+    t.assert_counts_exact().await;
+}
+
+async fn purge_deletes_the_attempt_history_of_the_jobs_it_deletes(t: TestStore) {
+    active_worker(&t, "w1").await;
+    t.store
+        .enqueue_all(&[job("default", 2), job("default", 1), NewJob { max_attempts: 1, ..job("default", 0) }])
+        .await
+        .unwrap();
+    let ok = AttemptReport::of(OutcomeKind::Ok);
+    let retried = claim_one(&t, "w1").await.unwrap();
+    t.fail(&retried, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap();
+    let retried = claim_one(&t, "w1").await.unwrap();
+    t.complete(&retried, "1", &ok).await.unwrap();
+    let once = claim_one(&t, "w1").await.unwrap();
+    t.complete(&once, "1", &ok).await.unwrap();
+    let poisoned = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(t.fail(&poisoned, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+    let attempts = "SELECT count(*) FROM attempts GROUP BY job_seq ORDER BY job_seq";
+    assert_eq!(t.counts(attempts).await, [2, 1, 1]);
+
+    t.advance(1);
+    assert_eq!(t.store.purge(Duration::ZERO, &[JobStatus::Completed]).await.unwrap(), 2);
+    assert_eq!(t.counts(attempts).await, [1], "only the poisoned job's attempt is left");
+    t.assert_counts_exact().await;
+}
+
+const STALE: Duration = Duration::from_secs(60);
+const GRACE: Duration = Duration::from_secs(30);
+
+fn worker(id: &str) -> NewWorker {
+    NewWorker { id: id.into(), pool: "default".into(), host: Some("here".into()), pid: Some(1) }
+}
+
+async fn a_silent_worker_is_reaped_and_its_job_released(t: TestStore) {
+    t.store.activate_worker(&worker("w1")).await.unwrap();
+    t.store
+        .enqueue_all(&[NewJob {
+            id: NewJob::new_id(),
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms: 0,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(t.claim("default", "w1", STALE * 10, 1).await.unwrap().len(), 1);
+
+    t.advance(millis(STALE));
+    assert!(
+        t.store.reap(None, STALE, GRACE, &NO_BACKOFF).await.unwrap().workers.is_empty(),
+        "exactly at the threshold it is alive"
+    );
+    t.advance(1);
+    let reaped = t.store.reap(None, STALE, GRACE, &NO_BACKOFF).await.unwrap();
+    assert_eq!(reaped.workers, ["w1"]);
+    assert_eq!(reaped.recovery, Recovery { released: 1, poisoned: 0 });
+    assert!(!t.store.heartbeat("w1", STALE).await.unwrap(), "a lost worker is told to stop");
+    assert!(t.claim("default", "w1", STALE, 1).await.unwrap().is_empty(), "a lost worker cannot claim");
+    assert!(t.store.activate_worker(&worker("w1")).await.is_err(), "a lost id cannot come back");
+}
+
+async fn heartbeats_keep_a_worker_and_its_leases_alive(t: TestStore) {
+    t.store.activate_worker(&worker("w1")).await.unwrap();
+    t.store
+        .enqueue_all(&[NewJob {
+            id: NewJob::new_id(),
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms: 0,
+        }])
+        .await
+        .unwrap();
+    t.claim("default", "w1", STALE, 1).await.unwrap();
+    for _ in 0..10 {
+        t.advance(millis(STALE) / 2);
+        assert!(t.store.heartbeat("w1", STALE).await.unwrap());
+        let reaped = t.store.reap(None, STALE, GRACE, &NO_BACKOFF).await.unwrap();
+        assert_eq!(reaped, Reaped::default(), "nothing is reaped while heartbeats arrive");
+    }
+    assert_eq!(t.store.status(None).await.unwrap().jobs.claimed, 1);
+}
+
+async fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace(t: TestStore) {
+    t.store
+        .enqueue_all(&[NewJob {
+            id: NewJob::new_id(),
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 3,
+            delay_ms: 0,
+        }])
+        .await
+        .unwrap();
+    let planned = t.store.plan_workers(&plan("default", 1)).await.unwrap().new_workers;
+    assert_eq!(t.store.status(None).await.unwrap().workers.starting, 1);
+    t.advance(millis(GRACE) + 1);
+    assert_eq!(t.store.reap(None, STALE, GRACE, &NO_BACKOFF).await.unwrap().workers, planned);
+    let workers = t.store.status(None).await.unwrap().workers;
+    assert_eq!((workers.starting, workers.lost), (0, 1));
+}
+
+async fn plan_workers_counts_starting_workers_and_never_overspawns(t: TestStore) {
+    let new = NewJob {
+        id: NewJob::new_id(),
+        pool: "default".into(),
+        processor: "echo".into(),
+        payload: "{}".into(),
+        priority: 0,
+        max_attempts: 3,
+        delay_ms: 0,
+    };
+    t.store
+        .enqueue_all(&(0..5).map(|_| NewJob { id: NewJob::new_id(), ..new.clone() }).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let first = t.store.plan_workers(&plan("default", 3)).await.unwrap();
+    assert_eq!(
+        (first.queue_depth, first.live_workers, first.workers_needed, first.new_workers.len()),
+        (3, 0, 3, 3),
+        "ready jobs are counted only as far as they could change the plan"
+    );
+    let second = t.store.plan_workers(&plan("default", 3)).await.unwrap();
+    assert_eq!((second.live_workers, second.new_workers.len()), (3, 0), "starting workers count as live");
+    assert_eq!(t.store.plan_workers(&plan("default", 4)).await.unwrap().new_workers.len(), 1);
+    assert_eq!(t.store.plan_workers(&plan("empty", 4)).await.unwrap(), WorkerPlan::default());
+}
+
+async fn plan_workers_fills_each_hosts_own_slots_and_counts_the_others_workers(t: TestStore) {
+    let jobs: Vec<NewJob> = (0..3).map(|_| job("default", 0)).collect();
+    t.store.enqueue_all(&jobs).await.unwrap();
+    let on = |host| PlanRequest { host, ..plan("default", 2) };
+    let a = t.store.plan_workers(&on("a")).await.unwrap();
+    assert_eq!((a.live_workers, a.workers_needed, a.new_workers.len()), (0, 2, 2), "{a:?}");
+    let b = t.store.plan_workers(&on("b")).await.unwrap();
+    assert_eq!(
+        (b.live_workers, b.live_here, b.new_workers.len()),
+        (2, 0, 1),
+        "b covers only the job a does not: {b:?}"
+    );
+    assert_eq!(t.store.plan_workers(&on("b")).await.unwrap().new_workers.len(), 0);
+    assert_eq!(t.store.plan_workers(&on("a")).await.unwrap().new_workers.len(), 0);
+
+    let more: Vec<NewJob> = (0..10).map(|_| job("default", 0)).collect();
+    t.store.enqueue_all(&more).await.unwrap();
+    let b = t.store.plan_workers(&on("b")).await.unwrap();
+    assert_eq!((b.live_here, b.workers_needed, b.new_workers.len()), (1, 2, 1), "b stops at its own slots: {b:?}");
+}
+
+async fn status_counts_jobs_and_workers_and_the_ready_backlog(t: TestStore) {
+    let new = |delay_ms| NewJob {
+        id: NewJob::new_id(),
+        pool: "default".into(),
+        processor: "echo".into(),
+        payload: "{}".into(),
+        priority: 0,
+        max_attempts: 3,
+        delay_ms,
+    };
+    t.store.enqueue_all(&[new(0), new(0), new(60_000)]).await.unwrap();
+    t.advance(250);
+    t.store.activate_worker(&worker("w1")).await.unwrap();
+    t.claim("default", "w1", STALE, 1).await.unwrap();
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!(status.jobs, JobCounts { pending: 2, claimed: 1, ..JobCounts::default() });
+    assert_eq!((status.ready, status.oldest_ready_age_ms), (1, Some(250)));
+    assert_eq!(status.workers.active, 1);
+    assert_eq!(t.store.status(Some("other")).await.unwrap(), StatusSnapshot::default());
+
+    // Each pool's backlog is its own: a delayed job elsewhere is not subtracted here.
+    let elsewhere = |delay_ms| NewJob { pool: "other".into(), ..new(delay_ms) };
+    t.store.enqueue_all(&[elsewhere(10), elsewhere(90_000), elsewhere(90_000)]).await.unwrap();
+    t.advance(100);
+    let other = t.store.status(Some("other")).await.unwrap();
+    assert_eq!((other.jobs.pending, other.ready, other.oldest_ready_age_ms), (3, 1, Some(90)));
+    let default = t.store.status(Some("default")).await.unwrap();
+    assert_eq!((default.jobs.pending, default.ready, default.oldest_ready_age_ms), (2, 1, Some(350)));
+    let all = t.store.status(None).await.unwrap();
+    assert_eq!((all.jobs.pending, all.ready, all.oldest_ready_age_ms), (5, 2, Some(350)));
+    t.assert_counts_exact().await;
+}
+
+async fn listing_filters_and_pages_through_every_job_once(t: TestStore) {
+    let mut queued = Vec::new();
+    for n in 0..7 {
+        let processor = if n % 2 == 0 { "echo" } else { "other" };
+        queued
+            .extend(t.store.enqueue_all(&[NewJob { processor: processor.into(), ..job("default", 0) }]).await.unwrap());
+        t.advance(1_000);
+    }
+    let since = t.now() - 3_000;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let jobs = t.store.list_jobs(&JobFilter { matching: JobMatch::default(), after, limit: 3 }).await.unwrap();
+        let Some(last) = jobs.last() else { break };
+        after = Some(last.cursor());
+        seen.extend(jobs.iter().map(|job| job.id.clone()));
+    }
+    queued.reverse();
+    assert_eq!(seen, queued, "newest first, every job once across pages");
+    assert_eq!(Cursor::from_token(&after.unwrap().token()), after, "a cursor survives its round trip as a token");
+
+    let echo = t
+        .store
+        .list_jobs(&JobFilter {
+            matching: JobMatch { processor: Some("echo"), ..JobMatch::default() },
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(echo.len(), 4);
+    assert!(echo.iter().all(|job| job.processor == "echo"));
+    let recent = JobMatch { created_after: Some(since), ..JobMatch::default() };
+    assert_eq!(t.store.list_jobs(&JobFilter { matching: recent, after: None, limit: 10 }).await.unwrap().len(), 3);
+    let older = JobMatch { created_before: Some(since), pool: Some("default"), ..JobMatch::default() };
+    assert_eq!(t.store.list_jobs(&JobFilter { matching: older, after: None, limit: 10 }).await.unwrap().len(), 4);
+    let none = JobMatch { status: Some(JobStatus::Completed), ..JobMatch::default() };
+    assert!(t.store.list_jobs(&JobFilter { matching: none, after: None, limit: 10 }).await.unwrap().is_empty());
+}
+
+async fn bulk_retry_and_cancel_act_on_the_matching_jobs_in_the_right_status(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t
+        .store
+        .enqueue_all(&[
+            NewJob { max_attempts: 1, ..job("default", 9) },
+            NewJob { max_attempts: 1, processor: "other".into(), ..job("default", 8) },
+            job("default", 0),
+            job("default", 0),
+        ])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let claimed = claim_one(&t, "w1").await.unwrap();
+        assert_eq!(t.fail(&claimed, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+    }
+    let echo = JobMatch { processor: Some("echo"), ..JobMatch::default() };
+    assert_eq!(t.store.cancel_matching(&echo).await.unwrap(), 2, "only the pending jobs are cancelled");
+    assert_eq!(t.store.cancel_matching(&echo).await.unwrap(), 0);
+    assert_eq!(t.store.retry_matching(&echo).await.unwrap(), 3, "the poisoned and the cancelled echo jobs");
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!((status.jobs.pending, status.jobs.poisoned, status.jobs.cancelled), (3, 1, 0));
+    assert_eq!(t.store.job(&ids[1]).await.unwrap().unwrap().job.status, JobStatus::Poisoned);
+    let poisoned = JobMatch { status: Some(JobStatus::Poisoned), ..JobMatch::default() };
+    assert_eq!(t.store.retry_matching(&poisoned).await.unwrap(), 1);
+    let pending = JobMatch { status: Some(JobStatus::Pending), ..JobMatch::default() };
+    assert_eq!(t.store.retry_matching(&pending).await.unwrap(), 0, "a pending job is not retried");
+    t.assert_counts_exact().await;
+}
+
+async fn job_statuses_and_jobs_answer_for_many_ids_at_once(t: TestStore) {
+    let ids = t.store.enqueue_all(&[job("default", 0), job("default", 0)]).await.unwrap();
+    t.store.cancel_job(&ids[1]).await.unwrap();
+    let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    asked.push("no-such-id");
+    let mut found = t.store.job_statuses(&asked).await.unwrap();
+    found.sort_by_key(|(id, _)| ids.iter().position(|known| known == id));
+    assert_eq!(found, vec![(ids[0].clone(), JobStatus::Pending), (ids[1].clone(), JobStatus::Cancelled)]);
+    assert!(t.store.job_statuses(&[]).await.unwrap().is_empty());
+
+    active_worker(&t, "w1").await;
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    t.complete(&claimed, r#"{"ok":1}"#, &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    let mut details = t.store.jobs(&asked).await.unwrap();
+    details.sort_by_key(|detail| ids.iter().position(|known| *known == detail.job.id));
+    assert_eq!(details.len(), 2, "one read for many jobs, the unknown id left out");
+    assert_eq!(details[0].result, Some(serde_json::json!({"ok": 1})));
+    assert_eq!(details[0].attempt_history.len(), 1, "each job with its own history");
+    assert!(details[1].attempt_history.is_empty());
+}
+
+/// Fails `attempts` attempts of the job alone in `pool`.
+async fn fail_attempts(t: &TestStore, pool: &str, attempts: u32) {
+    for _ in 0..attempts {
+        let claimed = t.claim(pool, "w1", LEASE, 1).await.unwrap().pop().expect("the job is ready again");
+        t.fail(&claimed, &failure(OutcomeKind::Exit), &NO_BACKOFF).await.unwrap();
+    }
+}
+
+fn numbers(attempts: &[AttemptRecord]) -> Vec<u32> {
+    attempts.iter().map(|attempt| attempt.attempt).collect()
+}
+
+async fn a_job_shows_its_latest_attempts_and_pages_through_the_older_ones(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let ids = t
+        .store
+        .enqueue_all(&[
+            NewJob { max_attempts: 100, ..job("many", 0) },
+            NewJob { max_attempts: 100, ..job("exactly", 0) },
+            NewJob { max_attempts: 100, ..job("none", 0) },
+        ])
+        .await
+        .unwrap();
+    fail_attempts(&t, "many", 45).await;
+    fail_attempts(&t, "exactly", RECENT_ATTEMPTS).await;
+    let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut details = t.store.jobs(&asked).await.unwrap();
+    details.sort_by_key(|detail| ids.iter().position(|known| *known == detail.job.id));
+    let (many, exactly, none) = (&details[0], &details[1], &details[2]);
+    assert_eq!(numbers(&many.attempt_history), (26..=45).collect::<Vec<_>>(), "the latest, oldest first");
+    assert_eq!(many.job.attempts, 45, "the job still says how many there are");
+    assert_eq!(numbers(&exactly.attempt_history), (1..=RECENT_ATTEMPTS).collect::<Vec<_>>());
+    assert_eq!(exactly.older_attempts, None, "all of them fit");
+    assert!(none.attempt_history.is_empty() && none.older_attempts.is_none());
+
+    // The older ones, a page at a time from where the detail stopped, newest first.
+    let mut before = many.older_attempts;
+    assert!(before.is_some(), "older attempts are announced");
+    let mut pages = Vec::new();
+    while let Some(cursor) = before {
+        let page = t.store.attempts(&ids[0], &AttemptPage { before: Some(cursor), limit: 10 }).await.unwrap().unwrap();
+        before = (page.len() == 10).then(|| page.last().unwrap().cursor());
+        pages.push(numbers(&page));
+    }
+    let expected: Vec<Vec<u32>> = vec![(16..=25).rev().collect(), (6..=15).rev().collect(), (1..=5).rev().collect()];
+    assert_eq!(pages, expected);
+    let first = t.store.attempts(&ids[0], &AttemptPage { before: None, limit: 3 }).await.unwrap().unwrap();
+    assert_eq!(numbers(&first), [45, 44, 43], "without a cursor, the newest");
+    assert_eq!(first[0].outcome.as_deref(), Some("exit"), "whole records");
+    let empty = t.store.attempts(&ids[2], &AttemptPage { before: None, limit: 3 }).await.unwrap();
+    assert_eq!(empty.map(|page| page.len()), Some(0), "a job with no attempts has an empty page");
+    assert!(t.store.attempts("no-such-id", &AttemptPage { before: None, limit: 3 }).await.unwrap().is_none());
+}
+
+async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {
+    t.store
+        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { delay_ms: 60_000, ..job("later", 0) }])
+        .await
+        .unwrap();
+    t.store
+        .activate_worker(&NewWorker { id: "w1".into(), pool: "default".into(), host: Some("box".into()), pid: Some(7) })
+        .await
+        .unwrap();
+    let held = claim_one(&t, "w1").await.unwrap();
+    active_worker(&t, "w2").await;
+    t.store.deregister_worker("w2").await.unwrap();
+
+    let pools = t.store.pools().await.unwrap();
+    let names: Vec<&str> = pools.iter().map(|pool| pool.pool.as_str()).collect();
+    assert_eq!(names, ["default", "later"]);
+    assert_eq!((pools[0].jobs.pending, pools[0].jobs.claimed, pools[0].ready), (1, 1, 1));
+    assert_eq!((pools[1].jobs.pending, pools[1].ready, pools[1].oldest_ready_age_ms), (1, 0, None));
+
+    let workers = t.store.workers(&WorkerFilter { limit: 10, ..WorkerFilter::default() }).await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert_eq!((workers[0].id.as_str(), workers[0].status.as_str()), ("w1", "active"), "live workers come first");
+    assert_eq!((workers[0].host.as_deref(), workers[0].pid), (Some("box"), Some(7)));
+    assert_eq!(workers[0].current_jobs, [held.id]);
+    assert_eq!((workers[1].status.as_str(), workers[1].current_jobs.len()), ("terminated", 0));
+    let ended = WorkerFilter { status: Some("terminated"), limit: 10, ..WorkerFilter::default() };
+    assert_eq!(t.store.workers(&ended).await.unwrap().len(), 1);
+}
+
+async fn activity_counts_enqueues_and_attempts_and_survives_purge_and_folding(t: TestStore) {
+    active_worker(&t, "w1").await;
+    t.store
+        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { max_attempts: 1, ..job("default", 0) }])
+        .await
+        .unwrap();
+    let fast = AttemptReport { fuel_used: Some(50_000), duration_ms: Some(3), ..AttemptReport::of(OutcomeKind::Ok) };
+    for _ in 0..2 {
+        let claimed = claim_one(&t, "w1").await.unwrap();
+        t.complete(&claimed, "1", &fast).await.unwrap();
+    }
+    let slow = AttemptReport { duration_ms: Some(20_000), ..failure(OutcomeKind::Trap) };
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    t.fail(&claimed, &slow, &NO_BACKOFF).await.unwrap();
+
+    let key = || ("default".to_string(), "echo".to_string());
+    let check = |activity: &Activity, chart_minutes: usize| {
+        assert_eq!(activity.enqueued[&key()], 3);
+        assert_eq!(activity.attempts[&("default".into(), "echo".into(), "ok".into())], 2);
+        assert_eq!(activity.attempts[&("default".into(), "echo".into(), "trap".into())], 1);
+        let durations = &activity.durations[&key()];
+        assert_eq!((durations.count, durations.sum), (3, 20_006));
+        assert_eq!(durations.buckets[0], 2, "3 ms is in the first bucket");
+        assert_eq!(durations.buckets[11], 1, "20 s is in the bucket up to 30 s");
+        let fuel = &activity.fuel[&key()];
+        assert_eq!((fuel.count, fuel.buckets[1]), (2, 2), "fuel counts only the attempts that measured it");
+        assert_eq!(activity.per_minute.len(), chart_minutes);
+    };
+    let activity = t.store.activity().await.unwrap();
+    check(&activity, 1);
+    assert_eq!(activity.per_minute.values().next(), Some(&(2, 1)));
+
+    t.advance(2 * 3_600_000);
+    recover(&t).await;
+    assert_eq!(
+        t.counts("SELECT count(*) FROM activity WHERE minute > 0").await,
+        [0],
+        "reaping folded the old minutes, with no one reading them"
+    );
+    assert_eq!(t.store.purge(Duration::from_secs(60), &JobStatus::ALL).await.unwrap(), 3);
+    let later = t.store.activity().await.unwrap();
+    check(&later, 0);
+    assert_eq!(t.store.activity().await.unwrap(), later, "folding old minutes keeps every count");
+}
