@@ -438,6 +438,32 @@ fn a_worker_declared_lost_stops_and_exits_with_a_failure(backend: Backend) {
     assert_eq!(summary["status"], "lost", "{summary}");
 }
 
+/// A lost worker's jobs are another worker's: it drops them as soon as it learns it was
+/// declared lost, rather than running a 60 s job to its 30 s deadline for nothing.
+fn a_worker_declared_lost_drops_its_jobs_in_flight_at_once(backend: Backend) {
+    let pool = Pool::on(backend, FAST_LIFECYCLE);
+    pool.ok(&["seed", "--payload", r#"{"delay_ms": 60000}"#]);
+    let mut worker = pool.spawn(&["work", "--worker-id", "overtaken"]);
+    let log = stderr_lines(&mut worker);
+    pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
+    signal(&worker, libc::SIGSTOP);
+    let start = Instant::now();
+    while pool.json(&["reap", "--stale-after", "1s"])["reaped_count"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the stopped worker was never reaped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&worker, libc::SIGCONT);
+    wait_for_line(&log, "dropping the jobs in flight");
+    let mut exit = None;
+    wait_until(Duration::from_secs(10), "the lost worker to exit", || {
+        exit = worker.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert_eq!(exit.unwrap().code(), Some(1), "{exit:?}");
+    let job = job_by_payload(&pool, r#"{"delay_ms":60000}"#);
+    assert_eq!((job["status"].as_str(), outcomes(&job)), (Some("pending"), vec!["worker_lost".to_owned()]));
+}
+
 #[test]
 fn a_worker_whose_database_is_replaced_stops_claiming_and_fails() {
     let pool = Pool::new(FAST_LIFECYCLE);
@@ -483,6 +509,7 @@ on_both_backends!(
     a_second_sigterm_exits_130_at_once_and_leaves_the_job_to_the_reaper,
     chaos_kills_lose_no_job_and_complete_none_twice,
     a_worker_declared_lost_stops_and_exits_with_a_failure,
+    a_worker_declared_lost_drops_its_jobs_in_flight_at_once,
 );
 
 /// On PostgreSQL, time is the server's: a worker whose own clock is an hour behind writes

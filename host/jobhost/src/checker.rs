@@ -27,6 +27,7 @@ use jobhost_sandbox::processors::Registry;
 use jobhost_store::{Access, ErrorKind, PlanRequest, RetryPolicy, Store, StoreError};
 
 use crate::settings::CheckSettings;
+use crate::shutdown::{self, Stage};
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -51,9 +52,8 @@ pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
     let sandbox = Sandbox::new(1)?;
     let _compiling_ahead = Arc::new(Registry::new(config, &sandbox)).start_compiling_ahead();
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let (trigger, mut shutdown) = shutdown::channel();
+    shutdown::on_signals(trigger)?;
     let mut children = Vec::new();
     loop {
         match check_round(&store, config, &args).await {
@@ -70,8 +70,7 @@ pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
         children.retain_mut(|child: &mut Child| matches!(child.try_wait(), Ok(None)));
         tokio::select! {
             _ = tokio::time::sleep(config.checker.interval.0) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = shutdown.reached(Stage::Draining) => break,
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ pub mod output;
 pub mod reaper;
 pub mod serve;
 pub mod settings;
+pub mod shutdown;
 pub mod worker;
 
 use std::process::ExitCode;

@@ -13,15 +13,16 @@
 //!   jobs arrive;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
-//! - the first SIGTERM/SIGINT stops claiming and lets in-flight jobs finish within their
-//!   deadlines; a second one exits at once (the reaper recovers what was held).
+//! - it stops through one [`Shutdown`]: the first SIGTERM/SIGINT stops claiming and lets
+//!   in-flight jobs finish within their deadlines, a second one exits at once (the reaper
+//!   recovers what was held), and when the heartbeat learns that the reaper declared this
+//!   worker lost, the jobs in flight are dropped at once: they are another worker's now.
 //!
 //! Every complete/fail is fenced on the claim: if the reaper gave the job away meanwhile,
 //! the late answer changes nothing and is logged.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 
 use anyhow::{Context, Result};
@@ -39,6 +40,7 @@ use jobhost_store::{
 
 use crate::output::LineSink;
 use crate::settings::WorkSettings;
+use crate::shutdown::{self, Shutdown, Stage, Trigger};
 
 /// What became of one job, printed as a JSON line with `--json`.
 #[derive(Debug, Serialize)]
@@ -92,8 +94,8 @@ struct Worker {
     concurrency: u32,
     max_jobs: Option<u64>,
     json: bool,
-    /// Set by the heartbeat thread when this worker must stop claiming, and why.
-    stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    /// When to stop claiming, and when to drop the jobs in flight too.
+    shutdown: Shutdown,
     /// The `--json` lines; they stop (and the worker goes on) if the reader goes away.
     out: LineSink,
 }
@@ -105,6 +107,17 @@ enum StopReason {
     Lost,
     /// The database file was deleted or replaced under the worker.
     DatabaseReplaced(String),
+}
+
+impl StopReason {
+    /// How far the worker stops: a lost worker drops its jobs at once; one whose database
+    /// was replaced only stops claiming.
+    fn stage(&self) -> Stage {
+        match self {
+            StopReason::Lost => Stage::Abandoning,
+            StopReason::DatabaseReplaced(_) => Stage::Draining,
+        }
+    }
 }
 
 pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
@@ -134,6 +147,8 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
         tracing::warn!("{warning}");
     }
     let stop_reason = Arc::new(std::sync::Mutex::new(None));
+    let (trigger, shutdown) = shutdown::channel();
+    shutdown::on_signals(trigger.clone())?;
     let fingerprint = store.fingerprint();
     let registry = Arc::new(Registry::new(config, &sandbox));
     // A worker that stays for more than one job compiles new and changed processors as they
@@ -148,11 +163,11 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
         concurrency,
         max_jobs,
         json: args.json,
-        stop_reason: stop_reason.clone(),
+        shutdown,
         out: LineSink::default(),
     };
 
-    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, stop_reason.clone())?;
+    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, stop_reason.clone(), trigger)?;
     // One thread (the command's current-thread runtime): store calls run between guest runs,
     // with no hand-offs between threads. A worker uses one core; `jobhost check` starts one
     // worker per core.
@@ -203,21 +218,13 @@ impl Worker {
     /// Each turn of the loop is one write transaction: it records every job that finished
     /// since the last turn and claims as many new ones as there are free slots.
     async fn work_loop(&mut self) -> Result<Summary> {
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop_notify = Arc::new(tokio::sync::Notify::new());
-        // The handlers are installed here, before the first claim, not when the task first
-        // runs: a SIGTERM in between would otherwise kill the worker holding a job.
-        let signals = Signals::install()?;
-        tokio::spawn(watch_signals(signals, stopping.clone(), stop_notify.clone()));
-
         let mut summary = Summary::default();
         let mut in_flight: JoinSet<FinishedRun> = JoinSet::new();
         let mut finished: Vec<FinishedRun> = Vec::new();
         let mut claimed_total: u64 = 0;
         loop {
-            let may_claim = !stopping.load(Ordering::SeqCst)
-                && self.stop_reason.lock().expect("never poisoned").is_none()
-                && self.max_jobs.is_none_or(|max| claimed_total < max);
+            let may_claim =
+                self.shutdown.stage() == Stage::Running && self.max_jobs.is_none_or(|max| claimed_total < max);
             let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
             let want = match self.max_jobs {
                 _ if !may_claim => 0,
@@ -249,7 +256,13 @@ impl Worker {
                         finished.push(done.context("a job task panicked")?);
                     }
                 }
-                _ = stop_notify.notified() => {}
+                () = self.shutdown.reached(Stage::Abandoning) => {
+                    // Dropping the set cancels every run at its next yield (guests yield at
+                    // every epoch tick); what they would have reported is no longer ours.
+                    tracing::warn!(jobs = in_flight.len(), "dropping the jobs in flight");
+                    in_flight.abort_all();
+                    break;
+                }
             }
             while let Some(done) = in_flight.try_join_next() {
                 finished.push(done.context("a job task panicked")?);
@@ -353,39 +366,6 @@ async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> FinishedRun {
     FinishedRun { job, report }
 }
 
-/// The worker's SIGTERM and SIGINT streams.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
-        })
-    }
-}
-
-/// First signal: stop claiming. Second: exit at once.
-async fn watch_signals(mut signals: Signals, stopping: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>) {
-    for round in 0.. {
-        tokio::select! {
-            _ = signals.term.recv() => {}
-            _ = signals.int.recv() => {}
-        }
-        if round > 0 {
-            tracing::warn!("second signal: exiting now; the reaper will recover the jobs still held");
-            std::process::exit(130);
-        }
-        tracing::info!("signal received: finishing the jobs in flight, claiming no more");
-        stopping.store(true, Ordering::SeqCst);
-        notify.notify_waiters();
-    }
-}
-
 /// The heartbeat thread: renews the worker's liveness and its jobs' leases on a fixed
 /// schedule, with its own connection so job work never delays it.
 struct Heartbeat {
@@ -399,6 +379,7 @@ impl Heartbeat {
         worker_id: &str,
         fingerprint: Fingerprint,
         stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+        trigger: Trigger,
     ) -> Result<Heartbeat> {
         let database = config.database.clone();
         let interval = config.worker.heartbeat_interval.0;
@@ -441,6 +422,7 @@ impl Heartbeat {
                     }
                 };
                 tracing::error!(worker_id, "stopping: {stop:?}; claiming no more jobs");
+                trigger.advance(stop.stage());
                 *stop_reason.lock().expect("never poisoned") = Some(stop);
                 return;
             }

@@ -501,7 +501,7 @@ pub async fn get_job(
     if let Some(wait) = wait
         && !job.job.status.is_finished()
     {
-        return match app.watcher.wait(&id, wait, app.stopping.clone()).await? {
+        return match app.watcher.wait(&id, wait, app.shutdown.clone()).await? {
             Some(finished) => Ok(Json(JobView::from(JobDetail::clone(&finished)))),
             None => Ok(Json(app.job(&id).await?)),
         };

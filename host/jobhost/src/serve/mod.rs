@@ -32,12 +32,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use tokio::sync::watch as signal_watch;
 use tower_http::timeout::TimeoutLayer;
 
 use jobhost_core::config::Config;
 use jobhost_sandbox::Sandbox;
 use jobhost_store::{Access, Store};
+
+use crate::shutdown::{self, Shutdown, Stage};
 
 use error::ApiError;
 
@@ -53,8 +54,8 @@ pub struct App {
     /// Store operations made so far (a counter in /metrics): the figure that shows the
     /// long-poll watcher's cost does not grow with its waiters.
     queries: AtomicU64,
-    /// Becomes true when the server starts shutting down.
-    stopping: signal_watch::Receiver<bool>,
+    /// When the server starts shutting down (long-polls answer at once then).
+    shutdown: Shutdown,
     /// Loads processors for the processors listing (compiling them, or reading the cache).
     sandbox: Sandbox,
     processor_listing: api::ProcessorListing,
@@ -88,7 +89,7 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         format!("cannot listen on {address}: is another server using it? pick another with --listen")
     })?;
     let max_connections = raise_open_files_limit(serve.max_connections, config);
-    let (stop, stopping) = signal_watch::channel(false);
+    let (trigger, mut shutdown) = shutdown::channel();
     let connections = Arc::new(connections::Connections::new(max_connections));
     let app = Arc::new(App {
         store,
@@ -96,7 +97,7 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         auth: auth::Auth::new(tokens, serve.read_only),
         watcher: watch::Watcher::new(serve.waiters_for(max_connections)),
         queries: AtomicU64::new(0),
-        stopping,
+        shutdown: shutdown.clone(),
         sandbox: Sandbox::new(1)?,
         processor_listing: api::ProcessorListing::default(),
         connections: connections.clone(),
@@ -108,12 +109,11 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     let router = router(app.clone());
     // Listening for the signals starts before the server says it is up, so a SIGTERM sent
     // as soon as it is up is a clean shutdown, not the default death.
-    let shutdown = shutdown_signal()?;
+    shutdown::on_signals(trigger)?;
     crate::outln!("listening on http://{}", listener.local_addr()?)?;
     tracing::info!(%address, token = app.auth.has_token(), read_only = serve.read_only, "serving");
 
     let settings = connections::Settings { max_body: serve.max_body.0, write_timeout: serve.write_timeout.0 };
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -125,11 +125,11 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = shutdown.reached(Stage::Draining) => break,
         };
         let connection = tokio::select! {
             connection = connections.admit() => connection,
-            () = &mut shutdown => break,
+            () = shutdown.reached(Stage::Draining) => break,
         };
         // Each request learns the address it came from (wrong tokens are counted per client).
         let routed = hyper_util::service::TowerToHyperService::new(router.clone());
@@ -139,8 +139,8 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         });
         tokio::spawn(connection.serve(stream, service, settings.clone()));
     }
+    tracing::info!("shutting down: finishing requests in flight");
     drop(listener);
-    let _ = stop.send(true);
     connections.close_all();
     tokio::select! {
         () = connections.all_closed() => {}
@@ -178,20 +178,6 @@ fn raise_open_files_limit(wanted: u32, config: &Config) -> u32 {
         );
     }
     fitting
-}
-
-/// Resolves at the first SIGTERM or SIGINT; the handlers are installed by this call.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::info!("shutting down: finishing requests in flight");
-    })
 }
 
 fn router(app: Arc<App>) -> Router {

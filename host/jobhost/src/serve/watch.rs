@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 
 use jobhost_store::{JobDetail, Store};
 
 use super::error::ApiError;
+use crate::shutdown::{Shutdown, Stage};
 
 /// How often the watcher looks while someone waits: the most a waiter waits past its job's end.
 const TICK: Duration = Duration::from_millis(100);
@@ -57,15 +58,15 @@ impl Watcher {
         }
     }
 
-    /// Waits until job `id` has finished, `wait` has passed, or `stopping` turns true (the
-    /// server is shutting down). Returns the finished job; `None` means the caller should
+    /// Waits until job `id` has finished, `wait` has passed, or the server starts shutting
+    /// down. Returns the finished job; `None` means the caller should
     /// read the job as it is now (unfinished, or purged meanwhile). With `serve.max_waiters`
     /// waiting already, refuses at once with 503.
     pub async fn wait(
         &self,
         id: &str,
         wait: Duration,
-        mut stopping: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) -> Result<Option<Arc<JobDetail>>, ApiError> {
         let max = self.max_waiters;
         if self
@@ -90,7 +91,7 @@ impl Watcher {
         Ok(tokio::select! {
             finished = told => finished.ok(),
             () = tokio::time::sleep(wait) => None,
-            _ = stopping.wait_for(|stopping| *stopping) => None,
+            () = shutdown.reached(Stage::Draining) => None,
         })
     }
 
