@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::error::{CmdError, ErrorStatus};
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use support::Pool;
+use webdriver::{CmdError, Session};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -120,8 +118,7 @@ impl Drop for Driver {
 /// Waits poll the DOM until a condition holds or [`PAGE_DEADLINE`] passes, then fail with the
 /// URL and the page's `<main>`.
 struct Browser {
-    runtime: tokio::runtime::Runtime,
-    client: Option<Client>,
+    session: Session,
     shots: PathBuf,
     // Dropped after the session is closed: the driver, then its scratch folder and profile.
     _driver: Driver,
@@ -145,31 +142,23 @@ impl Browser {
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
             "timeouts": {"pageLoad": 15_000, "script": 5_000, "implicit": 0},
         });
-        let Value::Object(capabilities) = capabilities else { unreachable!() };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-        let client = runtime
-            .block_on(ClientBuilder::new(HttpConnector::new()).capabilities(capabilities).connect(&driver.url))
-            .unwrap_or_else(|e| {
-                panic!("ChromeDriver could not start {CHROMIUM}: {e}\nthe end of its log:\n{}", driver.log_text())
-            });
-        Browser { runtime, client: Some(client), shots, _driver: driver, _scratch: scratch }
-    }
-
-    fn client(&self) -> &Client {
-        self.client.as_ref().expect("the session is open")
+        let session = Session::start(&driver.url, capabilities).unwrap_or_else(|e| {
+            panic!("ChromeDriver could not start {CHROMIUM}: {e}\nthe end of its log:\n{}", driver.log_text())
+        });
+        Browser { session, shots, _driver: driver, _scratch: scratch }
     }
 
     fn goto(&self, url: &str) {
-        self.runtime.block_on(self.client().goto(url)).unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        self.session.goto(url).unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
     }
 
     fn path(&self) -> String {
-        self.runtime.block_on(self.client().current_url()).expect("the current URL").path().to_owned()
+        self.session.path().expect("the current URL")
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     fn script(&self, script: &str, args: Vec<Value>) -> Result<Value, CmdError> {
-        self.runtime.block_on(self.client().execute(script, args))
+        self.session.execute(script, args)
     }
 
     /// The trimmed text of the first element `css` matches, if any.
@@ -236,23 +225,17 @@ impl Browser {
     }
 
     fn wait_for_path(&self, expected: &str) {
-        self.wait_for(&format!("the page at {expected}"), |b| {
-            Ok(b.runtime.block_on(b.client().current_url())?.path() == expected)
-        });
+        self.wait_for(&format!("the page at {expected}"), |b| Ok(b.session.path()? == expected));
     }
 
     /// Clicks the first element `css` matches once it is there; a live refresh may replace it
     /// between finding and clicking, which only means finding it again.
     fn click(&self, css: &str) {
         self.wait_for(&format!("{css} to be clicked"), |b| {
-            let clicked = b.runtime.block_on(async { b.client().find(Locator::Css(css)).await?.click().await });
+            let clicked = b.session.find(css).and_then(|element| b.session.click(&element));
             match clicked {
                 Ok(()) => Ok(true),
-                Err(CmdError::Standard(e))
-                    if matches!(e.error, ErrorStatus::NoSuchElement | ErrorStatus::StaleElementReference) =>
-                {
-                    Ok(false)
-                }
+                Err(e) if e.is_gone_element() => Ok(false),
                 Err(e) => b.fail(&format!("cannot click {css}: {e}")),
             }
         });
@@ -260,17 +243,16 @@ impl Browser {
 
     /// Replaces the text of the field `css` with `text`, typed key by key.
     fn type_into(&self, css: &str, text: &str) {
-        let typed = self.runtime.block_on(async {
-            let field = self.client().find(Locator::Css(css)).await?;
-            field.clear().await?;
-            field.send_keys(text).await
+        let typed = self.session.find(css).and_then(|field| {
+            self.session.clear(&field)?;
+            self.session.send_keys(&field, text)
         });
         typed.unwrap_or_else(|e| self.fail(&format!("cannot type into {css}: {e}")));
     }
 
     /// Saves what the browser shows as `<page>.png` in this test's screenshots folder.
     fn screenshot(&self, page: &str) {
-        let png = self.runtime.block_on(self.client().screenshot()).expect("a screenshot");
+        let png = self.session.screenshot().expect("a screenshot");
         std::fs::write(self.shots.join(format!("{page}.png")), png).expect("save the screenshot");
     }
 
@@ -278,7 +260,7 @@ impl Browser {
     /// the whole document when it has none).
     fn fail(&self, message: &str) -> ! {
         const SHOWN: usize = 4_000;
-        let url = self.runtime.block_on(self.client().current_url()).map_or_else(|e| e.to_string(), |u| u.to_string());
+        let url = self.session.url().unwrap_or_else(|e| e.to_string());
         let html = self
             .script("const e = document.querySelector('main') || document.documentElement; return e.outerHTML;", vec![])
             .map_or_else(
@@ -294,10 +276,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // Closing the session quits Chromium; the driver is killed after.
-        if let Some(client) = self.client.take() {
-            let _ =
-                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), client.close()).await });
-        }
+        let _ = self.session.close();
     }
 }
 
@@ -499,4 +478,147 @@ fn the_workers_and_processors_pages_list_them_and_mark_a_broken_processor() {
         "a tr.broken row names broken.wasm and its error: {broken:?}"
     );
     assert!(!broken.iter().any(|row| row.contains("echo")), "echo is not marked broken: {broken:?}");
+}
+
+/// The few W3C WebDriver commands these tests send, as blocking JSON over HTTP: a client of
+/// our own, because a WebDriver crate switches on features of crates jobhost itself uses
+/// (syn's among them), and the build the tests make would then not serve `./scripts/demo`.
+mod webdriver {
+    use std::fmt;
+    use std::time::Duration;
+
+    use base64::Engine;
+    use serde_json::{Value, json};
+
+    /// The key that marks a JSON object as a reference to a page element.
+    const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+    /// A command that failed: the driver's answer (`no such element`, ...) or no answer.
+    #[derive(Debug)]
+    pub enum CmdError {
+        Refused { error: String, message: String },
+        Transport(String),
+    }
+
+    impl CmdError {
+        /// The element was not there, or was replaced (a live refresh), when it was used.
+        pub fn is_gone_element(&self) -> bool {
+            matches!(self, CmdError::Refused { error, .. } if error == "no such element" || error == "stale element reference")
+        }
+    }
+
+    impl fmt::Display for CmdError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                CmdError::Refused { error, message } => write!(f, "{error}: {message}"),
+                CmdError::Transport(why) => write!(f, "no answer from the driver: {why}"),
+            }
+        }
+    }
+
+    /// An element of the current page, as the driver knows it.
+    pub struct Element(String);
+
+    pub struct Session {
+        agent: ureq::Agent,
+        /// `<driver>/session/<id>`: every command's URL starts with it.
+        base: String,
+    }
+
+    impl Session {
+        /// Opens a browser with `capabilities` (W3C `alwaysMatch`).
+        pub fn start(driver: &str, capabilities: Value) -> Result<Session, CmdError> {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                // Far above a page load (15 s, set in the capabilities): a hung driver fails.
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .into();
+            let mut session = Session { agent, base: format!("{driver}/session") };
+            let opened = session.send("POST", "", Some(json!({"capabilities": {"alwaysMatch": capabilities}})))?;
+            let id = opened["sessionId"]
+                .as_str()
+                .ok_or_else(|| CmdError::Transport(format!("no session id in {opened}")))?;
+            session.base = format!("{}/{id}", session.base);
+            Ok(session)
+        }
+
+        pub fn goto(&self, url: &str) -> Result<(), CmdError> {
+            self.send("POST", "/url", Some(json!({"url": url}))).map(drop)
+        }
+
+        pub fn url(&self) -> Result<String, CmdError> {
+            let url = self.send("GET", "/url", None)?;
+            Ok(url.as_str().unwrap_or_default().to_owned())
+        }
+
+        /// The current URL's path, without its query or fragment.
+        pub fn path(&self) -> Result<String, CmdError> {
+            let url = self.url()?;
+            let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+            let path = after_scheme.find('/').map_or("/", |start| &after_scheme[start..]);
+            Ok(path.split(['?', '#']).next().unwrap_or("/").to_owned())
+        }
+
+        /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+        pub fn execute(&self, script: &str, args: Vec<Value>) -> Result<Value, CmdError> {
+            self.send("POST", "/execute/sync", Some(json!({"script": script, "args": args})))
+        }
+
+        /// The first element `css` matches.
+        pub fn find(&self, css: &str) -> Result<Element, CmdError> {
+            let found = self.send("POST", "/element", Some(json!({"using": "css selector", "value": css})))?;
+            let id =
+                found[ELEMENT_KEY].as_str().ok_or_else(|| CmdError::Transport(format!("no element in {found}")))?;
+            Ok(Element(id.to_owned()))
+        }
+
+        pub fn click(&self, element: &Element) -> Result<(), CmdError> {
+            self.send("POST", &format!("/element/{}/click", element.0), Some(json!({}))).map(drop)
+        }
+
+        pub fn clear(&self, element: &Element) -> Result<(), CmdError> {
+            self.send("POST", &format!("/element/{}/clear", element.0), Some(json!({}))).map(drop)
+        }
+
+        /// Types `text` into `element`, key by key.
+        pub fn send_keys(&self, element: &Element, text: &str) -> Result<(), CmdError> {
+            self.send("POST", &format!("/element/{}/value", element.0), Some(json!({"text": text}))).map(drop)
+        }
+
+        /// What the browser shows, as PNG.
+        pub fn screenshot(&self) -> Result<Vec<u8>, CmdError> {
+            let png = self.send("GET", "/screenshot", None)?;
+            base64::engine::general_purpose::STANDARD
+                .decode(png.as_str().unwrap_or_default())
+                .map_err(|e| CmdError::Transport(format!("the screenshot is not base64: {e}")))
+        }
+
+        /// Ends the session, which quits the browser.
+        pub fn close(&self) -> Result<(), CmdError> {
+            self.send("DELETE", "", None).map(drop)
+        }
+
+        /// Sends one command; its answer's `value`, or the error the driver named in it.
+        fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CmdError> {
+            let url = format!("{}{path}", self.base);
+            let answer = match (method, body) {
+                ("GET", _) => self.agent.get(&url).call(),
+                ("DELETE", _) => self.agent.delete(&url).call(),
+                (_, body) => self.agent.post(&url).send_json(body.unwrap_or_else(|| json!({}))),
+            };
+            let mut answer = answer.map_err(|e| CmdError::Transport(format!("{method} {url}: {e}")))?;
+            let ok = answer.status().is_success();
+            let mut reply: Value =
+                answer.body_mut().read_json().map_err(|e| CmdError::Transport(format!("{method} {url}: {e}")))?;
+            let value = reply["value"].take();
+            if ok {
+                return Ok(value);
+            }
+            Err(CmdError::Refused {
+                error: value["error"].as_str().unwrap_or("unknown error").to_owned(),
+                message: value["message"].as_str().unwrap_or_default().to_owned(),
+            })
+        }
+    }
 }
