@@ -1,7 +1,8 @@
 //! The command line: every command, flag and its help text, in one place.
 //!
-//! This module only describes the interface (with clap's derive API); `main` turns the
-//! parsed [`Cli`] into a [`crate::commands::Context`] and hands each command to its module.
+//! This module only describes the interface (with clap's derive API); [`crate::settings`]
+//! settles the parsed [`Cli`] with the config file into a task, which [`crate::run`] hands
+//! to its module.
 
 use std::path::PathBuf;
 
@@ -13,9 +14,12 @@ use jobhost_core::units::{ByteSize, HumanDuration};
 #[command(
     name = "jobhost",
     version,
-    about = "A durable SQLite job pool whose jobs run in WebAssembly sandboxes",
-    long_about = "jobhost keeps jobs in one SQLite file and runs each job's processor \
-                  (a WASI command module) in a sandbox bounded in CPU, time, memory and output."
+    about = "A durable job pool on SQLite or PostgreSQL whose jobs run in WebAssembly sandboxes",
+    long_about = "jobhost keeps jobs in a database (one SQLite file, or a PostgreSQL server that many \
+                  machines share) and runs each job's processor (a WASI 0.2 component or a WASI \
+                  preview1 module) in a sandbox bounded in CPU, time, memory and output, with only \
+                  the capabilities granted to it. `jobhost serve` adds an HTTP API, a dashboard and \
+                  Prometheus metrics."
 )]
 pub struct Cli {
     #[command(flatten)]
