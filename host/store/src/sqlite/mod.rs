@@ -136,8 +136,7 @@ pub fn verify_fingerprint(fingerprint: &Fingerprint) -> Result<()> {
         Ok(_) => "another file now has its name",
         Err(_) => "the file is gone",
     };
-    Err(StoreError::new(ErrorKind::Replaced, format!("{detail}; stop and start again on the database you mean"))
-        .at(&path.display().to_string()))
+    Err(StoreError::new(ErrorKind::Replaced, detail).at(&path.display().to_string()))
 }
 
 /// The time an operation runs at: the one given, else this machine's clock.
