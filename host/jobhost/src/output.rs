@@ -184,6 +184,7 @@ mod tests {
                 let report = error_report(&err);
                 assert!(report.contains(&format!("{what}: ")), "the store's message comes first: {report}");
                 assert_eq!(report.matches(fix).count(), 1, "{report}");
+                // `{:#}` would say rusqlite's error twice: in the store's message and as its source.
                 assert_eq!(report.matches(&sqlite_failure(code).to_string()).count(), 1, "{report}");
                 assert_eq!(report.lines().count(), 1, "{report}");
             }

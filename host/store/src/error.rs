@@ -45,19 +45,31 @@ pub enum ErrorKind {
     Other,
 }
 
+/// A failed store operation: its [`ErrorKind`], the database it happened at, and what
+/// happened there, in one line that already says in the database's own words what went wrong.
+/// The error of the layer below (rusqlite, tokio-postgres, the file system) is kept as its
+/// [`source`](std::error::Error::source), for programs that look into it and for logs; a
+/// printer of causes can stop at a `StoreError`, whose message has said them.
 #[derive(Debug)]
 pub struct StoreError {
     kind: ErrorKind,
     /// The database, as the user named it; filled in by the store before the error leaves it.
     location: String,
     detail: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
     pub(super) fn new(kind: ErrorKind, detail: impl Into<String>) -> StoreError {
-        StoreError { kind, location: String::new(), detail: detail.into() }
+        StoreError { kind, location: String::new(), detail: detail.into(), source: None }
+    }
+
+    /// Keeps `cause`, the lower layer's error that `detail` put into words, as the source.
+    pub(super) fn caused_by(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        self.source = Some(cause.into());
+        self
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -84,7 +96,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => ErrorKind::NotADatabase,
             _ => ErrorKind::Other,
         };
-        StoreError::new(kind, err.to_string())
+        StoreError::new(kind, err.to_string()).caused_by(err)
     }
 }
 
@@ -120,7 +132,11 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -131,9 +147,9 @@ mod tests {
     }
 
     /// The fix each kind calls for is the command line's and the API's to say (see their
-    /// tests); the store names the kind, the database and what happened there.
+    /// tests); the store names the kind, the database and the cause.
     #[test]
-    fn sqlite_failures_name_the_database() {
+    fn sqlite_failures_name_the_database_and_keep_their_cause() {
         let cases = [
             (rusqlite::ffi::SQLITE_READONLY, ErrorKind::ReadOnly, "cannot be written"),
             (rusqlite::ffi::SQLITE_FULL, ErrorKind::DiskFull, "is full"),
@@ -146,6 +162,8 @@ mod tests {
             let message = err.to_string();
             assert_eq!(err.kind(), kind, "{message}");
             assert!(message.contains("data/pool.db") && message.contains(what), "{message}");
+            let cause = std::error::Error::source(&err).and_then(|cause| cause.downcast_ref::<rusqlite::Error>());
+            assert_eq!(cause.and_then(rusqlite::Error::sqlite_error_code), Some(rusqlite::ffi::Error::new(code).code));
         }
     }
 }

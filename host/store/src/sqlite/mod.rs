@@ -46,7 +46,9 @@ impl SqliteDriver {
             Access::CreateIfMissing => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|err| {
-                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}")).at(&location)
+                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}"))
+                            .caused_by(err)
+                            .at(&location)
                     })?;
                 }
                 flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -56,7 +58,7 @@ impl SqliteDriver {
         }
         let mut conn = Connection::open_with_flags(path, flags).map_err(|err| StoreError::from(err).at(&location))?;
         let meta = std::fs::metadata(path)
-            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&location))?;
+            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).caused_by(err).at(&location))?;
         let fingerprint = Fingerprint { file: Some((path.to_path_buf(), (meta.dev(), meta.ino()))) };
         BUSY_TIMEOUT_MS.store(millis(config.busy_timeout.0).max(0) as u64, Ordering::Relaxed);
         // Identity and version are checked before any pragma that writes to the file, so a
