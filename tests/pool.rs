@@ -493,6 +493,20 @@ fn on_postgres_each_connection_failure_is_one_line_naming_the_server_and_the_fix
     assert!(limited.fails(&["status"]).contains("no jobhost pool at"), "the refused seed created nothing");
 }
 
+/// The store says whose the schema is not; which setting to change is the command line's to say.
+#[test]
+fn on_postgres_a_schema_holding_other_tables_is_refused_with_the_fix_said_once() {
+    let pool = Pool::on(Backend::Postgres, "");
+    let config = std::fs::read_to_string(pool.path("jobhost.yml")).unwrap();
+    let schema = config.split("schema: ").nth(1).and_then(|rest| rest.split('}').next()).unwrap();
+    pool.server_rows(&format!("CREATE SCHEMA {schema}; CREATE TABLE {schema}.jobs (note text)"));
+    let error = pool.fails(&["seed"]);
+    assert!(error.contains("was not made by jobhost") && error.contains(schema), "{error}");
+    assert!(error.contains("set database.schema"), "{error}");
+    assert_eq!(error.matches("point --db").count(), 1, "{error}");
+    assert_eq!(pool.server_rows(&format!("SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'")), ["1"]);
+}
+
 #[test]
 fn on_postgres_a_password_shows_in_no_process_list_log_error_or_help() {
     let pool = Pool::on(Backend::Postgres, "");

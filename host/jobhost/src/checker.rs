@@ -62,7 +62,8 @@ pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
             // pool's workers alive: say so and try at the next interval, when the store
             // connects again by itself.
             Err(err) if is_transient(&err) => {
-                tracing::warn!("this round failed, trying again in {}: {err:#}", config.checker.interval);
+                let report = crate::output::error_report(&err);
+                tracing::warn!("this round failed, trying again in {}: {report}", config.checker.interval);
             }
             Err(err) => return Err(err),
         }

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         // The reader of our output went away: there is no one left to tell, as with ripgrep.
         Err(err) if jobhost::output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", jobhost::output::error_report(&err));
             ExitCode::FAILURE
         }
     }

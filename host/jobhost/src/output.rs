@@ -10,10 +10,15 @@
 //! cannot clear the operator's screen or retitle their window; `--json` keeps it verbatim.
 //!
 //! Timestamps are shown to people in one format, [`format_time`].
+//!
+//! An error ends a command as one line, [`error_report`]: when the store failed, that line
+//! ends with what to do about it in command-line terms; the store says only what happened.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
+
+use jobhost_store::{ErrorKind, StoreError};
 
 /// Like `println!`, but returns `std::io::Result<()>`.
 #[macro_export]
@@ -32,6 +37,66 @@ pub fn write_line(line: fmt::Arguments<'_>) -> io::Result<()> {
 /// Whether `err` comes from writing to a reader that went away.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// `err` as a person at the command line reads it: its contexts and causes on one line, as
+/// `{:#}` writes them, except that a store error ends it (its message has said its causes in
+/// its own words) followed by the fix for that kind of failure.
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut report = Vec::new();
+    for cause in err.chain() {
+        report.push(cause.to_string());
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            report.extend(store_fix(store.kind()).map(str::to_owned));
+            break;
+        }
+    }
+    report.join(": ")
+}
+
+/// What a person at the command line can do about a store failure of `kind`.
+fn store_fix(kind: ErrorKind) -> Option<&'static str> {
+    Some(match kind {
+        ErrorKind::Missing => "check --db (or database.path, $JOBHOST_DB); `jobhost seed` creates a new one",
+        ErrorKind::BadLocation => {
+            "write --db (or database.path, $JOBHOST_DB) as postgres://USER:PASSWORD@HOST:PORT/DBNAME"
+        }
+        ErrorKind::Unreachable => {
+            "check the host and port in the URL, and that the server is running and accepts connections from \
+             this machine"
+        }
+        ErrorKind::Tls => {
+            "check the URL's sslmode, and that sslrootcert names the CA that signed the server's certificate and \
+             that the certificate names the host in the URL"
+        }
+        ErrorKind::AuthFailed => {
+            "check the user and password in the URL (or $PGPASSWORD), and the server's pg_hba.conf"
+        }
+        ErrorKind::PermissionDenied => {
+            "grant the user CREATE on the database (for the schema) and ownership of jobhost's schema, or ask its \
+             administrator"
+        }
+        ErrorKind::CannotOpen => {
+            "check that its folder exists (or, on a PostgreSQL server, that the database exists: `createdb NAME`) \
+             and that jobhost's user may read and write it"
+        }
+        ErrorKind::NotADatabase => "point --db (or database.path) at a jobhost database or at a new file",
+        ErrorKind::Foreign => {
+            "point --db (or database.path) at a jobhost database or at a new file, or on PostgreSQL set \
+             database.schema to a schema of jobhost's own"
+        }
+        ErrorKind::Busy => "retry, or raise database.busy_timeout",
+        ErrorKind::ReadOnly => {
+            "jobhost's user needs write access to the file and to its folder (SQLite keeps its -wal and -shm files \
+             beside it)"
+        }
+        ErrorKind::DiskFull => {
+            "free space there (e.g. `jobhost jobs purge`) or move the database; the failed change was not written"
+        }
+        ErrorKind::Replaced => "stop and start again on the database you mean",
+        // The refusal, a newer jobhost's schema and the database's own words say it already.
+        ErrorKind::Refused | ErrorKind::NewerSchema | ErrorKind::Other => return None,
+    })
 }
 
 /// Lines for a reader that may go away while the writer must carry on: the first failed
@@ -96,6 +161,40 @@ mod tests {
     fn control_characters_are_escaped_and_text_is_kept() {
         assert_eq!(for_terminal("plain\ttext ünï"), "plain\ttext ünï");
         assert_eq!(for_terminal("\x1b[2J\x1b]0;owned\x07done\u{9b}"), "\\u{1b}[2J\\u{1b}]0;owned\\u{7}done\\u{9b}");
+    }
+
+    fn sqlite_failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_store_failure_is_followed_by_its_fix_once_and_its_cause_once() {
+        let cases = [
+            (rusqlite::ffi::SQLITE_READONLY, "needs write access to the file and to its folder"),
+            (rusqlite::ffi::SQLITE_FULL, "free space there"),
+            (rusqlite::ffi::SQLITE_CANTOPEN, "check that its folder exists"),
+            (rusqlite::ffi::SQLITE_BUSY, "raise database.busy_timeout"),
+            (rusqlite::ffi::SQLITE_NOTADB, "point --db"),
+        ];
+        for (code, fix) in cases {
+            let what = StoreError::from(sqlite_failure(code)).to_string();
+            let bare = anyhow::Error::new(StoreError::from(sqlite_failure(code)));
+            let in_context = bare.context("cannot queue the jobs").context("seed failed");
+            for err in [anyhow::Error::new(StoreError::from(sqlite_failure(code))), in_context] {
+                let report = error_report(&err);
+                assert!(report.contains(&format!("{what}: ")), "the store's message comes first: {report}");
+                assert_eq!(report.matches(fix).count(), 1, "{report}");
+                // `{:#}` would say rusqlite's error twice: in the store's message and as its source.
+                assert_eq!(report.matches(&sqlite_failure(code).to_string()).count(), 1, "{report}");
+                assert_eq!(report.lines().count(), 1, "{report}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_without_a_store_failure_reads_as_its_chain() {
+        let err = anyhow::anyhow!("--count must be between 1 and 10").context("seed");
+        assert_eq!(error_report(&err), format!("{err:#}"));
     }
 
     #[test]

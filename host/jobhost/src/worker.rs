@@ -35,7 +35,7 @@ use jobhost_sandbox::processors::{self, Registry};
 use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use jobhost_store::{
     Access, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker, RetryPolicy, Settled,
-    Store,
+    Store, StoreError,
 };
 
 use crate::output::LineSink;
@@ -101,12 +101,12 @@ struct Worker {
 }
 
 /// Why the heartbeat thread stopped the worker; each is an abnormal end, exit status 1.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum StopReason {
     /// The reaper declared this worker lost: its jobs are another worker's now.
     Lost,
     /// The database file was deleted or replaced under the worker.
-    DatabaseReplaced(String),
+    DatabaseReplaced(StoreError),
 }
 
 impl StopReason {
@@ -176,7 +176,7 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     drop(compiling_ahead);
 
     let mut summary = result?;
-    let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").clone();
+    let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").take();
     summary.worker_id = worker_id.clone();
     summary.status = if matches!(stop_reason, Some(StopReason::Lost)) { "lost" } else { "terminated" };
     if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
@@ -201,7 +201,9 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
              so the jobs it held were handed back to the pool; check that the machine is not overloaded or \
              suspended, or raise reaper.stale_after"
         ),
-        Some(StopReason::DatabaseReplaced(why)) => anyhow::bail!("worker {worker_id} stopped: {why}"),
+        Some(StopReason::DatabaseReplaced(why)) => {
+            Err(anyhow::Error::new(why).context(format!("worker {worker_id} stopped")))
+        }
     }
 }
 
@@ -414,7 +416,7 @@ impl Heartbeat {
                     Ok(true) => continue,
                     Ok(false) => StopReason::Lost,
                     Err(err) if matches!(err.kind(), ErrorKind::Replaced | ErrorKind::Missing) => {
-                        StopReason::DatabaseReplaced(err.to_string())
+                        StopReason::DatabaseReplaced(err)
                     }
                     Err(err) => {
                         tracing::warn!(worker_id, "heartbeat failed (will retry): {err:#}");

@@ -1,7 +1,9 @@
-//! The store's typed errors: what went wrong, at which database, and what to do about it.
+//! The store's typed errors: what went wrong, at which database, and why.
 //!
 //! Callers match on [`ErrorKind`] (a busy database is worth retrying, a refused schema is
-//! not); people read the message, which always names the database and the likely fix.
+//! not); people read the message, which names the database and what happened there. The fix
+//! is not the store's to word: a person at the command line is told which flag to check, an
+//! HTTP client only when to try again, so each edge adds its own from the kind.
 
 use std::fmt;
 
@@ -43,19 +45,31 @@ pub enum ErrorKind {
     Other,
 }
 
+/// A failed store operation: its [`ErrorKind`], the database it happened at, and what
+/// happened there, in one line that already says in the database's own words what went wrong.
+/// The error of the layer below (rusqlite, tokio-postgres, the file system) is kept as its
+/// [`source`](std::error::Error::source), for programs that look into it and for logs; a
+/// printer of causes can stop at a `StoreError`, whose message has said them.
 #[derive(Debug)]
 pub struct StoreError {
     kind: ErrorKind,
     /// The database, as the user named it; filled in by the store before the error leaves it.
     location: String,
     detail: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
     pub(super) fn new(kind: ErrorKind, detail: impl Into<String>) -> StoreError {
-        StoreError { kind, location: String::new(), detail: detail.into() }
+        StoreError { kind, location: String::new(), detail: detail.into(), source: None }
+    }
+
+    /// Keeps `cause`, the lower layer's error that `detail` put into words, as the source.
+    pub(super) fn caused_by(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        self.source = Some(cause.into());
+        self
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -82,81 +96,35 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => ErrorKind::NotADatabase,
             _ => ErrorKind::Other,
         };
-        StoreError::new(kind, err.to_string())
+        StoreError::new(kind, err.to_string()).caused_by(err)
     }
 }
 
+/// What happened and where; what to do about it depends on who reads it (a person at the
+/// command line, an HTTP client), so the command line and the API add that themselves.
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at = &self.location;
         let detail = &self.detail;
         match self.kind {
-            ErrorKind::Missing => write!(
-                f,
-                "no jobhost pool at {at}{detail}: check --db (or database.path, $JOBHOST_DB); \
-                 `jobhost seed` creates a new one"
-            ),
-            ErrorKind::BadLocation => write!(
-                f,
-                "--db (or database.path, $JOBHOST_DB) {at} is not a valid PostgreSQL URL ({detail}): write it \
-                 as postgres://USER:PASSWORD@HOST:PORT/DBNAME"
-            ),
-            ErrorKind::Unreachable => write!(
-                f,
-                "cannot reach the PostgreSQL server of {at} ({detail}): check the host and port in the URL, \
-                 and that the server is running and accepts connections from this machine"
-            ),
-            ErrorKind::Tls => write!(
-                f,
-                "no TLS connection to the PostgreSQL server of {at} ({detail}): check the URL's sslmode, and \
-                 that sslrootcert names the CA that signed the server's certificate and that the certificate \
-                 names the host in the URL"
-            ),
-            ErrorKind::AuthFailed => write!(
-                f,
-                "the PostgreSQL server of {at} refused the login ({detail}): check the user and password in \
-                 the URL (or $PGPASSWORD), and the server's pg_hba.conf"
-            ),
-            ErrorKind::PermissionDenied => write!(
-                f,
-                "database {at} denied jobhost a privilege it needs ({detail}): grant the user CREATE on the \
-                 database (for the schema) and ownership of jobhost's schema, or ask its administrator"
-            ),
-            ErrorKind::CannotOpen => write!(
-                f,
-                "cannot open the database {at} ({detail}): check that its folder exists (or, on a \
-                 PostgreSQL server, that the database exists: `createdb NAME`) and that jobhost's user may \
-                 read and write it"
-            ),
-            ErrorKind::NotADatabase => write!(
-                f,
-                "{at} is not a SQLite database, or it is corrupt: point --db (or database.path) at a \
-                 jobhost database or at a new file"
-            ),
-            ErrorKind::Foreign => write!(
-                f,
-                "{at}{detail} was not made by jobhost (it already holds other tables): point --db (or \
-                 database.path) at a jobhost database or at a new file, or on PostgreSQL set database.schema \
-                 to a schema of jobhost's own"
-            ),
+            ErrorKind::Missing => write!(f, "no jobhost pool at {at}{detail}"),
+            ErrorKind::BadLocation => write!(f, "{at} is not a valid PostgreSQL URL ({detail})"),
+            ErrorKind::Unreachable => write!(f, "cannot reach the PostgreSQL server of {at} ({detail})"),
+            ErrorKind::Tls => write!(f, "no TLS connection to the PostgreSQL server of {at} ({detail})"),
+            ErrorKind::AuthFailed => write!(f, "the PostgreSQL server of {at} refused the login ({detail})"),
+            ErrorKind::PermissionDenied => write!(f, "database {at} denied jobhost a privilege it needs ({detail})"),
+            ErrorKind::CannotOpen => write!(f, "cannot open the database {at} ({detail})"),
+            ErrorKind::NotADatabase => write!(f, "{at} is not a SQLite database, or it is corrupt ({detail})"),
+            ErrorKind::Foreign => write!(f, "{at}{detail} was not made by jobhost (it already holds other tables)"),
             ErrorKind::NewerSchema => write!(f, "database {at}: {detail}"),
             ErrorKind::Busy => write!(
                 f,
-                "database {at} stayed locked by another process for longer than database.busy_timeout \
-                 ({detail}): retry, or raise database.busy_timeout"
+                "database {at} stayed locked by another process for longer than database.busy_timeout ({detail})"
             ),
-            ErrorKind::ReadOnly => write!(
-                f,
-                "database {at} cannot be written ({detail}): jobhost's user needs write access to the \
-                 file and to its folder (SQLite keeps its -wal and -shm files beside it)"
-            ),
-            ErrorKind::DiskFull => write!(
-                f,
-                "the disk holding database {at} is full ({detail}): free space there (e.g. `jobhost jobs \
-                 purge`) or move the database; the failed change was not written"
-            ),
+            ErrorKind::ReadOnly => write!(f, "database {at} cannot be written ({detail})"),
+            ErrorKind::DiskFull => write!(f, "the disk holding database {at} is full ({detail})"),
             ErrorKind::Replaced => {
-                write!(f, "database {at} was deleted or replaced while jobhost had it open: {detail}")
+                write!(f, "database {at} was deleted or replaced while jobhost had it open ({detail})")
             }
             ErrorKind::Refused => write!(f, "{detail}"),
             ErrorKind::Other => write!(f, "database {at}: {detail}"),
@@ -164,7 +132,11 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -174,20 +146,24 @@ mod tests {
         StoreError::from(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)).at("data/pool.db")
     }
 
+    /// The fix each kind calls for is the command line's and the API's to say (see their
+    /// tests); the store names the kind, the database and the cause.
     #[test]
-    fn sqlite_failures_name_the_database_and_the_fix() {
+    fn sqlite_failures_name_the_database_and_keep_their_cause() {
         let cases = [
-            (rusqlite::ffi::SQLITE_READONLY, ErrorKind::ReadOnly, "needs write access to the file and to its folder"),
-            (rusqlite::ffi::SQLITE_FULL, ErrorKind::DiskFull, "free space there"),
-            (rusqlite::ffi::SQLITE_CANTOPEN, ErrorKind::CannotOpen, "check that its folder exists"),
-            (rusqlite::ffi::SQLITE_BUSY, ErrorKind::Busy, "raise database.busy_timeout"),
-            (rusqlite::ffi::SQLITE_NOTADB, ErrorKind::NotADatabase, "point --db"),
+            (rusqlite::ffi::SQLITE_READONLY, ErrorKind::ReadOnly, "cannot be written"),
+            (rusqlite::ffi::SQLITE_FULL, ErrorKind::DiskFull, "is full"),
+            (rusqlite::ffi::SQLITE_CANTOPEN, ErrorKind::CannotOpen, "cannot open the database"),
+            (rusqlite::ffi::SQLITE_BUSY, ErrorKind::Busy, "stayed locked by another process"),
+            (rusqlite::ffi::SQLITE_NOTADB, ErrorKind::NotADatabase, "is not a SQLite database"),
         ];
-        for (code, kind, fix) in cases {
+        for (code, kind, what) in cases {
             let err = sqlite_failure(code);
             let message = err.to_string();
             assert_eq!(err.kind(), kind, "{message}");
-            assert!(message.contains("data/pool.db") && message.contains(fix), "{message}");
+            assert!(message.contains("data/pool.db") && message.contains(what), "{message}");
+            let cause = std::error::Error::source(&err).and_then(|cause| cause.downcast_ref::<rusqlite::Error>());
+            assert_eq!(cause.and_then(rusqlite::Error::sqlite_error_code), Some(rusqlite::ffi::Error::new(code).code));
         }
     }
 }

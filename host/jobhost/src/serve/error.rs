@@ -1,7 +1,8 @@
 //! The API's one error shape, `{"error": {"code", "message", "field"?}}`, and how each kind
-//! of failure maps to a status code. Store errors are named as the store names them (the
-//! database, the fix); a database that cannot be reached or is busy is a 503, so a client
-//! knows to try again.
+//! of failure maps to a status code. A store error is told to the client only as what it can
+//! do: a database that cannot be reached or is busy is a 503, so it knows to try again; any
+//! other is the server's failure, a 500. The store's message, which names the database file or
+//! server and quotes the database, goes to the server's log only.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -59,13 +60,39 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
-        let (status, code) = match err.kind() {
-            ErrorKind::Unreachable | ErrorKind::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ErrorKind::Refused => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let retry_later = |message| {
+            tracing::warn!("request failed: {err}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         };
-        tracing::warn!("request failed: {err}");
-        ApiError::new(status, code, err.to_string())
+        match err.kind() {
+            ErrorKind::Unreachable => {
+                retry_later("the server cannot reach its database now; try again after the Retry-After delay")
+            }
+            ErrorKind::Busy => retry_later("the database is busy now; try again after the Retry-After delay"),
+            // The pool's answer to this request, written for whoever sent it.
+            ErrorKind::Refused => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", err.to_string()),
+            // No catch-all: a new kind of failure decides what clients are told.
+            ErrorKind::Missing
+            | ErrorKind::CannotOpen
+            | ErrorKind::BadLocation
+            | ErrorKind::Tls
+            | ErrorKind::AuthFailed
+            | ErrorKind::PermissionDenied
+            | ErrorKind::NotADatabase
+            | ErrorKind::Foreign
+            | ErrorKind::NewerSchema
+            | ErrorKind::ReadOnly
+            | ErrorKind::DiskFull
+            | ErrorKind::Replaced
+            | ErrorKind::Other => {
+                tracing::error!("request failed: {err}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed to use its database; the server's log says why",
+                )
+            }
+        }
     }
 }
 
@@ -80,5 +107,67 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jobhost_core::config::DatabaseConfig;
+    use jobhost_store::{Access, Store};
+
+    use super::*;
+
+    /// SQLite's failure `code`, in words that name the database file, as SQLite's often do.
+    fn sqlite_failure(code: std::ffi::c_int) -> StoreError {
+        let words = "cannot go on with /srv/jobs/pool.db".to_owned();
+        StoreError::from(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(words)))
+    }
+
+    async fn refusal_to_open(path: &str) -> StoreError {
+        let config = DatabaseConfig { path: path.to_owned(), ..DatabaseConfig::default() };
+        Store::open(&config, Access::Existing).await.err().expect("the database does not open")
+    }
+
+    /// Tls, AuthFailed and PermissionDenied need a server to fail; they answer as every other
+    /// 500 does (the mapping has no catch-all).
+    #[tokio::test]
+    async fn a_client_is_told_what_it_can_do_and_never_where_the_database_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (missing, pool) = (dir.path().join("missing.db"), dir.path().join("pool.db"));
+        let config = DatabaseConfig { path: pool.display().to_string(), ..DatabaseConfig::default() };
+        let fingerprint = Store::open(&config, Access::CreateIfMissing).await.unwrap().fingerprint();
+        std::fs::remove_file(&pool).unwrap();
+        let failures = [
+            (refusal_to_open(&missing.display().to_string()).await, "missing.db"),
+            (fingerprint.verify().unwrap_err(), "pool.db"),
+            (refusal_to_open("postgres://app:secret@[::1/jobs").await, "::1"),
+            (refusal_to_open("postgres://app:secret@127.0.0.1:1/jobs").await, "127.0.0.1"),
+            (sqlite_failure(rusqlite::ffi::SQLITE_BUSY), "pool.db"),
+            (sqlite_failure(rusqlite::ffi::SQLITE_READONLY), "pool.db"),
+            (sqlite_failure(rusqlite::ffi::SQLITE_FULL), "pool.db"),
+            (sqlite_failure(rusqlite::ffi::SQLITE_CANTOPEN), "pool.db"),
+            (sqlite_failure(rusqlite::ffi::SQLITE_NOTADB), "pool.db"),
+            (sqlite_failure(rusqlite::ffi::SQLITE_IOERR), "pool.db"),
+        ];
+        let mut kinds = Vec::new();
+        for (err, place) in failures {
+            let (kind, logged) = (err.kind(), err.to_string());
+            assert!(logged.contains(place), "the log names the database: {logged}");
+            let answer = ApiError::from(err);
+            let told = &answer.message;
+            assert!(!told.contains(place) && !told.contains("/"), "{kind:?} is told as {told:?}");
+            if matches!(kind, ErrorKind::Unreachable | ErrorKind::Busy) {
+                assert_eq!((answer.status, answer.code), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+                assert!(told.contains("try again after the Retry-After delay"), "{told}");
+            } else {
+                assert_eq!((answer.status, answer.code), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+                assert!(told.contains("the server's log says why"), "{told}");
+            }
+            kinds.push(kind);
+        }
+        use ErrorKind::*;
+        let tried =
+            [Missing, Replaced, BadLocation, Unreachable, Busy, ReadOnly, DiskFull, CannotOpen, NotADatabase, Other];
+        assert_eq!(kinds, tried);
     }
 }

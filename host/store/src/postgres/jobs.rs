@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
-use super::{NOW, clamp_count};
+use super::{ColumnValues, NOW, clamp_count};
 use crate::activity::{duration_bucket, fuel_bucket};
 use crate::driver::{Abandoned, ClaimRef, Now, Resolution, Settlement};
 use crate::error::{ErrorKind, Result, StoreError};
@@ -223,23 +223,23 @@ pub(super) async fn turn(
     let mut settled_at = std::collections::HashMap::new();
     let mut claimed = Vec::new();
     for row in &rows {
-        let seq: i64 = row.get(1);
-        let run_at: i64 = row.get(2);
-        if row.get::<_, bool>(0) {
+        let seq: i64 = row.value(1)?;
+        let run_at: i64 = row.value(2)?;
+        if row.value::<bool>(0)? {
             settled_at.insert(seq, run_at);
             continue;
         }
-        let priority: i64 = row.get(9);
+        let priority: i64 = row.value(9)?;
         claimed.push((
             (std::cmp::Reverse(priority), run_at, seq),
             ClaimedJob {
                 seq,
-                id: row.get(3),
-                pool: row.get(4),
-                processor: row.get(5),
-                payload: row.get(6),
-                attempt: clamp_count(row.get(7)),
-                max_attempts: clamp_count(row.get(8)),
+                id: row.value(3)?,
+                pool: row.value(4)?,
+                processor: row.value(5)?,
+                payload: row.value(6)?,
+                attempt: clamp_count(row.value(7)?),
+                max_attempts: clamp_count(row.value(8)?),
                 worker_id: worker.unwrap_or_default().to_owned(),
                 token,
             },
@@ -272,48 +272,49 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
             &[&now, &pool],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Abandoned {
-            claim: ClaimRef {
-                seq: row.get(0),
-                worker_id: row.get::<_, Option<String>>(1).unwrap_or_default(),
-                token: row.get::<_, Option<i64>>(2).unwrap_or_default(),
-                attempt: clamp_count(row.get(3)),
-            },
-            max_attempts: clamp_count(row.get(4)),
-            worker_status: row.get(5),
-            lease_overdue_ms: row.get(6),
+    rows.iter()
+        .map(|row| {
+            Ok(Abandoned {
+                claim: ClaimRef {
+                    seq: row.value(0)?,
+                    worker_id: row.value::<Option<String>>(1)?.unwrap_or_default(),
+                    token: row.value::<Option<i64>>(2)?.unwrap_or_default(),
+                    attempt: clamp_count(row.value(3)?),
+                },
+                max_attempts: clamp_count(row.value(4)?),
+                worker_status: row.value(5)?,
+                lease_overdue_ms: row.value(6)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
      j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
 
 fn status_at(row: &Row, index: usize) -> Result<JobStatus> {
-    let text: &str = row.get(index);
+    let text: &str = row.value(index)?;
     JobStatus::parse(text).ok_or_else(|| StoreError::new(ErrorKind::Other, format!("unknown job status {text:?}")))
 }
 
 fn summary_from_row(row: &Row) -> Result<JobSummary> {
     Ok(JobSummary {
-        seq: row.get(15),
-        id: row.get(0),
-        pool: row.get(1),
-        processor: row.get(2),
+        seq: row.value(15)?,
+        id: row.value(0)?,
+        pool: row.value(1)?,
+        processor: row.value(2)?,
         status: status_at(row, 3)?,
-        priority: row.get(4),
-        attempts: clamp_count(row.get(5)),
-        max_attempts: clamp_count(row.get(6)),
-        run_at: row.get(7),
-        worker_id: row.get(8),
-        host: row.get(9),
-        lease_expires_at: row.get(10),
-        last_error: row.get(11),
-        created_at: row.get(12),
-        updated_at: row.get(13),
-        finished_at: row.get(14),
+        priority: row.value(4)?,
+        attempts: clamp_count(row.value(5)?),
+        max_attempts: clamp_count(row.value(6)?),
+        run_at: row.value(7)?,
+        worker_id: row.value(8)?,
+        host: row.value(9)?,
+        lease_expires_at: row.value(10)?,
+        last_error: row.value(11)?,
+        created_at: row.value(12)?,
+        updated_at: row.value(13)?,
+        finished_at: row.value(14)?,
     })
 }
 
@@ -354,22 +355,22 @@ pub(super) const ATTEMPTS: &str = concat!(
 );
 
 /// An attempt read by `attempt_columns!`, with its job's `seq`.
-fn attempt_from_row(row: &Row) -> (i64, AttemptRecord) {
+fn attempt_from_row(row: &Row) -> Result<(i64, AttemptRecord)> {
     let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
     let record = AttemptRecord {
-        attempt: clamp_count(row.get(0)),
-        worker_id: row.get(1),
-        started_at: row.get(2),
-        finished_at: row.get(3),
-        outcome: row.get(4),
-        message: row.get(5),
-        stderr: row.get(6),
-        fuel_used: measure(row.get(7)),
-        duration_ms: measure(row.get(8)),
-        processor_sha256: row.get(11),
-        host: row.get(9),
+        attempt: clamp_count(row.value(0)?),
+        worker_id: row.value(1)?,
+        started_at: row.value(2)?,
+        finished_at: row.value(3)?,
+        outcome: row.value(4)?,
+        message: row.value(5)?,
+        stderr: row.value(6)?,
+        fuel_used: measure(row.value(7)?),
+        duration_ms: measure(row.value(8)?),
+        processor_sha256: row.value(11)?,
+        host: row.value(9)?,
     };
-    (row.get(10), record)
+    Ok((row.value(10)?, record))
 }
 
 /// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
@@ -383,12 +384,12 @@ pub(super) async fn jobs(
     let rows = client.query(jobs, &[&ids]).await?;
     let found = rows
         .iter()
-        .map(|row| Ok((summary_from_row(row)?, row.get::<_, String>(16), row.get::<_, Option<String>>(17))))
+        .map(|row| Ok((summary_from_row(row)?, row.value::<String>(16)?, row.value::<Option<String>>(17)?)))
         .collect::<Result<Vec<_>>>()?;
     let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
     let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
     for row in client.query(histories, &[&seqs, &(i64::from(RECENT_ATTEMPTS) + 1)]).await? {
-        let (seq, record) = attempt_from_row(&row);
+        let (seq, record) = attempt_from_row(&row)?;
         by_seq.entry(seq).or_default().push(record);
     }
     Ok(found
@@ -412,7 +413,7 @@ pub(super) async fn attempts(
     if rows.is_empty() && client.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await?.is_none() {
         return Ok(None);
     }
-    Ok(Some(rows.iter().map(|row| attempt_from_row(row).1).collect()))
+    rows.iter().map(|row| Ok(attempt_from_row(row)?.1)).collect::<Result<_>>().map(Some)
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).
@@ -452,7 +453,7 @@ pub(super) async fn list(client: &Client, statement: &Statement, filter: &JobFil
 
 pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
     let rows = client.query("SELECT id, status FROM jobs WHERE id = ANY($1)", &[&ids]).await?;
-    rows.iter().map(|row| Ok((row.get(0), status_at(row, 1)?))).collect()
+    rows.iter().map(|row| Ok((row.value(0)?, status_at(row, 1)?))).collect()
 }
 
 /// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
@@ -505,7 +506,7 @@ async fn answer_for(client: &Client, id: &str, changed: u64, retrying: bool) -> 
         return Ok(IdAnswer::Done);
     }
     let found = match client.query_opt("SELECT status, attempts FROM jobs WHERE id = $1", &[&id]).await? {
-        Some(row) => Some((status_at(&row, 0)?, clamp_count(row.get(1)))),
+        Some(row) => Some((status_at(&row, 0)?, clamp_count(row.value(1)?))),
         None => None,
     };
     Ok(IdAnswer::explain(found, retrying))
@@ -536,24 +537,24 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
     let mut jobs = Vec::with_capacity(rows.len());
     for row in &rows {
         jobs.push(ExportedJob {
-            seq: row.get(0),
-            id: row.get(1),
-            pool: row.get(2),
-            processor: row.get(3),
-            payload: row.get(4),
+            seq: row.value(0)?,
+            id: row.value(1)?,
+            pool: row.value(2)?,
+            processor: row.value(3)?,
+            payload: row.value(4)?,
             status: status_at(row, 5)?,
-            priority: row.get(6),
-            run_at: row.get(7),
-            attempts: clamp_count(row.get(8)),
-            max_attempts: clamp_count(row.get(9)),
-            worker_id: row.get(10),
-            claim_token: row.get(11),
-            lease_expires_at: row.get(12),
-            result: row.get(13),
-            last_error: row.get(14),
-            created_at: row.get(15),
-            updated_at: row.get(16),
-            finished_at: row.get(17),
+            priority: row.value(6)?,
+            run_at: row.value(7)?,
+            attempts: clamp_count(row.value(8)?),
+            max_attempts: clamp_count(row.value(9)?),
+            worker_id: row.value(10)?,
+            claim_token: row.value(11)?,
+            lease_expires_at: row.value(12)?,
+            result: row.value(13)?,
+            last_error: row.value(14)?,
+            created_at: row.value(15)?,
+            updated_at: row.value(16)?,
+            finished_at: row.value(17)?,
             history: Vec::new(),
         });
     }
@@ -568,17 +569,17 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
         .await?;
     let mut by_seq: std::collections::HashMap<i64, Vec<ExportedAttempt>> = std::collections::HashMap::new();
     for row in &history {
-        by_seq.entry(row.get(0)).or_default().push(ExportedAttempt {
-            attempt: clamp_count(row.get(1)),
-            worker_id: row.get(2),
-            started_at: row.get(3),
-            finished_at: row.get(4),
-            outcome: row.get(5),
-            message: row.get(6),
-            stderr: row.get(7),
-            fuel_used: row.get(8),
-            duration_ms: row.get(9),
-            processor_sha256: row.get(10),
+        by_seq.entry(row.value(0)?).or_default().push(ExportedAttempt {
+            attempt: clamp_count(row.value(1)?),
+            worker_id: row.value(2)?,
+            started_at: row.value(3)?,
+            finished_at: row.value(4)?,
+            outcome: row.value(5)?,
+            message: row.value(6)?,
+            stderr: row.value(7)?,
+            fuel_used: row.value(8)?,
+            duration_ms: row.value(9)?,
+            processor_sha256: row.value(10)?,
         });
     }
     for job in &mut jobs {
@@ -629,7 +630,7 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
                 ],
             )
             .await?
-            .get(0);
+            .value(0)?;
         for attempt in &job.history {
             tx.execute(
                 &insert_attempt,

@@ -32,7 +32,9 @@ mod workers;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::FromSql;
 
 use jobhost_core::config::DatabaseConfig;
 
@@ -60,10 +62,9 @@ impl PostgresDriver {
         let location = redact(&config.path);
         let fail = |err: StoreError| err.at(&location);
         let tls = tls::from_url(&config.path).map_err(|why| fail(StoreError::new(ErrorKind::BadLocation, why)))?;
-        let mut pg: tokio_postgres::Config = tls
-            .url
-            .parse()
-            .map_err(|err: tokio_postgres::Error| fail(StoreError::new(ErrorKind::BadLocation, err.to_string())))?;
+        let mut pg: tokio_postgres::Config = tls.url.parse().map_err(|err: tokio_postgres::Error| {
+            fail(StoreError::new(ErrorKind::BadLocation, causes(&err)).caused_by(err))
+        })?;
         // As libpq does: a password kept out of the URL (and so out of config files and argv).
         if let (None, Ok(password)) = (pg.get_password(), std::env::var("PGPASSWORD")) {
             pg.password(password);
@@ -118,22 +119,7 @@ impl From<tokio_postgres::Error> for StoreError {
         let Some(db) = err.as_db_error() else {
             // Not the server's answer: it could not be reached, the connection broke, or a
             // value could not be sent or read.
-            let mut detail = err.to_string();
-            let mut lost = err.is_closed() || detail.starts_with("error connecting") || detail.starts_with("timeout");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                lost |= cause.is::<std::io::Error>();
-                detail = format!("{detail}: {cause}");
-                source = cause.source();
-            }
-            let kind = if detail.starts_with("error performing TLS handshake") {
-                ErrorKind::Tls
-            } else if lost {
-                ErrorKind::Unreachable
-            } else {
-                ErrorKind::Other
-            };
-            return StoreError::new(kind, detail);
+            return StoreError::new(failure_kind(&err), causes(&err)).caused_by(err);
         };
         let code = db.code();
         let kind = if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
@@ -162,7 +148,65 @@ impl From<tokio_postgres::Error> for StoreError {
             ErrorKind::Missing => format!(" ({})", db.message()),
             _ => db.message().to_owned(),
         };
-        StoreError::new(kind, detail)
+        StoreError::new(kind, detail).caused_by(err)
+    }
+}
+
+/// The kind of an error that is not the server's answer, by its causes' types: a closed
+/// connection or an I/O error means the server is out of reach, unless rustls refused the
+/// handshake; anything else (a value that does not fit, ...) is no trouble with the server.
+fn failure_kind(err: &tokio_postgres::Error) -> ErrorKind {
+    if err.is_closed() {
+        return ErrorKind::Unreachable;
+    }
+    let mut cause = std::error::Error::source(err);
+    while let Some(found) = cause {
+        if let Some(io) = found.downcast_ref::<std::io::Error>() {
+            // tokio-rustls hands a failed handshake over as an I/O error around rustls's own.
+            return if io.get_ref().is_some_and(|inner| is_tls_refusal(inner)) {
+                ErrorKind::Tls
+            } else {
+                ErrorKind::Unreachable
+            };
+        }
+        if is_tls_refusal(found) {
+            return ErrorKind::Tls;
+        }
+        cause = found.source();
+    }
+    ErrorKind::Other
+}
+
+fn is_tls_refusal(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<rustls::Error>() || err.is::<rustls::pki_types::InvalidDnsNameError>()
+}
+
+/// `err` and its causes, in one line.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(found) = cause {
+        text = format!("{text}: {found}");
+        cause = found.source();
+    }
+    text
+}
+
+/// Reading a column never panics: a NULL where a value must be, or a value of another type,
+/// is an error naming the column.
+trait ColumnValues {
+    fn value<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T>;
+}
+
+impl ColumnValues for Row {
+    fn value<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T> {
+        self.try_get(index).map_err(|err| {
+            let name = self.columns().get(index).map_or("?", |column| column.name());
+            // The cause says what did not fit ("a Postgres value was `NULL`"); `err` only
+            // repeats the index.
+            let what = std::error::Error::source(&err).map_or_else(|| err.to_string(), causes);
+            StoreError::new(ErrorKind::Other, format!("column {index} ({name}) cannot be read: {what}")).caused_by(err)
+        })
     }
 }
 
@@ -354,7 +398,7 @@ impl Driver for PostgresDriver {
             .client
             .query_one("SELECT NOT EXISTS (SELECT 1 FROM jobs) AND NOT EXISTS (SELECT 1 FROM workers)", &[])
             .await?;
-        Ok(row.get(0))
+        row.value(0)
     }
 
     async fn ping(&self) -> Result<()> {
@@ -379,13 +423,12 @@ impl Driver for PostgresDriver {
                 &[],
             )
             .await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|row| {
-                let (pool, status): (String, String) = (row.get(0), row.get(1));
-                format!("{pool}/{status}: counted {}, kept {}", row.get::<_, i64>(2), row.get::<_, i64>(3))
+                let (pool, status): (String, String) = (row.value(0)?, row.value(1)?);
+                Ok(format!("{pool}/{status}: counted {}, kept {}", row.value::<i64>(2)?, row.value::<i64>(3)?))
             })
-            .collect())
+            .collect()
     }
 
     #[cfg(test)]
@@ -396,12 +439,14 @@ impl Driver for PostgresDriver {
     #[cfg(test)]
     async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>> {
         let rows = self.connection.link().await?.client.query(sql, &[]).await?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        rows.iter().map(|row| row.value(0)).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use jobhost_core::config::DatabaseConfig;
+
     use super::redact;
     use crate::suite::postgres_config;
     use crate::{Access, ErrorKind, Store};
@@ -417,6 +462,44 @@ mod tests {
         assert!(answers.iter().any(Result::is_ok), "the store never reconnected: {answers:?}");
         assert!(answers[1].is_ok(), "{answers:?}");
         assert_eq!(store.status(None).await.unwrap().jobs, crate::JobCounts::default());
+    }
+
+    /// What failed is told by the types of the error's causes, not by their wording, and the
+    /// causes are kept.
+    #[tokio::test]
+    async fn a_failed_connection_is_classified_by_its_causes_and_keeps_them() {
+        let config = postgres_config();
+        let ca = std::env::var("JOBHOST_TEST_PG_CA")
+            .expect("JOBHOST_TEST_PG_CA names the CA of the test server's certificate (scripts/test sets it)");
+        // The test server's certificate names 127.0.0.1, not localhost.
+        let misnamed =
+            format!("{}?sslmode=verify-full&sslrootcert={ca}", config.path.replace("127.0.0.1", "localhost"));
+        let cases = [
+            ("postgres://jobhost@127.0.0.1:1/postgres".to_owned(), ErrorKind::Unreachable, "connection refused"),
+            (misnamed, ErrorKind::Tls, "not valid for name \"localhost\""),
+        ];
+        for (path, kind, cause) in cases {
+            let err = Store::open(&DatabaseConfig { path, ..config.clone() }, Access::Existing).await.err().unwrap();
+            let message = err.to_string();
+            assert_eq!(err.kind(), kind, "{message}");
+            assert!(message.to_lowercase().contains(cause), "{message}");
+            let source = std::error::Error::source(&err);
+            assert!(source.is_some_and(|source| source.is::<tokio_postgres::Error>()), "{message}: {source:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_column_that_does_not_fit_is_an_error_naming_it() {
+        let store = Store::open(&postgres_config(), Access::CreateIfMissing).await.unwrap();
+        let cases = [("SELECT NULL::bigint AS lease", "NULL"), ("SELECT 1::integer AS lease", "int4")];
+        for (sql, why) in cases {
+            let err = store.driver.counts_for_test(sql).await.unwrap_err();
+            let message = err.to_string();
+            assert_eq!(err.kind(), ErrorKind::Other, "{message}");
+            assert!(message.contains("column 0 (lease) cannot be read") && message.contains(why), "{message}");
+            let source = std::error::Error::source(&err);
+            assert!(source.is_some_and(|source| source.is::<tokio_postgres::Error>()), "{message}: {source:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::NOW;
+use super::{ColumnValues, NOW};
 use crate::activity::ActivityRow;
 use crate::driver::Now;
 use crate::error::{ErrorKind, Result, StoreError};
@@ -32,7 +32,7 @@ pub(super) async fn activate(client: &Client, worker: &NewWorker, now: Now) -> R
         return Ok(());
     }
     let row = client.query_one("SELECT status, pool FROM workers WHERE id = $1", &[&worker.id]).await?;
-    let (status, pool): (String, String) = (row.get(0), row.get(1));
+    let (status, pool): (String, String) = (row.value(0)?, row.value(1)?);
     Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, &status, &pool)))
 }
 
@@ -54,7 +54,7 @@ pub(super) async fn heartbeat(
     lease: Duration,
     now: Now,
 ) -> Result<bool> {
-    let alive: i64 = client.query_one(statement, &[&now, &worker_id, &millis(lease)]).await?.get(0);
+    let alive: i64 = client.query_one(statement, &[&now, &worker_id, &millis(lease)]).await?.value(0)?;
     Ok(alive > 0)
 }
 
@@ -90,7 +90,7 @@ pub(super) async fn mark_lost(
             &[&now, &pool, &millis(stale_after), &millis(start_grace)],
         )
         .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    rows.iter().map(|row| row.value(0)).collect()
 }
 
 /// Under READ COMMITTED two checkers could both count the same gap and both fill it; the
@@ -116,8 +116,8 @@ pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: N
             &[&now, &request.pool, &millis(request.stale_after), &request.host],
         )
         .await?;
-    let server_now: i64 = live.get(0);
-    let (live_workers, live_here) = (live.get::<_, i64>(1) as u64, live.get::<_, i64>(2) as u64);
+    let server_now: i64 = live.value(0)?;
+    let (live_workers, live_here) = (live.value::<i64>(1)? as u64, live.value::<i64>(2)? as u64);
     // Counting further than every live worker plus this host's slots changes no decision.
     let enough = (live_workers + u64::from(request.max_workers)).min(i64::MAX as u64) as i64;
     let queue_depth: i64 = tx
@@ -126,7 +126,7 @@ pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: N
             &[&request.pool, &server_now, &enough],
         )
         .await?
-        .get(0);
+        .value(0)?;
     let mut plan = WorkerPlan::new(queue_depth as u64, live_workers, live_here, request.max_workers);
     let ids: Vec<String> = (0..plan.to_spawn()).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     if !ids.is_empty() {
@@ -173,10 +173,10 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         .await?;
     let mut backlog = None;
     for row in &rows {
-        if let Some(status) = row.get::<_, Option<&str>>(1) {
-            snapshot.jobs.set(status, row.get::<_, i64>(2).max(0) as u64);
+        if let Some(status) = row.value::<Option<&str>>(1)? {
+            snapshot.jobs.set(status, row.value::<i64>(2)?.max(0) as u64);
         }
-        backlog = Some((row.get::<_, i64>(0), row.get::<_, i64>(3), row.get::<_, Option<i64>>(4)));
+        backlog = Some((row.value::<i64>(0)?, row.value::<i64>(3)?, row.value::<Option<i64>>(4)?));
     }
     let (server_now, waiting, oldest) = backlog.expect("the query returns at least one row");
     snapshot.ready = snapshot.jobs.pending.saturating_sub(waiting.max(0) as u64);
@@ -190,7 +190,7 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         )
         .await?
     {
-        snapshot.add_workers(row.get(0), row.get::<_, &str>(1), row.get::<_, i64>(2).max(0) as u64);
+        snapshot.add_workers(row.value(0)?, row.value::<&str>(1)?, row.value::<i64>(2)?.max(0) as u64);
     }
     Ok(snapshot)
 }
@@ -200,7 +200,7 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
 pub(super) async fn pool_names(client: &Client) -> Result<Vec<String>> {
     let rows =
         client.query("SELECT pool FROM job_count_deltas GROUP BY pool HAVING sum(jobs) > 0 ORDER BY pool", &[]).await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    rows.iter().map(|row| row.value(0)).collect()
 }
 
 pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
@@ -215,20 +215,21 @@ pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<V
             &[&filter.pool, &filter.status, &i64::from(filter.limit)],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| WorkerInfo {
-            id: row.get(0),
-            pool: row.get(1),
-            status: row.get(2),
-            host: row.get(3),
-            pid: row.get::<_, Option<i64>>(4).and_then(|pid| u32::try_from(pid).ok()),
-            started_at: row.get(5),
-            last_heartbeat_at: row.get(6),
-            stopped_at: row.get(7),
-            current_jobs: row.get(8),
+    rows.iter()
+        .map(|row| {
+            Ok(WorkerInfo {
+                id: row.value(0)?,
+                pool: row.value(1)?,
+                status: row.value(2)?,
+                host: row.value(3)?,
+                pid: row.value::<Option<i64>>(4)?.and_then(|pid| u32::try_from(pid).ok()),
+                started_at: row.value(5)?,
+                last_heartbeat_at: row.value(6)?,
+                stopped_at: row.value(7)?,
+                current_jobs: row.value(8)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Folds the activity appended since the last fold into one row per key, and the rows older
@@ -249,7 +250,7 @@ pub(super) static FOLD_ACTIVITY: std::sync::LazyLock<String> = std::sync::LazyLo
 
 pub(super) async fn activity(client: &Client, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
     client.execute(FOLD_ACTIVITY.as_str(), &[&now]).await?;
-    let now: Millis = client.query_one(&format!("SELECT {NOW}"), &[&now]).await?.get(0);
+    let now: Millis = client.query_one(&format!("SELECT {NOW}"), &[&now]).await?.value(0)?;
     let rows = client
         .query(
             "SELECT minute, pool, processor, event, duration_bucket, fuel_bucket, sum(events)::bigint,
@@ -261,17 +262,19 @@ pub(super) async fn activity(client: &Client, now: Now) -> Result<(Millis, Vec<A
     let measure = |value: i64| value.max(0) as u64;
     let rows = rows
         .iter()
-        .map(|row| ActivityRow {
-            minute: row.get(0),
-            pool: row.get(1),
-            processor: row.get(2),
-            event: row.get(3),
-            duration_bucket: row.get(4),
-            fuel_bucket: row.get(5),
-            events: measure(row.get(6)),
-            duration_ms: measure(row.get(7)),
-            fuel: measure(row.get(8)),
+        .map(|row| {
+            Ok(ActivityRow {
+                minute: row.value(0)?,
+                pool: row.value(1)?,
+                processor: row.value(2)?,
+                event: row.value(3)?,
+                duration_bucket: row.value(4)?,
+                fuel_bucket: row.value(5)?,
+                events: measure(row.value(6)?),
+                duration_ms: measure(row.value(7)?),
+                fuel: measure(row.value(8)?),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok((now, rows))
 }

@@ -46,7 +46,9 @@ impl SqliteDriver {
             Access::CreateIfMissing => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|err| {
-                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}")).at(&location)
+                        StoreError::new(ErrorKind::CannotOpen, format!("cannot create its folder: {err}"))
+                            .caused_by(err)
+                            .at(&location)
                     })?;
                 }
                 flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -56,7 +58,7 @@ impl SqliteDriver {
         }
         let mut conn = Connection::open_with_flags(path, flags).map_err(|err| StoreError::from(err).at(&location))?;
         let meta = std::fs::metadata(path)
-            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).at(&location))?;
+            .map_err(|err| StoreError::new(ErrorKind::CannotOpen, err.to_string()).caused_by(err).at(&location))?;
         let fingerprint = Fingerprint { file: Some((path.to_path_buf(), (meta.dev(), meta.ino()))) };
         BUSY_TIMEOUT_MS.store(millis(config.busy_timeout.0).max(0) as u64, Ordering::Relaxed);
         // Identity and version are checked before any pragma that writes to the file, so a
@@ -136,8 +138,7 @@ pub fn verify_fingerprint(fingerprint: &Fingerprint) -> Result<()> {
         Ok(_) => "another file now has its name",
         Err(_) => "the file is gone",
     };
-    Err(StoreError::new(ErrorKind::Replaced, format!("{detail}; stop and start again on the database you mean"))
-        .at(&path.display().to_string()))
+    Err(StoreError::new(ErrorKind::Replaced, detail).at(&path.display().to_string()))
 }
 
 /// The time an operation runs at: the one given, else this machine's clock.
