@@ -1181,6 +1181,24 @@ fn processors_lists_what_the_cli_lists_broken_ones_included() {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// The server's own failures are told to clients without its paths: the log has those.
+#[test]
+fn a_processors_folder_that_cannot_be_read_is_a_500_that_names_no_path() {
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let folder = pool.path("processors");
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::write(&folder, "not a folder").unwrap();
+    let folder = folder.display().to_string();
+    for reply in [api.get("/api/v1/processors"), api.post("/api/v1/jobs", &json!({"processor": "echo"}))] {
+        let error = reply.expect_error(500, "internal", None);
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("the server's log says why") && !message.contains(&folder), "{error}");
+    }
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
 /// SQLite only: the processors come from this host's folder, not from the database.
 #[test]
 fn the_processors_listing_is_made_once_per_version_of_the_folder() {

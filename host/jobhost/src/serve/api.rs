@@ -458,7 +458,7 @@ fn now_ms() -> i64 {
 pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
     let text = json_body(&headers, &bytes)?;
     let known = jobhost_sandbox::processors::names(&app.config)
-        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))?;
+        .map_err(|err| ApiError::internal("list its processors", err))?;
     // The top level is read first, keeping each value's text, to tell one job from a batch.
     let top: std::collections::BTreeMap<String, Box<RawValue>> = parse(text, "")?;
     let Some(jobs) = top.get("jobs") else {
@@ -779,8 +779,8 @@ impl App {
         // finishes, and is kept, before the next one may start.
         tokio::task::spawn_blocking(move || app.processor_listing.refresh(latest, &app.config, &app.sandbox))
             .await
-            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()))?
-            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{err:#}")))
+            .map_err(|err| ApiError::internal("list its processors", err))?
+            .map_err(|err| ApiError::internal("list its processors", err))
     }
 }
 

@@ -53,6 +53,17 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// A failure of the server's own: logged in full, and told to the client without the
+    /// paths and addresses the log may show. `what` completes "the server failed to …".
+    pub fn internal(what: &str, err: impl std::fmt::Display) -> ApiError {
+        tracing::error!("request failed: cannot {what}: {err:#}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the server failed to {what}; the server's log says why"),
+        )
+    }
+
     pub fn invalid_json(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     }
@@ -84,14 +95,7 @@ impl From<StoreError> for ApiError {
             | ErrorKind::ReadOnly
             | ErrorKind::DiskFull
             | ErrorKind::Replaced
-            | ErrorKind::Other => {
-                tracing::error!("request failed: {err}");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the server failed to use its database; the server's log says why",
-                )
-            }
+            | ErrorKind::Other => ApiError::internal("use its database", err),
         }
     }
 }
