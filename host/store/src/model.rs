@@ -48,6 +48,91 @@ impl JobStatus {
     }
 }
 
+/// Where a worker is in its life: registered by the checker (`starting`), heartbeating
+/// (`active`), ended cleanly (`terminated`), or given up on by the reaper (`lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    Starting,
+    Active,
+    Terminated,
+    Lost,
+}
+
+impl WorkerStatus {
+    pub const ALL: [WorkerStatus; 4] =
+        [WorkerStatus::Starting, WorkerStatus::Active, WorkerStatus::Terminated, WorkerStatus::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Starting => "starting",
+            WorkerStatus::Active => "active",
+            WorkerStatus::Terminated => "terminated",
+            WorkerStatus::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WorkerStatus> {
+        WorkerStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state the store keeps in a column by its name. Reading one back is strict: a name this
+/// jobhost does not know (written by a newer version, or by hand) fails the read and is
+/// named, rather than being taken for some other state.
+pub(crate) trait StoredName: Sized {
+    /// What the name is of, as an error says it: "worker status".
+    const WHAT: &'static str;
+
+    fn from_name(text: &str) -> Option<Self>;
+
+    fn from_stored(text: &str) -> Result<Self, UnknownName> {
+        Self::from_name(text).ok_or_else(|| UnknownName(format!("unknown {} {text:?} in the database", Self::WHAT)))
+    }
+}
+
+/// A stored name that [`StoredName::from_stored`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnknownName(String);
+
+impl std::fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl StoredName for JobStatus {
+    const WHAT: &'static str = "job status";
+
+    fn from_name(text: &str) -> Option<Self> {
+        JobStatus::parse(text)
+    }
+}
+
+impl StoredName for WorkerStatus {
+    const WHAT: &'static str = "worker status";
+
+    fn from_name(text: &str) -> Option<Self> {
+        WorkerStatus::parse(text)
+    }
+}
+
+impl StoredName for OutcomeKind {
+    const WHAT: &'static str = "attempt outcome";
+
+    fn from_name(text: &str) -> Option<Self> {
+        OutcomeKind::parse(text)
+    }
+}
+
 /// The most attempts a job can ever have been counted. `jobs retry` stops granting more
 /// there, so attempt numbers always fit every integer type they are read into.
 pub const ATTEMPTS_CEILING: u32 = i32::MAX as u32;
@@ -321,7 +406,8 @@ pub struct AttemptRecord {
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
     /// `None` while the attempt is still running.
-    pub outcome: Option<String>,
+    #[schema(value_type = Option<String>, example = "ok")]
+    pub outcome: Option<OutcomeKind>,
     pub message: Option<String>,
     pub stderr: Option<String>,
     pub fuel_used: Option<u64>,
@@ -405,7 +491,7 @@ pub struct JobDetail {
 pub struct WorkerInfo {
     pub id: String,
     pub pool: String,
-    pub status: String,
+    pub status: WorkerStatus,
     pub host: Option<String>,
     pub pid: Option<u32>,
     pub started_at: Millis,
@@ -419,7 +505,7 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WorkerFilter<'a> {
     pub pool: Option<&'a str>,
-    pub status: Option<&'a str>,
+    pub status: Option<WorkerStatus>,
     pub limit: u32,
 }
 
@@ -442,8 +528,8 @@ pub struct NewWorker {
 
 impl NewWorker {
     /// Why worker `id` may not come up for `wanted_pool`, its row being `status` in `pool`.
-    pub(super) fn refusal(id: &str, wanted_pool: &str, status: &str, pool: &str) -> String {
-        if status == "starting" {
+    pub(super) fn refusal(id: &str, wanted_pool: &str, status: WorkerStatus, pool: &str) -> String {
+        if status == WorkerStatus::Starting {
             format!("worker {id} was registered for pool {pool:?}, not {wanted_pool:?}: start it with --pool {pool}")
         } else {
             format!("worker {id} is already {status}: a worker id is used once; start with a new --worker-id")
@@ -519,14 +605,13 @@ impl WorkerPlan {
 }
 
 impl JobCounts {
-    pub(super) fn set(&mut self, status: &str, count: u64) {
-        match JobStatus::parse(status) {
-            Some(JobStatus::Pending) => self.pending = count,
-            Some(JobStatus::Claimed) => self.claimed = count,
-            Some(JobStatus::Completed) => self.completed = count,
-            Some(JobStatus::Poisoned) => self.poisoned = count,
-            Some(JobStatus::Cancelled) => self.cancelled = count,
-            None => {}
+    pub(super) fn set(&mut self, status: JobStatus, count: u64) {
+        match status {
+            JobStatus::Pending => self.pending = count,
+            JobStatus::Claimed => self.claimed = count,
+            JobStatus::Completed => self.completed = count,
+            JobStatus::Poisoned => self.poisoned = count,
+            JobStatus::Cancelled => self.cancelled = count,
         }
     }
 }
@@ -545,28 +630,29 @@ impl JobCounts {
 }
 
 impl WorkerCounts {
-    /// The statuses a worker can be in.
-    pub const STATUSES: [&'static str; 4] = ["starting", "active", "terminated", "lost"];
-
-    /// Every status with its count, in [`WorkerCounts::STATUSES`]' order.
-    pub fn by_status(&self) -> [(&'static str, u64); 4] {
-        let [starting, active, terminated, lost] = Self::STATUSES;
-        [(starting, self.starting), (active, self.active), (terminated, self.terminated), (lost, self.lost)]
+    /// Every status with its count, in [`WorkerStatus::ALL`]'s order.
+    pub fn by_status(&self) -> [(WorkerStatus, u64); 4] {
+        [
+            (WorkerStatus::Starting, self.starting),
+            (WorkerStatus::Active, self.active),
+            (WorkerStatus::Terminated, self.terminated),
+            (WorkerStatus::Lost, self.lost),
+        ]
     }
 
-    fn add(&mut self, status: &str, count: u64) {
+    fn add(&mut self, status: WorkerStatus, count: u64) {
         match status {
-            "starting" => self.starting += count,
-            "active" => self.active += count,
-            "terminated" => self.terminated += count,
-            _ => self.lost += count,
+            WorkerStatus::Starting => self.starting += count,
+            WorkerStatus::Active => self.active += count,
+            WorkerStatus::Terminated => self.terminated += count,
+            WorkerStatus::Lost => self.lost += count,
         }
     }
 }
 
 impl StatusSnapshot {
     /// Counts `count` workers of `host` in `status`, in the totals and in the host's row.
-    pub(super) fn add_workers(&mut self, host: String, status: &str, count: u64) {
+    pub(super) fn add_workers(&mut self, host: String, status: WorkerStatus, count: u64) {
         self.workers.add(status, count);
         self.hosts.entry(host).or_default().add(status, count);
     }
@@ -617,10 +703,26 @@ pub struct ExportedAttempt {
     pub worker_id: String,
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
-    pub outcome: Option<String>,
+    pub outcome: Option<OutcomeKind>,
     pub message: Option<String>,
     pub stderr: Option<String>,
     pub fuel_used: Option<i64>,
     pub duration_ms: Option<i64>,
     pub processor_sha256: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_statuses_keep_their_names_and_an_unknown_one_is_named() {
+        for status in WorkerStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(WorkerStatus::from_stored(status.as_str()), Ok(status));
+        }
+        let err = WorkerStatus::from_stored("zombie").unwrap_err();
+        assert_eq!(err.to_string(), r#"unknown worker status "zombie" in the database"#);
+        assert!(OutcomeKind::from_stored("exploded").unwrap_err().to_string().contains(r#""exploded""#));
+    }
 }

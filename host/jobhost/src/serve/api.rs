@@ -30,7 +30,8 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
     AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, JobCounts, JobDetail, JobFilter, JobMatch, JobStatus,
-    JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
+    JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo,
+    WorkerStatus, millis,
 };
 
 use super::App;
@@ -47,7 +48,7 @@ pub const MAX_ATTEMPTS_PAGE: u32 = 100;
 #[openapi(
     info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
     paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
-    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus)),
+    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -757,17 +758,20 @@ impl App {
         if let Some(pool) = &query.pool {
             check_pool("pool", pool)?;
         }
-        let [starting, active, terminated, lost] = WorkerCounts::STATUSES;
-        if let Some(status) = query.status.as_deref()
-            && !WorkerCounts::STATUSES.contains(&status)
-        {
-            return Err(ApiError::field(
-                "status",
-                format!("unknown status {status:?}: use {starting}, {active}, {terminated} or {lost}"),
-            ));
-        }
-        let filter =
-            WorkerFilter { pool: query.pool.as_deref(), status: query.status.as_deref(), limit: MAX_WORKERS_LISTED };
+        let status = query
+            .status
+            .as_deref()
+            .map(|status| {
+                WorkerStatus::parse(status).ok_or_else(|| {
+                    let [starting, active, terminated, lost] = WorkerStatus::ALL;
+                    ApiError::field(
+                        "status",
+                        format!("unknown status {status:?}: use {starting}, {active}, {terminated} or {lost}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let filter = WorkerFilter { pool: query.pool.as_deref(), status, limit: MAX_WORKERS_LISTED };
         Ok(self.store().workers(&filter).await?)
     }
 

@@ -7,6 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use jobhost_core::outcome::OutcomeKind;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
@@ -272,28 +273,39 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
             &[&now, &pool],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Abandoned {
-            claim: ClaimRef {
-                seq: row.get(0),
-                worker_id: row.get::<_, Option<String>>(1).unwrap_or_default(),
-                token: row.get::<_, Option<i64>>(2).unwrap_or_default(),
-                attempt: clamp_count(row.get(3)),
-            },
-            max_attempts: clamp_count(row.get(4)),
-            worker_status: row.get(5),
-            lease_overdue_ms: row.get(6),
+    rows.iter()
+        .map(|row| {
+            Ok(Abandoned {
+                claim: ClaimRef {
+                    seq: row.get(0),
+                    worker_id: row.get::<_, Option<String>>(1).unwrap_or_default(),
+                    token: row.get::<_, Option<i64>>(2).unwrap_or_default(),
+                    attempt: clamp_count(row.get(3)),
+                },
+                max_attempts: clamp_count(row.get(4)),
+                worker_status: optional_name_at(row, 5)?,
+                lease_overdue_ms: row.get(6),
+            })
         })
-        .collect())
+        .collect()
 }
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
      j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
 
-fn status_at(row: &Row, index: usize) -> Result<JobStatus> {
+/// A state stored by its name (see [`StoredName`]); a name this jobhost does not know fails
+/// the read, naming it.
+pub(super) fn name_at<T: StoredName>(row: &Row, index: usize) -> Result<T> {
     let text: &str = row.get(index);
-    JobStatus::parse(text).ok_or_else(|| StoreError::new(ErrorKind::Other, format!("unknown job status {text:?}")))
+    T::from_stored(text).map_err(|err| StoreError::new(ErrorKind::Other, err.to_string()))
+}
+
+/// As [`name_at`], for a column that is NULL where there is no state (an attempt still running).
+pub(super) fn optional_name_at<T: StoredName>(row: &Row, index: usize) -> Result<Option<T>> {
+    match row.get::<_, Option<&str>>(index) {
+        None => Ok(None),
+        Some(_) => name_at(row, index).map(Some),
+    }
 }
 
 fn summary_from_row(row: &Row) -> Result<JobSummary> {
@@ -302,7 +314,7 @@ fn summary_from_row(row: &Row) -> Result<JobSummary> {
         id: row.get(0),
         pool: row.get(1),
         processor: row.get(2),
-        status: status_at(row, 3)?,
+        status: name_at(row, 3)?,
         priority: row.get(4),
         attempts: clamp_count(row.get(5)),
         max_attempts: clamp_count(row.get(6)),
@@ -354,14 +366,14 @@ pub(super) const ATTEMPTS: &str = concat!(
 );
 
 /// An attempt read by `attempt_columns!`, with its job's `seq`.
-fn attempt_from_row(row: &Row) -> (i64, AttemptRecord) {
+fn attempt_from_row(row: &Row) -> Result<(i64, AttemptRecord)> {
     let measure = |value: Option<i64>| value.map(|value| value.max(0) as u64);
     let record = AttemptRecord {
         attempt: clamp_count(row.get(0)),
         worker_id: row.get(1),
         started_at: row.get(2),
         finished_at: row.get(3),
-        outcome: row.get(4),
+        outcome: optional_name_at(row, 4)?,
         message: row.get(5),
         stderr: row.get(6),
         fuel_used: measure(row.get(7)),
@@ -369,7 +381,7 @@ fn attempt_from_row(row: &Row) -> (i64, AttemptRecord) {
         processor_sha256: row.get(11),
         host: row.get(9),
     };
-    (row.get(10), record)
+    Ok((row.get(10), record))
 }
 
 /// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
@@ -388,7 +400,7 @@ pub(super) async fn jobs(
     let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
     let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
     for row in client.query(histories, &[&seqs, &(i64::from(RECENT_ATTEMPTS) + 1)]).await? {
-        let (seq, record) = attempt_from_row(&row);
+        let (seq, record) = attempt_from_row(&row)?;
         by_seq.entry(seq).or_default().push(record);
     }
     Ok(found
@@ -412,7 +424,8 @@ pub(super) async fn attempts(
     if rows.is_empty() && client.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await?.is_none() {
         return Ok(None);
     }
-    Ok(Some(rows.iter().map(|row| attempt_from_row(row).1).collect()))
+    let attempts = rows.iter().map(|row| Ok(attempt_from_row(row)?.1)).collect::<Result<_>>()?;
+    Ok(Some(attempts))
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).
@@ -452,7 +465,7 @@ pub(super) async fn list(client: &Client, statement: &Statement, filter: &JobFil
 
 pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
     let rows = client.query("SELECT id, status FROM jobs WHERE id = ANY($1)", &[&ids]).await?;
-    rows.iter().map(|row| Ok((row.get(0), status_at(row, 1)?))).collect()
+    rows.iter().map(|row| Ok((row.get(0), name_at(row, 1)?))).collect()
 }
 
 /// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
@@ -505,7 +518,7 @@ async fn answer_for(client: &Client, id: &str, changed: u64, retrying: bool) -> 
         return Ok(IdAnswer::Done);
     }
     let found = match client.query_opt("SELECT status, attempts FROM jobs WHERE id = $1", &[&id]).await? {
-        Some(row) => Some((status_at(&row, 0)?, clamp_count(row.get(1)))),
+        Some(row) => Some((name_at(&row, 0)?, clamp_count(row.get(1)))),
         None => None,
     };
     Ok(IdAnswer::explain(found, retrying))
@@ -541,7 +554,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             pool: row.get(2),
             processor: row.get(3),
             payload: row.get(4),
-            status: status_at(row, 5)?,
+            status: name_at(row, 5)?,
             priority: row.get(6),
             run_at: row.get(7),
             attempts: clamp_count(row.get(8)),
@@ -573,7 +586,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             worker_id: row.get(2),
             started_at: row.get(3),
             finished_at: row.get(4),
-            outcome: row.get(5),
+            outcome: optional_name_at(row, 5)?,
             message: row.get(6),
             stderr: row.get(7),
             fuel_used: row.get(8),
@@ -639,7 +652,7 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
                     &attempt.worker_id,
                     &attempt.started_at,
                     &attempt.finished_at,
-                    &attempt.outcome,
+                    &attempt.outcome.map(OutcomeKind::as_str),
                     &attempt.message,
                     &attempt.stderr,
                     &attempt.fuel_used,

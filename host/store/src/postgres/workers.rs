@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::NOW;
+use super::jobs::{name_at, optional_name_at};
 use crate::activity::ActivityRow;
 use crate::driver::Now;
 use crate::error::{ErrorKind, Result, StoreError};
@@ -32,8 +33,8 @@ pub(super) async fn activate(client: &Client, worker: &NewWorker, now: Now) -> R
         return Ok(());
     }
     let row = client.query_one("SELECT status, pool FROM workers WHERE id = $1", &[&worker.id]).await?;
-    let (status, pool): (String, String) = (row.get(0), row.get(1));
-    Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, &status, &pool)))
+    let (status, pool): (WorkerStatus, String) = (name_at(&row, 0)?, row.get(1));
+    Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, status, &pool)))
 }
 
 /// Renews the worker and, only if it is still `active`, the leases of its jobs.
@@ -173,7 +174,7 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         .await?;
     let mut backlog = None;
     for row in &rows {
-        if let Some(status) = row.get::<_, Option<&str>>(1) {
+        if let Some(status) = optional_name_at(row, 1)? {
             snapshot.jobs.set(status, row.get::<_, i64>(2).max(0) as u64);
         }
         backlog = Some((row.get::<_, i64>(0), row.get::<_, i64>(3), row.get::<_, Option<i64>>(4)));
@@ -190,7 +191,7 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         )
         .await?
     {
-        snapshot.add_workers(row.get(0), row.get::<_, &str>(1), row.get::<_, i64>(2).max(0) as u64);
+        snapshot.add_workers(row.get(0), name_at(&row, 1)?, row.get::<_, i64>(2).max(0) as u64);
     }
     Ok(snapshot)
 }
@@ -212,23 +213,24 @@ pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<V
               WHERE ($1::text IS NULL OR w.pool = $1) AND ($2::text IS NULL OR w.status = $2)
               ORDER BY w.status IN ('starting', 'active') DESC, w.last_heartbeat_at DESC, w.id
               LIMIT $3",
-            &[&filter.pool, &filter.status, &i64::from(filter.limit)],
+            &[&filter.pool, &filter.status.map(WorkerStatus::as_str), &i64::from(filter.limit)],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| WorkerInfo {
-            id: row.get(0),
-            pool: row.get(1),
-            status: row.get(2),
-            host: row.get(3),
-            pid: row.get::<_, Option<i64>>(4).and_then(|pid| u32::try_from(pid).ok()),
-            started_at: row.get(5),
-            last_heartbeat_at: row.get(6),
-            stopped_at: row.get(7),
-            current_jobs: row.get(8),
+    rows.iter()
+        .map(|row| {
+            Ok(WorkerInfo {
+                id: row.get(0),
+                pool: row.get(1),
+                status: name_at(row, 2)?,
+                host: row.get(3),
+                pid: row.get::<_, Option<i64>>(4).and_then(|pid| u32::try_from(pid).ok()),
+                started_at: row.get(5),
+                last_heartbeat_at: row.get(6),
+                stopped_at: row.get(7),
+                current_jobs: row.get(8),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Folds the activity appended since the last fold into one row per key, and the rows older
@@ -261,17 +263,19 @@ pub(super) async fn activity(client: &Client, now: Now) -> Result<(Millis, Vec<A
     let measure = |value: i64| value.max(0) as u64;
     let rows = rows
         .iter()
-        .map(|row| ActivityRow {
-            minute: row.get(0),
-            pool: row.get(1),
-            processor: row.get(2),
-            event: row.get(3),
-            duration_bucket: row.get(4),
-            fuel_bucket: row.get(5),
-            events: measure(row.get(6)),
-            duration_ms: measure(row.get(7)),
-            fuel: measure(row.get(8)),
+        .map(|row| {
+            Ok(ActivityRow {
+                minute: row.get(0),
+                pool: row.get(1),
+                processor: row.get(2),
+                event: name_at(row, 3)?,
+                duration_bucket: row.get(4),
+                fuel_bucket: row.get(5),
+                events: measure(row.get(6)),
+                duration_ms: measure(row.get(7)),
+                fuel: measure(row.get(8)),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok((now, rows))
 }
