@@ -120,6 +120,8 @@ macro_rules! for_each_backend {
 for_each_backend!(
     claim_takes_highest_priority_then_oldest_and_never_twice,
     a_delayed_job_is_not_ready_until_its_time,
+    a_run_at_that_has_passed_makes_a_job_ready_as_it_is_queued,
+    a_run_at_in_the_future_is_kept_and_waited_for,
     only_an_active_worker_can_claim,
     complete_records_the_result_and_the_attempt,
     each_attempt_records_the_code_that_ran_it,
@@ -164,8 +166,13 @@ fn job(pool: &str, priority: i64) -> NewJob {
         payload: r#"{"n":1}"#.into(),
         priority,
         max_attempts: 3,
-        delay_ms: 0,
+        ready: Ready::After(Duration::ZERO),
     }
+}
+
+/// Ready `ms` milliseconds after it is queued.
+fn after(ms: u64) -> Ready {
+    Ready::After(Duration::from_millis(ms))
 }
 
 async fn active_worker(t: &TestStore, id: &str) {
@@ -193,10 +200,36 @@ async fn claim_takes_highest_priority_then_oldest_and_never_twice(t: TestStore) 
 
 async fn a_delayed_job_is_not_ready_until_its_time(t: TestStore) {
     active_worker(&t, "w1").await;
-    t.store.enqueue_all(&[NewJob { delay_ms: 5_000, ..job("default", 0) }]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { ready: after(5_000), ..job("default", 0) }]).await.unwrap();
     assert!(claim_one(&t, "w1").await.is_none());
     t.advance(5_000);
     assert!(claim_one(&t, "w1").await.is_some());
+}
+
+async fn a_run_at_that_has_passed_makes_a_job_ready_as_it_is_queued(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let queued_at = t.now();
+    let id =
+        t.store.enqueue_all(&[NewJob { ready: Ready::At(queued_at - 60_000), ..job("default", 0) }]).await.unwrap();
+    let job = t.store.job(&id[0]).await.unwrap().unwrap().job;
+    assert_eq!(job.run_at, queued_at, "ready as it was queued, not a minute before it existed");
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!((status.ready, status.oldest_ready_age_ms), (1, Some(0)));
+    assert_eq!(claim_one(&t, "w1").await.map(|job| job.id), Some(id[0].clone()));
+}
+
+async fn a_run_at_in_the_future_is_kept_and_waited_for(t: TestStore) {
+    active_worker(&t, "w1").await;
+    // The store's clock is years behind this machine's: a run_at turned into a delay on the
+    // machine's clock, or compared with it, would make this job ready at once.
+    let run_at = t.now() + 60_000;
+    let id = t.store.enqueue_all(&[NewJob { ready: Ready::At(run_at), ..job("default", 0) }]).await.unwrap();
+    assert_eq!(t.store.job(&id[0]).await.unwrap().unwrap().job.run_at, run_at, "kept to the millisecond");
+    assert_eq!(t.store.status(None).await.unwrap().ready, 0);
+    t.advance(59_999);
+    assert!(claim_one(&t, "w1").await.is_none(), "not ready a millisecond early");
+    t.advance(1);
+    assert_eq!(claim_one(&t, "w1").await.map(|job| job.id), Some(id[0].clone()));
 }
 
 async fn only_an_active_worker_can_claim(t: TestStore) {
@@ -389,7 +422,7 @@ async fn counts_too_wide_for_u32_are_clamped_when_read(t: TestStore) {
 }
 
 async fn a_delay_past_the_end_of_time_saturates_instead_of_wrapping(t: TestStore) {
-    t.store.enqueue_all(&[NewJob { delay_ms: Millis::MAX, ..job("default", 0) }]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { ready: Ready::After(Duration::MAX), ..job("default", 0) }]).await.unwrap();
     let status = t.store.status(None).await.unwrap();
     assert_eq!((status.ready, status.oldest_ready_age_ms), (0, None), "the job is not ready: {status:?}");
 }
@@ -469,10 +502,10 @@ async fn a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token(t
     active_worker(&t, "w1").await;
     // The first enqueue is ready a second later than the second one, so run_at and seq
     // disagree: run_at must decide before seq does.
-    let late = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 0) }]).await.unwrap();
-    let late_urgent = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 5) }]).await.unwrap();
+    let late = t.store.enqueue_all(&[NewJob { ready: after(1_000), ..job("default", 0) }]).await.unwrap();
+    let late_urgent = t.store.enqueue_all(&[NewJob { ready: after(1_000), ..job("default", 5) }]).await.unwrap();
     let early = t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0)]).await.unwrap();
-    t.store.enqueue_all(&[NewJob { delay_ms: 60_000, ..job("default", 9) }, job("other", 9)]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { ready: after(60_000), ..job("default", 9) }, job("other", 9)]).await.unwrap();
     t.advance(1_000);
 
     let first = t.claim("default", "w1", LEASE, 3).await.unwrap();
@@ -524,18 +557,7 @@ fn worker(id: &str) -> NewWorker {
 
 async fn a_silent_worker_is_reaped_and_its_job_released(t: TestStore) {
     t.store.activate_worker(&worker("w1")).await.unwrap();
-    t.store
-        .enqueue_all(&[NewJob {
-            id: NewJob::new_id(),
-            pool: "default".into(),
-            processor: "echo".into(),
-            payload: "{}".into(),
-            priority: 0,
-            max_attempts: 3,
-            delay_ms: 0,
-        }])
-        .await
-        .unwrap();
+    t.store.enqueue_all(&[NewJob { payload: "{}".into(), ..job("default", 0) }]).await.unwrap();
     assert_eq!(t.claim("default", "w1", STALE * 10, 1).await.unwrap().len(), 1);
 
     t.advance(millis(STALE));
@@ -554,18 +576,7 @@ async fn a_silent_worker_is_reaped_and_its_job_released(t: TestStore) {
 
 async fn heartbeats_keep_a_worker_and_its_leases_alive(t: TestStore) {
     t.store.activate_worker(&worker("w1")).await.unwrap();
-    t.store
-        .enqueue_all(&[NewJob {
-            id: NewJob::new_id(),
-            pool: "default".into(),
-            processor: "echo".into(),
-            payload: "{}".into(),
-            priority: 0,
-            max_attempts: 3,
-            delay_ms: 0,
-        }])
-        .await
-        .unwrap();
+    t.store.enqueue_all(&[NewJob { payload: "{}".into(), ..job("default", 0) }]).await.unwrap();
     t.claim("default", "w1", STALE, 1).await.unwrap();
     for _ in 0..10 {
         t.advance(millis(STALE) / 2);
@@ -577,18 +588,7 @@ async fn heartbeats_keep_a_worker_and_its_leases_alive(t: TestStore) {
 }
 
 async fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace(t: TestStore) {
-    t.store
-        .enqueue_all(&[NewJob {
-            id: NewJob::new_id(),
-            pool: "default".into(),
-            processor: "echo".into(),
-            payload: "{}".into(),
-            priority: 0,
-            max_attempts: 3,
-            delay_ms: 0,
-        }])
-        .await
-        .unwrap();
+    t.store.enqueue_all(&[NewJob { payload: "{}".into(), ..job("default", 0) }]).await.unwrap();
     let planned = t.store.plan_workers(&plan("default", 1)).await.unwrap().new_workers;
     assert_eq!(t.store.status(None).await.unwrap().workers.starting, 1);
     t.advance(millis(GRACE) + 1);
@@ -598,15 +598,7 @@ async fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace(t: TestSt
 }
 
 async fn plan_workers_counts_starting_workers_and_never_overspawns(t: TestStore) {
-    let new = NewJob {
-        id: NewJob::new_id(),
-        pool: "default".into(),
-        processor: "echo".into(),
-        payload: "{}".into(),
-        priority: 0,
-        max_attempts: 3,
-        delay_ms: 0,
-    };
+    let new = NewJob { payload: "{}".into(), ..job("default", 0) };
     t.store
         .enqueue_all(&(0..5).map(|_| NewJob { id: NewJob::new_id(), ..new.clone() }).collect::<Vec<_>>())
         .await
@@ -645,15 +637,7 @@ async fn plan_workers_fills_each_hosts_own_slots_and_counts_the_others_workers(t
 }
 
 async fn status_counts_jobs_and_workers_and_the_ready_backlog(t: TestStore) {
-    let new = |delay_ms| NewJob {
-        id: NewJob::new_id(),
-        pool: "default".into(),
-        processor: "echo".into(),
-        payload: "{}".into(),
-        priority: 0,
-        max_attempts: 3,
-        delay_ms,
-    };
+    let new = |delay_ms| NewJob { payload: "{}".into(), ready: after(delay_ms), ..job("default", 0) };
     t.store.enqueue_all(&[new(0), new(0), new(60_000)]).await.unwrap();
     t.advance(250);
     t.store.activate_worker(&worker("w1")).await.unwrap();
@@ -824,7 +808,7 @@ async fn a_job_shows_its_latest_attempts_and_pages_through_the_older_ones(t: Tes
 
 async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {
     t.store
-        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { delay_ms: 60_000, ..job("later", 0) }])
+        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { ready: after(60_000), ..job("later", 0) }])
         .await
         .unwrap();
     t.store

@@ -28,19 +28,23 @@ macro_rules! saturating_add {
     };
 }
 
-/// Inserts a chunk of jobs and counts them in the activity table, in one statement.
+/// Inserts a chunk of jobs and counts them in the activity table, in one statement. Each job
+/// is ready after its `delay` or at its `run_at` (the other is NULL; see [`Ready`]), on the
+/// server's clock.
 pub(super) const ENQUEUE: &str = concat!(
     "WITH inserted AS (
        INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
                          created_at, updated_at)
-       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority, ",
+       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority,
+              CASE WHEN j.run_at IS NULL THEN ",
     saturating_add!("t.now", "j.delay"),
-    ", 0, j.max_attempts, t.now, t.now
+    " ELSE greatest(j.run_at, t.now) END, 0, j.max_attempts, t.now, t.now
          FROM (SELECT ",
     now_sql!(),
     " AS now) t,
-              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, n)
+              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
+                     $9::bigint[])
+                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, run_at, n)
         ORDER BY j.n
        RETURNING pool, processor, created_at)
      INSERT INTO activity
@@ -66,6 +70,13 @@ pub(super) async fn enqueue(
         }
         let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
         let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
+        let (delays, run_ats): (Vec<Option<i64>>, Vec<Option<i64>>) = chunk
+            .iter()
+            .map(|job| match job.ready {
+                Ready::After(delay) => (Some(millis(delay)), None),
+                Ready::At(at) => (None, Some(at)),
+            })
+            .unzip();
         tx.execute(
             statement,
             &[
@@ -76,7 +87,8 @@ pub(super) async fn enqueue(
                 &column(|job| &job.payload),
                 &number(|job| job.priority),
                 &number(|job| i64::from(job.max_attempts)),
-                &number(|job| job.delay_ms),
+                &delays,
+                &run_ats,
             ],
         )
         .await?;

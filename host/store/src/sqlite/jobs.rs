@@ -34,7 +34,7 @@ pub(super) fn enqueue(
             job.processor,
             job.payload,
             job.priority,
-            now.saturating_add(job.delay_ms),
+            job.ready.run_at(now),
             job.max_attempts,
             now
         ])?;

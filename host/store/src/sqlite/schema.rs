@@ -173,7 +173,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::{Access, JobStatus, NewJob, RetryPolicy, Store};
+    use crate::{Access, JobStatus, NewJob, Ready, RetryPolicy, Store};
     use jobhost_core::config::DatabaseConfig;
     use jobhost_core::outcome::OutcomeKind;
 
@@ -185,7 +185,7 @@ mod tests {
             payload: "{}".into(),
             priority: 0,
             max_attempts: 3,
-            delay_ms: 0,
+            ready: Ready::After(Duration::ZERO),
         }
     }
 
