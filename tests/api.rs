@@ -436,8 +436,8 @@ fn ms(value: &Value) -> i64 {
     value.as_i64().unwrap_or_else(|| panic!("a timestamp in ms, not {value}"))
 }
 
-/// A job's `run_at` is the one asked for. The store turns it into a delay on the database
-/// server's clock, so a millisecond or two may separate them on PostgreSQL.
+/// A job's `run_at` is the one asked for: the store keeps a future `run_at` as it was sent
+/// and compares it with the database's clock.
 fn assert_run_at(job: &Value, wanted: i64) {
     let off = ms(&job["run_at"]) - wanted;
     assert!(off.abs() <= 1000, "run_at is {off} ms off the {wanted} asked for: {job}");

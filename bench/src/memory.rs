@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result, ensure};
 use jobhost_core::config::Limits;
+use jobhost_core::outcome::OutcomeKind;
 
 use crate::report::{Report, Row, mib};
 use crate::support::{Bench, Pool, block_on, list, run_to_end, status};
@@ -56,9 +57,13 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let outcome = detail
         .attempt_history
         .first()
-        .and_then(|attempt| attempt.outcome.clone())
+        .and_then(|attempt| attempt.outcome)
         .context("the alloc_bomb job left no finished attempt")?;
-    ensure!(outcome == "memory", "the alloc_bomb job ended as {outcome:?}, not \"memory\": the cap did not hold");
+    ensure!(
+        outcome == OutcomeKind::Memory,
+        "the alloc_bomb job ended as {outcome}, not {}: the cap did not hold",
+        OutcomeKind::Memory
+    );
     report.add(Row::goal(
         SECTION,
         "worker running alloc_bomb into its cap, peak RSS",

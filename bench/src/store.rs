@@ -30,7 +30,8 @@ use clap::ValueEnum;
 use jobhost_core::config::{DatabaseConfig, Synchronous};
 use jobhost_core::outcome::OutcomeKind;
 use jobhost_store::{
-    Access, AttemptReport, ClaimRequest, ClaimedJob, Finished, NewJob, NewWorker, RetryPolicy, Settled, Store,
+    Access, AttemptReport, ClaimRequest, ClaimedJob, Finished, JobRequest, JobRules, NewJob, NewWorker, Refusal,
+    RetryPolicy, Settled, Store,
 };
 
 use crate::report::{Report, Row, number, per_second};
@@ -208,16 +209,18 @@ fn drain(config: &DatabaseConfig, jobs: u64, processes: usize, shape: Shape) -> 
 
 /// Queues `count` jobs of pool [`POOL`] with one streamed `Store::enqueue`.
 pub fn enqueue(store: &Store, count: u64) -> Result<()> {
+    let rules = JobRules { processors: None, max_payload: u64::MAX };
     let jobs = (0..count).map(|i| {
-        Ok(NewJob {
-            id: NewJob::new_id(),
+        let request = JobRequest {
             pool: POOL.to_string(),
             processor: "echo".to_string(),
             payload: format!(r#"{{"seq":{i}}}"#),
             priority: 0,
             max_attempts: 3,
-            delay_ms: 0,
-        })
+            delay: None,
+            run_at: None,
+        };
+        NewJob::new(request, &rules).map_err(|err| Refusal(err.message("the benchmark's job")))
     });
     let queued = block_on(store.enqueue(jobs))?;
     ensure!(queued == count, "Store::enqueue queued {queued} of {count} jobs");

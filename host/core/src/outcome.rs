@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     Ok,
@@ -44,6 +44,11 @@ impl OutcomeKind {
             OutcomeKind::WorkerLost => "worker_lost",
         }
     }
+
+    /// The kind named `text` ([`OutcomeKind::as_str`]); `None` for a name not on the list.
+    pub fn parse(text: &str) -> Option<OutcomeKind> {
+        OutcomeKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
 }
 
 impl std::fmt::Display for OutcomeKind {
@@ -62,6 +67,16 @@ mod tests {
         assert_eq!(names.len(), OutcomeKind::ALL.len());
         for kind in OutcomeKind::ALL {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn every_name_parses_back_and_no_other_text_does() {
+        for kind in OutcomeKind::ALL {
+            assert_eq!(OutcomeKind::parse(kind.as_str()), Some(kind));
+        }
+        for unknown in ["", "OK", "lost", "fuel exhausted", "ok "] {
+            assert_eq!(OutcomeKind::parse(unknown), None, "{unknown:?}");
         }
     }
 }

@@ -5,7 +5,8 @@
 //! validated once more by [`Config::validate`]: a flag never skips a check the file gets,
 //! and an error names what the user typed (`--stale-after (2s) must be longer than …`).
 //! Values only a flag can set (a count, an id) are checked here too, so every command
-//! starts from settings that are known good.
+//! starts from settings that are known good. What `seed` queues (pool, processor, payload)
+//! is checked where the HTTP API's jobs are, by `jobhost_store::NewJob::new`.
 
 use anyhow::{Result, bail};
 
@@ -86,8 +87,6 @@ pub fn settle(cli: Cli) -> Result<(Config, Task)> {
             if args.payload_file.is_none() && !(1..=MAX_SEED_COUNT).contains(&args.count) {
                 bail!("--count must be between 1 and {MAX_SEED_COUNT}, got {}", args.count);
             }
-            check_name("--pool", &args.pool)?;
-            names::check_processor(&args.processor).map_err(|err| anyhow::anyhow!("--processor: {err}"))?;
         }
         Command::Work(args) => {
             if let Some(concurrency) = args.concurrency.take() {

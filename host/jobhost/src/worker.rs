@@ -35,7 +35,7 @@ use jobhost_sandbox::processors::{self, Registry};
 use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use jobhost_store::{
     Access, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker, RetryPolicy, Settled,
-    Store, StoreError,
+    Store, StoreError, WorkerStatus,
 };
 
 use crate::output::LineSink;
@@ -62,8 +62,9 @@ struct Summary {
     processed: u64,
     completed: u64,
     failed: u64,
-    /// The worker's final status: `terminated`, or `lost` when the reaper had given up on it.
-    status: &'static str,
+    /// The worker's final status: `terminated`, or `lost` when the reaper had given up on it;
+    /// `None` until it ends.
+    status: Option<WorkerStatus>,
 }
 
 impl Summary {
@@ -178,7 +179,8 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     let mut summary = result?;
     let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").take();
     summary.worker_id = worker_id.clone();
-    summary.status = if matches!(stop_reason, Some(StopReason::Lost)) { "lost" } else { "terminated" };
+    summary.status =
+        Some(if matches!(stop_reason, Some(StopReason::Lost)) { WorkerStatus::Lost } else { WorkerStatus::Terminated });
     if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
         worker.store.deregister_worker(&worker_id).await?;
     }

@@ -223,10 +223,11 @@ pub enum Outcome {
     /// Non-zero exit status: preview1's `proc_exit` (e.g. Rust's `std::process::exit`), or
     /// a component's `wasi:cli/exit` (`exit(err)` is 1, `exit-with-code(n)` is n).
     Exit(i32),
-    /// The guest trapped; `kind` is the trap in snake_case (`unreachable_code_reached`,
-    /// `stack_overflow`, `memory_out_of_bounds`, ...) or `host_error` for a failed host call.
+    /// The guest trapped; `kind` is the trap's stable name ([`trap_kind`]:
+    /// `unreachable_code_reached`, `stack_overflow`, `memory_out_of_bounds`, ...) or
+    /// `host_error` for a failed host call.
     Trap {
-        kind: String,
+        kind: &'static str,
         message: String,
     },
     FuelExhausted,
@@ -687,9 +688,9 @@ fn error_outcome(err: &wasmtime::Error) -> Outcome {
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
-        Some(trap) => Outcome::Trap { kind: snake_case(&format!("{trap:?}")), message: trap_message(trap, err) },
+        Some(trap) => Outcome::Trap { kind: trap_kind(trap), message: trap_message(trap, err) },
         // A host function failed, e.g. `proc_exit` with a status WASI cannot represent.
-        None => Outcome::Trap { kind: "host_error".to_string(), message: format!("{err:#}") },
+        None => Outcome::Trap { kind: "host_error", message: format!("{err:#}") },
     }
 }
 
@@ -720,16 +721,68 @@ fn trap_message(trap: &Trap, err: &wasmtime::Error) -> String {
     message
 }
 
-fn snake_case(camel: &str) -> String {
-    let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
+/// A trap's stable name, as an attempt's message and `docs/processors.md` give it: wasmtime's
+/// variant name in snake_case, written out so that a wasmtime upgrade renaming a variant
+/// renames no kind. `Trap` is non-exhaustive: a trap a newer wasmtime adds is [`UNKNOWN_TRAP`]
+/// until it is named here (a test fails until then), and its message still says what it was.
+fn trap_kind(trap: &Trap) -> &'static str {
+    match trap {
+        Trap::StackOverflow => "stack_overflow",
+        Trap::MemoryOutOfBounds => "memory_out_of_bounds",
+        Trap::HeapMisaligned => "heap_misaligned",
+        Trap::TableOutOfBounds => "table_out_of_bounds",
+        Trap::IndirectCallToNull => "indirect_call_to_null",
+        Trap::BadSignature => "bad_signature",
+        Trap::IntegerOverflow => "integer_overflow",
+        Trap::IntegerDivisionByZero => "integer_division_by_zero",
+        Trap::BadConversionToInteger => "bad_conversion_to_integer",
+        Trap::UnreachableCodeReached => "unreachable_code_reached",
+        Trap::Interrupt => "interrupt",
+        Trap::OutOfFuel => "out_of_fuel",
+        Trap::AtomicWaitNonSharedMemory => "atomic_wait_non_shared_memory",
+        Trap::NullReference => "null_reference",
+        Trap::ArrayOutOfBounds => "array_out_of_bounds",
+        Trap::AllocationTooLarge => "allocation_too_large",
+        Trap::CastFailure => "cast_failure",
+        Trap::CannotEnterComponent => "cannot_enter_component",
+        Trap::NoAsyncResult => "no_async_result",
+        Trap::UnhandledTag => "unhandled_tag",
+        Trap::ContinuationAlreadyConsumed => "continuation_already_consumed",
+        Trap::DisabledOpcode => "disabled_opcode",
+        Trap::AsyncDeadlock => "async_deadlock",
+        Trap::CannotLeaveComponent => "cannot_leave_component",
+        Trap::CannotBlockSyncTask => "cannot_block_sync_task",
+        Trap::InvalidChar => "invalid_char",
+        Trap::DebugAssertStringEncodingFinished => "debug_assert_string_encoding_finished",
+        Trap::DebugAssertEqualCodeUnits => "debug_assert_equal_code_units",
+        Trap::DebugAssertPointerAligned => "debug_assert_pointer_aligned",
+        Trap::DebugAssertUpperBitsUnset => "debug_assert_upper_bits_unset",
+        Trap::StringOutOfBounds => "string_out_of_bounds",
+        Trap::ListOutOfBounds => "list_out_of_bounds",
+        Trap::InvalidDiscriminant => "invalid_discriminant",
+        Trap::UnalignedPointer => "unaligned_pointer",
+        Trap::TaskCancelNotCancelled => "task_cancel_not_cancelled",
+        Trap::TaskCancelOrReturnTwice => "task_cancel_or_return_twice",
+        Trap::SubtaskCancelAfterTerminal => "subtask_cancel_after_terminal",
+        Trap::TaskReturnInvalid => "task_return_invalid",
+        Trap::WaitableSetDropHasWaiters => "waitable_set_drop_has_waiters",
+        Trap::SubtaskDropNotResolved => "subtask_drop_not_resolved",
+        Trap::ThreadNewIndirectInvalidType => "thread_new_indirect_invalid_type",
+        Trap::ThreadNewIndirectUninitialized => "thread_new_indirect_uninitialized",
+        Trap::BackpressureOverflow => "backpressure_overflow",
+        Trap::UnsupportedCallbackCode => "unsupported_callback_code",
+        Trap::CannotResumeThread => "cannot_resume_thread",
+        Trap::ConcurrentFutureStreamOp => "concurrent_future_stream_op",
+        Trap::ReferenceCountOverflow => "reference_count_overflow",
+        Trap::StreamOpTooBig => "stream_op_too_big",
+        Trap::WaitableSyncAndAsync => "waitable_sync_and_async",
+        Trap::UncaughtException => "uncaught_exception",
+        _ => UNKNOWN_TRAP,
     }
-    out
 }
+
+/// The kind of a trap [`trap_kind`] has no name for.
+const UNKNOWN_TRAP: &str = "unknown_trap";
 
 fn to_usize(bytes: u64) -> usize {
     usize::try_from(bytes).unwrap_or(usize::MAX)
@@ -931,6 +984,28 @@ mod tests {
             .collect();
         for run in runs {
             assert_eq!(run.await.unwrap(), Outcome::Ok(serde_json::json!(1)));
+        }
+    }
+
+    /// Kinds are the names the trap variants had when the kind was derived from their `Debug`
+    /// text, so attempts stored before and after read alike; every trap this wasmtime can
+    /// raise has one.
+    #[test]
+    fn every_trap_has_a_stable_name_in_snake_case() {
+        let snake_case = |camel: &str| {
+            let mut out = String::new();
+            for (i, c) in camel.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            out
+        };
+        let traps: Vec<Trap> = (0..=u8::MAX).filter_map(Trap::from_u8).collect();
+        assert!(traps.len() >= 50, "wasmtime 48 has 50 traps; found {}", traps.len());
+        for trap in traps {
+            assert_eq!(trap_kind(&trap), snake_case(&format!("{trap:?}")), "{trap:?}");
         }
     }
 

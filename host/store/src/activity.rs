@@ -15,7 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use super::model::Millis;
+use jobhost_core::outcome::OutcomeKind;
+
+use super::model::{Millis, StoredName};
 
 /// Upper bounds (inclusive) of the attempt-duration buckets, in milliseconds; a last bucket
 /// holds everything longer.
@@ -29,8 +31,34 @@ pub const FUEL_BOUNDS: [u64; 8] =
 /// Minutes kept one by one (the chart's hour, and one minute more in progress).
 pub const RECENT_MINUTES: i64 = 61;
 
-/// The event of a queued job; the others are attempt outcomes (`ok`, `trap`, …).
-pub const ENQUEUED: &str = "enqueued";
+/// What a row of the activity table counts: jobs queued, or attempts that ended one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Event {
+    Enqueued,
+    Finished(OutcomeKind),
+}
+
+impl Event {
+    /// The event as stored: `enqueued`, or the outcome's name (`ok`, `trap`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Enqueued => "enqueued",
+            Event::Finished(kind) => kind.as_str(),
+        }
+    }
+}
+
+impl StoredName for Event {
+    const WHAT: &'static str = "activity event";
+
+    fn from_name(text: &str) -> Option<Self> {
+        if text == Event::Enqueued.as_str() {
+            Some(Event::Enqueued)
+        } else {
+            OutcomeKind::parse(text).map(Event::Finished)
+        }
+    }
+}
 
 /// The index of the duration bucket holding `ms`, or -1 when it was not measured.
 pub fn duration_bucket(ms: Option<u64>) -> i32 {
@@ -49,7 +77,7 @@ pub struct Tally {
 }
 
 /// (pool, processor, event, duration bucket, fuel bucket).
-pub type TallyKey = (String, String, &'static str, i32, i32);
+pub type TallyKey = (String, String, Event, i32, i32);
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TallyValue {
@@ -60,12 +88,12 @@ pub struct TallyValue {
 
 impl Tally {
     pub fn enqueued(&mut self, pool: &str, processor: &str) {
-        self.rows.entry((pool.to_owned(), processor.to_owned(), ENQUEUED, -1, -1)).or_default().events += 1;
+        self.rows.entry((pool.to_owned(), processor.to_owned(), Event::Enqueued, -1, -1)).or_default().events += 1;
     }
 
     pub fn finished(&mut self, pool: String, processor: String, report: &super::AttemptReport<'_>) {
-        let key =
-            (pool, processor, report.kind.as_str(), duration_bucket(report.duration_ms), fuel_bucket(report.fuel_used));
+        let event = Event::Finished(report.kind);
+        let key = (pool, processor, event, duration_bucket(report.duration_ms), fuel_bucket(report.fuel_used));
         let value = self.rows.entry(key).or_default();
         value.events += 1;
         value.duration_ms = value.duration_ms.saturating_add(report.duration_ms.unwrap_or(0));
@@ -80,7 +108,7 @@ pub struct ActivityRow {
     pub minute: i64,
     pub pool: String,
     pub processor: String,
-    pub event: String,
+    pub event: Event,
     /// Index into [`DURATION_BOUNDS_MS`] (its length for "longer"), or -1.
     pub duration_bucket: i32,
     pub fuel_bucket: i32,
@@ -131,7 +159,7 @@ pub struct Activity {
     /// Jobs queued, per (pool, processor).
     pub enqueued: Keyed<(String, String), u64>,
     /// Attempts finished, per (pool, processor, outcome).
-    pub attempts: Keyed<(String, String, String), u64>,
+    pub attempts: Keyed<(String, String, OutcomeKind), u64>,
     pub durations: Keyed<(String, String), Histogram>,
     pub fuel: Keyed<(String, String), Histogram>,
     /// Per minute (since the epoch) of the last hour: attempts that succeeded and that failed.
@@ -148,13 +176,16 @@ impl Activity {
         let mut activity = Activity { this_minute, ..Activity::default() };
         for row in rows {
             let key = (row.pool, row.processor);
-            if row.event == ENQUEUED {
-                *activity.enqueued.entry(key).or_default() += row.events;
-                continue;
-            }
+            let outcome = match row.event {
+                Event::Enqueued => {
+                    *activity.enqueued.entry(key).or_default() += row.events;
+                    continue;
+                }
+                Event::Finished(outcome) => outcome,
+            };
             if row.minute > this_minute - 60 {
                 let (ok, failed) = activity.per_minute.entry(row.minute).or_default();
-                if row.event == "ok" { *ok += row.events } else { *failed += row.events }
+                if outcome == OutcomeKind::Ok { *ok += row.events } else { *failed += row.events }
             }
             activity.durations.entry(key.clone()).or_default().add(
                 row.duration_bucket,
@@ -163,7 +194,7 @@ impl Activity {
                 row.duration_ms,
             );
             activity.fuel.entry(key.clone()).or_default().add(row.fuel_bucket, FUEL_BOUNDS.len(), row.events, row.fuel);
-            *activity.attempts.entry((key.0, key.1, row.event)).or_default() += row.events;
+            *activity.attempts.entry((key.0, key.1, outcome)).or_default() += row.events;
         }
         activity
     }
@@ -192,11 +223,11 @@ mod tests {
     #[test]
     fn rows_add_up_into_counters_histograms_and_the_last_hour() {
         let now = 100 * 60_000 + 5;
-        let row = |minute, event: &str, duration_bucket, events| ActivityRow {
+        let row = |minute, event, duration_bucket, events| ActivityRow {
             minute,
             pool: "p".into(),
             processor: "echo".into(),
-            event: event.into(),
+            event,
             duration_bucket,
             fuel_bucket: 0,
             events,
@@ -204,11 +235,16 @@ mod tests {
             fuel: events * 10,
         };
         let activity = Activity::from_rows(
-            vec![row(0, "ok", 0, 5), row(100, "ok", 1, 2), row(99, "trap", 14, 1), row(100, ENQUEUED, -1, 9)],
+            vec![
+                row(0, Event::Finished(OutcomeKind::Ok), 0, 5),
+                row(100, Event::Finished(OutcomeKind::Ok), 1, 2),
+                row(99, Event::Finished(OutcomeKind::Trap), 14, 1),
+                row(100, Event::Enqueued, -1, 9),
+            ],
             now,
         );
         assert_eq!(activity.enqueued[&("p".into(), "echo".into())], 9);
-        assert_eq!(activity.attempts[&("p".into(), "echo".into(), "ok".into())], 7);
+        assert_eq!(activity.attempts[&("p".into(), "echo".into(), OutcomeKind::Ok)], 7);
         assert_eq!(activity.attempts_in("p"), 8);
         assert_eq!(activity.per_minute, BTreeMap::from([(99, (0, 1)), (100, (2, 0))]), "minute 0 is history");
         assert_eq!(activity.this_minute, 100, "the hour ends at the minute of reading");

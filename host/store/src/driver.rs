@@ -55,7 +55,7 @@ pub struct Abandoned {
     pub claim: ClaimRef,
     pub max_attempts: u32,
     /// The holder's status; `None` when no worker of that id is registered.
-    pub worker_status: Option<String>,
+    pub worker_status: Option<WorkerStatus>,
     /// How long ago the lease ran out (0 or less while it still runs).
     pub lease_overdue_ms: Millis,
 }
@@ -64,10 +64,12 @@ impl Abandoned {
     /// The `worker_lost` attempt's message.
     pub fn reason(&self) -> String {
         let worker = &self.claim.worker_id;
-        match self.worker_status.as_deref() {
-            Some(status @ ("terminated" | "lost")) => format!("worker {worker} is {status} and still held the job"),
+        match self.worker_status {
+            Some(status @ (WorkerStatus::Terminated | WorkerStatus::Lost)) => {
+                format!("worker {worker} is {status} and still held the job")
+            }
             None => format!("worker {worker} is not registered"),
-            Some(_) => format!(
+            Some(WorkerStatus::Starting | WorkerStatus::Active) => format!(
                 "the lease of worker {worker} expired {} ms ago without a heartbeat",
                 self.lease_overdue_ms.max(0)
             ),

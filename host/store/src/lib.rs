@@ -3,11 +3,13 @@
 //! sharing one pool). `--db` picks one: a `postgres://` or `postgresql://` URL, else a path.
 //!
 //! The store is split the way River splits its driver:
-//! - this module and [`model`] hold what is the same for every backend: the data, the retry
-//!   policy and how a finished attempt is settled ([`Store::turn`]), reaping as "mark the
-//!   silent workers lost, then settle their jobs as `worker_lost`", errors that name the
-//!   database and what happened there and keep their cause (the fix is for the command line
-//!   and the API to word, each for its reader);
+//! - this module and [`model`] hold what is the same for every backend: the data, typed
+//!   states that are read back strictly, the one constructor that checks a new job
+//!   ([`NewJob::new`], which `seed` and the HTTP API both call), the retry policy and how a
+//!   finished attempt is settled ([`Store::turn`]), reaping as "mark the silent workers lost,
+//!   then settle their jobs as `worker_lost`", errors that name the database and what
+//!   happened there and keep their cause (the fix is for the command line and the API to
+//!   word, each for its reader);
 //! - a [`driver::Driver`] (`sqlite`, `postgres`) owns only its SQL and its connections, and
 //!   makes every state change of a job one statement or one transaction fenced on the state
 //!   it expects, so a late or duplicate call changes nothing and says so.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use jobhost_core::config::MAX_ATTEMPTS;
+use jobhost_core::names;
 use jobhost_core::outcome::OutcomeKind;
 
 /// Milliseconds since the Unix epoch; the unit of every timestamp in the store.
@@ -45,6 +47,91 @@ impl JobStatus {
 
     pub fn is_finished(self) -> bool {
         matches!(self, JobStatus::Completed | JobStatus::Poisoned | JobStatus::Cancelled)
+    }
+}
+
+/// Where a worker is in its life: registered by the checker (`starting`), heartbeating
+/// (`active`), ended cleanly (`terminated`), or given up on by the reaper (`lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    Starting,
+    Active,
+    Terminated,
+    Lost,
+}
+
+impl WorkerStatus {
+    pub const ALL: [WorkerStatus; 4] =
+        [WorkerStatus::Starting, WorkerStatus::Active, WorkerStatus::Terminated, WorkerStatus::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Starting => "starting",
+            WorkerStatus::Active => "active",
+            WorkerStatus::Terminated => "terminated",
+            WorkerStatus::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WorkerStatus> {
+        WorkerStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state the store keeps in a column by its name. Reading one back is strict: a name this
+/// jobhost does not know (written by a newer version, or by hand) fails the read and is
+/// named, rather than being taken for some other state.
+pub(crate) trait StoredName: Sized {
+    /// What the name is of, as an error says it: "worker status".
+    const WHAT: &'static str;
+
+    fn from_name(text: &str) -> Option<Self>;
+
+    fn from_stored(text: &str) -> Result<Self, UnknownName> {
+        Self::from_name(text).ok_or_else(|| UnknownName(format!("unknown {} {text:?} in the database", Self::WHAT)))
+    }
+}
+
+/// A stored name that [`StoredName::from_stored`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnknownName(String);
+
+impl std::fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl StoredName for JobStatus {
+    const WHAT: &'static str = "job status";
+
+    fn from_name(text: &str) -> Option<Self> {
+        JobStatus::parse(text)
+    }
+}
+
+impl StoredName for WorkerStatus {
+    const WHAT: &'static str = "worker status";
+
+    fn from_name(text: &str) -> Option<Self> {
+        WorkerStatus::parse(text)
+    }
+}
+
+impl StoredName for OutcomeKind {
+    const WHAT: &'static str = "attempt outcome";
+
+    fn from_name(text: &str) -> Option<Self> {
+        OutcomeKind::parse(text)
     }
 }
 
@@ -88,21 +175,141 @@ pub fn check_payload(text: &[u8], max_bytes: u64) -> Result<(), PayloadError> {
     })
 }
 
-/// A job to enqueue; its payload has passed [`check_payload`].
+/// A job to enqueue, made by [`NewJob::new`], which checks it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    /// Chosen by the caller ([`NewJob::new_id`]), so it knows the ids without the store
+    /// Chosen here ([`NewJob::new_id`]), so the caller knows the ids without the store
     /// handing back a list as long as the jobs.
-    pub id: String,
+    pub(crate) id: String,
+    pub(crate) pool: String,
+    pub(crate) processor: String,
+    pub(crate) payload: String,
+    pub(crate) priority: i64,
+    pub(crate) max_attempts: u32,
+    pub(crate) ready: Ready,
+}
+
+/// When a new job becomes ready. The store resolves it as it queues the job, on its own clock
+/// (the database's: see [`super::Clock`]), so an instant sent from another machine is kept as
+/// it was sent rather than turned into a delay on that machine's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ready {
+    /// This long after it is queued (at the end of time, if that comes first).
+    After(Duration),
+    /// At this instant, in milliseconds since the epoch; as it is queued if that has passed.
+    At(Millis),
+}
+
+impl Ready {
+    /// The `run_at` of a job queued at `now`. PostgreSQL computes the same in its enqueue
+    /// statement, on the server's clock.
+    pub(crate) fn run_at(self, now: Millis) -> Millis {
+        match self {
+            Ready::After(delay) => now.saturating_add(millis(delay)),
+            Ready::At(at) => at.max(now),
+        }
+    }
+}
+
+/// A job as a caller was asked to queue it, before [`NewJob::new`] checks it.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
     pub pool: String,
     pub processor: String,
+    /// The payload's JSON text, as it was given.
     pub payload: String,
     pub priority: i64,
     pub max_attempts: u32,
-    pub delay_ms: Millis,
+    pub delay: Option<Duration>,
+    /// Milliseconds since the epoch; a job gets a `delay` or a `run_at`, not both.
+    pub run_at: Option<Millis>,
+}
+
+/// What a new job is checked against besides the rules every job meets.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRules<'a> {
+    /// The processors the caller knows of (its registry's names); `None` takes any valid
+    /// name, for a processor that is installed only where the workers run.
+    pub processors: Option<&'a [String]>,
+    /// `jobs.max_payload`.
+    pub max_payload: u64,
+}
+
+/// An input of a new job, as [`InvalidJob::field`] names the one at fault; each caller calls
+/// it by its own name (`--pool`, `jobs[2].pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobField {
+    Pool,
+    Processor,
+    Payload,
+    MaxAttempts,
+    /// When the job becomes ready: its delay or its `run_at`.
+    Schedule,
+}
+
+/// Why [`NewJob::new`] refused a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidJob {
+    /// `field` breaks a rule; `reason` completes a sentence that starts with the field's name
+    /// ("must be 1 to 128 bytes of printable text, got \"\"").
+    Rule { field: JobField, reason: String },
+    /// The processor's name is not a valid name; why, as [`names::check_processor`] says it.
+    ProcessorName(String),
+    /// A valid processor name that none of `known`, the processors the caller knows, has;
+    /// the caller says how to add it where it is.
+    UnknownProcessor { processor: String, known: Vec<String> },
+}
+
+impl InvalidJob {
+    pub fn field(&self) -> JobField {
+        match self {
+            InvalidJob::Rule { field, .. } => *field,
+            InvalidJob::ProcessorName(_) | InvalidJob::UnknownProcessor { .. } => JobField::Processor,
+        }
+    }
+
+    /// The refusal, naming the field at fault `name`: what the caller calls it.
+    pub fn message(&self, name: &str) -> String {
+        match self {
+            InvalidJob::Rule { reason, .. } => format!("{name} {reason}"),
+            InvalidJob::ProcessorName(why) => format!("{name}: {why}"),
+            InvalidJob::UnknownProcessor { processor, known } => {
+                format!("{name} {processor}: no such processor on this host (it has: {})", known.join(", "))
+            }
+        }
+    }
 }
 
 impl NewJob {
+    /// A job checked as every way in checks it: a valid processor name the caller knows, a
+    /// valid pool name, a payload [`check_payload`] accepts, 1 to [`MAX_ATTEMPTS`] attempts,
+    /// and a delay or a `run_at` but not both. The first input at fault is the error.
+    pub fn new(request: JobRequest, rules: &JobRules<'_>) -> Result<NewJob, InvalidJob> {
+        let JobRequest { pool, processor, payload, priority, max_attempts, delay, run_at } = request;
+        let rule = |field, reason: String| InvalidJob::Rule { field, reason };
+        names::check_processor(&processor).map_err(InvalidJob::ProcessorName)?;
+        if let Some(known) = rules.processors
+            && !known.contains(&processor)
+        {
+            return Err(InvalidJob::UnknownProcessor { processor, known: known.to_vec() });
+        }
+        names::check_label(&pool).map_err(|reason| rule(JobField::Pool, reason))?;
+        check_payload(payload.as_bytes(), rules.max_payload).map_err(|err| rule(JobField::Payload, err.to_string()))?;
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            let reason =
+                format!("must be between 1 and {MAX_ATTEMPTS} (the first run counts as one), got {max_attempts}");
+            return Err(rule(JobField::MaxAttempts, reason));
+        }
+        let ready = match (delay, run_at) {
+            (Some(_), Some(_)) => {
+                return Err(rule(JobField::Schedule, "cannot be given with a delay: give a delay or a run_at".into()));
+            }
+            (None, Some(at)) => Ready::At(at),
+            (delay, None) => Ready::After(delay.unwrap_or_default()),
+        };
+        Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready })
+    }
+
     /// A time-ordered id (UUIDv7): new jobs land at the end of the id index instead of on a
     /// random page of it, which kept large pools' inserts from slowing down as they grew.
     pub fn new_id() -> String {
@@ -321,7 +528,8 @@ pub struct AttemptRecord {
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
     /// `None` while the attempt is still running.
-    pub outcome: Option<String>,
+    #[schema(value_type = Option<String>, example = "ok")]
+    pub outcome: Option<OutcomeKind>,
     pub message: Option<String>,
     pub stderr: Option<String>,
     pub fuel_used: Option<u64>,
@@ -405,7 +613,7 @@ pub struct JobDetail {
 pub struct WorkerInfo {
     pub id: String,
     pub pool: String,
-    pub status: String,
+    pub status: WorkerStatus,
     pub host: Option<String>,
     pub pid: Option<u32>,
     pub started_at: Millis,
@@ -419,7 +627,7 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WorkerFilter<'a> {
     pub pool: Option<&'a str>,
-    pub status: Option<&'a str>,
+    pub status: Option<WorkerStatus>,
     pub limit: u32,
 }
 
@@ -442,8 +650,8 @@ pub struct NewWorker {
 
 impl NewWorker {
     /// Why worker `id` may not come up for `wanted_pool`, its row being `status` in `pool`.
-    pub(super) fn refusal(id: &str, wanted_pool: &str, status: &str, pool: &str) -> String {
-        if status == "starting" {
+    pub(super) fn refusal(id: &str, wanted_pool: &str, status: WorkerStatus, pool: &str) -> String {
+        if status == WorkerStatus::Starting {
             format!("worker {id} was registered for pool {pool:?}, not {wanted_pool:?}: start it with --pool {pool}")
         } else {
             format!("worker {id} is already {status}: a worker id is used once; start with a new --worker-id")
@@ -519,14 +727,13 @@ impl WorkerPlan {
 }
 
 impl JobCounts {
-    pub(super) fn set(&mut self, status: &str, count: u64) {
-        match JobStatus::parse(status) {
-            Some(JobStatus::Pending) => self.pending = count,
-            Some(JobStatus::Claimed) => self.claimed = count,
-            Some(JobStatus::Completed) => self.completed = count,
-            Some(JobStatus::Poisoned) => self.poisoned = count,
-            Some(JobStatus::Cancelled) => self.cancelled = count,
-            None => {}
+    pub(super) fn set(&mut self, status: JobStatus, count: u64) {
+        match status {
+            JobStatus::Pending => self.pending = count,
+            JobStatus::Claimed => self.claimed = count,
+            JobStatus::Completed => self.completed = count,
+            JobStatus::Poisoned => self.poisoned = count,
+            JobStatus::Cancelled => self.cancelled = count,
         }
     }
 }
@@ -545,28 +752,29 @@ impl JobCounts {
 }
 
 impl WorkerCounts {
-    /// The statuses a worker can be in.
-    pub const STATUSES: [&'static str; 4] = ["starting", "active", "terminated", "lost"];
-
-    /// Every status with its count, in [`WorkerCounts::STATUSES`]' order.
-    pub fn by_status(&self) -> [(&'static str, u64); 4] {
-        let [starting, active, terminated, lost] = Self::STATUSES;
-        [(starting, self.starting), (active, self.active), (terminated, self.terminated), (lost, self.lost)]
+    /// Every status with its count, in [`WorkerStatus::ALL`]'s order.
+    pub fn by_status(&self) -> [(WorkerStatus, u64); 4] {
+        [
+            (WorkerStatus::Starting, self.starting),
+            (WorkerStatus::Active, self.active),
+            (WorkerStatus::Terminated, self.terminated),
+            (WorkerStatus::Lost, self.lost),
+        ]
     }
 
-    fn add(&mut self, status: &str, count: u64) {
+    fn add(&mut self, status: WorkerStatus, count: u64) {
         match status {
-            "starting" => self.starting += count,
-            "active" => self.active += count,
-            "terminated" => self.terminated += count,
-            _ => self.lost += count,
+            WorkerStatus::Starting => self.starting += count,
+            WorkerStatus::Active => self.active += count,
+            WorkerStatus::Terminated => self.terminated += count,
+            WorkerStatus::Lost => self.lost += count,
         }
     }
 }
 
 impl StatusSnapshot {
     /// Counts `count` workers of `host` in `status`, in the totals and in the host's row.
-    pub(super) fn add_workers(&mut self, host: String, status: &str, count: u64) {
+    pub(super) fn add_workers(&mut self, host: String, status: WorkerStatus, count: u64) {
         self.workers.add(status, count);
         self.hosts.entry(host).or_default().add(status, count);
     }
@@ -617,10 +825,116 @@ pub struct ExportedAttempt {
     pub worker_id: String,
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
-    pub outcome: Option<String>,
+    pub outcome: Option<OutcomeKind>,
     pub message: Option<String>,
     pub stderr: Option<String>,
     pub fuel_used: Option<i64>,
     pub duration_ms: Option<i64>,
     pub processor_sha256: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_statuses_keep_their_names_and_an_unknown_one_is_named() {
+        for status in WorkerStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(WorkerStatus::from_stored(status.as_str()), Ok(status));
+        }
+        let err = WorkerStatus::from_stored("zombie").unwrap_err();
+        assert_eq!(err.to_string(), r#"unknown worker status "zombie" in the database"#);
+        assert!(OutcomeKind::from_stored("exploded").unwrap_err().to_string().contains(r#""exploded""#));
+    }
+
+    fn request() -> JobRequest {
+        JobRequest {
+            pool: "default".into(),
+            processor: "echo".into(),
+            payload: r#"{"n": 1}"#.into(),
+            priority: 0,
+            max_attempts: 3,
+            delay: None,
+            run_at: None,
+        }
+    }
+
+    fn rules(known: &[String]) -> JobRules<'_> {
+        JobRules { processors: Some(known), max_payload: 1024 }
+    }
+
+    #[test]
+    fn a_new_job_is_checked_and_ready_after_its_delay_or_at_its_run_at() {
+        let known = ["echo".to_owned()];
+        let job = NewJob::new(request(), &rules(&known)).unwrap();
+        assert_eq!(
+            (job.pool.as_str(), job.payload.as_str(), job.ready),
+            ("default", r#"{"n": 1}"#, Ready::After(Duration::ZERO))
+        );
+        let delayed = NewJob::new(JobRequest { delay: Some(Duration::from_secs(5)), ..request() }, &rules(&known));
+        assert_eq!(delayed.unwrap().ready, Ready::After(Duration::from_secs(5)));
+        let at = NewJob::new(JobRequest { run_at: Some(42), ..request() }, &rules(&known));
+        assert_eq!(at.unwrap().ready, Ready::At(42));
+        let anywhere = JobRules { processors: None, max_payload: 1024 };
+        let elsewhere = NewJob::new(JobRequest { processor: "resize".into(), ..request() }, &anywhere);
+        assert_eq!(elsewhere.unwrap().processor, "resize", "with no list, any valid name is taken");
+        assert_eq!(Ready::At(10).run_at(20), 20, "a run_at that has passed is now");
+        assert_eq!(Ready::After(Duration::MAX).run_at(20), Millis::MAX, "a delay saturates at the end of time");
+    }
+
+    #[test]
+    fn each_refusal_names_the_input_at_fault_in_the_callers_words() {
+        let known = ["echo".to_owned()];
+        let refused = |request: JobRequest| NewJob::new(request, &rules(&known)).unwrap_err();
+        let cases = [
+            (
+                JobRequest { processor: "../x".into(), ..request() },
+                JobField::Processor,
+                "--processor: invalid processor name",
+            ),
+            (
+                JobRequest { processor: "nope".into(), ..request() },
+                JobField::Processor,
+                "--processor nope: no such processor on this host (it has: echo)",
+            ),
+            (
+                JobRequest { pool: String::new(), ..request() },
+                JobField::Pool,
+                "--pool must be 1 to 128 bytes of printable text",
+            ),
+            (JobRequest { payload: "{x".into(), ..request() }, JobField::Payload, "--payload is not valid JSON"),
+            (
+                JobRequest { payload: "0".repeat(1025), ..request() },
+                JobField::Payload,
+                "--payload is 1025 bytes, more than jobs.max_payload",
+            ),
+            (
+                JobRequest { max_attempts: 0, ..request() },
+                JobField::MaxAttempts,
+                "--max-attempts must be between 1 and 10000",
+            ),
+            (JobRequest { max_attempts: MAX_ATTEMPTS + 1, ..request() }, JobField::MaxAttempts, ", got 10001"),
+            (
+                JobRequest { delay: Some(Duration::ZERO), run_at: Some(1), ..request() },
+                JobField::Schedule,
+                "--run-at cannot be given with a delay",
+            ),
+        ];
+        let flag = |field| match field {
+            JobField::Pool => "--pool",
+            JobField::Processor => "--processor",
+            JobField::Payload => "--payload",
+            JobField::MaxAttempts => "--max-attempts",
+            JobField::Schedule => "--run-at",
+        };
+        for (request, field, expected) in cases {
+            let err = refused(request);
+            assert_eq!(err.field(), field, "{err:?}");
+            let message = err.message(flag(field));
+            assert!(message.contains(expected), "{expected:?} not in {message:?}");
+        }
+        let both_wrong = JobRequest { pool: String::new(), max_attempts: 0, ..request() };
+        assert_eq!(refused(both_wrong).field(), JobField::Pool, "the first input at fault is named");
+    }
 }

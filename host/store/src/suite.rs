@@ -120,6 +120,8 @@ macro_rules! for_each_backend {
 for_each_backend!(
     claim_takes_highest_priority_then_oldest_and_never_twice,
     a_delayed_job_is_not_ready_until_its_time,
+    a_run_at_that_has_passed_makes_a_job_ready_as_it_is_queued,
+    a_run_at_in_the_future_is_kept_and_waited_for,
     only_an_active_worker_can_claim,
     complete_records_the_result_and_the_attempt,
     each_attempt_records_the_code_that_ran_it,
@@ -147,6 +149,7 @@ for_each_backend!(
     a_job_shows_its_latest_attempts_and_pages_through_the_older_ones,
     pools_and_workers_are_listed_with_their_counts_and_jobs,
     activity_counts_enqueues_and_attempts_and_survives_purge_and_folding,
+    a_stored_name_this_jobhost_does_not_know_is_an_error_naming_it,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -163,8 +166,13 @@ fn job(pool: &str, priority: i64) -> NewJob {
         payload: r#"{"n":1}"#.into(),
         priority,
         max_attempts: 3,
-        delay_ms: 0,
+        ready: Ready::After(Duration::ZERO),
     }
+}
+
+/// Ready `ms` milliseconds after it is queued.
+fn after(ms: u64) -> Ready {
+    Ready::After(Duration::from_millis(ms))
 }
 
 async fn active_worker(t: &TestStore, id: &str) {
@@ -192,10 +200,36 @@ async fn claim_takes_highest_priority_then_oldest_and_never_twice(t: TestStore) 
 
 async fn a_delayed_job_is_not_ready_until_its_time(t: TestStore) {
     active_worker(&t, "w1").await;
-    t.store.enqueue_all(&[NewJob { delay_ms: 5_000, ..job("default", 0) }]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { ready: after(5_000), ..job("default", 0) }]).await.unwrap();
     assert!(claim_one(&t, "w1").await.is_none());
     t.advance(5_000);
     assert!(claim_one(&t, "w1").await.is_some());
+}
+
+async fn a_run_at_that_has_passed_makes_a_job_ready_as_it_is_queued(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let queued_at = t.now();
+    let id =
+        t.store.enqueue_all(&[NewJob { ready: Ready::At(queued_at - 60_000), ..job("default", 0) }]).await.unwrap();
+    let job = t.store.job(&id[0]).await.unwrap().unwrap().job;
+    assert_eq!(job.run_at, queued_at, "ready as it was queued, not a minute before it existed");
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!((status.ready, status.oldest_ready_age_ms), (1, Some(0)));
+    assert_eq!(claim_one(&t, "w1").await.map(|job| job.id), Some(id[0].clone()));
+}
+
+async fn a_run_at_in_the_future_is_kept_and_waited_for(t: TestStore) {
+    active_worker(&t, "w1").await;
+    // The store's clock is years behind this machine's: a run_at turned into a delay on the
+    // machine's clock, or compared with it, would make this job ready at once.
+    let run_at = t.now() + 60_000;
+    let id = t.store.enqueue_all(&[NewJob { ready: Ready::At(run_at), ..job("default", 0) }]).await.unwrap();
+    assert_eq!(t.store.job(&id[0]).await.unwrap().unwrap().job.run_at, run_at, "kept to the millisecond");
+    assert_eq!(t.store.status(None).await.unwrap().ready, 0);
+    t.advance(59_999);
+    assert!(claim_one(&t, "w1").await.is_none(), "not ready a millisecond early");
+    t.advance(1);
+    assert_eq!(claim_one(&t, "w1").await.map(|job| job.id), Some(id[0].clone()));
 }
 
 async fn only_an_active_worker_can_claim(t: TestStore) {
@@ -216,7 +250,7 @@ async fn complete_records_the_result_and_the_attempt(t: TestStore) {
     assert_eq!(detail.job.status, JobStatus::Completed);
     assert_eq!(detail.result, Some(serde_json::json!({"done": true})));
     assert_eq!(detail.attempt_history.len(), 1);
-    assert_eq!(detail.attempt_history[0].outcome.as_deref(), Some("ok"));
+    assert_eq!(detail.attempt_history[0].outcome, Some(OutcomeKind::Ok));
     assert_eq!(detail.attempt_history[0].fuel_used, Some(42));
 }
 
@@ -289,8 +323,8 @@ async fn failures_retry_with_backoff_then_poison_at_max_attempts(t: TestStore) {
     let detail = t.store.job(&id).await.unwrap().unwrap();
     assert_eq!(detail.job.status, JobStatus::Poisoned);
     assert_eq!(detail.job.last_error.as_deref(), Some("exit: boom"));
-    let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.clone().unwrap()).collect();
-    assert_eq!(kinds, ["trap", "timeout", "exit"]);
+    let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.unwrap()).collect();
+    assert_eq!(kinds, [OutcomeKind::Trap, OutcomeKind::Timeout, OutcomeKind::Exit]);
     t.advance(1_000_000);
     assert!(claim_one(&t, "w1").await.is_none(), "a poisoned job is never claimed");
     t.assert_counts_exact().await;
@@ -311,8 +345,8 @@ async fn abandoned_jobs_come_back_as_worker_lost_and_poison_at_the_limit(t: Test
     }
     let detail = t.store.job(&id).await.unwrap().unwrap();
     assert_eq!(detail.job.status, JobStatus::Poisoned);
-    let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.clone().unwrap()).collect();
-    assert_eq!(kinds, ["worker_lost", "worker_lost"]);
+    let kinds: Vec<_> = detail.attempt_history.iter().map(|a| a.outcome.unwrap()).collect();
+    assert_eq!(kinds, [OutcomeKind::WorkerLost, OutcomeKind::WorkerLost]);
     t.assert_counts_exact().await;
 }
 
@@ -371,10 +405,10 @@ async fn every_outcome_kind_can_be_stored_and_read_back(t: TestStore) {
     }
     let mut stored = Vec::new();
     for id in &ids {
-        stored.push(t.store.job(id).await.unwrap().unwrap().attempt_history[0].outcome.clone().unwrap());
+        stored.push(t.store.job(id).await.unwrap().unwrap().attempt_history[0].outcome.unwrap());
     }
     stored.sort();
-    let mut expected: Vec<&str> = OutcomeKind::ALL.iter().map(|kind| kind.as_str()).collect();
+    let mut expected = OutcomeKind::ALL.to_vec();
     expected.sort();
     assert_eq!(stored, expected);
 }
@@ -388,12 +422,12 @@ async fn counts_too_wide_for_u32_are_clamped_when_read(t: TestStore) {
 }
 
 async fn a_delay_past_the_end_of_time_saturates_instead_of_wrapping(t: TestStore) {
-    t.store.enqueue_all(&[NewJob { delay_ms: Millis::MAX, ..job("default", 0) }]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { ready: Ready::After(Duration::MAX), ..job("default", 0) }]).await.unwrap();
     let status = t.store.status(None).await.unwrap();
     assert_eq!((status.ready, status.oldest_ready_age_ms), (0, None), "the job is not ready: {status:?}");
 }
 
-async fn history(t: &TestStore, id: &str) -> Vec<Option<String>> {
+async fn history(t: &TestStore, id: &str) -> Vec<Option<OutcomeKind>> {
     t.store.job(id).await.unwrap().unwrap().attempt_history.into_iter().map(|a| a.outcome).collect()
 }
 
@@ -426,11 +460,11 @@ async fn a_turn_fences_each_attempt_alone_and_settles_the_live_ones(t: TestStore
     assert_eq!(turn.settled, [Settled::Stale, Settled::Stale, Settled::Completed, Settled::Retrying { run_at: now }]);
 
     assert_eq!(t.store.job(&ids[0]).await.unwrap().unwrap().result, None, "the stale complete wrote no result");
-    let lost = Some("worker_lost".to_owned());
-    assert_eq!(history(&t, &ids[0]).await, [lost.clone(), None], "w2's attempt is still open");
+    let lost = Some(OutcomeKind::WorkerLost);
+    assert_eq!(history(&t, &ids[0]).await, [lost, None], "w2's attempt is still open");
     assert_eq!(history(&t, &ids[1]).await, [lost]);
-    assert_eq!(history(&t, &ids[2]).await, [Some("ok".to_owned())]);
-    assert_eq!(history(&t, &ids[3]).await, [Some("exit".to_owned())]);
+    assert_eq!(history(&t, &ids[2]).await, [Some(OutcomeKind::Ok)]);
+    assert_eq!(history(&t, &ids[3]).await, [Some(OutcomeKind::Exit)]);
     t.assert_counts_exact().await;
 }
 
@@ -468,10 +502,10 @@ async fn a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token(t
     active_worker(&t, "w1").await;
     // The first enqueue is ready a second later than the second one, so run_at and seq
     // disagree: run_at must decide before seq does.
-    let late = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 0) }]).await.unwrap();
-    let late_urgent = t.store.enqueue_all(&[NewJob { delay_ms: 1_000, ..job("default", 5) }]).await.unwrap();
+    let late = t.store.enqueue_all(&[NewJob { ready: after(1_000), ..job("default", 0) }]).await.unwrap();
+    let late_urgent = t.store.enqueue_all(&[NewJob { ready: after(1_000), ..job("default", 5) }]).await.unwrap();
     let early = t.store.enqueue_all(&[job("default", 0), job("default", 5), job("default", 0)]).await.unwrap();
-    t.store.enqueue_all(&[NewJob { delay_ms: 60_000, ..job("default", 9) }, job("other", 9)]).await.unwrap();
+    t.store.enqueue_all(&[NewJob { ready: after(60_000), ..job("default", 9) }, job("other", 9)]).await.unwrap();
     t.advance(1_000);
 
     let first = t.claim("default", "w1", LEASE, 3).await.unwrap();
@@ -480,7 +514,7 @@ async fn a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token(t
     assert!(first.iter().all(|j| j.token == first[0].token && j.attempt == 1), "{first:?}");
     for claimed in &first {
         let attempts = t.store.job(&claimed.id).await.unwrap().unwrap().attempt_history;
-        assert_eq!((attempts.len(), attempts[0].worker_id.as_str(), attempts[0].outcome.as_deref()), (1, "w1", None));
+        assert_eq!((attempts.len(), attempts[0].worker_id.as_str(), attempts[0].outcome), (1, "w1", None));
     }
 
     let rest = t.claim("default", "w1", LEASE, 10).await.unwrap();
@@ -523,18 +557,7 @@ fn worker(id: &str) -> NewWorker {
 
 async fn a_silent_worker_is_reaped_and_its_job_released(t: TestStore) {
     t.store.activate_worker(&worker("w1")).await.unwrap();
-    t.store
-        .enqueue_all(&[NewJob {
-            id: NewJob::new_id(),
-            pool: "default".into(),
-            processor: "echo".into(),
-            payload: "{}".into(),
-            priority: 0,
-            max_attempts: 3,
-            delay_ms: 0,
-        }])
-        .await
-        .unwrap();
+    t.store.enqueue_all(&[NewJob { payload: "{}".into(), ..job("default", 0) }]).await.unwrap();
     assert_eq!(t.claim("default", "w1", STALE * 10, 1).await.unwrap().len(), 1);
 
     t.advance(millis(STALE));
@@ -553,18 +576,7 @@ async fn a_silent_worker_is_reaped_and_its_job_released(t: TestStore) {
 
 async fn heartbeats_keep_a_worker_and_its_leases_alive(t: TestStore) {
     t.store.activate_worker(&worker("w1")).await.unwrap();
-    t.store
-        .enqueue_all(&[NewJob {
-            id: NewJob::new_id(),
-            pool: "default".into(),
-            processor: "echo".into(),
-            payload: "{}".into(),
-            priority: 0,
-            max_attempts: 3,
-            delay_ms: 0,
-        }])
-        .await
-        .unwrap();
+    t.store.enqueue_all(&[NewJob { payload: "{}".into(), ..job("default", 0) }]).await.unwrap();
     t.claim("default", "w1", STALE, 1).await.unwrap();
     for _ in 0..10 {
         t.advance(millis(STALE) / 2);
@@ -576,18 +588,7 @@ async fn heartbeats_keep_a_worker_and_its_leases_alive(t: TestStore) {
 }
 
 async fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace(t: TestStore) {
-    t.store
-        .enqueue_all(&[NewJob {
-            id: NewJob::new_id(),
-            pool: "default".into(),
-            processor: "echo".into(),
-            payload: "{}".into(),
-            priority: 0,
-            max_attempts: 3,
-            delay_ms: 0,
-        }])
-        .await
-        .unwrap();
+    t.store.enqueue_all(&[NewJob { payload: "{}".into(), ..job("default", 0) }]).await.unwrap();
     let planned = t.store.plan_workers(&plan("default", 1)).await.unwrap().new_workers;
     assert_eq!(t.store.status(None).await.unwrap().workers.starting, 1);
     t.advance(millis(GRACE) + 1);
@@ -597,15 +598,7 @@ async fn a_starting_worker_that_never_comes_up_is_lost_after_the_grace(t: TestSt
 }
 
 async fn plan_workers_counts_starting_workers_and_never_overspawns(t: TestStore) {
-    let new = NewJob {
-        id: NewJob::new_id(),
-        pool: "default".into(),
-        processor: "echo".into(),
-        payload: "{}".into(),
-        priority: 0,
-        max_attempts: 3,
-        delay_ms: 0,
-    };
+    let new = NewJob { payload: "{}".into(), ..job("default", 0) };
     t.store
         .enqueue_all(&(0..5).map(|_| NewJob { id: NewJob::new_id(), ..new.clone() }).collect::<Vec<_>>())
         .await
@@ -644,15 +637,7 @@ async fn plan_workers_fills_each_hosts_own_slots_and_counts_the_others_workers(t
 }
 
 async fn status_counts_jobs_and_workers_and_the_ready_backlog(t: TestStore) {
-    let new = |delay_ms| NewJob {
-        id: NewJob::new_id(),
-        pool: "default".into(),
-        processor: "echo".into(),
-        payload: "{}".into(),
-        priority: 0,
-        max_attempts: 3,
-        delay_ms,
-    };
+    let new = |delay_ms| NewJob { payload: "{}".into(), ready: after(delay_ms), ..job("default", 0) };
     t.store.enqueue_all(&[new(0), new(0), new(60_000)]).await.unwrap();
     t.advance(250);
     t.store.activate_worker(&worker("w1")).await.unwrap();
@@ -815,7 +800,7 @@ async fn a_job_shows_its_latest_attempts_and_pages_through_the_older_ones(t: Tes
     assert_eq!(pages, expected);
     let first = t.store.attempts(&ids[0], &AttemptPage { before: None, limit: 3 }).await.unwrap().unwrap();
     assert_eq!(numbers(&first), [45, 44, 43], "without a cursor, the newest");
-    assert_eq!(first[0].outcome.as_deref(), Some("exit"), "whole records");
+    assert_eq!(first[0].outcome, Some(OutcomeKind::Exit), "whole records");
     let empty = t.store.attempts(&ids[2], &AttemptPage { before: None, limit: 3 }).await.unwrap();
     assert_eq!(empty.map(|page| page.len()), Some(0), "a job with no attempts has an empty page");
     assert!(t.store.attempts("no-such-id", &AttemptPage { before: None, limit: 3 }).await.unwrap().is_none());
@@ -823,7 +808,7 @@ async fn a_job_shows_its_latest_attempts_and_pages_through_the_older_ones(t: Tes
 
 async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {
     t.store
-        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { delay_ms: 60_000, ..job("later", 0) }])
+        .enqueue_all(&[job("default", 0), job("default", 0), NewJob { ready: after(60_000), ..job("later", 0) }])
         .await
         .unwrap();
     t.store
@@ -842,11 +827,11 @@ async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {
 
     let workers = t.store.workers(&WorkerFilter { limit: 10, ..WorkerFilter::default() }).await.unwrap();
     assert_eq!(workers.len(), 2);
-    assert_eq!((workers[0].id.as_str(), workers[0].status.as_str()), ("w1", "active"), "live workers come first");
+    assert_eq!((workers[0].id.as_str(), workers[0].status), ("w1", WorkerStatus::Active), "live workers come first");
     assert_eq!((workers[0].host.as_deref(), workers[0].pid), (Some("box"), Some(7)));
     assert_eq!(workers[0].current_jobs, [held.id]);
-    assert_eq!((workers[1].status.as_str(), workers[1].current_jobs.len()), ("terminated", 0));
-    let ended = WorkerFilter { status: Some("terminated"), limit: 10, ..WorkerFilter::default() };
+    assert_eq!((workers[1].status, workers[1].current_jobs.len()), (WorkerStatus::Terminated, 0));
+    let ended = WorkerFilter { status: Some(WorkerStatus::Terminated), limit: 10, ..WorkerFilter::default() };
     assert_eq!(t.store.workers(&ended).await.unwrap().len(), 1);
 }
 
@@ -868,8 +853,8 @@ async fn activity_counts_enqueues_and_attempts_and_survives_purge_and_folding(t:
     let key = || ("default".to_string(), "echo".to_string());
     let check = |activity: &Activity, chart_minutes: usize| {
         assert_eq!(activity.enqueued[&key()], 3);
-        assert_eq!(activity.attempts[&("default".into(), "echo".into(), "ok".into())], 2);
-        assert_eq!(activity.attempts[&("default".into(), "echo".into(), "trap".into())], 1);
+        assert_eq!(activity.attempts[&("default".into(), "echo".into(), OutcomeKind::Ok)], 2);
+        assert_eq!(activity.attempts[&("default".into(), "echo".into(), OutcomeKind::Trap)], 1);
         let durations = &activity.durations[&key()];
         assert_eq!((durations.count, durations.sum), (3, 20_006));
         assert_eq!(durations.buckets[0], 2, "3 ms is in the first bucket");
@@ -893,4 +878,17 @@ async fn activity_counts_enqueues_and_attempts_and_survives_purge_and_folding(t:
     let later = t.store.activity().await.unwrap();
     check(&later, 0);
     assert_eq!(t.store.activity().await.unwrap(), later, "folding old minutes keeps every count");
+}
+
+/// States are stored by name; one this version does not know (a newer jobhost's, or written by
+/// hand) fails the read and is named, rather than being counted as some other state. The
+/// activity table is the one whose names no schema check holds to a list.
+async fn a_stored_name_this_jobhost_does_not_know_is_an_error_naming_it(t: TestStore) {
+    t.execute(
+        "INSERT INTO activity (minute, pool, processor, event, duration_bucket, fuel_bucket, events, duration_ms, fuel)
+         VALUES (1, 'default', 'echo', 'exploded', -1, -1, 1, 0, 0)",
+    )
+    .await;
+    let err = t.store.activity().await.unwrap_err();
+    assert!(err.to_string().contains(r#"unknown activity event "exploded""#), "{err}");
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use jobhost_core::config::Config;
+use jobhost_core::outcome::OutcomeKind;
 use jobhost_store::{Access, IdAnswer, JobFilter, JobMatch, JobStatus, Store};
 
 use crate::cli::{FinishedStatusArg, JobStatusArg, JobsCommand};
@@ -93,7 +94,7 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
                 )?;
             }
             for attempt in &detail.attempt_history {
-                let outcome = attempt.outcome.as_deref().unwrap_or("running");
+                let outcome = attempt.outcome.map_or("running", OutcomeKind::as_str);
                 let duration = attempt.duration_ms.map_or_else(String::new, |ms| format!(" in {ms} ms"));
                 let fuel = attempt.fuel_used.map_or_else(String::new, |fuel| format!(", {fuel} fuel"));
                 let code = attempt.short_processor_sha256().map_or_else(String::new, |sha| format!(", code {sha}"));

@@ -9,63 +9,81 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use jobhost_core::config::Config;
-use jobhost_store::{Access, NewJob, Refusal, Store, millis};
+use jobhost_store::{Access, InvalidJob, JobField, JobRequest, JobRules, NewJob, Refusal, Store};
 
 use crate::cli::SeedArgs;
 use crate::settings::MAX_SEED_COUNT;
 
-pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
-    if !args.processor_elsewhere {
-        let known = jobhost_sandbox::processors::names(config)?;
-        if !known.contains(&args.processor) {
-            bail!(
-                "--processor {}: no such processor on this host (it has: {}); add {}.wasm to {}, or pass \
-                 --processor-elsewhere if it is installed where the workers run",
-                args.processor,
-                known.join(", "),
-                args.processor,
-                config.processors.dir.display()
-            );
-        }
-    }
-    let max_payload = config.jobs.max_payload.0;
-    let template = NewJob {
-        id: String::new(),
-        pool: args.pool.clone(),
-        processor: args.processor.clone(),
-        payload: String::new(),
-        priority: args.priority,
-        max_attempts: config.retry.max_attempts,
-        delay_ms: args.delay.map_or(0, |delay| millis(delay.0)),
-    };
+/// A payload's text, and the line of `--payload-file` it came from.
+#[derive(Clone)]
+struct Payload {
+    line: Option<usize>,
+    text: String,
+}
 
-    // Everything that can be checked before the database is opened is, so a refused seed
-    // does not create one.
-    if let Some(payload) = &args.payload {
-        jobhost_store::check_payload(payload.as_bytes(), max_payload)
-            .map_err(|err| anyhow::anyhow!("--payload {err}; nothing was queued"))?;
-    }
-    let payload_lines = args.payload_file.as_deref().map(open_payload_file).transpose()?;
+pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
+    let known = (!args.processor_elsewhere).then(|| jobhost_sandbox::processors::names(config)).transpose()?;
+    let rules = JobRules { processors: known.as_deref(), max_payload: config.jobs.max_payload.0 };
+    let payloads: Box<dyn Iterator<Item = Result<Payload, Refusal>> + Send> = match (&args.payload_file, &args.payload)
+    {
+        (Some(path), _) => Box::new(payload_lines_of(open_payload_file(path)?, path.clone())),
+        (None, Some(payload)) => {
+            let payload = Payload { line: None, text: payload.trim().to_owned() };
+            Box::new(std::iter::repeat_n(Ok(payload), args.count as usize))
+        }
+        (None, None) => {
+            Box::new((0..args.count).map(|seq| Ok(Payload { line: None, text: format!(r#"{{"seq":{seq}}}"#) })))
+        }
+    };
+    let mut jobs = payloads.map(|payload| {
+        let Payload { line, text } = payload?;
+        let request = JobRequest {
+            pool: args.pool.clone(),
+            processor: args.processor.clone(),
+            payload: text,
+            priority: args.priority,
+            max_attempts: config.retry.max_attempts,
+            delay: args.delay.map(|delay| delay.0),
+            run_at: None,
+        };
+        NewJob::new(request, &rules).map_err(|err| Refusal(refusal(&err, line, &args, config)))
+    });
+    // The first job shows whatever is wrong with the flags (and a first payload that breaks
+    // a rule) before the database is opened, so a refused seed does not create one.
+    let first = jobs.next().transpose().map_err(|Refusal(why)| anyhow::anyhow!(why))?;
 
     let store = Store::open(&config.database, Access::CreateIfMissing).await?;
-    let payloads: Box<dyn Iterator<Item = Result<String, Refusal>> + Send> = match (payload_lines, &args.payload_file) {
-        (Some(reader), Some(path)) => Box::new(payload_lines_of(reader, path.clone(), max_payload)),
-        _ => match &args.payload {
-            Some(payload) => Box::new(std::iter::repeat_n(Ok(payload.trim().to_owned()), args.count as usize)),
-            None => Box::new((0..args.count).map(|seq| Ok(format!(r#"{{"seq":{seq}}}"#)))),
-        },
-    };
-    let jobs = payloads.map(|payload| Ok(NewJob { id: NewJob::new_id(), payload: payload?, ..template.clone() }));
-    let queued = store.enqueue(jobs).await?;
+    let queued = store.enqueue(first.map(Ok).into_iter().chain(jobs)).await?;
     if args.json {
         crate::outln!("{}", serde_json::json!({"queued": queued, "pool": args.pool}))?;
     } else {
         crate::outln!("queued {queued} job(s) in pool {}", args.pool)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why a job is refused, naming what was typed: the flag, the line of `--payload-file`, or
+/// the config key.
+fn refusal(err: &InvalidJob, line: Option<usize>, args: &SeedArgs, config: &Config) -> String {
+    let name = match (err.field(), line, &args.payload_file) {
+        (JobField::Payload, Some(line), Some(path)) => format!("{} line {line}", path.display()),
+        (JobField::Payload, ..) => "--payload".to_owned(),
+        (JobField::Pool, ..) => "--pool".to_owned(),
+        (JobField::Processor, ..) => "--processor".to_owned(),
+        (JobField::MaxAttempts, ..) => config.name("retry.max_attempts"),
+        (JobField::Schedule, ..) => "--delay".to_owned(),
+    };
+    let fix = match err {
+        InvalidJob::UnknownProcessor { processor, .. } => format!(
+            "; add {processor}.wasm to {}, or pass --processor-elsewhere if it is installed where the workers run",
+            config.processors.dir.display()
+        ),
+        InvalidJob::Rule { .. } | InvalidJob::ProcessorName(_) => String::new(),
+    };
+    format!("{}{fix}; nothing was queued", err.message(&name))
 }
 
 fn open_payload_file(path: &Path) -> Result<Box<dyn BufRead + Send>> {
@@ -76,13 +94,12 @@ fn open_payload_file(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     Ok(Box::new(BufReader::new(file)))
 }
 
-/// The checked payload of every non-blank line of `reader` (read from `path`); a bad line
-/// is a refusal naming the line and column, which rolls back the whole seed.
+/// Every non-blank line of `reader` (read from `path`) with its number, for [`NewJob::new`]
+/// to check.
 fn payload_lines_of(
     reader: Box<dyn BufRead + Send>,
     path: PathBuf,
-    max_payload: u64,
-) -> impl Iterator<Item = Result<String, Refusal>> + Send {
+) -> impl Iterator<Item = Result<Payload, Refusal>> + Send {
     let mut pushed: u64 = 0;
     let mut seen_any = false;
     let mut lines = reader.lines().enumerate();
@@ -109,9 +126,6 @@ fn payload_lines_of(
                 continue;
             }
             seen_any = true;
-            if let Err(err) = jobhost_store::check_payload(text.as_bytes(), max_payload) {
-                return Some(Err(Refusal(format!("{} line {number} {err}; nothing was queued", path.display()))));
-            }
             if pushed == MAX_SEED_COUNT {
                 return Some(Err(Refusal(format!(
                     "{} holds more than {MAX_SEED_COUNT} payloads: split it; nothing was queued",
@@ -119,7 +133,7 @@ fn payload_lines_of(
                 ))));
             }
             pushed += 1;
-            return Some(Ok(text.trim().to_owned()));
+            return Some(Ok(Payload { line: Some(number), text: text.trim().to_owned() }));
         }
     })
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use jobhost_core::config::Config;
-use jobhost_store::{Access, Store};
+use jobhost_store::{Access, Store, WorkerStatus};
 
 use crate::cli::StatusArgs;
 
@@ -29,12 +29,12 @@ pub async fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
         crate::outln!("  oldest ready job has waited {age} ms")?;
     }
     crate::outln!("workers")?;
-    crate::outln!("  starting  {:>10}", workers.starting)?;
-    crate::outln!("  active    {:>10}", workers.active)?;
-    crate::outln!("  terminated{:>10}", workers.terminated)?;
-    crate::outln!("  lost      {:>10}", workers.lost)?;
+    for (worker_status, count) in workers.by_status() {
+        crate::outln!("  {:<10}{count:>10}", worker_status.as_str())?;
+    }
     if !status.hosts.is_empty() {
-        crate::outln!("workers by host (starting, active, terminated, lost)")?;
+        let [starting, active, terminated, lost] = WorkerStatus::ALL;
+        crate::outln!("workers by host ({starting}, {active}, {terminated}, {lost})")?;
         for (host, workers) in &status.hosts {
             let host = if host.is_empty() { "(unknown)" } else { host };
             crate::outln!(

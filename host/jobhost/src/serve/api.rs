@@ -1,9 +1,11 @@
 //! The JSON API under `/api/v1`, and its OpenAPI document, generated from these handlers
 //! and types (utoipa), so the document cannot drift from what is served.
 //!
-//! Requests are read the way `jobhost seed` reads its flags: the same names, limits and
-//! checks (`names::check_label`, `names::check_processor`, `store::check_payload`,
-//! `retry.max_attempts`), and a batch is queued in one transaction, all or nothing. Every refusal names the field, e.g. `jobs[2].payload`.
+//! A job is checked as `jobhost seed` checks its flags, by the same constructor
+//! (`jobhost_store::NewJob::new`: names, payload, attempts, delay or `run_at`), and a batch is
+//! queued in one transaction, all or nothing. Every refusal names the field, e.g.
+//! `jobs[2].payload`. A `run_at` goes to the store as it was sent and is compared with the
+//! database's clock, never this server's.
 //!
 //! What one request may cost is bounded: pages of jobs and of a job's attempts, and a
 //! processors listing kept while the folder stays the same ([`ProcessorListing`]).
@@ -24,13 +26,14 @@ use serde_json::value::RawValue;
 use tokio::sync::OwnedMutexGuard;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use jobhost_core::config::{Config, MAX_ATTEMPTS};
+use jobhost_core::config::Config;
 use jobhost_core::units::HumanDuration;
 use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
-    AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, JobCounts, JobDetail, JobFilter, JobMatch, JobStatus,
-    JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, millis,
+    AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, InvalidJob, JobCounts, JobDetail, JobField, JobFilter,
+    JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot,
+    WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
 };
 
 use super::App;
@@ -47,7 +50,7 @@ pub const MAX_ATTEMPTS_PAGE: u32 = 100;
 #[openapi(
     info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
     paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
-    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus)),
+    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -399,54 +402,40 @@ fn check_pool(field: &str, pool: &str) -> Result<(), ApiError> {
 }
 
 impl App {
-    /// A request's job as the store queues it, checked as `jobhost seed` checks its flags.
+    /// A request's job as the store queues it, checked by [`NewJob::new`] as `jobhost seed`'s
+    /// jobs are; a refusal names the field under `field` (e.g. `jobs[2].pool`).
     fn new_job(&self, request: NewJobRequest, field: &str, known: &[String]) -> Result<NewJob, ApiError> {
         let name = |key: &str| if field.is_empty() { key.to_owned() } else { format!("{field}.{key}") };
         let config = &self.config;
         let processor = request.processor.ok_or_else(|| ApiError::field(name("processor"), "is required"))?;
-        jobhost_core::names::check_processor(&processor).map_err(|err| ApiError::field(name("processor"), err))?;
-        if !known.contains(&processor) {
-            return Err(ApiError::field(
-                name("processor"),
-                format!(
-                    "no processor {processor:?} on this host (it has: {}): add {processor}.wasm to {}",
-                    known.join(", "),
-                    config.processors.dir.display()
-                ),
-            ));
-        }
-        let pool = request.pool.unwrap_or_else(|| "default".to_owned());
-        check_pool(&name("pool"), &pool)?;
-        // The payload's own text, so numbers beyond f64 and the like arrive as they were sent.
-        let payload = request.payload.map_or_else(|| "{}".to_owned(), |payload| payload.get().trim().to_owned());
-        jobhost_store::check_payload(payload.as_bytes(), config.jobs.max_payload.0)
-            .map_err(|err| ApiError::field(name("payload"), format!("payload {err}")))?;
-        let max_attempts = request.max_attempts.unwrap_or(config.retry.max_attempts);
-        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-            return Err(ApiError::field(name("max_attempts"), format!("must be between 1 and {MAX_ATTEMPTS}")));
-        }
-        let delay_ms = match (request.delay, request.run_at) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::field(name("run_at"), "give delay or run_at, not both"));
-            }
-            (Some(delay), None) => millis(delay.0),
-            (None, Some(run_at)) => run_at.saturating_sub(now_ms()).max(0),
-            (None, None) => 0,
-        };
-        Ok(NewJob {
-            id: NewJob::new_id(),
-            pool,
+        let request = JobRequest {
+            pool: request.pool.unwrap_or_else(|| "default".to_owned()),
             processor,
-            payload,
+            // The payload's own text, so numbers beyond f64 and the like arrive as they were sent.
+            payload: request.payload.map_or_else(|| "{}".to_owned(), |payload| payload.get().trim().to_owned()),
             priority: request.priority.unwrap_or(0),
-            max_attempts,
-            delay_ms,
+            max_attempts: request.max_attempts.unwrap_or(config.retry.max_attempts),
+            delay: request.delay.map(|delay| delay.0),
+            run_at: request.run_at,
+        };
+        let rules = JobRules { processors: Some(known), max_payload: config.jobs.max_payload.0 };
+        NewJob::new(request, &rules).map_err(|err| {
+            let field = name(match err.field() {
+                JobField::Pool => "pool",
+                JobField::Processor => "processor",
+                JobField::Payload => "payload",
+                JobField::MaxAttempts => "max_attempts",
+                JobField::Schedule => "run_at",
+            });
+            let fix = match &err {
+                InvalidJob::UnknownProcessor { processor, .. } => {
+                    format!("; add {processor}.wasm to {}", config.processors.dir.display())
+                }
+                InvalidJob::Rule { .. } | InvalidJob::ProcessorName(_) => String::new(),
+            };
+            ApiError::field(&field, format!("{}{fix}", err.message(&field)))
         })
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, millis)
 }
 
 /// Queue one job or a batch.
@@ -757,17 +746,20 @@ impl App {
         if let Some(pool) = &query.pool {
             check_pool("pool", pool)?;
         }
-        let [starting, active, terminated, lost] = WorkerCounts::STATUSES;
-        if let Some(status) = query.status.as_deref()
-            && !WorkerCounts::STATUSES.contains(&status)
-        {
-            return Err(ApiError::field(
-                "status",
-                format!("unknown status {status:?}: use {starting}, {active}, {terminated} or {lost}"),
-            ));
-        }
-        let filter =
-            WorkerFilter { pool: query.pool.as_deref(), status: query.status.as_deref(), limit: MAX_WORKERS_LISTED };
+        let status = query
+            .status
+            .as_deref()
+            .map(|status| {
+                WorkerStatus::parse(status).ok_or_else(|| {
+                    let [starting, active, terminated, lost] = WorkerStatus::ALL;
+                    ApiError::field(
+                        "status",
+                        format!("unknown status {status:?}: use {starting}, {active}, {terminated} or {lost}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let filter = WorkerFilter { pool: query.pool.as_deref(), status, limit: MAX_WORKERS_LISTED };
         Ok(self.store().workers(&filter).await?)
     }
 

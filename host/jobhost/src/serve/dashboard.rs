@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, html};
 
+use jobhost_core::outcome::OutcomeKind;
 use jobhost_store::{Activity, AttemptRecord, JobStatus, Millis};
 
 use super::App;
@@ -371,7 +372,7 @@ fn attempt_table(attempts: &[AttemptRecord]) -> Markup {
                 @for attempt in attempts {
                     tr data-attempt=(attempt.attempt) {
                         td { (attempt.attempt) }
-                        td.outcome { (attempt.outcome.as_deref().unwrap_or("running")) }
+                        td.outcome { (attempt.outcome.map_or("running", OutcomeKind::as_str)) }
                         td { (format_time(attempt.started_at)) }
                         td { (attempt.duration_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))) }
                         td { (attempt.fuel_used.map_or_else(|| "-".to_owned(), |fuel| fuel.to_string())) }
@@ -441,8 +442,8 @@ pub async fn workers(State(app): State<Arc<App>>, Extension(caller): Extension<C
             thead { tr { th { "Id" } th { "Pool" } th { "Status" } th { "Host" } th { "Pid" } th { "Started" } th { "Last heartbeat" } th { "Current jobs" } } }
             tbody {
                 @for worker in &workers {
-                    tr data-worker=(worker.id) class=(worker.status) {
-                        td.id { (worker.id) } td { (worker.pool) } td.status { (worker.status) }
+                    tr data-worker=(worker.id) class=(worker.status.as_str()) {
+                        td.id { (worker.id) } td { (worker.pool) } td.status { (worker.status.as_str()) }
                         td { (worker.host.as_deref().unwrap_or("-")) }
                         td { (worker.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string())) }
                         td { (format_time(worker.started_at)) } td { (format_time(worker.last_heartbeat_at)) }

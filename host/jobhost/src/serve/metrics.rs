@@ -143,7 +143,7 @@ impl Collector for Scrape {
         for (host, counts) in &self.status.hosts {
             let host = if host.is_empty() { "unknown" } else { host.as_str() };
             for (status, count) in counts.by_status() {
-                workers.push((vec![("host", Label(host)), ("status", Label(status))], as_gauge(count)));
+                workers.push((vec![("host", Label(host)), ("status", Label(status.as_str()))], as_gauge(count)));
             }
         }
         gauge(&mut encoder, "jobhost_workers", "Registered workers by host and status.", None, &workers)?;

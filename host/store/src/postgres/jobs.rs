@@ -7,6 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use jobhost_core::outcome::OutcomeKind;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
@@ -27,19 +28,23 @@ macro_rules! saturating_add {
     };
 }
 
-/// Inserts a chunk of jobs and counts them in the activity table, in one statement.
+/// Inserts a chunk of jobs and counts them in the activity table, in one statement. Each job
+/// is ready after its `delay` or at its `run_at` (the other is NULL; see [`Ready`]), on the
+/// server's clock.
 pub(super) const ENQUEUE: &str = concat!(
     "WITH inserted AS (
        INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
                          created_at, updated_at)
-       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority, ",
+       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority,
+              CASE WHEN j.run_at IS NULL THEN ",
     saturating_add!("t.now", "j.delay"),
-    ", 0, j.max_attempts, t.now, t.now
+    " ELSE greatest(j.run_at, t.now) END, 0, j.max_attempts, t.now, t.now
          FROM (SELECT ",
     now_sql!(),
     " AS now) t,
-              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, n)
+              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
+                     $9::bigint[])
+                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, run_at, n)
         ORDER BY j.n
        RETURNING pool, processor, created_at)
      INSERT INTO activity
@@ -65,6 +70,13 @@ pub(super) async fn enqueue(
         }
         let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
         let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
+        let (delays, run_ats): (Vec<Option<i64>>, Vec<Option<i64>>) = chunk
+            .iter()
+            .map(|job| match job.ready {
+                Ready::After(delay) => (Some(millis(delay)), None),
+                Ready::At(at) => (None, Some(at)),
+            })
+            .unzip();
         tx.execute(
             statement,
             &[
@@ -75,7 +87,8 @@ pub(super) async fn enqueue(
                 &column(|job| &job.payload),
                 &number(|job| job.priority),
                 &number(|job| i64::from(job.max_attempts)),
-                &number(|job| job.delay_ms),
+                &delays,
+                &run_ats,
             ],
         )
         .await?;
@@ -282,7 +295,7 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
                     attempt: clamp_count(row.value(3)?),
                 },
                 max_attempts: clamp_count(row.value(4)?),
-                worker_status: row.value(5)?,
+                worker_status: optional_name_at(row, 5)?,
                 lease_overdue_ms: row.value(6)?,
             })
         })
@@ -292,9 +305,19 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
      j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
 
-fn status_at(row: &Row, index: usize) -> Result<JobStatus> {
+/// A state stored by its name (see [`StoredName`]); a name this jobhost does not know fails
+/// the read, naming it.
+pub(super) fn name_at<T: StoredName>(row: &Row, index: usize) -> Result<T> {
     let text: &str = row.value(index)?;
-    JobStatus::parse(text).ok_or_else(|| StoreError::new(ErrorKind::Other, format!("unknown job status {text:?}")))
+    T::from_stored(text).map_err(|err| StoreError::new(ErrorKind::Other, err.to_string()))
+}
+
+/// As [`name_at`], for a column that is NULL where there is no state (an attempt still running).
+pub(super) fn optional_name_at<T: StoredName>(row: &Row, index: usize) -> Result<Option<T>> {
+    match row.value::<Option<&str>>(index)? {
+        None => Ok(None),
+        Some(_) => name_at(row, index).map(Some),
+    }
 }
 
 fn summary_from_row(row: &Row) -> Result<JobSummary> {
@@ -303,7 +326,7 @@ fn summary_from_row(row: &Row) -> Result<JobSummary> {
         id: row.value(0)?,
         pool: row.value(1)?,
         processor: row.value(2)?,
-        status: status_at(row, 3)?,
+        status: name_at(row, 3)?,
         priority: row.value(4)?,
         attempts: clamp_count(row.value(5)?),
         max_attempts: clamp_count(row.value(6)?),
@@ -362,7 +385,7 @@ fn attempt_from_row(row: &Row) -> Result<(i64, AttemptRecord)> {
         worker_id: row.value(1)?,
         started_at: row.value(2)?,
         finished_at: row.value(3)?,
-        outcome: row.value(4)?,
+        outcome: optional_name_at(row, 4)?,
         message: row.value(5)?,
         stderr: row.value(6)?,
         fuel_used: measure(row.value(7)?),
@@ -413,7 +436,8 @@ pub(super) async fn attempts(
     if rows.is_empty() && client.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await?.is_none() {
         return Ok(None);
     }
-    rows.iter().map(|row| Ok(attempt_from_row(row)?.1)).collect::<Result<_>>().map(Some)
+    let attempts = rows.iter().map(|row| Ok(attempt_from_row(row)?.1)).collect::<Result<_>>()?;
+    Ok(Some(attempts))
 }
 
 /// The conditions of a [`JobMatch`] on `jobs j`, its values in `$first`… (see [`match_params`]).
@@ -453,7 +477,7 @@ pub(super) async fn list(client: &Client, statement: &Statement, filter: &JobFil
 
 pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
     let rows = client.query("SELECT id, status FROM jobs WHERE id = ANY($1)", &[&ids]).await?;
-    rows.iter().map(|row| Ok((row.value(0)?, status_at(row, 1)?))).collect()
+    rows.iter().map(|row| Ok((row.value(0)?, name_at(row, 1)?))).collect()
 }
 
 /// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
@@ -506,7 +530,7 @@ async fn answer_for(client: &Client, id: &str, changed: u64, retrying: bool) -> 
         return Ok(IdAnswer::Done);
     }
     let found = match client.query_opt("SELECT status, attempts FROM jobs WHERE id = $1", &[&id]).await? {
-        Some(row) => Some((status_at(&row, 0)?, clamp_count(row.value(1)?))),
+        Some(row) => Some((name_at(&row, 0)?, clamp_count(row.value(1)?))),
         None => None,
     };
     Ok(IdAnswer::explain(found, retrying))
@@ -542,7 +566,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             pool: row.value(2)?,
             processor: row.value(3)?,
             payload: row.value(4)?,
-            status: status_at(row, 5)?,
+            status: name_at(row, 5)?,
             priority: row.value(6)?,
             run_at: row.value(7)?,
             attempts: clamp_count(row.value(8)?),
@@ -574,7 +598,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             worker_id: row.value(2)?,
             started_at: row.value(3)?,
             finished_at: row.value(4)?,
-            outcome: row.value(5)?,
+            outcome: optional_name_at(row, 5)?,
             message: row.value(6)?,
             stderr: row.value(7)?,
             fuel_used: row.value(8)?,
@@ -640,7 +664,7 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
                     &attempt.worker_id,
                     &attempt.started_at,
                     &attempt.finished_at,
-                    &attempt.outcome,
+                    &attempt.outcome.map(OutcomeKind::as_str),
                     &attempt.message,
                     &attempt.stderr,
                     &attempt.fuel_used,

@@ -260,7 +260,11 @@ mod tests {
             client.query_one(&format!("SELECT version FROM {schema}.jobhost_schema"), &[]).await.unwrap().get(0);
         assert_eq!(version, super::CURRENT_VERSION);
         let attempt = &store.job("j1").await.unwrap().unwrap().attempt_history[0];
-        assert_eq!(attempt.outcome.as_deref(), Some("ok"), "the attempt written before the upgrade is still there");
+        assert_eq!(
+            attempt.outcome,
+            Some(jobhost_core::outcome::OutcomeKind::Ok),
+            "the attempt written before the upgrade is still there"
+        );
         assert_eq!(attempt.processor_sha256, None, "an attempt from before the upgrade names no code");
     }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Statement, Transaction};
 
+use super::jobs::{name_at, optional_name_at};
 use super::{ColumnValues, NOW};
 use crate::activity::ActivityRow;
 use crate::driver::Now;
@@ -32,8 +33,8 @@ pub(super) async fn activate(client: &Client, worker: &NewWorker, now: Now) -> R
         return Ok(());
     }
     let row = client.query_one("SELECT status, pool FROM workers WHERE id = $1", &[&worker.id]).await?;
-    let (status, pool): (String, String) = (row.value(0)?, row.value(1)?);
-    Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, &status, &pool)))
+    let (status, pool): (WorkerStatus, String) = (name_at(&row, 0)?, row.value(1)?);
+    Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, status, &pool)))
 }
 
 /// Renews the worker and, only if it is still `active`, the leases of its jobs.
@@ -173,7 +174,7 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         .await?;
     let mut backlog = None;
     for row in &rows {
-        if let Some(status) = row.value::<Option<&str>>(1)? {
+        if let Some(status) = optional_name_at(row, 1)? {
             snapshot.jobs.set(status, row.value::<i64>(2)?.max(0) as u64);
         }
         backlog = Some((row.value::<i64>(0)?, row.value::<i64>(3)?, row.value::<Option<i64>>(4)?));
@@ -190,7 +191,7 @@ pub(super) async fn status(client: &Client, pool: Option<&str>, now: Now) -> Res
         )
         .await?
     {
-        snapshot.add_workers(row.value(0)?, row.value::<&str>(1)?, row.value::<i64>(2)?.max(0) as u64);
+        snapshot.add_workers(row.value(0)?, name_at(&row, 1)?, row.value::<i64>(2)?.max(0) as u64);
     }
     Ok(snapshot)
 }
@@ -212,7 +213,7 @@ pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<V
               WHERE ($1::text IS NULL OR w.pool = $1) AND ($2::text IS NULL OR w.status = $2)
               ORDER BY w.status IN ('starting', 'active') DESC, w.last_heartbeat_at DESC, w.id
               LIMIT $3",
-            &[&filter.pool, &filter.status, &i64::from(filter.limit)],
+            &[&filter.pool, &filter.status.map(WorkerStatus::as_str), &i64::from(filter.limit)],
         )
         .await?;
     rows.iter()
@@ -220,7 +221,7 @@ pub(super) async fn list(client: &Client, filter: &WorkerFilter<'_>) -> Result<V
             Ok(WorkerInfo {
                 id: row.value(0)?,
                 pool: row.value(1)?,
-                status: row.value(2)?,
+                status: name_at(row, 2)?,
                 host: row.value(3)?,
                 pid: row.value::<Option<i64>>(4)?.and_then(|pid| u32::try_from(pid).ok()),
                 started_at: row.value(5)?,
@@ -267,7 +268,7 @@ pub(super) async fn activity(client: &Client, now: Now) -> Result<(Millis, Vec<A
                 minute: row.value(0)?,
                 pool: row.value(1)?,
                 processor: row.value(2)?,
-                event: row.value(3)?,
+                event: name_at(row, 3)?,
                 duration_bucket: row.value(4)?,
                 fuel_bucket: row.value(5)?,
                 events: measure(row.value(6)?),

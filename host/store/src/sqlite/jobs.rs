@@ -5,6 +5,8 @@
 //! clamped, and a payload that cannot be parsed back is shown as its text, so one damaged
 //! job cannot stop listing, showing or reaping the others.
 
+use jobhost_core::outcome::OutcomeKind;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params};
 
 use crate::activity::Tally;
@@ -32,7 +34,7 @@ pub(super) fn enqueue(
             job.processor,
             job.payload,
             job.priority,
-            now.saturating_add(job.delay_ms),
+            job.ready.run_at(now),
             job.max_attempts,
             now
         ])?;
@@ -57,7 +59,7 @@ pub(super) fn record(tx: &Transaction<'_>, tally: &Tally, now: Millis) -> Result
             now.div_euclid(60_000),
             pool,
             processor,
-            event,
+            event.as_str(),
             duration_bucket,
             fuel_bucket,
             clamp(value.events),
@@ -216,7 +218,7 @@ pub(super) fn abandoned(conn: &Connection, pool: Option<&str>, now: Millis) -> R
                     attempt: count_at(row, 3)?,
                 },
                 max_attempts: count_at(row, 4)?,
-                worker_status: row.get(5)?,
+                worker_status: optional_name_at(row, 5)?,
                 lease_overdue_ms: now.saturating_sub(lease_expires_at.unwrap_or(now)),
             })
         })?
@@ -237,15 +239,20 @@ fn measure_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
     Ok(row.get::<_, Option<i64>>(index)?.map(|value| value.max(0) as u64))
 }
 
-fn status_at(row: &Row<'_>, index: usize) -> rusqlite::Result<JobStatus> {
+/// A state stored by its name (see [`StoredName`]); a name this jobhost does not know fails
+/// the read, naming it.
+pub(super) fn name_at<T: StoredName>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
     let text: String = row.get(index)?;
-    JobStatus::parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("unknown job status {text:?}").into(),
-        )
-    })
+    T::from_stored(&text)
+        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, err.into()))
+}
+
+/// As [`name_at`], for a column that is NULL where there is no state (an attempt still running).
+pub(super) fn optional_name_at<T: StoredName>(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<T>> {
+    match row.get_ref(index)? {
+        ValueRef::Null => Ok(None),
+        _ => name_at(row, index).map(Some),
+    }
 }
 
 fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
@@ -254,7 +261,7 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
         id: row.get(0)?,
         pool: row.get(1)?,
         processor: row.get(2)?,
-        status: status_at(row, 3)?,
+        status: name_at(row, 3)?,
         priority: row.get(4)?,
         attempts: count_at(row, 5)?,
         max_attempts: count_at(row, 6)?,
@@ -281,7 +288,7 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, AttemptRecord)> {
         worker_id: row.get(1)?,
         started_at: row.get(2)?,
         finished_at: row.get(3)?,
-        outcome: row.get(4)?,
+        outcome: optional_name_at(row, 4)?,
         message: row.get(5)?,
         stderr: row.get(6)?,
         fuel_used: measure_at(row, 7)?,
@@ -390,7 +397,7 @@ pub(super) fn statuses(conn: &Connection, ids: &[&str]) -> Result<Vec<(String, J
     let ids = serde_json::to_string(ids).expect("strings serialize");
     let found = conn
         .prepare_cached("SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?1))")?
-        .query_map([ids], |row| Ok((row.get(0)?, status_at(row, 1)?)))?
+        .query_map([ids], |row| Ok((row.get(0)?, name_at(row, 1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(found)
 }
@@ -443,7 +450,7 @@ fn answer_for(conn: &Connection, id: &str, changed: usize, retrying: bool) -> Re
         return Ok(IdAnswer::Done);
     }
     let found: Option<(JobStatus, i64)> = conn
-        .query_row("SELECT status, attempts FROM jobs WHERE id = ?1", [id], |row| Ok((status_at(row, 0)?, row.get(1)?)))
+        .query_row("SELECT status, attempts FROM jobs WHERE id = ?1", [id], |row| Ok((name_at(row, 0)?, row.get(1)?)))
         .optional()?;
     Ok(IdAnswer::explain(found.map(|(status, attempts)| (status, attempts.clamp(0, u32::MAX.into()) as u32)), retrying))
 }
@@ -472,7 +479,7 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
                 pool: row.get(2)?,
                 processor: row.get(3)?,
                 payload: row.get(4)?,
-                status: status_at(row, 5)?,
+                status: name_at(row, 5)?,
                 priority: row.get(6)?,
                 run_at: row.get(7)?,
                 attempts: count_at(row, 8)?,
@@ -502,7 +509,7 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
                     worker_id: row.get(1)?,
                     started_at: row.get(2)?,
                     finished_at: row.get(3)?,
-                    outcome: row.get(4)?,
+                    outcome: optional_name_at(row, 4)?,
                     message: row.get(5)?,
                     stderr: row.get(6)?,
                     fuel_used: row.get(7)?,
@@ -557,7 +564,7 @@ pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
                 attempt.worker_id,
                 attempt.started_at,
                 attempt.finished_at,
-                attempt.outcome,
+                attempt.outcome.map(OutcomeKind::as_str),
                 attempt.message,
                 attempt.stderr,
                 attempt.fuel_used,

@@ -173,8 +173,9 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::{Access, JobStatus, NewJob, RetryPolicy, Store};
+    use crate::{Access, JobStatus, NewJob, Ready, RetryPolicy, Store};
     use jobhost_core::config::DatabaseConfig;
+    use jobhost_core::outcome::OutcomeKind;
 
     fn new_job() -> NewJob {
         NewJob {
@@ -184,7 +185,7 @@ mod tests {
             payload: "{}".into(),
             priority: 0,
             max_attempts: 3,
-            delay_ms: 0,
+            ready: Ready::After(Duration::ZERO),
         }
     }
 
@@ -293,7 +294,7 @@ mod tests {
         let job = store.job("j1").await.unwrap().unwrap();
         assert_eq!(job.job.status, JobStatus::Pending);
         let attempt = &job.attempt_history[0];
-        assert_eq!(attempt.outcome.as_deref(), Some("worker_lost"));
+        assert_eq!(attempt.outcome, Some(OutcomeKind::WorkerLost));
         assert_eq!(attempt.message.as_deref(), Some("worker old-worker is not registered"));
         assert_eq!(attempt.processor_sha256, None, "an attempt from before the upgrade names no code");
     }

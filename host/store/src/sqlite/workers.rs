@@ -4,12 +4,15 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, named_params, params};
 
+use super::jobs::name_at;
 use crate::error::{ErrorKind, Result, StoreError};
 use crate::model::*;
 
 pub(super) fn activate(tx: &Transaction<'_>, worker: &NewWorker, now: Millis) -> Result<()> {
-    let existing: Option<(String, String)> = tx
-        .query_row("SELECT status, pool FROM workers WHERE id = ?1", [&worker.id], |row| Ok((row.get(0)?, row.get(1)?)))
+    let existing: Option<(WorkerStatus, String)> = tx
+        .query_row("SELECT status, pool FROM workers WHERE id = ?1", [&worker.id], |row| {
+            Ok((name_at(row, 0)?, row.get(1)?))
+        })
         .optional()?;
     match existing {
         None => {
@@ -20,7 +23,7 @@ pub(super) fn activate(tx: &Transaction<'_>, worker: &NewWorker, now: Millis) ->
             )?;
             Ok(())
         }
-        Some((status, pool)) if status == "starting" && pool == worker.pool => {
+        Some((WorkerStatus::Starting, pool)) if pool == worker.pool => {
             tx.execute(
                 "UPDATE workers SET status = 'active', host = ?1, pid = ?2, last_heartbeat_at = ?3
                   WHERE id = ?4 AND status = 'starting'",
@@ -29,7 +32,7 @@ pub(super) fn activate(tx: &Transaction<'_>, worker: &NewWorker, now: Millis) ->
             Ok(())
         }
         Some((status, pool)) => {
-            Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, &status, &pool)))
+            Err(StoreError::new(ErrorKind::Refused, NewWorker::refusal(&worker.id, &worker.pool, status, &pool)))
         }
     }
 }
@@ -116,16 +119,16 @@ pub(super) fn status(conn: &Connection, pool: Option<&str>, now: Millis) -> Resu
     let mut snapshot = StatusSnapshot::default();
     let mut jobs = conn
         .prepare_cached("SELECT status, sum(jobs) FROM job_counts WHERE (?1 IS NULL OR pool = ?1) GROUP BY status")?;
-    for row in jobs.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+    for row in jobs.query_map([pool], |row| Ok((name_at(row, 0)?, row.get::<_, i64>(1)?)))? {
         let (status, count) = row?;
-        snapshot.jobs.set(&status, count.max(0) as u64);
+        snapshot.jobs.set(status, count.max(0) as u64);
     }
     let mut workers = conn.prepare_cached(
         "SELECT coalesce(host, ''), status, count(*) FROM workers WHERE (?1 IS NULL OR pool = ?1) GROUP BY host, status",
     )?;
-    for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?)))? {
+    for row in workers.query_map([pool], |row| Ok((row.get::<_, String>(0)?, name_at(row, 1)?, row.get(2)?)))? {
         let (host, status, count) = row?;
-        snapshot.add_workers(host, &status, count);
+        snapshot.add_workers(host, status, count);
     }
     // `ready` is the pending count less the pending jobs whose time has not come, a short
     // index range; the read transaction makes both come from one snapshot.
@@ -159,12 +162,12 @@ pub(super) fn list(conn: &Connection, filter: &WorkerFilter<'_>) -> Result<Vec<W
               ORDER BY w.status IN ('starting', 'active') DESC, w.last_heartbeat_at DESC, w.id
               LIMIT :limit",
         )?
-        .query_map(named_params! { ":pool": filter.pool, ":status": filter.status, ":limit": filter.limit }, |row| {
+        .query_map(named_params! { ":pool": filter.pool, ":status": filter.status.map(WorkerStatus::as_str), ":limit": filter.limit }, |row| {
             let current: String = row.get(8)?;
             Ok(WorkerInfo {
                 id: row.get(0)?,
                 pool: row.get(1)?,
-                status: row.get(2)?,
+                status: name_at(row, 2)?,
                 host: row.get(3)?,
                 pid: row.get::<_, Option<i64>>(4)?.and_then(|pid| u32::try_from(pid).ok()),
                 started_at: row.get(5)?,
@@ -215,7 +218,7 @@ pub(super) fn activity(conn: &Connection) -> Result<Vec<crate::activity::Activit
                 minute: row.get(0)?,
                 pool: row.get(1)?,
                 processor: row.get(2)?,
-                event: row.get(3)?,
+                event: name_at(row, 3)?,
                 duration_bucket: row.get(4)?,
                 fuel_bucket: row.get(5)?,
                 events: measure(6)?,
