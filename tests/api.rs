@@ -1411,6 +1411,56 @@ fn readiness_tells_a_live_server_from_one_without_its_database() {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// SQLite only: its write lock is one per file, held here by another process than the server.
+/// A POST waits for it all the time another connection (this test's) holds it; the server
+/// must still answer `/healthz` at once, and reads and the dashboard before the lock is free.
+#[test]
+fn a_write_waiting_for_another_process_lock_stalls_neither_healthz_nor_reads() {
+    const HOLD: Duration = Duration::from_secs(5);
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let id = api.enqueue(&json!({"processor": "echo", "delay": "1h"}));
+    let reads = ["/healthz".to_owned(), format!("/api/v1/jobs/{id}"), "/".to_owned()];
+
+    let holder = rusqlite::Connection::open(pool.db()).unwrap();
+    holder.busy_timeout(Duration::from_secs(10)).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let held = Instant::now();
+    let post = std::thread::spawn({
+        let api = api.clone();
+        move || {
+            let reply = api.post("/api/v1/jobs", &json!({"processor": "echo", "payload": {"after": "the lock"}}));
+            (reply, Instant::now())
+        }
+    });
+    let mut rounds = 0;
+    while held.elapsed() < HOLD {
+        for path in &reads {
+            let asked = Instant::now();
+            let reply = api.get(path);
+            let took = asked.elapsed();
+            assert_eq!(reply.status, 200, "{}", reply.describe());
+            if path == "/healthz" {
+                assert!(took < Duration::from_millis(100), "/healthz took {took:?} while a write waited for the lock");
+            }
+        }
+        assert!(!post.is_finished(), "the POST cannot be answered while the lock is held");
+        rounds += 1;
+        // Pacing only: the rounds spread over the whole time the lock is held.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder.execute_batch("COMMIT").unwrap();
+    let released = Instant::now();
+    let (reply, answered) = post.join().unwrap();
+    let posted = reply.expect(201);
+    assert!(answered >= released, "the POST was answered only once the lock was free");
+    assert!(rounds > 10, "the server was probed all the time the lock was held ({rounds} rounds)");
+    let job = api.get(&format!("/api/v1/jobs/{}", posted["id"].as_str().unwrap())).expect(200);
+    assert_eq!(job["payload"], json!({"after": "the lock"}));
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
 /// PostgreSQL only: what is tested is the server's connection coming back.
 #[test]
 fn serve_reconnects_after_postgres_ends_its_connection() {

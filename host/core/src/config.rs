@@ -49,6 +49,9 @@ pub struct DatabaseConfig {
     /// On PostgreSQL, the schema holding jobhost's tables, so a pool can share a database
     /// with an application.
     pub schema: String,
+    /// How many connections `jobhost serve` may keep open, so requests running at once do
+    /// not queue on one. Every other command opens a single connection.
+    pub serve_connections: u32,
 }
 
 impl DatabaseConfig {
@@ -74,6 +77,7 @@ impl Default for DatabaseConfig {
             synchronous: Synchronous::Normal,
             busy_timeout: HumanDuration(Duration::from_secs(30)),
             schema: "jobhost".to_string(),
+            serve_connections: 8,
         }
     }
 }
@@ -411,6 +415,13 @@ impl Config {
                  got {schema:?}"
             );
         }
+        check_range(
+            self.name("database.serve_connections"),
+            self.database.serve_connections,
+            1,
+            MAX_SERVE_CONNECTIONS,
+            "connections the server keeps open",
+        )?;
         for key in ["worker.heartbeat_interval", "checker.interval", "checker.start_grace"] {
             let value = match key {
                 "worker.heartbeat_interval" => self.worker.heartbeat_interval,
@@ -558,6 +569,9 @@ pub const MAX_ATTEMPTS: u32 = 10_000;
 pub const MAX_CONCURRENCY: u32 = 1_000;
 /// Most workers the checker keeps alive for one pool.
 pub const MAX_WORKERS: u32 = 1_000;
+/// The most connections `jobhost serve` may open: each is a backend process on a
+/// PostgreSQL server, whose `max_connections` (100 by default) every machine shares.
+pub const MAX_SERVE_CONNECTIONS: u32 = 64;
 /// Shortest wait for another process's write lock: busy workers hold it for milliseconds.
 const MIN_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest `jobs.max_payload` allowed.
@@ -686,6 +700,16 @@ mod tests {
     fn a_busy_timeout_too_short_to_wait_out_a_busy_worker_is_refused() {
         let message = format!("{:#}", Config::parse("database: {busy_timeout: 0}").unwrap_err());
         assert!(message.contains("database.busy_timeout must be at least 1s"), "{message}");
+    }
+
+    #[test]
+    fn serve_connections_out_of_range_are_refused() {
+        for value in [0, MAX_SERVE_CONNECTIONS + 1] {
+            let message =
+                format!("{:#}", Config::parse(&format!("database: {{serve_connections: {value}}}")).unwrap_err());
+            assert!(message.contains("database.serve_connections must be between 1 and 64"), "{message}");
+        }
+        assert_eq!(Config::parse("database: {serve_connections: 1}").unwrap().database.serve_connections, 1);
     }
 
     #[test]

@@ -26,12 +26,19 @@ use std::process::ExitCode;
 use crate::cli::Cli;
 use crate::settings::Task;
 
-/// Carries out a parsed command line, on one current-thread runtime: store calls and
-/// sandboxed runs share the thread, with no hand-offs between threads.
+/// Carries out a parsed command line. Every command but `serve` runs on one current-thread
+/// runtime: store calls and sandboxed runs share the thread, with no hand-offs between
+/// threads. `serve` runs on a multi-threaded one, so requests are answered while a store call
+/// blocks (a SQLite write waiting for another process's lock) and use every core.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (config, task) = settings::settle(cli)?;
     let config = &config;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = match task {
+        Task::Serve => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()?;
     let result = runtime.block_on(async {
         match task {
             Task::Seed(args) => commands::seed::run(config, args).await,

@@ -92,17 +92,33 @@ impl Fingerprint {
 }
 
 impl Store {
-    /// Opens the pool at `config.path`, creating or upgrading its schema as `access` allows,
-    /// and refusing databases that are not jobhost's or come from a newer jobhost.
+    /// Opens the pool at `config.path` on one connection, creating or upgrading its schema as
+    /// `access` allows, and refusing databases that are not jobhost's or come from a newer
+    /// jobhost. Operations made at once take turns on the connection.
     pub async fn open(config: &DatabaseConfig, access: Access) -> Result<Store> {
-        Store::open_with_clock(config, access, Clock::Database).await
+        Store::open_with_clock(config, access, 1, Clock::Database).await
     }
 
-    pub async fn open_with_clock(config: &DatabaseConfig, access: Access, clock: Clock) -> Result<Store> {
+    /// As [`Store::open`], for a process serving many callers at once: with up to
+    /// `connections` connections, so operations made at once do not take turns on one. On
+    /// PostgreSQL they run side by side, on connections opened as they are needed; on SQLite
+    /// one connection writes and the others read, so reads go on while a write waits for
+    /// another process's lock.
+    pub async fn open_pooled(config: &DatabaseConfig, access: Access, connections: u32) -> Result<Store> {
+        Store::open_with_clock(config, access, connections, Clock::Database).await
+    }
+
+    pub async fn open_with_clock(
+        config: &DatabaseConfig,
+        access: Access,
+        connections: u32,
+        clock: Clock,
+    ) -> Result<Store> {
+        let connections = connections.max(1) as usize;
         let driver: Box<dyn Driver> = if config.is_server() {
-            Box::new(postgres::PostgresDriver::open(config, access).await?)
+            Box::new(postgres::PostgresDriver::open(config, access, connections).await?)
         } else {
-            Box::new(sqlite::SqliteDriver::open(config, access)?)
+            Box::new(sqlite::SqliteDriver::open(config, access, connections)?)
         };
         Ok(Store { driver, clock })
     }

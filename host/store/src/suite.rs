@@ -14,6 +14,10 @@ use jobhost_core::config::DatabaseConfig;
 use super::*;
 
 const LEASE: Duration = Duration::from_secs(60);
+/// Every test runs on a store with several connections, on a multi-threaded runtime, as
+/// `jobhost serve` does: operations land on different connections (and SQLite's go through
+/// `block_in_place`), and must still see each other's writes.
+const CONNECTIONS: u32 = 3;
 const NO_BACKOFF: RetryPolicy = RetryPolicy { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 };
 
 /// A fresh schema on the server `$JOBHOST_TEST_PG` names; fails without one.
@@ -35,7 +39,7 @@ pub struct TestStore {
 impl TestStore {
     async fn open(config: DatabaseConfig, dir: tempfile::TempDir) -> TestStore {
         let now = Arc::new(AtomicI64::new(1_700_000_000_000));
-        let store = Store::open_with_clock(&config, Access::CreateIfMissing, Clock::Manual(now.clone()))
+        let store = Store::open_with_clock(&config, Access::CreateIfMissing, CONNECTIONS, Clock::Manual(now.clone()))
             .await
             .unwrap_or_else(|err| panic!("cannot open the test pool: {err}"));
         TestStore { store, now, _dir: dir }
@@ -100,7 +104,7 @@ macro_rules! for_each_backend {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::TestStore::sqlite().await).await
                 }
@@ -108,7 +112,7 @@ macro_rules! for_each_backend {
         }
         mod postgres {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::TestStore::postgres().await).await
                 }

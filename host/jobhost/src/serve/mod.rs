@@ -3,7 +3,10 @@
 //! Prometheus (`/metrics`, see [`metrics`]), over the same store the workers use.
 //!
 //! The server owns the HTTP side only: it reads and changes jobs through [`Store`] and never
-//! runs one. Its defences against careless and hostile clients live here and in [`auth`]:
+//! runs one. It runs on a multi-threaded runtime with up to `database.serve_connections`
+//! connections to the pool, so requests do not take turns on one connection, and a request
+//! whose store call blocks (a SQLite write waiting for another process's lock) holds up
+//! neither `/healthz` nor reads nor long-polls. Its defences against careless and hostile clients live here and in [`auth`]:
 //! - no token means loopback only; with one, every call needs it ([`auth::guard`]);
 //! - bodies are capped (`serve.max_body`), a whole request must be answered within
 //!   `serve.request_timeout` (a long-poll gets its wait on top), and long-polls are bounded
@@ -84,7 +87,7 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     }
     // A server that takes jobs creates the pool as `seed` does; a read-only one needs it.
     let access = if serve.read_only { Access::Existing } else { Access::CreateIfMissing };
-    let store = Store::open(&config.database, access).await?;
+    let store = Store::open_pooled(&config.database, access, config.database.serve_connections).await?;
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
         format!("cannot listen on {address}: is another server using it? pick another with --listen")
     })?;

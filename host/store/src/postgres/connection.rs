@@ -1,20 +1,26 @@
-//! The driver's one connection to the server, and getting it back after the server drops it.
+//! The driver's connections to the server, and getting them back after the server drops them.
+//!
+//! A store holds a pool of connections (deadpool's): one for every command but `jobhost
+//! serve`, which may open up to `database.serve_connections` so requests running at once do
+//! not queue on one. Connections are opened as operations need them, so a server that is
+//! mostly idle holds one; an operation holds its connection from start to end.
 //!
 //! A long-running process (`serve`, a checker) outlives connections: the server restarts, an
-//! administrator terminates the backend, a proxy cuts an idle socket. The connection is
-//! checked before each operation and, once closed, opened anew; while the server stays out of
-//! reach, attempts are spaced by a backoff (doubling from [`FIRST_BACKOFF`] to
-//! [`MAX_BACKOFF`]) and the operations in between fail at once as `Unreachable`, so a
-//! server that is down is not hammered and callers are not held for a connect timeout each.
-//! The operation that was running when the connection broke fails; nothing retries it here,
-//! because only the caller knows whether it is safe to repeat.
+//! administrator terminates the backend, a proxy cuts an idle socket. A connection is checked
+//! before each operation and, once closed, dropped and replaced by a new one; while the server
+//! stays out of reach, connecting is retried only after a backoff (doubling from
+//! [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]) and the operations in between fail at once as
+//! `Unreachable`, so a server that is down is not hammered and callers are not held for a
+//! connect timeout each. The operation that was running when its connection broke fails;
+//! nothing retries it here, because only the caller knows whether it is safe to repeat.
 //!
-//! Statements are prepared per connection, so the cache lives and dies with it.
+//! Statements are prepared per connection, so each connection carries its own cache.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -47,59 +53,89 @@ impl Link {
     }
 }
 
-struct State {
-    link: Option<Link>,
-    /// No reconnect is tried before this.
+/// When connecting may be tried again after a failure.
+struct Backoff {
+    /// No connection is tried before this.
     retry_at: Instant,
-    backoff: Duration,
+    /// The wait after the next failure.
+    wait: Duration,
 }
 
-/// How to connect, and the connection once made.
-pub struct Connection {
+/// How to connect: what the pool calls to open and to check a connection.
+pub struct Connector {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    state: Mutex<State>,
+    backoff: Mutex<Backoff>,
 }
 
-impl Connection {
-    /// Connects once; a failure here is the caller's to report (a wrong URL or password is
-    /// not worth retrying at start-up).
-    pub async fn open(config: tokio_postgres::Config, tls: MakeRustlsConnect) -> Result<Connection> {
-        let client = connect(&config, &tls).await?;
-        let state = State { link: Some(Link::new(client)), retry_at: Instant::now(), backoff: FIRST_BACKOFF };
-        Ok(Connection { config, tls, state: Mutex::new(state) })
-    }
+impl managed::Manager for Connector {
+    type Type = Link;
+    type Error = StoreError;
 
-    /// The live connection, reconnecting first if the last one closed. Operations take turns
-    /// on it: the guard is held for the whole operation.
-    pub async fn link(&self) -> Result<MappedMutexGuard<'_, Link>> {
-        let mut state = self.state.lock().await;
-        if state.link.as_ref().is_none_or(|link| link.client.is_closed()) {
-            state.link = None;
-            let now = Instant::now();
-            if now < state.retry_at {
-                return Err(StoreError::new(
-                    ErrorKind::Unreachable,
-                    format!(
-                        "the connection was lost and reconnecting failed; the next try is in {} ms",
-                        (state.retry_at - now).as_millis()
-                    ),
-                ));
+    async fn create(&self) -> Result<Link> {
+        let retry_at = self.backoff.lock().expect("no panic holding the backoff").retry_at;
+        let now = Instant::now();
+        if now < retry_at {
+            return Err(StoreError::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "the connection was lost and reconnecting failed; the next try is in {} ms",
+                    (retry_at - now).as_millis()
+                ),
+            ));
+        }
+        let connected = connect(&self.config, &self.tls).await;
+        let mut backoff = self.backoff.lock().expect("no panic holding the backoff");
+        match connected {
+            Ok(client) => {
+                backoff.wait = FIRST_BACKOFF;
+                Ok(Link::new(client))
             }
-            match connect(&self.config, &self.tls).await {
-                Ok(client) => {
-                    tracing::info!("reconnected to PostgreSQL");
-                    state.link = Some(Link::new(client));
-                    state.backoff = FIRST_BACKOFF;
-                }
-                Err(err) => {
-                    state.retry_at = Instant::now() + state.backoff;
-                    state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
-                    return Err(err);
-                }
+            Err(err) => {
+                backoff.retry_at = Instant::now() + backoff.wait;
+                backoff.wait = (backoff.wait * 2).min(MAX_BACKOFF);
+                Err(err)
             }
         }
-        Ok(MutexGuard::map(state, |state| state.link.as_mut().expect("connected above")))
+    }
+
+    async fn recycle(&self, link: &mut Link, _: &Metrics) -> RecycleResult<StoreError> {
+        if link.client.is_closed() {
+            tracing::info!("a connection to PostgreSQL was closed; connecting again");
+            return Err(RecycleError::message("the connection was closed"));
+        }
+        Ok(())
+    }
+}
+
+/// The pool of connections to one server.
+pub struct Connections {
+    pool: managed::Pool<Connector>,
+}
+
+impl Connections {
+    /// Connects once, so that a wrong URL or password is the caller's to report at start-up
+    /// rather than worth retrying; later connections are opened as operations need them, up
+    /// to `size` at once.
+    pub async fn open(config: tokio_postgres::Config, tls: MakeRustlsConnect, size: usize) -> Result<Connections> {
+        let connector =
+            Connector { config, tls, backoff: Mutex::new(Backoff { retry_at: Instant::now(), wait: FIRST_BACKOFF }) };
+        let pool = managed::Pool::builder(connector)
+            .max_size(size)
+            .build()
+            .map_err(|err| StoreError::new(ErrorKind::Other, format!("cannot build the connection pool: {err}")))?;
+        let connections = Connections { pool };
+        drop(connections.link().await?);
+        Ok(connections)
+    }
+
+    /// A live connection, reconnecting first if the one at hand was closed; waits while
+    /// every connection is taken. It goes back to the pool when dropped.
+    pub async fn link(&self) -> Result<Object<Connector>> {
+        self.pool.get().await.map_err(|err| match err {
+            PoolError::Backend(err) => err,
+            other => StoreError::new(ErrorKind::Other, format!("no connection could be taken from the pool: {other}")),
+        })
     }
 }
 

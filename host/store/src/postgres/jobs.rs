@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jobhost_core::outcome::OutcomeKind;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use super::{ColumnValues, NOW, clamp_count};
 use crate::activity::{duration_bucket, fuel_bucket};
@@ -52,32 +52,53 @@ pub(super) const ENQUEUE: &str = concat!(
        FROM inserted GROUP BY created_at / 60000, pool, processor"
 );
 
+/// Queues every job `jobs` yields, all or none. Jobs that fit one chunk (every job the API
+/// queues, one or a batch) go in one statement, atomic alone: one round trip, where a
+/// transaction would add two (`BEGIN`, `COMMIT`). More are streamed through one transaction,
+/// a chunk to a statement.
 pub(super) async fn enqueue(
-    tx: &Transaction<'_>,
+    client: &mut Client,
     statement: &Statement,
     jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
     now: Now,
 ) -> Result<u64> {
+    let first = next_chunk(jobs)?;
+    if first.len() < CHUNK {
+        insert_chunk(&*client, statement, &first, now).await?;
+        return Ok(first.len() as u64);
+    }
+    let tx = client.transaction().await?;
     let mut queued = 0;
-    let mut chunk = Vec::with_capacity(CHUNK);
-    loop {
-        chunk.clear();
-        for job in (&mut *jobs).take(CHUNK) {
-            chunk.push(job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))?);
-        }
-        if chunk.is_empty() {
-            return Ok(queued);
-        }
-        let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
-        let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
-        let (delays, run_ats): (Vec<Option<i64>>, Vec<Option<i64>>) = chunk
-            .iter()
-            .map(|job| match job.ready {
-                Ready::After(delay) => (Some(millis(delay)), None),
-                Ready::At(at) => (None, Some(at)),
-            })
-            .unzip();
-        tx.execute(
+    let mut chunk = first;
+    while !chunk.is_empty() {
+        insert_chunk(&tx, statement, &chunk, now).await?;
+        queued += chunk.len() as u64;
+        chunk = next_chunk(jobs)?;
+    }
+    tx.commit().await?;
+    Ok(queued)
+}
+
+/// Up to [`CHUNK`] jobs; fewer only when `jobs` has no more. A refused job is the error.
+fn next_chunk(jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send)) -> Result<Vec<NewJob>> {
+    jobs.take(CHUNK).map(|job| job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))).collect()
+}
+
+async fn insert_chunk(client: &impl GenericClient, statement: &Statement, chunk: &[NewJob], now: Now) -> Result<()> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
+    let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
+    let (delays, run_ats): (Vec<Option<i64>>, Vec<Option<i64>>) = chunk
+        .iter()
+        .map(|job| match job.ready {
+            Ready::After(delay) => (Some(millis(delay)), None),
+            Ready::At(at) => (None, Some(at)),
+        })
+        .unzip();
+    client
+        .execute(
             statement,
             &[
                 &now,
@@ -92,8 +113,7 @@ pub(super) async fn enqueue(
             ],
         )
         .await?;
-        queued += chunk.len() as u64;
-    }
+    Ok(())
 }
 
 /// A worker's turn as one statement: settle every finished attempt that still holds its

@@ -53,12 +53,14 @@ const ANALYZE_AFTER: u64 = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PostgresDriver {
-    connection: connection::Connection,
+    connections: connection::Connections,
     location: String,
 }
 
 impl PostgresDriver {
-    pub async fn open(config: &DatabaseConfig, access: Access) -> Result<PostgresDriver> {
+    /// Connects with up to `connections` connections (see [`connection`]), and creates or
+    /// migrates the schema as `access` allows.
+    pub async fn open(config: &DatabaseConfig, access: Access, connections: usize) -> Result<PostgresDriver> {
         let location = redact(&config.path);
         let fail = |err: StoreError| err.at(&location);
         let tls = tls::from_url(&config.path).map_err(|why| fail(StoreError::new(ErrorKind::BadLocation, why)))?;
@@ -78,11 +80,11 @@ impl PostgresDriver {
         // Every statement names its tables unqualified; the schema is fixed per session.
         let options = format!("{} -c search_path={}", pg.get_options().unwrap_or(""), config.schema);
         pg.options(options.trim_start());
-        let connection = connection::Connection::open(pg, tls.connector).await.map_err(fail)?;
-        schema::migrate(&mut connection.link().await.map_err(fail)?.client, &config.schema, access)
+        let connections = connection::Connections::open(pg, tls.connector, connections).await.map_err(fail)?;
+        schema::migrate(&mut connections.link().await.map_err(fail)?.client, &config.schema, access)
             .await
             .map_err(fail)?;
-        Ok(PostgresDriver { connection, location })
+        Ok(PostgresDriver { connections, location })
     }
 }
 
@@ -226,11 +228,9 @@ impl Driver for PostgresDriver {
     }
 
     async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let statement = link.prepare(jobs::ENQUEUE).await?;
-        let tx = link.client.transaction().await?;
-        let queued = jobs::enqueue(&tx, &statement, jobs, now).await?;
-        tx.commit().await?;
+        let queued = jobs::enqueue(&mut link.client, &statement, jobs, now).await?;
         // Until autovacuum first analyses a freshly filled table, the planner believes it
         // holds one row and sends the claim through a sort of every pending job (80-130 ms
         // a claim at 100,000 jobs instead of 0.1 ms). A large enqueue gathers the statistics
@@ -252,7 +252,7 @@ impl Driver for PostgresDriver {
         if settlements.is_empty() && claim.is_none() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let statement = link.prepare(jobs::TURN).await?;
         let (settled, mut claimed) = jobs::turn(&link.client, &statement, settlements, claim, now).await?;
         // The claim ran on the statement's snapshot, in which a job this turn sent back for
@@ -268,66 +268,66 @@ impl Driver for PostgresDriver {
     }
 
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let (jobs, histories) = (link.prepare(&jobs::JOBS).await?, link.prepare(jobs::HISTORIES).await?);
         jobs::jobs(&link.client, &jobs, &histories, ids).await
     }
 
     async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let statement = link.prepare(jobs::ATTEMPTS).await?;
         jobs::attempts(&link.client, &statement, id, page).await
     }
 
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let statement = link.prepare(&jobs::LIST).await?;
         jobs::list(&link.client, &statement, filter).await
     }
 
     async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::retry(&link.client, id, now).await
     }
 
     async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::statuses(&link.client, ids).await
     }
 
     async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::retry_matching(&link.client, matching, now).await
     }
 
     async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::cancel(&link.client, id, now).await
     }
 
     async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::cancel_matching(&link.client, matching, now).await
     }
 
     async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::purge(&link.client, older_than, statuses, now).await
     }
 
     async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         workers::activate(&link.client, worker, now).await
     }
 
     async fn heartbeat(&self, worker_id: &str, lease: Duration, now: Now) -> Result<bool> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let statement = link.prepare(workers::HEARTBEAT).await?;
         workers::heartbeat(&link.client, &statement, worker_id, lease, now).await
     }
 
     async fn deregister_worker(&self, worker_id: &str, now: Now) -> Result<()> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         workers::deregister(&link.client, worker_id, now).await
     }
 
@@ -338,7 +338,7 @@ impl Driver for PostgresDriver {
         start_grace: Duration,
         now: Now,
     ) -> Result<Vec<String>> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         // Reaping runs on every checker's interval: a steady moment to fold the counts and
         // the activity, so their appended rows stay few even when nobody reads them.
         link.client.execute(workers::FOLD_COUNTS, &[]).await?;
@@ -347,12 +347,12 @@ impl Driver for PostgresDriver {
     }
 
     async fn abandoned_jobs(&self, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::abandoned(&link.client, pool, now).await
     }
 
     async fn plan_workers(&self, request: &PlanRequest<'_>, now: Now) -> Result<WorkerPlan> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let tx = link.client.transaction().await?;
         let plan = workers::plan(&tx, request, now).await?;
         tx.commit().await?;
@@ -360,32 +360,32 @@ impl Driver for PostgresDriver {
     }
 
     async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         workers::status(&link.client, pool, now).await
     }
 
     async fn pool_names(&self) -> Result<Vec<String>> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         workers::pool_names(&link.client).await
     }
 
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         workers::list(&link.client, filter).await
     }
 
     async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         workers::activity(&link.client, now).await
     }
 
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         jobs::export(&link.client, after, limit).await
     }
 
     async fn import(&self, exported: &[ExportedJob]) -> Result<()> {
-        let mut link = self.connection.link().await?;
+        let mut link = self.connections.link().await?;
         let tx = link.client.transaction().await?;
         jobs::import(&tx, exported).await?;
         tx.commit().await?;
@@ -393,7 +393,7 @@ impl Driver for PostgresDriver {
     }
 
     async fn is_empty(&self) -> Result<bool> {
-        let link = self.connection.link().await?;
+        let link = self.connections.link().await?;
         let row = link
             .client
             .query_one("SELECT NOT EXISTS (SELECT 1 FROM jobs) AND NOT EXISTS (SELECT 1 FROM workers)", &[])
@@ -402,14 +402,14 @@ impl Driver for PostgresDriver {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.connection.link().await?.client.query_one("SELECT EXISTS (SELECT 1 FROM jobs)", &[]).await?;
+        self.connections.link().await?.client.query_one("SELECT EXISTS (SELECT 1 FROM jobs)", &[]).await?;
         Ok(())
     }
 
     #[cfg(test)]
     async fn drifted_counts(&self) -> Result<Vec<String>> {
         let rows = self
-            .connection
+            .connections
             .link()
             .await?
             .client
@@ -433,12 +433,12 @@ impl Driver for PostgresDriver {
 
     #[cfg(test)]
     async fn execute_for_test(&self, sql: &str) -> Result<()> {
-        Ok(self.connection.link().await?.client.batch_execute(sql).await?)
+        Ok(self.connections.link().await?.client.batch_execute(sql).await?)
     }
 
     #[cfg(test)]
     async fn counts_for_test(&self, sql: &str) -> Result<Vec<i64>> {
-        let rows = self.connection.link().await?.client.query(sql, &[]).await?;
+        let rows = self.connections.link().await?.client.query(sql, &[]).await?;
         rows.iter().map(|row| row.value(0)).collect()
     }
 }
@@ -500,6 +500,37 @@ mod tests {
             let source = std::error::Error::source(&err);
             assert!(source.is_some_and(|source| source.is::<tokio_postgres::Error>()), "{message}: {source:?}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pooled_store_answers_while_one_of_its_connections_waits_for_a_lock() {
+        let config = postgres_config();
+        let store = std::sync::Arc::new(Store::open_pooled(&config, Access::CreateIfMissing, 2).await.unwrap());
+        let (holder, connection) = tokio_postgres::connect(&config.path, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let key = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        holder.execute("SELECT pg_advisory_lock($1)", &[&key]).await.unwrap();
+        let blocked = format!("SELECT pg_advisory_lock({key})");
+        let waiter = tokio::spawn({
+            let (store, blocked) = (store.clone(), blocked.clone());
+            async move { store.driver.execute_for_test(&blocked).await }
+        });
+        // The server shows when the store's statement waits for the lock.
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query = $1";
+        while holder.query_one(waiting, &[&blocked]).await.unwrap().get::<_, i64>(0) == 0 {
+            assert!(!waiter.is_finished(), "the statement ended without waiting: {:?}", waiter.await);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            store.ping().await.unwrap();
+            store.status(None).await.unwrap()
+        })
+        .await
+        .expect("the other connection answers while one waits for the lock");
+        assert_eq!(answered.jobs, crate::JobCounts::default());
+        assert!(!waiter.is_finished(), "the lock is still held");
+        holder.execute("SELECT pg_advisory_unlock($1)", &[&key]).await.unwrap();
+        waiter.await.unwrap().expect("the waiting statement ends once the lock is free");
     }
 
     #[test]
