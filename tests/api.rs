@@ -2418,6 +2418,36 @@ fn a_client_that_stops_reading_an_answer_is_disconnected() {
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
+/// SQLite only: refusals are the HTTP layer's, whatever the database. A client whose body
+/// arrives in a later packet than its head (as a client under load sends it) must read the
+/// refusal, and may send its next request on the same connection.
+#[test]
+fn a_refused_request_is_answered_and_its_connection_kept_when_its_body_comes_late() {
+    let token = "the-full-token-0123456";
+    let pool = empty_pool(Backend::Sqlite, "");
+    let server = pool.serve_with(&[], &[("JOBHOST_TOKEN", token)]);
+    let quick = Duration::from_secs(5);
+    let body = r#"{"processor": "echo"}"#;
+    let mut connection = Raw::connect(&server);
+    connection.send(
+        format!(
+            "POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    // The late packet is the scenario, not a wait for something: the body follows the head.
+    std::thread::sleep(Duration::from_millis(300));
+    connection.send(body.as_bytes());
+    connection.expect_answer("a POST without a token", quick).expect_error(401, "unauthorized", None);
+    connection.get("/healthz", "");
+    let reply = connection.expect_answer("the next request on the same connection", quick);
+    assert_eq!(reply.status, 200, "{}", reply.describe());
+    assert_eq!(pool.all_jobs().len(), 0, "the refused POST enqueued nothing");
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
 /// SQLite only: the edge limits are the HTTP layer's, whatever the database.
 #[test]
 fn oversized_and_malformed_requests_answer_in_json() {

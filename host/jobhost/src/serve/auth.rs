@@ -442,11 +442,27 @@ fn is_open(path: &str) -> bool {
 /// asking, and read-only mode. On success the [`Caller`] is handed to the handler; every
 /// request, open paths included, gets its [`Client`].
 pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let api = is_api(&path);
-    let refuse = |error: ApiError| refusal(error, api);
     let client = Client::of(&request);
     request.extensions_mut().insert(client);
+    match check(&app, &request, client) {
+        Ok(Some(caller)) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Ok(None) => next.run(request).await,
+        Err(refusal) => {
+            read_to_the_end(request, app.config.serve.max_body.0).await;
+            *refusal
+        }
+    }
+}
+
+/// The checks of [`guard`]: the [`Caller`] of a request that passes (none for an open path),
+/// or the answer to one that does not.
+fn check(app: &App, request: &Request, client: Client) -> Result<Option<Caller>, Box<Response>> {
+    let path = request.uri().path();
+    let api = is_api(path);
+    let refuse = |error: ApiError| Err(Box::new(refusal(error, api)));
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("");
     if !app.auth.has_token() && !is_loopback_name(host_of(host)) {
@@ -464,21 +480,23 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
             "changes from a page of another site are refused",
         ));
     }
-    if is_open(&path) {
-        return next.run(request).await;
+    if is_open(path) {
+        return Ok(None);
     }
     let caller = match app.auth.caller(headers, api, client) {
         Ok(caller) => caller,
-        Err(Denied::Wait(wait)) => return too_many_failures(api, wait),
+        Err(Denied::Wait(wait)) => return Err(Box::new(too_many_failures(api, wait))),
         Err(Denied::Unauthorized) if api => {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server needs a token: send `Authorization: Bearer TOKEN`",
-            )
-            .into_response();
+            return Err(Box::new(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this server needs a token: send `Authorization: Bearer TOKEN`",
+                )
+                .into_response(),
+            ));
         }
-        Err(Denied::Unauthorized) => return Redirect::to("/login").into_response(),
+        Err(Denied::Unauthorized) => return Err(Box::new(Redirect::to("/login").into_response())),
     };
     if changes && caller.read_only && path != "/logout" {
         let message = if caller.read_token && !app.auth.read_only {
@@ -489,8 +507,18 @@ pub async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next
         };
         return refuse(ApiError::new(StatusCode::FORBIDDEN, "read_only", message));
     }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    Ok(Some(caller))
+}
+
+/// Reads the body of a refused request (no more than `serve.max_body`, which the connection
+/// already holds its declared length to) so that the connection stays usable: closing it
+/// with bytes unread makes the kernel reset it, and the client then sees "connection reset"
+/// instead of the refusal, or finds its next request on a closed keep-alive connection.
+async fn read_to_the_end(request: Request, max_body: u64) {
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    // A body that fails or runs over is hyper's to close the connection for; the refusal
+    // stands either way.
+    let _ = axum::body::to_bytes(request.into_body(), limit).await;
 }
 
 /// Whether a request comes from a page of another origin (its `Origin` names another host
