@@ -430,18 +430,13 @@ pub(super) async fn jobs(
         .map(|row| Ok((summary_from_row(row)?, row.value::<String>(16)?, row.value::<Option<String>>(17)?)))
         .collect::<Result<Vec<_>>>()?;
     let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
-    let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
-    for row in client.query(histories, &[&seqs, &(i64::from(RECENT_ATTEMPTS) + 1)]).await? {
-        let (seq, record) = attempt_from_row(&row)?;
-        by_seq.entry(seq).or_default().push(record);
-    }
-    Ok(found
-        .into_iter()
-        .map(|(job, payload, result)| {
-            let history = by_seq.remove(&job.seq).unwrap_or_default();
-            JobDetail::new(job, payload, result, history)
-        })
-        .collect())
+    let attempts = client
+        .query(histories, &[&seqs, &(i64::from(RECENT_ATTEMPTS) + 1)])
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(JobDetail::join(found, attempts))
 }
 
 /// One page of job `id`'s attempts, newest first; `None` when there is no such job.

@@ -312,7 +312,6 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
         .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(16)?, row.get(17)?)))?
         .collect::<rusqlite::Result<Vec<(JobSummary, String, Option<String>)>>>()?;
     let seqs = serde_json::to_string(&found.iter().map(|(job, _, _)| job.seq).collect::<Vec<_>>()).expect("numbers");
-    let mut histories: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
     // Each job's first attempt to show is found by one short walk down its end of the
     // primary key, so the attempts before it are never read.
     let mut history = conn.prepare_cached(&format!(
@@ -326,17 +325,9 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
            LEFT JOIN workers w ON w.id = a.worker_id
           ORDER BY a.job_seq, a.attempt"
     ))?;
-    for row in history.query_map(params![seqs, RECENT_ATTEMPTS], attempt_from_row)? {
-        let (seq, record) = row?;
-        histories.entry(seq).or_default().push(record);
-    }
-    Ok(found
-        .into_iter()
-        .map(|(job, payload, result)| {
-            let history = histories.remove(&job.seq).unwrap_or_default();
-            JobDetail::new(job, payload, result, history)
-        })
-        .collect())
+    let attempts =
+        history.query_map(params![seqs, RECENT_ATTEMPTS], attempt_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(JobDetail::join(found, attempts))
 }
 
 /// One page of job `id`'s attempts, newest first; `None` when there is no such job.
