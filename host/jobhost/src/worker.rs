@@ -49,11 +49,32 @@ struct JobLine {
     processor: String,
     attempt: u32,
     outcome: OutcomeKind,
-    /// `completed`, `retrying`, `poisoned`, or `stale` when the claim had been taken away.
-    status: &'static str,
+    status: Settlement,
     message: Option<String>,
     duration_ms: u64,
     fuel_used: u64,
+}
+
+/// What the turn made of a job, as its `--json` line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Settlement {
+    Completed,
+    Retrying,
+    Poisoned,
+    /// The claim had been taken away (the reaper recovered the job); the outcome was dropped.
+    Stale,
+}
+
+impl From<&Settled> for Settlement {
+    fn from(settled: &Settled) -> Settlement {
+        match settled {
+            Settled::Completed => Settlement::Completed,
+            Settled::Retrying { .. } => Settlement::Retrying,
+            Settled::Poisoned => Settlement::Poisoned,
+            Settled::Stale => Settlement::Stale,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -70,7 +91,7 @@ struct Summary {
 impl Summary {
     fn count(&mut self, line: &JobLine) {
         self.processed += 1;
-        if line.status == "completed" {
+        if line.status == Settlement::Completed {
             self.completed += 1;
         } else {
             self.failed += 1;
@@ -147,7 +168,6 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     for warning in processors::unmatched_override_warnings(config) {
         tracing::warn!("{warning}");
     }
-    let stop_reason = Arc::new(std::sync::Mutex::new(None));
     let (trigger, shutdown) = shutdown::channel();
     shutdown::on_signals(trigger.clone())?;
     let fingerprint = store.fingerprint();
@@ -168,16 +188,15 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
         out: LineSink::default(),
     };
 
-    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, stop_reason.clone(), trigger)?;
+    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, trigger)?;
     // One thread (the command's current-thread runtime): store calls run between guest runs,
     // with no hand-offs between threads. A worker uses one core; `jobhost check` starts one
     // worker per core.
     let result = worker.work_loop().await;
-    heartbeat.stop();
+    let stop_reason = heartbeat.stop();
     drop(compiling_ahead);
 
     let mut summary = result?;
-    let stop_reason = stop_reason.lock().expect("the heartbeat thread never panics holding it").take();
     summary.worker_id = worker_id.clone();
     summary.status =
         Some(if matches!(stop_reason, Some(StopReason::Lost)) { WorkerStatus::Lost } else { WorkerStatus::Terminated });
@@ -319,19 +338,14 @@ impl Worker {
                 processor: run.job.processor.clone(),
                 attempt: run.job.attempt,
                 outcome: run.report.outcome.kind(),
-                status: match settled {
-                    Settled::Completed => "completed",
-                    Settled::Retrying { .. } => "retrying",
-                    Settled::Poisoned => "poisoned",
-                    Settled::Stale => "stale",
-                },
+                status: settled.into(),
                 message,
                 duration_ms: run.report.duration.as_millis() as u64,
                 fuel_used: run.report.fuel_used,
             })
             .collect();
         for line in &lines {
-            if line.status == "stale" {
+            if line.status == Settlement::Stale {
                 tracing::warn!(
                     job_id = line.job_id,
                     worker_id = self.worker_id,
@@ -342,7 +356,7 @@ impl Worker {
                 tracing::info!(
                     job_id = line.job_id,
                     outcome = line.outcome.as_str(),
-                    status = line.status,
+                    status = ?line.status,
                     "job finished"
                 );
             }
@@ -371,20 +385,15 @@ async fn run_job(runner: Arc<Runner>, job: ClaimedJob) -> FinishedRun {
 }
 
 /// The heartbeat thread: renews the worker's liveness and its jobs' leases on a fixed
-/// schedule, with its own connection so job work never delays it.
+/// schedule, with its own connection so job work never delays it. When a beat finds the
+/// worker must stop, it advances the worker's shutdown and ends with the reason.
 struct Heartbeat {
     stop: mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+    thread: std::thread::JoinHandle<Option<StopReason>>,
 }
 
 impl Heartbeat {
-    fn start(
-        config: &Config,
-        worker_id: &str,
-        fingerprint: Fingerprint,
-        stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
-        trigger: Trigger,
-    ) -> Result<Heartbeat> {
+    fn start(config: &Config, worker_id: &str, fingerprint: Fingerprint, trigger: Trigger) -> Result<Heartbeat> {
         let database = config.database.clone();
         let interval = config.worker.heartbeat_interval.0;
         let lease = config.reaper.stale_after.0;
@@ -397,12 +406,12 @@ impl Heartbeat {
             let mut store: Option<Store> = None;
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 tracing::error!(worker_id, "cannot start the heartbeat's async runtime; no heartbeats will be sent");
-                return;
+                return None;
             };
             loop {
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                    _ => return None,
                 }
                 // A new file at the database's path is another pool: beating there would
                 // renew nothing of ours, and claiming there would run someone else's jobs.
@@ -427,15 +436,15 @@ impl Heartbeat {
                 };
                 tracing::error!(worker_id, "stopping: {stop:?}; claiming no more jobs");
                 trigger.advance(stop.stage());
-                *stop_reason.lock().expect("never poisoned") = Some(stop);
-                return;
+                return Some(stop);
             }
         })?;
         Ok(Heartbeat { stop, thread })
     }
 
-    fn stop(self) {
+    /// Stops the thread; why it stopped the worker, if it did.
+    fn stop(self) -> Option<StopReason> {
         drop(self.stop);
-        let _ = self.thread.join();
+        self.thread.join().unwrap_or(None)
     }
 }
