@@ -247,6 +247,15 @@ impl Guarded {
         self.0.as_ref().expect("not yet waited for").id()
     }
 
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not yet waited for")
+    }
+
+    /// Whether it has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child_mut().try_wait().expect("try_wait").is_none()
+    }
+
     /// Its output once it exits; fails the test (and kills it) if that takes over `timeout`.
     pub fn wait_at_most(mut self, timeout: Duration, what: &str) -> Output {
         let mut child = self.0.take().expect("waited for once");

@@ -208,6 +208,10 @@ pub struct WorkArgs {
     /// Process at most N jobs, then exit. Default: until no job is ready.
     #[arg(long, value_name = "N")]
     pub max_jobs: Option<u64>,
+    /// Stay up when no job is ready, and start each new job within milliseconds of its
+    /// enqueue, until SIGTERM (jobs in flight finish; a second SIGTERM exits at once).
+    #[arg(long)]
+    pub follow: bool,
     /// Jobs kept in flight at once. Default: `worker.concurrency`.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,

@@ -41,8 +41,11 @@ pub struct WorkSettings {
     pub pool: String,
     /// The id the checker registered this worker under; `None` registers a new one.
     pub worker_id: Option<String>,
-    /// Most jobs to take before exiting; `None` runs until no job is ready.
+    /// Most jobs to take before exiting; `None` runs until no job is ready (or, following,
+    /// until stopped).
     pub max_jobs: Option<u64>,
+    /// Wait for jobs when none is ready instead of exiting.
+    pub follow: bool,
     pub json: bool,
 }
 
@@ -179,6 +182,7 @@ pub fn settle(cli: Cli) -> Result<(Config, Task)> {
             pool: args.pool,
             worker_id: args.worker_id,
             max_jobs: if args.once { Some(1) } else { args.max_jobs },
+            follow: args.follow,
             json: args.json,
         }),
         Command::Check(args) => {

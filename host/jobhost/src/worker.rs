@@ -1,4 +1,5 @@
-//! `jobhost work`: one worker process — register, claim, run in the sandbox, record, exit.
+//! `jobhost work`: one worker process — register, claim, run in the sandbox, record, and
+//! exit once the pool is drained, or (`--follow`) wait for more until stopped.
 //!
 //! Shape of a worker:
 //! - a single-threaded tokio runtime drives up to `concurrency` sandboxed runs at once
@@ -11,6 +12,9 @@
 //! - a worker that runs more than one job keeps every processor compiled ahead
 //!   ([`Registry::start_compiling_ahead`]), so a file deployed while it runs is compiled before its
 //!   jobs arrive;
+//! - a following worker waits for work on wake-ups from the store (a `NOTIFY` on
+//!   PostgreSQL, a change of `data_version` on SQLite) and on the earliest pending job's
+//!   `run_at`, so a new job starts within milliseconds and a delayed one on time;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
 //! - it stops through one [`Shutdown`]: the first SIGTERM/SIGINT stops claiming and lets
@@ -24,6 +28,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -35,7 +40,7 @@ use jobhost_sandbox::processors::{self, Registry};
 use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use jobhost_store::{
     Access, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker, RetryPolicy, Settled,
-    Store, StoreError, WorkerStatus,
+    Store, StoreError, Wakeups, WorkerStatus,
 };
 
 use crate::output::LineSink;
@@ -115,6 +120,7 @@ struct Worker {
     pool: String,
     concurrency: u32,
     max_jobs: Option<u64>,
+    follow: bool,
     json: bool,
     /// When to stop claiming, and when to drop the jobs in flight too.
     shutdown: Shutdown,
@@ -183,6 +189,7 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
         pool: args.pool.clone(),
         concurrency,
         max_jobs,
+        follow: args.follow,
         json: args.json,
         shutdown,
         out: LineSink::default(),
@@ -235,22 +242,34 @@ struct FinishedRun {
 }
 
 impl Worker {
-    /// Claims and runs jobs until none is ready, `max_jobs` were taken, a signal arrives, or
-    /// the reaper declares this worker lost.
+    /// Claims and runs jobs until none is ready (or, following, until stopped), `max_jobs`
+    /// were taken, a signal arrives, or the reaper declares this worker lost.
     ///
     /// Each turn of the loop is one write transaction: it records every job that finished
-    /// since the last turn and claims as many new ones as there are free slots.
+    /// since the last turn and claims as many new ones as there are free slots. A following
+    /// worker with free slots and nothing to claim waits for a wake-up (see
+    /// [`jobhost_store::Wakeups`]), the earliest pending job's `run_at`, or [`FALLBACK_LOOK`],
+    /// whichever comes first, and reads whether a job is ready before it claims: a wake-up
+    /// that finds nothing costs a read, not a write.
     async fn work_loop(&mut self) -> Result<Summary> {
         let mut summary = Summary::default();
         let mut in_flight: JoinSet<FinishedRun> = JoinSet::new();
         let mut finished: Vec<FinishedRun> = Vec::new();
         let mut claimed_total: u64 = 0;
+        // Opened the first time the worker waits for work.
+        let mut wakeups: Option<Wakeups> = None;
+        // Whether a claim may find jobs: false once one came back short, until a look finds
+        // one ready (only a following worker looks; the others claim on every turn).
+        let mut may_be_ready = true;
         loop {
             let may_claim =
                 self.shutdown.stage() == Stage::Running && self.max_jobs.is_none_or(|max| claimed_total < max);
             let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
+            // A following worker that found nothing claims again once a look finds a job
+            // ready, or in a turn that settles jobs anyway (the claim then costs no write).
+            let worth_claiming = may_be_ready || !self.follow || !finished.is_empty();
             let want = match self.max_jobs {
-                _ if !may_claim => 0,
+                _ if !may_claim || !worth_claiming => 0,
                 Some(max) => free_slots.min(max - claimed_total),
                 None => free_slots,
             };
@@ -262,29 +281,54 @@ impl Worker {
                         self.out.line(format_args!("{}", serde_json::to_string(&line)?));
                     }
                 }
+                if want > 0 {
+                    may_be_ready = claimed.len() as u64 == want;
+                }
                 claimed_total += claimed.len() as u64;
                 for job in claimed {
                     in_flight.spawn(run_job(self.runner.clone(), job));
                 }
             }
-            if in_flight.is_empty() {
+            let may_claim_more = self.shutdown.stage() == Stage::Running
+                && self.max_jobs.is_none_or(|max| claimed_total < max)
+                && in_flight.len() < self.concurrency as usize;
+            if in_flight.is_empty() && !(self.follow && may_claim_more) {
                 // Nothing running and nothing more to claim: the pool is drained (or we stop).
                 break;
             }
-            // Wait for a run to end (its failure may make its job ready again), then take
-            // every other run that ended meanwhile into the same batch.
+            let waiting_for_work = self.follow && may_claim_more && !may_be_ready;
+            let mut look_at = Instant::now();
+            if waiting_for_work {
+                if wakeups.is_none() {
+                    wakeups = Some(self.store.wakeups(&self.pool).await?);
+                }
+                look_at += match self.store.ready_in(&self.pool).await? {
+                    Some(ready_in) if ready_in.is_zero() => {
+                        may_be_ready = true;
+                        continue;
+                    }
+                    Some(ready_in) => ready_in.min(FALLBACK_LOOK),
+                    None => FALLBACK_LOOK,
+                };
+            }
+            // Wait for a run to end (its failure may make its job ready again) or, following,
+            // for work; then take every other run that ended meanwhile into the same batch.
             tokio::select! {
-                done = in_flight.join_next() => {
+                done = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Some(done) = done {
                         finished.push(done.context("a job task panicked")?);
                     }
                 }
-                () = self.shutdown.reached(Stage::Abandoning) => {
-                    // Dropping the set cancels every run at its next yield (guests yield at
-                    // every epoch tick); what they would have reported is no longer ours.
-                    tracing::warn!(jobs = in_flight.len(), "dropping the jobs in flight");
-                    in_flight.abort_all();
-                    break;
+                () = woken_or_due(wakeups.as_ref(), look_at), if waiting_for_work => {}
+                // Waiting for work ends at the first signal; jobs in flight, at the second.
+                () = self.shutdown.reached(if waiting_for_work { Stage::Draining } else { Stage::Abandoning }) => {
+                    if self.shutdown.stage() == Stage::Abandoning {
+                        // Dropping the set cancels every run at its next yield (guests yield
+                        // at every epoch tick); what they would have reported is no longer ours.
+                        tracing::warn!(jobs = in_flight.len(), "dropping the jobs in flight");
+                        in_flight.abort_all();
+                        break;
+                    }
                 }
             }
             while let Some(done) = in_flight.try_join_next() {
@@ -362,6 +406,25 @@ impl Worker {
             }
         }
         Ok((lines, turn.claimed))
+    }
+}
+
+/// The longest a following worker waits without looking at the pool: a backstop for a
+/// wake-up that never came (none is known to be lost; a PostgreSQL listener that reconnects
+/// wakes its worker itself).
+const FALLBACK_LOOK: Duration = Duration::from_secs(5);
+
+/// Returns at the first wake-up or at `due`, whichever comes first.
+async fn woken_or_due(wakeups: Option<&Wakeups>, due: Instant) {
+    let woken = async {
+        match wakeups {
+            Some(wakeups) => wakeups.changed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = woken => {}
+        () = tokio::time::sleep_until(due.into()) => {}
     }
 }
 

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use super::activity::ActivityRow;
 use super::error::Result;
 use super::model::*;
+use super::wake::Wakeups;
 
 /// The time an operation runs at; see the module docs.
 pub type Now = Option<Millis>;
@@ -153,6 +154,11 @@ pub trait Driver: Send + Sync {
     async fn import(&self, jobs: &[ExportedJob]) -> Result<()>;
     /// Whether the pool holds no job and no worker.
     async fn is_empty(&self) -> Result<bool>;
+    /// How long until the earliest pending job of `pool` is ready (0 or less: it is now);
+    /// `None` when the pool has no pending job. One cheap read.
+    async fn ready_in(&self, pool: &str, now: Now) -> Result<Option<Millis>>;
+    /// Hints that jobs of `pool` may have changed (see [`super::wake`]).
+    async fn wakeups(&self, pool: &str) -> Result<Wakeups>;
     /// One cheap read of jobhost's tables: succeeds when the pool can be used now.
     async fn ping(&self) -> Result<()>;
 

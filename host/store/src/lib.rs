@@ -30,6 +30,7 @@ mod retry;
 mod sqlite;
 #[cfg(test)]
 mod suite;
+mod wake;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use driver::{Driver, Now, Resolution, Settlement};
 pub use error::{ErrorKind, Result, StoreError};
 pub use model::*;
 pub use retry::RetryPolicy;
+pub use wake::Wakeups;
 
 /// Where a store reads the time: the database's clock, or (in tests) a hand-driven one.
 #[derive(Debug, Clone)]
@@ -318,6 +320,21 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         let answered = self.driver.ping().await;
         self.named(answered)
+    }
+
+    /// How long until the earliest pending job of `pool` is ready: zero when one is ready
+    /// now, `None` when the pool has no pending job. Read on the database's clock, so a
+    /// waiter on a machine whose clock is off still wakes when the job is due there.
+    pub async fn ready_in(&self, pool: &str) -> Result<Option<Duration>> {
+        let ready_in = self.driver.ready_in(pool, self.clock.now()).await;
+        Ok(self.named(ready_in)?.map(|ms| Duration::from_millis(ms.max(0) as u64)))
+    }
+
+    /// Wake-ups for a worker waiting for jobs of `pool`: hints that they may have changed,
+    /// to be checked with [`Store::ready_in`] (see [`wake`] for each backend's source).
+    pub async fn wakeups(&self, pool: &str) -> Result<Wakeups> {
+        let wakeups = self.driver.wakeups(pool).await;
+        self.named(wakeups)
     }
 
     /// Registers as `starting` the workers the checker on `request.host` should start:

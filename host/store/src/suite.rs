@@ -154,6 +154,8 @@ for_each_backend!(
     pools_and_workers_are_listed_with_their_counts_and_jobs,
     activity_counts_enqueues_and_attempts_and_survives_purge_and_folding,
     a_stored_name_this_jobhost_does_not_know_is_an_error_naming_it,
+    ready_in_says_when_the_earliest_pending_job_of_a_pool_is_due,
+    a_waiter_is_woken_by_jobs_queued_and_jobs_retried,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -895,4 +897,37 @@ async fn a_stored_name_this_jobhost_does_not_know_is_an_error_naming_it(t: TestS
     .await;
     let err = t.store.activity().await.unwrap_err();
     assert!(err.to_string().contains(r#"unknown activity event "exploded""#), "{err}");
+}
+
+async fn ready_in_says_when_the_earliest_pending_job_of_a_pool_is_due(t: TestStore) {
+    assert_eq!(t.store.ready_in("default").await.unwrap(), None, "no pending job");
+    t.store.enqueue_all(&[NewJob { ready: after(5_000), ..job("default", 0) }, job("other", 0)]).await.unwrap();
+    assert_eq!(
+        t.store.ready_in("default").await.unwrap(),
+        Some(Duration::from_secs(5)),
+        "another pool's job is not ours"
+    );
+    t.advance(7_000);
+    assert_eq!(t.store.ready_in("default").await.unwrap(), Some(Duration::ZERO), "overdue is ready now");
+    active_worker(&t, "w1").await;
+    assert!(claim_one(&t, "w1").await.is_some());
+    assert_eq!(t.store.ready_in("default").await.unwrap(), None, "a claimed job is not waited for");
+}
+
+async fn a_waiter_is_woken_by_jobs_queued_and_jobs_retried(t: TestStore) {
+    let wakeups = t.store.wakeups("default").await.unwrap();
+    assert!(woken(&wakeups).await, "the first wake-up comes once the source watches");
+    t.store.enqueue_all(&[job("default", 0)]).await.unwrap();
+    assert!(woken(&wakeups).await, "a queued job wakes the waiter");
+    active_worker(&t, "w1").await;
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    let retry = RetryPolicy { initial: Duration::from_secs(30), max: Duration::from_secs(30), jitter: 0.0 };
+    t.fail(&claimed, &failure(OutcomeKind::Trap), &retry).await.unwrap();
+    assert!(woken(&wakeups).await, "a job going back to pending wakes the waiter, to wait for its retry");
+    assert_eq!(t.store.ready_in("default").await.unwrap(), Some(Duration::from_secs(30)));
+}
+
+/// Whether `wakeups` wake within a bound far above any test's need.
+async fn woken(wakeups: &Wakeups) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), wakeups.changed()).await.is_ok()
 }

@@ -129,6 +129,12 @@ impl Connections {
         Ok(connections)
     }
 
+    /// How this pool connects, for a connection kept outside it (see `super::wake`).
+    pub fn connect_settings(&self) -> (tokio_postgres::Config, MakeRustlsConnect) {
+        let connector = self.pool.manager();
+        (connector.config.clone(), connector.tls.clone())
+    }
+
     /// A live connection, reconnecting first if the one at hand was closed; waits while
     /// every connection is taken. It goes back to the pool when dropped.
     pub async fn link(&self) -> Result<Object<Connector>> {

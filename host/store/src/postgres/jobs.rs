@@ -52,6 +52,11 @@ pub(super) const ENQUEUE: &str = concat!(
        FROM inserted GROUP BY created_at / 60000, pool, processor"
 );
 
+/// How long until the earliest pending job of a pool is ready (0 or less: it is), or NULL
+/// when the pool has none.
+pub(super) const READY_IN: &str =
+    concat!("SELECT min(run_at) - ", now_sql!(), " FROM jobs WHERE status = 'pending' AND pool = $2");
+
 /// Queues every job `jobs` yields, all or none. Jobs that fit one chunk (every job the API
 /// queues, one or a batch) go in one statement, atomic alone: one round trip, where a
 /// transaction would add two (`BEGIN`, `COMMIT`). More are streamed through one transaction,

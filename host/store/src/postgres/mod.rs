@@ -27,6 +27,7 @@ mod connection;
 mod jobs;
 mod schema;
 mod tls;
+mod wake;
 mod workers;
 
 use std::time::Duration;
@@ -43,6 +44,7 @@ use super::activity::ActivityRow;
 use super::driver::{Abandoned, Driver, Now, Settlement};
 use super::error::{ErrorKind, Result, StoreError};
 use super::model::*;
+use super::wake::Wakeups;
 
 const NOW: &str = now_sql!();
 
@@ -55,6 +57,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PostgresDriver {
     connections: connection::Connections,
     location: String,
+    schema: String,
 }
 
 impl PostgresDriver {
@@ -84,7 +87,7 @@ impl PostgresDriver {
         schema::migrate(&mut connections.link().await.map_err(fail)?.client, &config.schema, access)
             .await
             .map_err(fail)?;
-        Ok(PostgresDriver { connections, location })
+        Ok(PostgresDriver { connections, location, schema: config.schema.clone() })
     }
 }
 
@@ -404,6 +407,17 @@ impl Driver for PostgresDriver {
     async fn ping(&self) -> Result<()> {
         self.connections.link().await?.client.query_one("SELECT EXISTS (SELECT 1 FROM jobs)", &[]).await?;
         Ok(())
+    }
+
+    async fn ready_in(&self, pool: &str, now: Now) -> Result<Option<Millis>> {
+        let mut link = self.connections.link().await?;
+        let statement = link.prepare(jobs::READY_IN).await?;
+        Ok(link.client.query_one(&statement, &[&now, &pool]).await?.value(0)?)
+    }
+
+    async fn wakeups(&self, pool: &str) -> Result<Wakeups> {
+        let (config, tls) = self.connections.connect_settings();
+        Ok(wake::watch(config, tls, &self.schema, pool))
     }
 
     #[cfg(test)]

@@ -135,6 +135,29 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN processor_sha256 text;
 "#,
+    // 4: wake-ups for waiting workers (see `crate::wake`): a statement that leaves jobs
+    // pending notifies once per pool it touched, from its own transaction, so they hear of
+    // the jobs when they can be claimed, and a batch costs one notification.
+    r#"
+    CREATE OR REPLACE FUNCTION job_count_deltas_insert() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO job_count_deltas SELECT pool, status, count(*) FROM new_jobs GROUP BY pool, status;
+        PERFORM pg_notify('jobhost_ready', TG_TABLE_SCHEMA || '.' || pool)
+           FROM (SELECT DISTINCT pool FROM new_jobs WHERE status = 'pending') touched;
+        RETURN NULL;
+    END $$;
+    CREATE OR REPLACE FUNCTION job_count_deltas_update() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO job_count_deltas
+        SELECT pool, status, sum(change)
+          FROM (SELECT pool, status, 1 AS change FROM new_jobs
+                UNION ALL SELECT pool, status, -1 FROM old_jobs) changes
+         GROUP BY pool, status HAVING sum(change) <> 0;
+        PERFORM pg_notify('jobhost_ready', TG_TABLE_SCHEMA || '.' || pool)
+           FROM (SELECT DISTINCT pool FROM new_jobs WHERE status = 'pending') touched;
+        RETURN NULL;
+    END $$;
+"#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -38,6 +38,7 @@
 
 mod jobs;
 mod schema;
+mod wake;
 mod workers;
 
 use std::cell::Cell;
@@ -58,6 +59,7 @@ use super::activity::ActivityRow;
 use super::driver::{Abandoned, Driver, Now, Settlement};
 use super::error::{ErrorKind, Result, StoreError};
 use super::model::*;
+use super::wake::Wakeups;
 
 pub struct SqliteDriver {
     /// The writer first, then the readers (none when the store has one connection).
@@ -440,6 +442,20 @@ impl Driver for SqliteDriver {
             )?;
             Ok(empty)
         })
+    }
+
+    async fn ready_in(&self, pool: &str, now: Now) -> Result<Option<Millis>> {
+        let now = resolve_now(now);
+        self.read(|conn| {
+            let earliest: Option<Millis> = conn
+                .prepare_cached("SELECT min(run_at) FROM jobs WHERE status = 'pending' AND pool = ?1")?
+                .query_row([pool], |row| row.get(0))?;
+            Ok(earliest.map(|run_at| run_at.saturating_sub(now)))
+        })
+    }
+
+    async fn wakeups(&self, _pool: &str) -> Result<Wakeups> {
+        wake::watch(Path::new(&self.location))
     }
 
     async fn ping(&self) -> Result<()> {
