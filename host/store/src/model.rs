@@ -310,6 +310,11 @@ impl NewJob {
         Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready })
     }
 
+    /// The id the job will be queued under.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// A time-ordered id (UUIDv7): new jobs land at the end of the id index instead of on a
     /// random page of it, which kept large pools' inserts from slowing down as they grew.
     pub fn new_id() -> String {
