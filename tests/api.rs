@@ -1265,6 +1265,7 @@ fn openapi_document_lists_every_endpoint() {
         ("/pools", &["get"]),
         ("/workers", &["get"]),
         ("/processors", &["get"]),
+        ("/schedules", &["get"]),
     ];
     for (path, methods) in endpoints {
         let full = format!("{prefix}{path}");
@@ -1705,6 +1706,7 @@ fn no_page_may_frame_the_dashboard_and_other_sites_cannot_change_jobs() {
         "/jobs".to_owned(),
         format!("/jobs/{id}"),
         "/processors".to_owned(),
+        "/schedules".to_owned(),
         "/assets/style.css".to_owned(),
         "/assets/live.js".to_owned(),
         "/api/v1/status".to_owned(),
@@ -1811,9 +1813,11 @@ fn the_read_token_reads_the_api_dashboard_and_metrics_and_changes_nothing() {
             "/api/v1/pools".to_owned(),
             "/api/v1/workers".to_owned(),
             "/api/v1/processors".to_owned(),
+            "/api/v1/schedules".to_owned(),
             "/api/v1/openapi.json".to_owned(),
             "/metrics".to_owned(),
             "/".to_owned(),
+            "/schedules".to_owned(),
             format!("/jobs/{id}"),
         ] {
             let reply = reader.get(&path);
@@ -1996,6 +2000,7 @@ fn read_only_refuses_every_post_and_changes_nothing(backend: Backend) {
             "/api/v1/pools".to_owned(),
             "/api/v1/workers".to_owned(),
             "/api/v1/processors".to_owned(),
+            "/api/v1/schedules".to_owned(),
             "/api/v1/openapi.json".to_owned(),
             "/metrics".to_owned(),
             "/healthz".to_owned(),

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::grants::{Grants, HttpGrant};
+use crate::schedule::Schedule;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Where the configuration is looked for when neither `--config` nor `$JOBHOST_CONFIG` is set.
@@ -33,6 +34,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub processors: ProcessorsConfig,
     pub serve: ServeConfig,
+    /// Jobs queued on a timetable, by schedule name (see [`crate::schedule`]).
+    pub schedules: BTreeMap<String, Schedule>,
     /// Keys set by a command-line flag, and that flag: validation errors name what the user typed.
     #[serde(skip)]
     pub set_by_flag: BTreeMap<String, &'static str>,
@@ -486,6 +489,7 @@ impl Config {
             );
         }
         self.processors.limits.validate(self, "processors.limits")?;
+        self.validate_schedules()?;
         for (name, overrides) in &self.processors.overrides {
             crate::names::check_processor(name).map_err(|err| anyhow::anyhow!("processors.overrides: {err}"))?;
             let key = format!("processors.overrides.{name}");
@@ -501,6 +505,49 @@ impl Config {
                          (remove http to grant no network)"
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules a schedule's job meets are those of every job (the store checks them again
+    /// as it queues each tick's job); checked here so a bad schedule stops the process at once.
+    fn validate_schedules(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        for (name, schedule) in &self.schedules {
+            crate::names::check_schedule(name).map_err(|err| anyhow::anyhow!("schedules: {err}"))?;
+            let key = format!("schedules.{name}");
+            crate::names::check_processor(&schedule.processor)
+                .map_err(|err| anyhow::anyhow!("{key}.processor: {err}"))?;
+            crate::names::check_label(&schedule.pool).map_err(|err| anyhow::anyhow!("{key}.pool {err}"))?;
+            let payload = schedule.payload_json();
+            if payload.len() as u64 > self.jobs.max_payload.0 {
+                bail!(
+                    "{key}.payload is {} bytes as JSON, more than jobs.max_payload ({}): shorten it, or raise \
+                     jobs.max_payload",
+                    payload.len(),
+                    self.jobs.max_payload
+                );
+            }
+            // Nesting deeper than every reader of a payload (serde_json) takes.
+            serde_json::from_str::<serde_json::Value>(&payload)
+                .map_err(|err| anyhow::anyhow!("{key}.payload cannot be read back as JSON ({err}): nest it less"))?;
+            if let Some(max_attempts) = schedule.max_attempts {
+                check_range(
+                    format!("{key}.max_attempts"),
+                    max_attempts,
+                    1,
+                    MAX_ATTEMPTS,
+                    "the first run counts as one",
+                )?;
+            }
+            if schedule.next_tick(now).is_none() {
+                bail!(
+                    "{key}.cron {:?} has no tick within a year: check its day-of-month and month fields",
+                    schedule.cron.as_str()
+                );
             }
         }
         Ok(())
@@ -716,6 +763,59 @@ mod tests {
     fn an_override_with_an_invalid_processor_name_is_refused() {
         let message = format!("{:#}", Config::parse("processors: {overrides: {'../x': {fuel: 5}}}").unwrap_err());
         assert!(message.contains("processors.overrides: invalid processor name \"../x\""), "{message}");
+    }
+
+    #[test]
+    fn a_schedule_is_read_with_its_defaults() {
+        let config =
+            Config::parse("schedules:\n  nightly-report:\n    cron: \"0 3 * * *\"\n    processor: report\n").unwrap();
+        let schedule = &config.schedules["nightly-report"];
+        assert_eq!(schedule.cron.as_str(), "0 3 * * *");
+        assert_eq!(schedule.timezone.name(), "UTC");
+        assert_eq!((schedule.pool.as_str(), schedule.payload_json().as_str()), ("default", "{}"));
+        assert_eq!((schedule.priority, schedule.max_attempts), (0, None));
+        assert_eq!(schedule.catch_up, crate::schedule::CatchUp::Skip);
+        let config = Config::parse(
+            "schedules:\n  hourly:\n    cron: '0 * * * *'\n    timezone: Europe/Berlin\n    processor: echo\n    \
+             payload: {\"kind\": \"daily\", n: [1, 2]}\n    pool: reports\n    catch_up: once\n",
+        )
+        .unwrap();
+        let schedule = &config.schedules["hourly"];
+        assert_eq!(schedule.payload_json(), r#"{"kind":"daily","n":[1,2]}"#);
+        assert_eq!((schedule.timezone.name(), schedule.catch_up), ("Europe/Berlin", crate::schedule::CatchUp::Once));
+    }
+
+    #[test]
+    fn bad_schedules_are_refused_naming_the_schedule_and_key() {
+        let refused = |entry: &str| {
+            let text = format!("jobs: {{max_payload: 16}}\nschedules:\n  {entry}\n");
+            format!("{:#}", Config::parse(&text).unwrap_err())
+        };
+        for (entry, wanted) in [
+            ("nightly: {cron: '0 3 * *', processor: echo}", "invalid cron expression \"0 3 * *\""),
+            ("nightly: {cron: '0 3 * * *', timezone: Berlin, processor: echo}", "unknown time zone \"Berlin\""),
+            ("nightly: {cron: '0 3 * * *', processor: '../x'}", "schedules.nightly.processor: invalid processor name"),
+            ("nightly: {cron: '0 3 * * *', processor: echo, pool: ''}", "schedules.nightly.pool must be 1 to 128"),
+            (
+                "nightly: {cron: '0 3 * * *', processor: echo, payload: {text: 'far too long'}}",
+                "schedules.nightly.payload is 23 bytes",
+            ),
+            (
+                "nightly: {cron: '0 3 * * *', processor: echo, max_attempts: 0}",
+                "schedules.nightly.max_attempts must be between 1",
+            ),
+            ("nightly: {cron: '0 3 * * *', processor: echo, catch_up: twice}", "unknown variant `twice`"),
+            ("nightly: {cron: '0 3 * * *', processor: echo, every: 1d}", "unknown field `every`"),
+            ("nightly: {processor: echo}", "missing field `cron`"),
+            ("'night ly': {cron: '0 3 * * *', processor: echo}", "schedules: invalid schedule name \"night ly\""),
+            (
+                "never: {cron: '0 0 30 2 *', processor: echo}",
+                "schedules.never.cron \"0 0 30 2 *\" has no tick within a year",
+            ),
+        ] {
+            let message = refused(entry);
+            assert!(message.contains("schedules") && message.contains(wanted), "{entry}: {message}");
+        }
     }
 
     #[test]

@@ -7,9 +7,7 @@ pub const MAX_LABEL_BYTES: usize = 128;
 /// A processor name (the file stem of `NAME.wasm`): 1 to 64 letters, digits, `_` or `-`, so
 /// it is a safe file name, URL segment and metric label everywhere.
 pub fn check_processor(name: &str) -> Result<(), String> {
-    let valid =
-        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid {
+    if is_plain_name(name) {
         Ok(())
     } else {
         Err(format!(
@@ -17,6 +15,20 @@ pub fn check_processor(name: &str) -> Result<(), String> {
              letters, digits, '_' or '-'"
         ))
     }
+}
+
+/// A schedule name (its key under `schedules:`): 1 to 64 letters, digits, `_` or `-`, as a
+/// processor name, so it reads cleanly in listings, logs and URLs.
+pub fn check_schedule(name: &str) -> Result<(), String> {
+    if is_plain_name(name) {
+        Ok(())
+    } else {
+        Err(format!("invalid schedule name {name:?}: a schedule name is 1 to 64 letters, digits, '_' or '-'"))
+    }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A pool name, worker id or host name: 1 to 128 bytes of printable text, so it reads back

@@ -54,6 +54,8 @@ pub enum Command {
     Seed(SeedArgs),
     /// Show job counts by status, the ready backlog and workers by status.
     Status(StatusArgs),
+    /// List the configured schedules with their last run, the job it made, and next run.
+    Schedules(SchedulesArgs),
     /// List, inspect, retry, cancel and purge jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -115,6 +117,13 @@ pub struct StatusArgs {
     #[arg(long)]
     pub pool: Option<String>,
     /// Print the fixed JSON shape other tools read.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulesArgs {
+    /// Print `{"schedules": [...]}`, as `GET /api/v1/schedules` answers.
     #[arg(long)]
     pub json: bool,
 }
@@ -228,7 +237,8 @@ pub struct CheckArgs {
     /// Most workers to keep alive for the pool. Default: `checker.max_workers`.
     #[arg(long, value_name = "N")]
     pub max_workers: Option<u32>,
-    /// Check again every DURATION (default `checker.interval`), reaping each round, until SIGTERM.
+    /// Check again every DURATION (default `checker.interval`), reaping each round, and
+    /// queue the jobs of `schedules:` as they fall due, until SIGTERM.
     #[arg(long, value_name = "DURATION", num_args = 0..=1)]
     pub interval: Option<Option<HumanDuration>>,
     #[arg(long)]

@@ -4,7 +4,7 @@
 //!
 //! Data flows one way: [`cli`] parses the command line, [`settings`] settles it with the
 //! config file into one validated value, and [`commands`] (and the long-running [`worker`],
-//! [`checker`], [`reaper`] and [`serve`]) carry it out through the crates below:
+//! [`checker`], [`reaper`], [`scheduler`] and [`serve`]) carry it out through the crates below:
 //! `jobhost-store` for the pool, `jobhost-sandbox` to load and run processors, and
 //! `jobhost-core` for the configuration and rules they share. [`output`] writes what people
 //! and scripts read. Nothing below this crate knows about the command line or HTTP serving.
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod output;
 pub mod reaper;
+pub mod scheduler;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match task {
             Task::Seed(args) => commands::seed::run(config, args).await,
             Task::Status(args) => commands::status::run(config, args).await,
+            Task::Schedules(args) => commands::schedules::run(config, args).await,
             Task::Jobs(command) => commands::jobs::run(config, command).await,
             Task::Processors(args) => commands::processors::run(config, args),
             Task::Run(args) => commands::run::run(config, args).await,

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use jobhost_core::config::{Config, ProcessorOverrides};
 use jobhost_core::names;
 
-use crate::cli::{Cli, Command, CopyArgs, JobsCommand, ProcessorsArgs, RunArgs, SeedArgs, StatusArgs};
+use crate::cli::{Cli, Command, CopyArgs, JobsCommand, ProcessorsArgs, RunArgs, SchedulesArgs, SeedArgs, StatusArgs};
 
 /// Most jobs one `seed` queues; they are inserted in chunks inside one transaction.
 pub const MAX_SEED_COUNT: u64 = 10_000_000;
@@ -25,6 +25,7 @@ pub const MAX_LIST_LIMIT: u32 = 100_000;
 pub enum Task {
     Seed(SeedArgs),
     Status(StatusArgs),
+    Schedules(SchedulesArgs),
     Jobs(JobsCommand),
     Processors(ProcessorsArgs),
     Run(RunArgs),
@@ -169,12 +170,13 @@ pub fn settle(cli: Cli) -> Result<(Config, Task)> {
                 config.serve.read_only = true;
             }
         }
-        Command::Status(_) | Command::Jobs(_) | Command::Processors(_) => {}
+        Command::Status(_) | Command::Schedules(_) | Command::Jobs(_) | Command::Processors(_) => {}
     }
     config.validate()?;
     let task = match command {
         Command::Seed(args) => Task::Seed(args),
         Command::Status(args) => Task::Status(args),
+        Command::Schedules(args) => Task::Schedules(args),
         Command::Jobs(command) => Task::Jobs(command),
         Command::Processors(args) => Task::Processors(args),
         Command::Run(args) => Task::Run(args),

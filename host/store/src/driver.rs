@@ -147,6 +147,16 @@ pub trait Driver: Send + Sync {
     /// the recent minutes into minute 0; and the time it was read at.
     async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)>;
 
+    /// Every schedule the pool knows, by name, each with its latest `runs` runs.
+    async fn schedules(&self, runs: u32) -> Result<Vec<ScheduleState>>;
+    /// Records schedule `name` as handled through `at`, unless it is already known; whether
+    /// this call recorded it.
+    async fn start_schedule(&self, name: &str, at: Millis) -> Result<bool>;
+    /// In one transaction: moves schedule `name` to `ticked_through = due_at` if it is
+    /// behind that (a compare-and-set: of racing callers exactly one moves it), and only
+    /// then queues `job` and records it as the tick's run. Whether this call moved it.
+    async fn advance_schedule(&self, name: &str, due_at: Millis, job: Option<&NewJob>, now: Now) -> Result<bool>;
+
     /// Every job with `seq` above `after`, oldest first, at most `limit`, with its history:
     /// what `jobhost copy` reads.
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>>;

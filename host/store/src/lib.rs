@@ -379,6 +379,31 @@ impl Store {
         Ok(Activity::from_rows(rows, now))
     }
 
+    /// Every schedule the pool knows (those seen by a scheduler), by name, each with its
+    /// latest `runs` runs (at most [`KEPT_SCHEDULE_RUNS`]).
+    pub async fn schedules(&self, runs: u32) -> Result<Vec<ScheduleState>> {
+        let schedules = self.driver.schedules(runs.min(KEPT_SCHEDULE_RUNS)).await;
+        self.named(schedules)
+    }
+
+    /// A schedule seen for the first time: handled through `at`, so ticks before it never
+    /// run. Changes nothing if another process recorded it first; returns whether this one did.
+    pub async fn start_schedule(&self, name: &str, at: Millis) -> Result<bool> {
+        let started = self.driver.start_schedule(name, at).await;
+        self.named(started)
+    }
+
+    /// Handles schedule `name`'s tick due at `due_at`, exactly once however many processes
+    /// call this for it at once: in one transaction, the schedule moves to `due_at` only if
+    /// it was behind it (compare-and-set), and only the call that moved it queues `job` (none
+    /// to pass over the tick) and records it as the tick's run. So a tick's job exists iff
+    /// its run does. Returns whether this call handled the tick; false when another had,
+    /// or a later tick was handled already, or the schedule was never started.
+    pub async fn advance_schedule(&self, name: &str, due_at: Millis, job: Option<NewJob>) -> Result<bool> {
+        let advanced = self.driver.advance_schedule(name, due_at, job.as_ref(), self.clock.now()).await;
+        self.named(advanced)
+    }
+
     /// Copies every job of this pool, with its attempt history and result, into `target`:
     /// how a pool moves between backends. Workers are not copied (they belong to the machines
     /// of the old pool); a job still claimed arrives claimed by a worker the target does not

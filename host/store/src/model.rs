@@ -310,6 +310,11 @@ impl NewJob {
         Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready })
     }
 
+    /// The id the job will be queued under.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// A time-ordered id (UUIDv7): new jobs land at the end of the id index instead of on a
     /// random page of it, which kept large pools' inserts from slowing down as they grew.
     pub fn new_id() -> String {
@@ -658,6 +663,31 @@ pub struct PoolSnapshot {
     pub ready: u64,
     pub oldest_ready_age_ms: Option<Millis>,
 }
+
+/// A schedule as the pool keeps it (its timetable is the configuration's): how far its
+/// ticks have been handled, and the jobs its latest ticks queued.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct ScheduleState {
+    pub name: String,
+    /// Every tick due at or before this instant has been handled: queued, or passed over.
+    /// Set to when the schedule was first seen, so it never fires for a tick before that.
+    pub ticked_through: Millis,
+    /// Newest first.
+    pub runs: Vec<ScheduleRun>,
+}
+
+/// One tick that queued a job.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct ScheduleRun {
+    /// When the tick was due.
+    pub due_at: Millis,
+    pub job_id: String,
+    /// When the job was queued (on the database's clock).
+    pub enqueued_at: Millis,
+}
+
+/// How many runs each schedule keeps: older ones are deleted as new ones are recorded.
+pub const KEPT_SCHEDULE_RUNS: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct NewWorker {

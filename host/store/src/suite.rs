@@ -32,6 +32,7 @@ pub fn postgres_config() -> DatabaseConfig {
 /// A store on a fresh pool with a hand-driven clock.
 pub struct TestStore {
     pub store: Store,
+    config: DatabaseConfig,
     now: Arc<AtomicI64>,
     _dir: tempfile::TempDir,
 }
@@ -42,7 +43,13 @@ impl TestStore {
         let store = Store::open_with_clock(&config, Access::CreateIfMissing, CONNECTIONS, Clock::Manual(now.clone()))
             .await
             .unwrap_or_else(|err| panic!("cannot open the test pool: {err}"));
-        TestStore { store, now, _dir: dir }
+        TestStore { store, config, now, _dir: dir }
+    }
+
+    /// Another store on the same pool and clock, with connections of its own: what another
+    /// process sees.
+    pub async fn another_store(&self) -> Store {
+        Store::open_with_clock(&self.config, Access::Existing, 1, Clock::Manual(self.now.clone())).await.unwrap()
     }
 
     pub async fn sqlite() -> TestStore {
@@ -156,6 +163,9 @@ for_each_backend!(
     a_stored_name_this_jobhost_does_not_know_is_an_error_naming_it,
     ready_in_says_when_the_earliest_pending_job_of_a_pool_is_due,
     a_waiter_is_woken_by_jobs_queued_and_jobs_retried,
+    each_tick_is_handled_by_exactly_one_of_many_racing_processes,
+    a_passed_over_tick_queues_nothing_and_no_tick_is_handled_twice_or_out_of_order,
+    a_schedule_keeps_only_its_latest_runs,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -930,4 +940,77 @@ async fn a_waiter_is_woken_by_jobs_queued_and_jobs_retried(t: TestStore) {
 /// Whether `wakeups` wake within a bound far above any test's need.
 async fn woken(wakeups: &Wakeups) -> bool {
     tokio::time::timeout(Duration::from_secs(10), wakeups.changed()).await.is_ok()
+}
+
+/// Eight processes, each with its own connection, race to start a schedule and then to
+/// handle each of its ticks, as every scheduler does at a tick.
+async fn each_tick_is_handled_by_exactly_one_of_many_racing_processes(t: TestStore) {
+    const PROCESSES: usize = 8;
+    const TICKS: i64 = 5;
+    let mut stores = Vec::new();
+    for _ in 0..PROCESSES {
+        stores.push(Arc::new(t.another_store().await));
+    }
+    let race = |call: fn(Arc<Store>, i64) -> tokio::task::JoinHandle<bool>, tick: i64| {
+        let handles: Vec<_> = stores.iter().map(|store| call(store.clone(), tick)).collect();
+        async move {
+            let mut won = 0;
+            for handle in handles {
+                won += usize::from(handle.await.unwrap());
+            }
+            won
+        }
+    };
+    let start =
+        |store: Arc<Store>, at: i64| tokio::spawn(async move { store.start_schedule("nightly", at).await.unwrap() });
+    assert_eq!(race(start, 1_000).await, 1, "exactly one process records the schedule");
+    let tick = |store: Arc<Store>, due_at: i64| {
+        tokio::spawn(async move { store.advance_schedule("nightly", due_at, Some(job("default", 0))).await.unwrap() })
+    };
+    for n in 1..=TICKS {
+        assert_eq!(race(tick, 1_000 + n * 1_000).await, 1, "tick {n} is handled by exactly one process");
+    }
+    let state = t.store.schedules(KEPT_SCHEDULE_RUNS).await.unwrap();
+    assert_eq!(state.len(), 1);
+    assert_eq!(state[0].ticked_through, 1_000 + TICKS * 1_000);
+    let due: Vec<Millis> = state[0].runs.iter().map(|run| run.due_at).collect();
+    assert_eq!(due, (1..=TICKS).rev().map(|n| 1_000 + n * 1_000).collect::<Vec<_>>(), "one run per tick");
+    let ids: Vec<&str> = state[0].runs.iter().map(|run| run.job_id.as_str()).collect();
+    assert_eq!(t.store.jobs(&ids).await.unwrap().len(), TICKS as usize, "each run's job exists");
+    assert_eq!(t.store.status(None).await.unwrap().jobs.pending, TICKS as u64, "and no other job does");
+    t.assert_counts_exact().await;
+}
+
+async fn a_passed_over_tick_queues_nothing_and_no_tick_is_handled_twice_or_out_of_order(t: TestStore) {
+    assert!(!t.store.advance_schedule("hourly", 5_000, Some(job("default", 0))).await.unwrap(), "never started");
+    assert!(t.store.start_schedule("hourly", 1_000).await.unwrap());
+    assert!(!t.store.start_schedule("hourly", 9_000).await.unwrap(), "a second start changes nothing");
+    assert!(t.store.advance_schedule("hourly", 2_000, None).await.unwrap(), "passing over a tick handles it");
+    for (due_at, why) in [(2_000, "a handled tick"), (1_500, "a tick older than the last handled")] {
+        assert!(!t.store.advance_schedule("hourly", due_at, Some(job("default", 0))).await.unwrap(), "{why}");
+    }
+    assert_eq!(t.store.status(None).await.unwrap().jobs.pending, 0, "no job was queued");
+    let queued = job("reports", 0);
+    assert!(t.store.advance_schedule("hourly", 3_000, Some(queued.clone())).await.unwrap());
+    let state = &t.store.schedules(10).await.unwrap()[0];
+    assert_eq!((state.name.as_str(), state.ticked_through), ("hourly", 3_000));
+    assert_eq!(state.runs.len(), 1);
+    let run = &state.runs[0];
+    assert_eq!((run.due_at, run.job_id.as_str(), run.enqueued_at), (3_000, queued.id.as_str(), t.now()));
+    let detail = t.store.job(&queued.id).await.unwrap().expect("the tick's job is queued");
+    assert_eq!((detail.job.pool.as_str(), detail.job.status), ("reports", JobStatus::Pending));
+    assert!(t.store.schedules(0).await.unwrap()[0].runs.is_empty(), "runs are read only when asked for");
+}
+
+async fn a_schedule_keeps_only_its_latest_runs(t: TestStore) {
+    t.store.start_schedule("often", 0).await.unwrap();
+    let ticks = i64::from(KEPT_SCHEDULE_RUNS) + 5;
+    for due_at in 1..=ticks {
+        assert!(t.store.advance_schedule("often", due_at, Some(job("default", 0))).await.unwrap());
+    }
+    let runs = &t.store.schedules(KEPT_SCHEDULE_RUNS + 50).await.unwrap()[0].runs;
+    assert_eq!(runs.len(), KEPT_SCHEDULE_RUNS as usize);
+    assert_eq!((runs[0].due_at, runs.last().unwrap().due_at), (ticks, 6));
+    assert_eq!(t.counts("SELECT count(*) FROM schedule_runs").await, [i64::from(KEPT_SCHEDULE_RUNS)]);
+    assert_eq!(t.store.status(None).await.unwrap().jobs.pending, ticks as u64, "pruning runs keeps their jobs");
 }

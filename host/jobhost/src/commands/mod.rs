@@ -7,5 +7,6 @@ pub mod copy;
 pub mod jobs;
 pub mod processors;
 pub mod run;
+pub mod schedules;
 pub mod seed;
 pub mod status;

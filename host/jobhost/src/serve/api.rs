@@ -32,12 +32,13 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
     AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, InvalidJob, JobCounts, JobDetail, JobField, JobFilter,
-    JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, StatusSnapshot,
-    WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
+    JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, ScheduleRun,
+    StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
 };
 
 use super::App;
 use super::error::{ApiError, ErrorBody};
+use crate::scheduler::ScheduleView;
 
 /// Most jobs in one batch, and most ids in one bulk retry or cancel.
 pub const MAX_BATCH: usize = 100_000;
@@ -49,8 +50,8 @@ pub const MAX_ATTEMPTS_PAGE: u32 = 100;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
-    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors),
-    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus)),
+    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors, schedules),
+    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus, ScheduleRun)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -227,6 +228,11 @@ pub struct PoolList {
 #[derive(Serialize, ToSchema)]
 pub struct WorkerList {
     workers: Vec<WorkerInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleList {
+    schedules: Vec<ScheduleView>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -825,4 +831,10 @@ pub async fn workers(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Re
 pub async fn processors(State(app): State<Arc<App>>) -> Result<Json<ProcessorList>, ApiError> {
     let infos = app.processor_list().await?;
     Ok(Json(ProcessorList { processors: infos.iter().map(ProcessorInfo::to_json).collect() }))
+}
+
+/// Every configured schedule with its last run, the job it made, and its next run.
+#[utoipa::path(get, path = "/api/v1/schedules", responses((status = 200, body = ScheduleList)))]
+pub async fn schedules(State(app): State<Arc<App>>) -> Result<Json<ScheduleList>, ApiError> {
+    Ok(Json(ScheduleList { schedules: crate::scheduler::listing(app.store(), &app.config).await? }))
 }

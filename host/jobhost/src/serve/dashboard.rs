@@ -7,7 +7,7 @@
 //!
 //! Pages: the overview (counts, throughput over the last hour, pools), jobs (filters,
 //! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
-//! attempts a page at a time, workers, and processors. Actions are POST forms carrying the
+//! attempts a page at a time, workers, processors, and schedules. Actions are POST forms carrying the
 //! caller's CSRF token, answered with a redirect back (303), so a reload never repeats them.
 
 use std::sync::Arc;
@@ -84,6 +84,7 @@ fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
                         a href="/jobs" { "Jobs" }
                         a href="/workers" { "Workers" }
                         a href="/processors" { "Processors" }
+                        a href="/schedules" { "Schedules" }
                     }
                     @if let Some(caller) = caller {
                         @if caller.read_only { span.badge { "read-only" } }
@@ -485,6 +486,31 @@ pub async fn processors(State(app): State<Arc<App>>, Extension(caller): Extensio
         }
     };
     Ok(layout("Processors", Some(&caller), body))
+}
+
+pub async fn schedules(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Page {
+    let schedules = crate::scheduler::listing(app.store(), &app.config).await.map_err(ApiError::from)?;
+    let body = html! {
+        h1 { "Schedules" }
+        table #schedules {
+            thead { tr { th { "Name" } th { "Cron" } th { "Time zone" } th { "Processor" } th { "Pool" } th { "Catch-up" } th { "Last run (due)" } th { "Queued" } th { "Last job" } th { "Next run" } } }
+            tbody {
+                @for schedule in &schedules {
+                    @let last = schedule.last_run.as_ref();
+                    tr data-schedule=(schedule.name) {
+                        td { (schedule.name) } td.cron { (schedule.cron) } td { (schedule.timezone) }
+                        td { (schedule.processor) } td { (schedule.pool) } td { (schedule.catch_up) }
+                        td.last-run { (time(last.map(|run| run.due_at))) }
+                        td { (time(last.map(|run| run.enqueued_at))) }
+                        td { @if let Some(run) = last { a.id href={ "/jobs/" (run.job_id) } { (run.job_id) } } @else { "-" } }
+                        td.next-run { (time(schedule.next_run_at)) }
+                    }
+                }
+                @if schedules.is_empty() { tr { td colspan="10" .muted { "No schedules: add them under schedules: in the config file." } } }
+            }
+        }
+    };
+    Ok(layout("Schedules", Some(&caller), body))
 }
 
 fn login_page(failed: bool) -> Markup {

@@ -13,6 +13,7 @@
 //!   (`serve.max_waiters`, see [`watch`]);
 //! - connections are bounded, shed idle ones first and time out when silent or unread, and
 //!   oversized URIs, headers and declared bodies are refused before routing ([`connections`]);
+//! - it runs the [`crate::scheduler`], queueing the jobs of `schedules:` as they fall due;
 //! - SIGTERM or SIGINT stops accepting, lets requests in flight finish (long-polls are
 //!   answered at once with the job as it is) and exits 0.
 
@@ -109,6 +110,10 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         let app = app.clone();
         async move { app.watcher.run(&app.store, &app.queries).await }
     });
+    let scheduler = tokio::spawn({
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        async move { crate::scheduler::run(&app.store, &app.config, shutdown).await }
+    });
     let router = router(app.clone());
     // Listening for the signals starts before the server says it is up, so a SIGTERM sent
     // as soon as it is up is a clean shutdown, not the default death.
@@ -150,6 +155,7 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     watcher.abort();
+    scheduler.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -200,6 +206,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/pools", get(api::pools))
         .route("/api/v1/workers", get(api::workers))
         .route("/api/v1/processors", get(api::processors))
+        .route("/api/v1/schedules", get(api::schedules))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -212,6 +219,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/jobs/{id}/{action}", post(dashboard::act_on_job))
         .route("/workers", get(dashboard::workers))
         .route("/processors", get(dashboard::processors))
+        .route("/schedules", get(dashboard::schedules))
         .route("/login", get(dashboard::login_form).post(dashboard::login))
         .route("/logout", post(dashboard::logout))
         .route("/assets/{name}", get(dashboard::asset))

@@ -89,7 +89,12 @@ fn next_chunk(jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send)) 
     jobs.take(CHUNK).map(|job| job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))).collect()
 }
 
-async fn insert_chunk(client: &impl GenericClient, statement: &Statement, chunk: &[NewJob], now: Now) -> Result<()> {
+pub(super) async fn insert_chunk(
+    client: &impl GenericClient,
+    statement: &Statement,
+    chunk: &[NewJob],
+    now: Now,
+) -> Result<()> {
     if chunk.is_empty() {
         return Ok(());
     }

@@ -25,6 +25,7 @@ macro_rules! now_sql {
 
 mod connection;
 mod jobs;
+mod schedules;
 mod schema;
 mod tls;
 mod wake;
@@ -380,6 +381,25 @@ impl Driver for PostgresDriver {
     async fn activity(&self, now: Now) -> Result<(Millis, Vec<ActivityRow>)> {
         let link = self.connections.link().await?;
         workers::activity(&link.client, now).await
+    }
+
+    async fn schedules(&self, runs: u32) -> Result<Vec<ScheduleState>> {
+        let link = self.connections.link().await?;
+        schedules::list(&link.client, runs).await
+    }
+
+    async fn start_schedule(&self, name: &str, at: Millis) -> Result<bool> {
+        let link = self.connections.link().await?;
+        schedules::start(&link.client, name, at).await
+    }
+
+    async fn advance_schedule(&self, name: &str, due_at: Millis, job: Option<&NewJob>, now: Now) -> Result<bool> {
+        let mut link = self.connections.link().await?;
+        let enqueue = link.prepare(jobs::ENQUEUE).await?;
+        let tx = link.client.transaction().await?;
+        let advanced = schedules::advance(&tx, &enqueue, name, due_at, job, now).await?;
+        tx.commit().await?;
+        Ok(advanced)
     }
 
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {

@@ -135,7 +135,24 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN processor_sha256 text;
 "#,
-    // 4: wake-ups for waiting workers (see `crate::wake`): a statement that leaves jobs
+    // 4: schedules (see docs/schedules.md). A schedule's tick is handled by the transaction
+    // that moves `ticked_through` up to it (a compare-and-set on the row), so it is handled
+    // once; that transaction queues the tick's job and records it as a run, whose key
+    // refuses a second job for the tick.
+    r#"
+    CREATE TABLE schedules (
+        name           text   PRIMARY KEY,
+        ticked_through bigint NOT NULL
+    );
+    CREATE TABLE schedule_runs (
+        schedule    text   NOT NULL REFERENCES schedules (name),
+        due_at      bigint NOT NULL,
+        job_id      text   NOT NULL,
+        enqueued_at bigint NOT NULL,
+        PRIMARY KEY (schedule, due_at)
+    );
+"#,
+    // 5: wake-ups for waiting workers (see `crate::wake`): a statement that leaves jobs
     // pending notifies once per pool it touched, from its own transaction, so they hear of
     // the jobs when they can be claimed, and a batch costs one notification.
     r#"
@@ -163,7 +180,8 @@ const MIGRATIONS: &[&str] = &[
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Tables whose presence without a marker means the schema is someone else's.
-const OUR_TABLES: [&str; 6] = ["jobs", "attempts", "workers", "job_count_deltas", "activity", "jobhost_schema"];
+const OUR_TABLES: [&str; 8] =
+    ["jobs", "attempts", "workers", "job_count_deltas", "activity", "schedules", "schedule_runs", "jobhost_schema"];
 
 /// Brings `schema` to [`CURRENT_VERSION`] (creating it when `access` allows), or refuses it.
 pub async fn migrate(client: &mut Client, schema: &str, access: Access) -> Result<()> {
@@ -264,10 +282,11 @@ mod tests {
         let (config, client) = server().await;
         drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
         let schema = &config.schema;
-        // Version 2 as it was: no attempt named the code it ran.
+        // Version 2 as it was: no attempt named the code it ran, and no schedules.
         client
             .batch_execute(&format!(
-                "ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;
+                "DROP TABLE {schema}.schedule_runs, {schema}.schedules;
+                 ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;
                  UPDATE {schema}.jobhost_schema SET version = 2;
                  INSERT INTO {schema}.jobs (id, pool, processor, payload, status, run_at, attempts, max_attempts,
                                             created_at, updated_at, finished_at)

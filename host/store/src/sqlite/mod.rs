@@ -37,6 +37,7 @@
 //! always did.
 
 mod jobs;
+mod schedules;
 mod schema;
 mod wake;
 mod workers;
@@ -423,6 +424,18 @@ impl Driver for SqliteDriver {
             workers::fold_activity(conn, now)?;
             Ok((now, workers::activity(conn)?))
         })
+    }
+
+    async fn schedules(&self, runs: u32) -> Result<Vec<ScheduleState>> {
+        self.read(|conn| schedules::list(conn, runs))
+    }
+
+    async fn start_schedule(&self, name: &str, at: Millis) -> Result<bool> {
+        self.write(|tx| schedules::start(tx, name, at))
+    }
+
+    async fn advance_schedule(&self, name: &str, due_at: Millis, job: Option<&NewJob>, now: Now) -> Result<bool> {
+        self.write(|tx| schedules::advance(tx, name, due_at, job, resolve_now(now)))
     }
 
     async fn export(&self, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {

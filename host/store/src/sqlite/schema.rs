@@ -122,6 +122,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN processor_sha256 TEXT;
     "#,
+    // 6: schedules (see docs/schedules.md). A schedule's tick is handled by the transaction
+    // that moves `ticked_through` up to it, so it is handled once; that transaction queues
+    // the tick's job and records it as a run, whose key refuses a second job for the tick.
+    r#"
+    CREATE TABLE schedules (
+        name           TEXT    PRIMARY KEY,
+        ticked_through INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE schedule_runs (
+        schedule    TEXT    NOT NULL REFERENCES schedules (name),
+        due_at      INTEGER NOT NULL,
+        job_id      TEXT    NOT NULL,
+        enqueued_at INTEGER NOT NULL,
+        PRIMARY KEY (schedule, due_at)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
