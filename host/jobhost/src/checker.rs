@@ -10,7 +10,8 @@
 //! database, logging to `<data dir>/logs/<worker-id>.log`.
 //!
 //! With `--interval`, the checker also keeps every processor compiled into the compile cache
-//! (see [`Registry::start_compiling_ahead`]), so the workers it starts load compiled code.
+//! (see [`Registry::start_compiling_ahead`]), so the workers it starts load compiled code,
+//! and deletes the finished jobs `retention` no longer keeps (see [`crate::retention`]).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -26,8 +27,9 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::Registry;
 use jobhost_store::{Access, ErrorKind, PlanRequest, RetryPolicy, Store, StoreError};
 
+use crate::retention;
 use crate::settings::CheckSettings;
-use crate::shutdown::{self, Stage};
+use crate::shutdown::{self, Shutdown, Stage};
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -52,11 +54,31 @@ pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
     let sandbox = Sandbox::new(1)?;
     let _compiling_ahead = Arc::new(Registry::new(config, &sandbox)).start_compiling_ahead();
 
-    let (trigger, mut shutdown) = shutdown::channel();
-    shutdown::on_signals(trigger)?;
+    let (trigger, shutdown) = shutdown::channel();
+    shutdown::on_signals(trigger.clone())?;
+    let checking = {
+        let shutdown = shutdown.clone();
+        async {
+            let checked = check_repeatedly(&store, config, &args, shutdown).await;
+            // A check that failed for good ends the process: retention stops with it.
+            trigger.advance(Stage::Draining);
+            checked
+        }
+    };
+    let (checked, ()) = tokio::join!(checking, retention::run(&store, &config.retention, shutdown));
+    checked
+}
+
+/// The rounds of `check --interval`, until `shutdown` drains or a round fails for good.
+async fn check_repeatedly(
+    store: &Store,
+    config: &Config,
+    args: &CheckSettings,
+    mut shutdown: Shutdown,
+) -> Result<ExitCode> {
     let mut children = Vec::new();
     loop {
-        match check_round(&store, config, &args).await {
+        match check_round(store, config, args).await {
             Ok(spawned) => children.extend(spawned),
             // A server restarting or failing over must not end the loop that keeps the
             // pool's workers alive: say so and try at the next interval, when the store
