@@ -499,7 +499,44 @@ fn a_worker_keeps_working_when_the_reader_of_its_json_goes_away() {
     assert_eq!(jobs_count(&pool.status(), "completed"), 20);
 }
 
+/// `check --interval` deletes the completed jobs older than `retention.completed` (with
+/// their attempts) and keeps what retention keeps: cancelled ones younger than theirs,
+/// poisoned ones (never deleted by default) and unfinished ones; then stops on SIGTERM.
+fn check_with_interval_deletes_expired_finished_jobs_and_keeps_the_rest(backend: Backend) {
+    let pool = Pool::on(
+        backend,
+        &format!("{FAST_LIFECYCLE}retention: {{completed: 1s, cancelled: 1h, interval: 100ms}}\n")
+            .replace("checker: {", "checker: {interval: 200ms, "),
+    );
+    std::fs::write(pool.path("processors/always_traps.wasm"), ALWAYS_TRAPS).unwrap();
+    pool.ok(&["seed", "--count", "3"]);
+    pool.ok(&["seed", "--processor", "always_traps", "--max-attempts", "1"]);
+    assert_eq!(drain(&pool, "4")["processed"], 4);
+    pool.ok(&["seed", "--payload", r#""to cancel""#]);
+    pool.ok(&["jobs", "cancel", job_by_payload(&pool, r#""to cancel""#)["id"].as_str().unwrap()]);
+    pool.ok(&["seed", "--delay", "1h"]);
+    let before = pool.status();
+    assert_eq!(
+        ["completed", "poisoned", "cancelled", "pending"].map(|s| jobs_count(&before, s)),
+        [3, 1, 1, 1],
+        "{before}"
+    );
+
+    let mut checker = pool.spawn(&["check", "--interval", "--json"]);
+    let after = pool.wait_for_status(Duration::from_secs(30), "the completed jobs to be deleted", |status| {
+        jobs_count(status, "completed") == 0
+    });
+    assert_eq!(["poisoned", "cancelled", "pending", "claimed"].map(|s| jobs_count(&after, s)), [1, 1, 1, 0], "{after}");
+    let kept: Vec<Value> = pool.all_jobs();
+    assert_eq!(kept.len(), 3, "only the kept jobs are listed: {kept:?}");
+    let poisoned = kept.iter().find(|job| job["status"] == "poisoned").expect("the poisoned job");
+    assert_eq!(outcomes(poisoned), ["trap"], "a kept job keeps its attempts");
+    signal(&checker, libc::SIGTERM);
+    assert!(checker.wait().unwrap().success(), "the checker exits cleanly on SIGTERM");
+}
+
 on_both_backends!(
+    check_with_interval_deletes_expired_finished_jobs_and_keeps_the_rest,
     check_spawns_workers_that_drain_the_pool,
     a_killed_workers_job_completes_once_on_another_worker,
     failing_processors_retry_then_poison_and_a_flaky_one_recovers,

@@ -1,7 +1,7 @@
 //! `jobhost-bench`: measures jobhost against the targets of the v1 speed issue and writes the
 //! results to `BENCHMARKS.md`. Run it through `./scripts/bench`, which builds what it needs.
 //!
-//! Sections 1, 2, 6, 8 and 10 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
+//! Sections 1, 2, 6, 8, 10 and 11 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
 //! names, or else on a throwaway one that `scripts/postgres start` makes in the temporary folder
 //! (fsync off) when the first of them needs it, stopped and deleted when the benchmark ends.
 //! Each PostgreSQL measurement gets a fresh schema, dropped afterwards.
@@ -10,7 +10,8 @@
 //! [`end_to_end`] (1), [`store`] (2), [`flatmachines`] (3, the original example's store),
 //! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7), [`server`] (8, `jobhost
 //! serve` through its HTTP API), [`components`] (9, WASI 0.2 components in Rust and Python, and
-//! jobs waiting on HTTP), [`connections`] (10, short requests beside thousands of long-polls).
+//! jobs waiting on HTTP), [`connections`] (10, short requests beside thousands of long-polls),
+//! [`retention`] (11, claims while old jobs are deleted).
 //! Sections run one after
 //! another, never side by side, because the machine has few cores and is shared. A section
 //! that fails is reported as a failed row and the others still run.
@@ -26,6 +27,7 @@ mod end_to_end;
 mod flatmachines;
 mod memory;
 mod report;
+mod retention;
 mod sandbox;
 mod scale;
 mod server;
@@ -81,6 +83,7 @@ enum Section {
     Server,
     Components,
     Connections,
+    Retention,
 }
 
 impl Section {
@@ -96,6 +99,7 @@ impl Section {
             Section::Server => server::run(bench, report, shelf),
             Section::Components => components::run(bench, report),
             Section::Connections => connections::run(bench, report),
+            Section::Retention => retention::run(bench, report),
         }
     }
 
@@ -111,6 +115,7 @@ impl Section {
             Section::Server => "8. server",
             Section::Components => "9. components",
             Section::Connections => "10. connections",
+            Section::Retention => "11. retention",
         }
     }
 
@@ -127,6 +132,7 @@ impl Section {
             Section::Server => server::SECTION,
             Section::Components => components::SECTION,
             Section::Connections => connections::SECTION,
+            Section::Retention => retention::SECTION,
         };
         SectionId { label, title: self.title() }
     }

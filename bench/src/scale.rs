@@ -161,7 +161,7 @@ fn measure_at(config: &DatabaseConfig, pg: Option<(&PgServer, &str)>, pending: u
 }
 
 /// Times `pairs` claim+complete pairs, one sample each.
-fn time_pairs(store: &Store, worker_id: &str, retry: &RetryPolicy, pairs: usize) -> Result<Vec<Duration>> {
+pub fn time_pairs(store: &Store, worker_id: &str, retry: &RetryPolicy, pairs: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(pairs);
     for _ in 0..pairs {
         let started = Instant::now();

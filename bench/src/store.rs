@@ -40,7 +40,7 @@ use crate::support::{Backend, Bench, PgServer, block_on, list, median, retry_pol
 pub const SECTION: &str = "store";
 const PROCESSES: [usize; 4] = [1, 2, 4, 8];
 pub const POOL: &str = "bench";
-const LEASE: Duration = Duration::from_secs(60);
+pub const LEASE: Duration = Duration::from_secs(60);
 const RESULT: &str = r#"{"status":"completed","processed":true}"#;
 
 /// Jobs per measurement; section 3 runs the original example's store on the same number.
@@ -330,7 +330,7 @@ fn claim_request(worker_id: &str) -> ClaimRequest<'_> {
     ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: 1 }
 }
 
-fn finished(job: &ClaimedJob) -> Finished<'_> {
+pub fn finished(job: &ClaimedJob) -> Finished<'_> {
     Finished {
         job,
         report: AttemptReport { fuel_used: Some(0), duration_ms: Some(0), ..AttemptReport::of(OutcomeKind::Ok) },
@@ -338,7 +338,7 @@ fn finished(job: &ClaimedJob) -> Finished<'_> {
     }
 }
 
-fn check_settled(finished: &[Finished<'_>], settled: &[Settled]) -> Result<()> {
+pub fn check_settled(finished: &[Finished<'_>], settled: &[Settled]) -> Result<()> {
     ensure!(settled.len() == finished.len(), "the store settled {} of {} attempts", settled.len(), finished.len());
     for (attempt, settled) in finished.iter().zip(settled) {
         ensure!(

@@ -36,6 +36,7 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Jobs queued on a timetable, by schedule name (see [`crate::schedule`]).
     pub schedules: BTreeMap<String, Schedule>,
+    pub retention: RetentionConfig,
     /// Keys set by a command-line flag, and that flag: validation errors name what the user typed.
     #[serde(skip)]
     pub set_by_flag: BTreeMap<String, &'static str>,
@@ -201,6 +202,64 @@ pub struct JobsConfig {
 impl Default for JobsConfig {
     fn default() -> Self {
         Self { max_payload: ByteSize(1 << 20) }
+    }
+}
+
+/// How long finished jobs are kept: the long-running processes (`serve`, `check --interval`)
+/// delete older ones, with their attempts, a small batch at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub completed: Keep,
+    pub cancelled: Keep,
+    pub poisoned: Keep,
+    /// Pause between rounds of deleting, once a round found nothing more to delete.
+    pub interval: HumanDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let week = Keep::For(HumanDuration(Duration::from_secs(7 * 86_400)));
+        Self {
+            completed: week,
+            cancelled: week,
+            // A poisoned job is a failure someone may still need to look at or retry.
+            poisoned: Keep::Forever,
+            interval: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// How long a finished job is kept after it finished: a duration, or `never` deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    For(HumanDuration),
+    Forever,
+}
+
+impl std::str::FromStr for Keep {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim() == "never" {
+            return Ok(Keep::Forever);
+        }
+        text.parse().map(Keep::For).map_err(|why| format!("{why}; or write `never` to keep these jobs"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::units::deserialize_from_str(deserializer)
+    }
+}
+
+impl std::fmt::Display for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keep::For(duration) => duration.fmt(f),
+            Keep::Forever => f.write_str("never"),
+        }
     }
 }
 
@@ -487,6 +546,23 @@ impl Config {
                 serve.max_connections - 1,
                 self.name("serve.max_connections"),
             );
+        }
+        let retention = &self.retention;
+        for (key, keep) in [
+            ("retention.completed", retention.completed),
+            ("retention.cancelled", retention.cancelled),
+            ("retention.poisoned", retention.poisoned),
+        ] {
+            if keep == Keep::For(HumanDuration(Duration::ZERO)) {
+                bail!(
+                    "{} must be longer than 0 (a job would be deleted as it finishes, before anyone reads its \
+                     result): write a duration such as 7d, or `never` to keep these jobs",
+                    self.name(key)
+                );
+            }
+        }
+        if retention.interval.0.is_zero() {
+            bail!("{} must be longer than 0", self.name("retention.interval"));
         }
         self.processors.limits.validate(self, "processors.limits")?;
         self.validate_schedules()?;
@@ -815,6 +891,25 @@ mod tests {
         ] {
             let message = refused(entry);
             assert!(message.contains("schedules") && message.contains(wanted), "{entry}: {message}");
+        }
+    }
+
+    #[test]
+    fn retention_keeps_completed_and_cancelled_a_week_and_poisoned_forever_unless_told() {
+        let retention = Config::parse("").unwrap().retention;
+        let week = Keep::For(HumanDuration(Duration::from_secs(7 * 86_400)));
+        assert_eq!((retention.completed, retention.cancelled, retention.poisoned), (week, week, Keep::Forever));
+        let retention = Config::parse("retention: {completed: 1s, cancelled: never, poisoned: 30d}").unwrap().retention;
+        assert_eq!(retention.completed, Keep::For(HumanDuration(Duration::from_secs(1))));
+        assert_eq!(retention.cancelled, Keep::Forever);
+        assert_eq!(retention.poisoned, Keep::For(HumanDuration(Duration::from_secs(30 * 86_400))));
+        for (yaml, wanted) in [
+            ("retention: {completed: 0}", "retention.completed must be longer than 0"),
+            ("retention: {poisoned: forever}", "or write `never` to keep these jobs"),
+            ("retention: {interval: 0}", "retention.interval must be longer than 0"),
+        ] {
+            let message = format!("{:#}", Config::parse(yaml).unwrap_err());
+            assert!(message.contains(wanted), "{yaml}: {message}");
         }
     }
 

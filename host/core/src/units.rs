@@ -109,7 +109,7 @@ fn write_quantity(f: &mut fmt::Formatter<'_>, value: u64, units: &[(&str, u64)])
 
 /// Reads a value written either as a string (`"2s"`) or a bare YAML number (`512`). The
 /// parse error is raised while the value is being visited, so serde_yaml names its full key.
-fn deserialize_from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn deserialize_from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr<Err = String>,

@@ -11,7 +11,8 @@
 //!
 //! With `--interval`, the checker also keeps every processor compiled into the compile cache
 //! (see [`Registry::start_compiling_ahead`]), so the workers it starts load compiled code,
-//! and runs the [`crate::scheduler`] beside its rounds.
+//! runs the [`crate::scheduler`] beside its rounds, and deletes the finished jobs `retention`
+//! no longer keeps (see [`crate::retention`]).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -27,6 +28,7 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::Registry;
 use jobhost_store::{Access, ErrorKind, PlanRequest, RetryPolicy, Store, StoreError};
 
+use crate::retention;
 use crate::settings::CheckSettings;
 use crate::shutdown::{self, Shutdown, Stage};
 
@@ -55,18 +57,31 @@ pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
 
     let (trigger, shutdown) = shutdown::channel();
     shutdown::on_signals(trigger.clone())?;
-    let checking = async {
-        let checked = check_loop(&store, config, &args, shutdown.clone()).await;
-        // A loop that failed takes the scheduler down with it: the process exits non-zero.
-        trigger.advance(Stage::Draining);
-        checked
+    let checking = {
+        let shutdown = shutdown.clone();
+        async {
+            let checked = check_repeatedly(&store, config, &args, shutdown).await;
+            // A check that failed for good ends the process: the scheduler and retention stop
+            // with it.
+            trigger.advance(Stage::Draining);
+            checked
+        }
     };
-    let (checked, ()) = tokio::join!(checking, crate::scheduler::run(&store, config, shutdown.clone()));
+    let (checked, (), ()) = tokio::join!(
+        checking,
+        crate::scheduler::run(&store, config, shutdown.clone()),
+        retention::run(&store, &config.retention, shutdown)
+    );
     checked
 }
 
-/// A round every `checker.interval` until `shutdown` drains.
-async fn check_loop(store: &Store, config: &Config, args: &CheckSettings, mut shutdown: Shutdown) -> Result<ExitCode> {
+/// The rounds of `check --interval`, until `shutdown` drains or a round fails for good.
+async fn check_repeatedly(
+    store: &Store,
+    config: &Config,
+    args: &CheckSettings,
+    mut shutdown: Shutdown,
+) -> Result<ExitCode> {
     let mut children = Vec::new();
     loop {
         match check_round(store, config, args).await {

@@ -4,7 +4,7 @@
 //!
 //! Data flows one way: [`cli`] parses the command line, [`settings`] settles it with the
 //! config file into one validated value, and [`commands`] (and the long-running [`worker`],
-//! [`checker`], [`reaper`], [`scheduler`] and [`serve`]) carry it out through the crates below:
+//! [`checker`], [`reaper`], [`retention`], [`scheduler`] and [`serve`]) carry it out through the crates below:
 //! `jobhost-store` for the pool, `jobhost-sandbox` to load and run processors, and
 //! `jobhost-core` for the configuration and rules they share. [`output`] writes what people
 //! and scripts read. Nothing below this crate knows about the command line or HTTP serving.
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod output;
 pub mod reaper;
+pub mod retention;
 pub mod scheduler;
 pub mod serve;
 pub mod settings;

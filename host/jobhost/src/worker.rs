@@ -14,7 +14,8 @@
 //!   jobs arrive;
 //! - a following worker waits for work on wake-ups from the store (a `NOTIFY` on
 //!   PostgreSQL, a change of `data_version` on SQLite) and on the earliest pending job's
-//!   `run_at`, so a new job starts within milliseconds and a delayed one on time;
+//!   `run_at`, so a new job starts within milliseconds and a delayed one on time; beside
+//!   its jobs it queues the schedules' due ticks and deletes expired finished jobs;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
 //! - it stops through one [`Shutdown`]: the first SIGTERM/SIGINT stops claiming and lets
@@ -176,6 +177,7 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     }
     let (trigger, shutdown) = shutdown::channel();
     shutdown::on_signals(trigger.clone())?;
+    let worker_shutdown = shutdown.clone();
     let fingerprint = store.fingerprint();
     let registry = Arc::new(Registry::new(config, &sandbox));
     // A worker that stays for more than one job compiles new and changed processors as they
@@ -195,11 +197,18 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
         out: LineSink::default(),
     };
 
-    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, trigger)?;
+    let heartbeat = Heartbeat::start(config, &worker_id, fingerprint, trigger.clone())?;
     // One thread (the command's current-thread runtime): store calls run between guest runs,
     // with no hand-offs between threads. A worker uses one core; `jobhost check` starts one
     // worker per core.
-    let result = worker.work_loop().await;
+    let working = async {
+        let worked = worker.work_loop().await;
+        // However the loop ended (drained, `--max-jobs` reached, stopped), the upkeep ends.
+        trigger.advance(Stage::Draining);
+        worked
+    };
+    let (result, upkept) = tokio::join!(working, upkeep(config, args.follow, worker_shutdown));
+    upkept?;
     let stop_reason = heartbeat.stop();
     drop(compiling_ahead);
 
@@ -233,6 +242,22 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
             Err(anyhow::Error::new(why).context(format!("worker {worker_id} stopped")))
         }
     }
+}
+
+/// What a long-running process does beside its work, here only for a following worker: it
+/// queues the schedules' due ticks ([`crate::scheduler`]) and deletes the finished jobs
+/// `retention` no longer keeps ([`crate::retention`]), on a connection of its own so the work
+/// loop's turns never wait behind them. Ends when `shutdown` drains.
+async fn upkeep(config: &Config, follow: bool, shutdown: Shutdown) -> Result<()> {
+    if !follow {
+        return Ok(());
+    }
+    let store = Store::open(&config.database, Access::Existing).await?;
+    tokio::join!(
+        crate::scheduler::run(&store, config, shutdown.clone()),
+        crate::retention::run(&store, &config.retention, shutdown)
+    );
+    Ok(())
 }
 
 /// A job whose run ended, waiting to be recorded in the next turn.

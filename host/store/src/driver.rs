@@ -118,8 +118,11 @@ pub trait Driver: Send + Sync {
     async fn cancel_job(&self, id: &str, now: Now) -> Result<IdAnswer>;
     /// Cancels every pending job matching, in one statement.
     async fn cancel_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64>;
-    /// Deletes jobs in `statuses` finished more than `older_than` ago, with their attempts.
-    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64>;
+    /// Deletes at most `limit` finished jobs, each in a status `ages` names and finished more
+    /// than its age ago, with their attempts; other statuses in `ages` are ignored. Short
+    /// enough that no claim waits long for it, and it waits for no row another transaction
+    /// holds: such a job is being changed, and is left for the next call.
+    async fn delete_finished(&self, ages: &[(JobStatus, Duration)], limit: u32, now: Now) -> Result<u64>;
 
     async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()>;
     /// Renews the worker and the leases of its jobs; false when it is no longer `active`.

@@ -47,6 +47,9 @@ pub use model::*;
 pub use retry::RetryPolicy;
 pub use wake::Wakeups;
 
+/// Jobs one batch of [`Store::purge`] deletes: a few milliseconds of writing.
+pub const PURGE_BATCH: u32 = 1_000;
+
 /// Where a store reads the time: the database's clock, or (in tests) a hand-driven one.
 #[derive(Debug, Clone)]
 pub enum Clock {
@@ -247,10 +250,30 @@ impl Store {
     }
 
     /// Deletes finished jobs (in `statuses`) that finished more than `older_than` ago, with
-    /// their attempt history. Returns how many jobs were deleted.
+    /// their attempt history, [`PURGE_BATCH`] at a time (see [`Store::delete_expired`]), so
+    /// workers go on claiming meanwhile. Returns how many jobs were deleted.
     pub async fn purge(&self, older_than: Duration, statuses: &[JobStatus]) -> Result<u64> {
-        let purged = self.driver.purge(older_than, statuses, self.clock.now()).await;
-        self.named(purged)
+        let ages: Vec<(JobStatus, Duration)> = statuses.iter().map(|&status| (status, older_than)).collect();
+        let mut purged = 0;
+        loop {
+            let deleted = self.delete_expired(&ages, PURGE_BATCH).await?;
+            purged += deleted;
+            if deleted < u64::from(PURGE_BATCH) {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// One batch of retention: deletes at most `limit` finished jobs, each in a status `ages`
+    /// names and finished more than the age given for it, with their attempt history, in one
+    /// short transaction. Pending and claimed jobs are never touched, whatever `ages` says.
+    /// Claims never wait for it: it touches only finished jobs, skips any another
+    /// transaction holds, and the counts it changes are kept without a row every writer
+    /// updates. What `/metrics` counts (queued jobs, attempts) is kept apart from the jobs
+    /// and stays. Returns how many jobs were deleted: fewer than `limit` once none is left.
+    pub async fn delete_expired(&self, ages: &[(JobStatus, Duration)], limit: u32) -> Result<u64> {
+        let deleted = self.driver.delete_finished(ages, limit, self.clock.now()).await;
+        self.named(deleted)
     }
 
     /// A worker coming up: turns its `starting` row (left by the checker) into `active`, or

@@ -148,6 +148,7 @@ for_each_backend!(
     output_with_nul_bytes_is_stored_visibly_and_settles_beside_the_others,
     a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token,
     purge_deletes_the_attempt_history_of_the_jobs_it_deletes,
+    retention_deletes_only_expired_finished_jobs_in_bounded_batches_and_counters_stay,
     a_silent_worker_is_reaped_and_its_job_released,
     heartbeats_keep_a_worker_and_its_leases_alive,
     a_starting_worker_that_never_comes_up_is_lost_after_the_grace,
@@ -562,6 +563,69 @@ async fn purge_deletes_the_attempt_history_of_the_jobs_it_deletes(t: TestStore) 
     assert_eq!(t.store.purge(Duration::ZERO, &[JobStatus::Completed]).await.unwrap(), 2);
     assert_eq!(t.counts(attempts).await, [1], "only the poisoned job's attempt is left");
     t.assert_counts_exact().await;
+}
+
+async fn retention_deletes_only_expired_finished_jobs_in_bounded_batches_and_counters_stay(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let poisonable = NewJob { max_attempts: 1, ..job("default", 9) };
+    let ids =
+        t.store.enqueue_all(&[poisonable, job("default", 8), job("default", 7), job("default", 6)]).await.unwrap();
+    let ok = AttemptReport::of(OutcomeKind::Ok);
+    let poisoned = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(t.fail(&poisoned, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+    for _ in 0..2 {
+        let done = claim_one(&t, "w1").await.unwrap();
+        t.complete(&done, "1", &ok).await.unwrap();
+    }
+    assert_eq!(t.store.cancel_job(&ids[3]).await.unwrap(), IdAnswer::Done);
+    // Ten seconds later: one job completes now, one is held by a worker, one waits.
+    t.advance(10_000);
+    let recent = t.store.enqueue_all(&[job("default", 5), job("default", 4), job("default", 3)]).await.unwrap();
+    let done = claim_one(&t, "w1").await.unwrap();
+    t.complete(&done, "1", &ok).await.unwrap();
+    let held = claim_one(&t, "w1").await.unwrap();
+    let before = t.store.activity().await.unwrap();
+
+    let five_seconds = Duration::from_secs(5);
+    // Poisoned is not named (kept forever); pending and claimed are named, and never touched.
+    let ages = [
+        (JobStatus::Completed, five_seconds),
+        (JobStatus::Cancelled, five_seconds),
+        (JobStatus::Pending, Duration::ZERO),
+        (JobStatus::Claimed, Duration::ZERO),
+    ];
+    assert_eq!(t.store.delete_expired(&ages, 2).await.unwrap(), 2, "a batch deletes no more than its limit");
+    assert_eq!(t.store.delete_expired(&ages, 2).await.unwrap(), 1);
+    assert_eq!(t.store.delete_expired(&ages, 2).await.unwrap(), 0, "nothing is left to delete");
+
+    let mut left: Vec<String> = t
+        .store
+        .job_statuses(&ids.iter().chain(&recent).map(String::as_str).collect::<Vec<_>>())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, status)| format!("{}:{}", if ids.contains(&id) { "old" } else { "recent" }, status.as_str()))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["old:poisoned", "recent:claimed", "recent:completed", "recent:pending"]);
+    assert_eq!(
+        t.counts("SELECT count(*) FROM attempts WHERE job_seq NOT IN (SELECT seq FROM jobs)").await,
+        [0],
+        "the deleted jobs' attempts went with them"
+    );
+    assert_eq!(t.counts("SELECT count(*) FROM attempts").await, [3], "poisoned, recent completed, held");
+    let after = t.store.activity().await.unwrap();
+    assert_eq!((after.enqueued, after.attempts), (before.enqueued, before.attempts), "counters do not go back");
+    let jobs = t.store.status(None).await.unwrap().jobs;
+    assert_eq!((jobs.completed, jobs.cancelled, jobs.poisoned, jobs.pending, jobs.claimed), (1, 0, 1, 1, 1));
+    t.assert_counts_exact().await;
+
+    assert_eq!(t.store.delete_expired(&[(JobStatus::Poisoned, five_seconds)], 10).await.unwrap(), 1);
+    assert_eq!(
+        t.complete(&held, "1", &ok).await.unwrap(),
+        Settled::Completed,
+        "the held job settles as if nothing happened"
+    );
 }
 
 const STALE: Duration = Duration::from_secs(60);

@@ -14,6 +14,7 @@
 //! Only the `jobhost_server_*` figures are this process's own: its store queries, long-polls
 //! waiting, and connections open and idle.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -167,10 +168,13 @@ impl Collector for Scrape {
             .collect();
         counter(&mut encoder, "jobhost_enqueued_jobs", "Jobs queued, by pool and processor.", &enqueued)?;
         // Every claim starts an attempt, which is either finished (and counted) or still held.
-        let claims: Vec<_> = pools
-            .iter()
-            .map(|pool| (vec![("pool", Label(&pool.pool))], activity.attempts_in(&pool.pool) + pool.jobs.claimed))
-            .collect();
+        // A pool whose jobs retention deleted has finished attempts still, and keeps its count.
+        let mut claimed: BTreeMap<&str, u64> =
+            activity.attempts.iter().map(|((pool, _, _), _)| (pool.as_str(), activity.attempts_in(pool))).collect();
+        for pool in pools {
+            *claimed.entry(&pool.pool).or_default() += pool.jobs.claimed;
+        }
+        let claims: Vec<_> = claimed.into_iter().map(|(pool, count)| (vec![("pool", Label(pool))], count)).collect();
         counter(&mut encoder, "jobhost_claims", "Jobs claimed by workers (attempts started), by pool.", &claims)?;
 
         for (name, help, unit, histograms, bounds, divisor) in [

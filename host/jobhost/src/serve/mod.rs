@@ -3,7 +3,8 @@
 //! Prometheus (`/metrics`, see [`metrics`]), over the same store the workers use.
 //!
 //! The server owns the HTTP side only: it reads and changes jobs through [`Store`] and never
-//! runs one. It runs on a multi-threaded runtime with up to `database.serve_connections`
+//! runs one; beside serving, unless read-only, it deletes the finished jobs `retention` no
+//! longer keeps ([`crate::retention`]). It runs on a multi-threaded runtime with up to `database.serve_connections`
 //! connections to the pool, so requests do not take turns on one connection, and a request
 //! whose store call blocks (a SQLite write waiting for another process's lock) holds up
 //! neither `/healthz` nor reads nor long-polls. Its defences against careless and hostile clients live here and in [`auth`]:
@@ -110,9 +111,14 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         let app = app.clone();
         async move { app.watcher.run(&app.store, &app.queries).await }
     });
-    let scheduler = tokio::spawn({
+    // A read-only server changes nothing: it queues no tick and deletes no expired job.
+    let scheduler = (!serve.read_only).then(|| {
         let (app, shutdown) = (app.clone(), shutdown.clone());
-        async move { crate::scheduler::run(&app.store, &app.config, shutdown).await }
+        tokio::spawn(async move { crate::scheduler::run(&app.store, &app.config, shutdown).await })
+    });
+    let retention = (!serve.read_only).then(|| {
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move { crate::retention::run(&app.store, &app.config.retention, shutdown).await })
     });
     let router = router(app.clone());
     // Listening for the signals starts before the server says it is up, so a SIGTERM sent
@@ -155,7 +161,13 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     watcher.abort();
-    scheduler.abort();
+    if let Some(retention) = retention {
+        // It stopped when draining began, after its batch in flight; this only collects it.
+        retention.await.context("the retention task failed")?;
+    }
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

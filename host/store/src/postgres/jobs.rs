@@ -561,17 +561,36 @@ async fn answer_for(client: &Client, id: &str, changed: u64, retrying: bool) -> 
     Ok(IdAnswer::explain(found, retrying))
 }
 
-pub(super) async fn purge(client: &Client, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
-    let finished: Vec<&str> = statuses.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
-    Ok(client
-        .execute(
-            &format!(
-                "DELETE FROM jobs USING (SELECT {NOW} AS now) t
-                  WHERE status = ANY($2) AND finished_at < t.now - least($3::bigint, t.now)"
-            ),
-            &[&now, &finished, &millis(older_than)],
-        )
-        .await?)
+/// Up to `limit` jobs, each in a finished status of `ages` and finished more than its age ago,
+/// deleted with their attempts (by cascade), one statement per status. The rows are locked
+/// as they are chosen, skipping any another transaction holds (a job being retried, or a
+/// second server's batch), so this waits for nobody; claims lock only pending rows and the
+/// counts are appended, so nobody waits for it but on the rows it deletes. The first
+/// condition repeats the `jobs_finished` index's own, so the planner knows it may use it.
+pub(super) async fn delete_finished(
+    client: &Client,
+    ages: &[(JobStatus, Duration)],
+    limit: u32,
+    now: Now,
+) -> Result<u64> {
+    let delete = client
+        .prepare(&format!(
+            "DELETE FROM jobs WHERE seq IN (
+                 SELECT j.seq FROM jobs j, (SELECT {NOW} AS now) t
+                  WHERE j.status IN ('completed', 'poisoned', 'cancelled') AND j.status = $2
+                    AND j.finished_at < t.now - least($3::bigint, t.now)
+                  LIMIT $4 FOR UPDATE OF j SKIP LOCKED)"
+        ))
+        .await?;
+    let mut deleted = 0;
+    for &(status, age) in ages.iter().filter(|(status, _)| status.is_finished()) {
+        let left = u64::from(limit) - deleted;
+        if left == 0 {
+            break;
+        }
+        deleted += client.execute(&delete, &[&now, &status.as_str(), &millis(age), &(left as i64)]).await?;
+    }
+    Ok(deleted)
 }
 
 pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Vec<ExportedJob>> {

@@ -314,9 +314,9 @@ impl Driver for PostgresDriver {
         jobs::cancel_matching(&link.client, matching, now).await
     }
 
-    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
+    async fn delete_finished(&self, ages: &[(JobStatus, Duration)], limit: u32, now: Now) -> Result<u64> {
         let link = self.connections.link().await?;
-        jobs::purge(&link.client, older_than, statuses, now).await
+        jobs::delete_finished(&link.client, ages, limit, now).await
     }
 
     async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {

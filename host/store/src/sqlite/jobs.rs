@@ -446,12 +446,23 @@ fn answer_for(conn: &Connection, id: &str, changed: usize, retrying: bool) -> Re
     Ok(IdAnswer::explain(found.map(|(status, attempts)| (status, attempts.clamp(0, u32::MAX.into()) as u32)), retrying))
 }
 
-pub(super) fn purge(tx: &Transaction<'_>, cutoff: Millis, statuses: &[JobStatus]) -> Result<u64> {
+/// Up to `limit` jobs, each in a finished status of `cutoffs` and finished before its cutoff,
+/// deleted with their attempts (by cascade) in the caller's transaction. The first condition
+/// repeats the `jobs_finished` index's own, so SQLite knows the index holds every candidate.
+pub(super) fn delete_finished(tx: &Transaction<'_>, cutoffs: &[(JobStatus, Millis)], limit: u32) -> Result<u64> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM jobs WHERE seq IN (
+             SELECT seq FROM jobs
+              WHERE status IN ('completed', 'poisoned', 'cancelled') AND status = ?1 AND finished_at < ?2
+              LIMIT ?3)",
+    )?;
     let mut deleted = 0;
-    for status in statuses.iter().filter(|s| s.is_finished()) {
-        deleted += tx
-            .execute("DELETE FROM jobs WHERE status = ?1 AND finished_at < ?2", params![status.as_str(), cutoff])?
-            as u64;
+    for &(status, cutoff) in cutoffs.iter().filter(|(status, _)| status.is_finished()) {
+        let left = u64::from(limit) - deleted;
+        if left == 0 {
+            break;
+        }
+        deleted += delete.execute(params![status.as_str(), cutoff, left])? as u64;
     }
     Ok(deleted)
 }

@@ -365,9 +365,11 @@ impl Driver for SqliteDriver {
         self.write_off_reactor(|tx| jobs::cancel_matching(tx, matching, resolve_now(now)))
     }
 
-    async fn purge(&self, older_than: Duration, statuses: &[JobStatus], now: Now) -> Result<u64> {
-        let cutoff = resolve_now(now).saturating_sub(millis(older_than));
-        self.write_off_reactor(|tx| jobs::purge(tx, cutoff, statuses))
+    async fn delete_finished(&self, ages: &[(JobStatus, Duration)], limit: u32, now: Now) -> Result<u64> {
+        let now = resolve_now(now);
+        let cutoffs: Vec<(JobStatus, Millis)> =
+            ages.iter().map(|&(status, age)| (status, now.saturating_sub(millis(age)))).collect();
+        self.write_off_reactor(|tx| jobs::delete_finished(tx, &cutoffs, limit))
     }
 
     async fn activate_worker(&self, worker: &NewWorker, now: Now) -> Result<()> {
