@@ -1,5 +1,5 @@
 //! Always on, with real processes on both backends: workers that wait for work and wake
-//! when it comes (`work --follow`).
+//! when it comes (`work --follow`), and a checker that keeps one alive (`check --interval`).
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Backend, Pool};
+use support::{Backend, Pool, jobs_count};
 
 /// Far above any wait a test expects: reaching it means the behaviour is missing.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -66,4 +66,35 @@ fn a_following_worker_runs_jobs_as_they_come_and_stops_on_sigterm(backend: Backe
     assert_eq!((summary["processed"].as_u64(), summary["status"].as_str()), (Some(3), Some("terminated")), "{summary}");
 }
 
-on_both_backends!(a_following_worker_runs_jobs_as_they_come_and_stops_on_sigterm);
+fn check_interval_keeps_a_following_worker_that_runs_jobs_as_they_come(backend: Backend) {
+    let pool = Pool::on(backend, "checker: {min_workers: 1, interval: 200ms}\nworker: {heartbeat_interval: 100ms}\n");
+    pool.ok(&["seed"]);
+    let mut checker = pool.spawn_guarded(&["check", "--interval"]);
+    let waiting = |status: &Value| status["workers"]["active"] == 1 && status["workers"]["terminated"] == 0;
+    pool.wait_for_status(PATIENCE, "the first job run and one worker left waiting", |status| {
+        jobs_count(status, "completed") == 1 && waiting(status)
+    });
+    pool.ok(&["seed"]);
+    pool.wait_for_status(PATIENCE, "a later job run by that same worker, no other started", |status| {
+        jobs_count(status, "completed") == 2 && waiting(status)
+    });
+
+    assert!(checker.is_running());
+    support::signal(checker.id(), libc::SIGTERM);
+    let output = checker.wait_at_most(PATIENCE, "the checker after SIGTERM");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Workers run in sessions of their own and outlive the checker; a service manager stops
+    // the whole group (see deploy/). Here the test stops the one it started.
+    let config = pool.path("jobhost.yml").display().to_string();
+    let followers = support::processes_naming(&config, "--follow");
+    assert_eq!(followers.len(), 1, "one following worker: {followers:?}");
+    support::signal(followers[0], libc::SIGTERM);
+    pool.wait_for_status(PATIENCE, "the following worker gone after SIGTERM", |status| {
+        status["workers"]["active"] == 0 && status["workers"]["terminated"] == 1
+    });
+}
+
+on_both_backends!(
+    a_following_worker_runs_jobs_as_they_come_and_stops_on_sigterm,
+    check_interval_keeps_a_following_worker_that_runs_jobs_as_they_come,
+);

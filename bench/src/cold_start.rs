@@ -138,6 +138,7 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
             pool: "default".to_string(),
             host: None,
             pid: Some(std::process::id()),
+            following: false,
         }))?;
         clock.lap();
         let sandbox = Sandbox::new(1)?;

@@ -68,7 +68,13 @@ fn run_on(bench: &Bench, report: &mut Report, backend: Backend<'_>, old: u64, ba
 
     let store = block_on(Store::open(&config, Access::Existing))?;
     let worker_id = "retention-bench";
-    block_on(store.activate_worker(&NewWorker { id: worker_id.into(), pool: POOL.into(), host: None, pid: None }))?;
+    block_on(store.activate_worker(&NewWorker {
+        id: worker_id.into(),
+        pool: POOL.into(),
+        host: None,
+        pid: None,
+        following: false,
+    }))?;
     let retry = retry_policy();
     enqueue(&store, (WARM_UP + baseline) as u64)?;
     for _ in 0..WARM_UP {
@@ -152,7 +158,13 @@ fn seed_old_completed(config: &jobhost_core::config::DatabaseConfig, count: u64)
     let store = block_on(Store::open_with_clock(config, Access::CreateIfMissing, 1, clock))?;
     enqueue(&store, count)?;
     let worker_id = "retention-seeder";
-    block_on(store.activate_worker(&NewWorker { id: worker_id.into(), pool: POOL.into(), host: None, pid: None }))?;
+    block_on(store.activate_worker(&NewWorker {
+        id: worker_id.into(),
+        pool: POOL.into(),
+        host: None,
+        pid: None,
+        following: false,
+    }))?;
     let retry = retry_policy();
     let claim = ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: SEED_TURN };
     let mut claimed = block_on(store.turn(&[], Some(claim), &retry))?.claimed;

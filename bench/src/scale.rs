@@ -131,6 +131,7 @@ fn measure_at(config: &DatabaseConfig, pg: Option<(&PgServer, &str)>, pending: u
         pool: POOL.to_string(),
         host: None,
         pid: None,
+        following: false,
     }))?;
     let retry = retry_policy();
     let before_analyze = match pg {

@@ -291,6 +291,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         pool: POOL.to_string(),
         host: None,
         pid: Some(std::process::id()),
+        following: false,
     }))?;
     println!("ready");
     let mut go = String::new();

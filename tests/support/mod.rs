@@ -239,6 +239,32 @@ impl Pool {
     }
 }
 
+/// Processes whose command line holds both `needle` and `and`: the workers a checker of a
+/// test started, found by the test's own paths in their arguments.
+pub fn processes_naming(needle: &str, and: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && cmdline.contains(and) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+impl Drop for Pool {
+    /// Workers a checker started run in sessions of their own and outlive it; a following
+    /// one would outlive the test too, so those of this pool are killed with it.
+    fn drop(&mut self) {
+        for pid in processes_naming(&self.path("jobhost.yml").display().to_string(), " work ") {
+            // SAFETY: kill(2) on a pid read from /proc; a process gone meanwhile is ESRCH.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// A `jobhost` process that is killed and reaped when dropped, unless it was waited for.
 pub struct Guarded(Option<Child>);
 

@@ -162,6 +162,9 @@ impl Default for WorkerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CheckerConfig {
     pub max_workers: u32,
+    /// Following workers (`work --follow`) `check --interval` keeps alive per pool on its
+    /// host whatever the backlog; 0 leaves workers to be spawned for ready jobs only.
+    pub min_workers: u32,
     /// Pause between rounds of `jobhost check --interval`.
     pub interval: HumanDuration,
     /// How long a spawned worker may stay `starting` before it counts as lost.
@@ -172,6 +175,7 @@ impl Default for CheckerConfig {
     fn default() -> Self {
         Self {
             max_workers: 4,
+            min_workers: 1,
             interval: HumanDuration(Duration::from_secs(10)),
             start_grace: HumanDuration(Duration::from_secs(30)),
         }
@@ -460,6 +464,16 @@ impl Config {
         }
         check_range(self.name("worker.concurrency"), self.worker.concurrency, 1, MAX_CONCURRENCY, "jobs in flight")?;
         check_range(self.name("checker.max_workers"), self.checker.max_workers, 1, MAX_WORKERS, "workers per pool")?;
+        if self.checker.min_workers > self.checker.max_workers {
+            bail!(
+                "{} ({}) is more than {} ({}): following workers count among the workers a pool \
+                 may have, so lower min_workers or raise max_workers",
+                self.name("checker.min_workers"),
+                self.checker.min_workers,
+                self.name("checker.max_workers"),
+                self.checker.max_workers
+            );
+        }
         if self.database.busy_timeout.0 < MIN_BUSY_TIMEOUT {
             bail!(
                 "{} must be at least {}, got {}: shorter waits make busy workers fail with \

@@ -5,6 +5,12 @@
 //! as `starting` in the same transaction that counted (see `Store::plan_workers`), before
 //! they are launched, so checks run back to back or side by side never over-spawn.
 //!
+//! With `--interval`, it also keeps `checker.min_workers` following workers (`work
+//! --follow`) alive per pool on its host, whatever the backlog: they wait for jobs and start
+//! each within milliseconds, and the backlog beyond them gets draining workers up to
+//! `max_workers`, which exit once it is drained. A single `check` starts draining workers
+//! only, as the seed's shape always did.
+//!
 //! Workers are fire-and-forget: each is a `jobhost work` process in a session of its own
 //! (a signal to the checker's terminal does not reach it), with the checker's config and
 //! database, logging to `<data dir>/logs/<worker-id>.log`.
@@ -38,15 +44,22 @@ struct CheckReport {
     active_workers: u64,
     /// Live workers on this host.
     active_here: u64,
+    /// Live following workers on this host.
+    following_here: u64,
     workers_needed: u64,
     spawned: usize,
+    /// The workers started, following ones first.
     spawned_ids: Vec<String>,
+    /// How many of them follow.
+    spawned_following: usize,
 }
 
 pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
     let store = Store::open(&config.database, Access::Existing).await?;
     if !args.repeat {
-        check_once(&store, config, &args.pool, args.json).await?;
+        // One round starts workers for the ready jobs only: a following worker would outlive
+        // it with nothing to keep it company.
+        check_once(&store, config, &args.pool, 0, args.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -113,7 +126,7 @@ async fn check_round(store: &Store, config: &Config, args: &CheckSettings) -> Re
     if !reaped.workers.is_empty() || reaped.recovery.released > 0 || reaped.recovery.poisoned > 0 {
         tracing::info!(?reaped, "reaped");
     }
-    check_once(store, config, &args.pool, args.json).await
+    check_once(store, config, &args.pool, config.checker.min_workers, args.json).await
 }
 
 /// Whether `err` is the database being out of reach or busy for a while, not a mistake.
@@ -121,18 +134,22 @@ fn is_transient(err: &anyhow::Error) -> bool {
     err.downcast_ref::<StoreError>().is_some_and(|err| matches!(err.kind(), ErrorKind::Unreachable | ErrorKind::Busy))
 }
 
-async fn check_once(store: &Store, config: &Config, pool: &str, json: bool) -> Result<Vec<Child>> {
+/// Plans this host's workers for `pool`, keeping `min_following` following ones, and starts
+/// those the plan registered.
+async fn check_once(store: &Store, config: &Config, pool: &str, min_following: u32, json: bool) -> Result<Vec<Child>> {
     let host = config.worker.host();
     let request = PlanRequest {
         pool,
         host: &host,
         max_workers: config.checker.max_workers,
+        min_following,
         stale_after: config.reaper.stale_after.0,
     };
     let plan = store.plan_workers(&request).await?;
     let mut children = Vec::new();
-    for worker_id in &plan.new_workers {
-        match spawn_worker(config, pool, worker_id) {
+    let following = plan.new_following.iter().map(|id| (id, true));
+    for (worker_id, follow) in following.chain(plan.new_workers.iter().map(|id| (id, false))) {
+        match spawn_worker(config, pool, worker_id, follow) {
             Ok(child) => children.push(child),
             Err(err) => {
                 // Nothing will ever run under this id: end its registration now rather
@@ -146,9 +163,11 @@ async fn check_once(store: &Store, config: &Config, pool: &str, json: bool) -> R
         queue_depth: plan.queue_depth,
         active_workers: plan.live_workers,
         active_here: plan.live_here,
+        following_here: plan.following_here,
         workers_needed: plan.workers_needed,
-        spawned: plan.new_workers.len(),
-        spawned_ids: plan.new_workers,
+        spawned: plan.new_following.len() + plan.new_workers.len(),
+        spawned_following: plan.new_following.len(),
+        spawned_ids: plan.new_following.into_iter().chain(plan.new_workers).collect(),
     };
     if json {
         crate::outln!("{}", serde_json::to_string(&report)?)?;
@@ -161,15 +180,17 @@ async fn check_once(store: &Store, config: &Config, pool: &str, json: bool) -> R
             report.workers_needed,
             report.spawned
         )?;
-        for id in &report.spawned_ids {
-            crate::outln!("  started worker {id}")?;
+        for (n, id) in report.spawned_ids.iter().enumerate() {
+            let kind = if n < report.spawned_following { "following worker" } else { "worker" };
+            crate::outln!("  started {kind} {id}")?;
         }
     }
     Ok(children)
 }
 
-/// Launches `jobhost work` for a worker already registered as `starting`.
-fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
+/// Launches `jobhost work` (with `--follow` when `follow`) for a worker already registered
+/// as `starting`.
+fn spawn_worker(config: &Config, pool: &str, worker_id: &str, follow: bool) -> Result<Child> {
     let log_dir = config.database.data_dir().join("logs");
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create the worker log folder {}", log_dir.display()))?;
@@ -192,6 +213,7 @@ fn spawn_worker(config: &Config, pool: &str, worker_id: &str) -> Result<Child> {
     }
     command
         .args(["--log-level", "info", "work", "--pool", pool, "--worker-id", worker_id])
+        .args(follow.then_some("--follow"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -161,6 +161,7 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
             pool: args.pool.clone(),
             host: Some(config.worker.host()),
             pid: Some(std::process::id()),
+            following: args.follow,
         })
         .await?;
     tracing::info!(worker_id, pool = args.pool, concurrency, "worker started");

@@ -695,6 +695,9 @@ pub struct NewWorker {
     pub pool: String,
     pub host: Option<String>,
     pub pid: Option<u32>,
+    /// It waits for jobs instead of exiting when none is ready (`work --follow`). A worker
+    /// the checker registered keeps what the checker registered it as.
+    pub following: bool,
 }
 
 impl NewWorker {
@@ -743,8 +746,19 @@ pub struct PlanRequest<'a> {
     pub host: &'a str,
     /// Most live workers this host keeps for the pool.
     pub max_workers: u32,
+    /// Live following workers this host keeps for the pool whatever the backlog; they
+    /// count among the `max_workers`.
+    pub min_following: u32,
     /// A worker silent for longer than this does not count as live.
     pub stale_after: Duration,
+}
+
+/// Live workers of a pool, as a plan counts them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LiveWorkers {
+    pub everywhere: u64,
+    pub here: u64,
+    pub following_here: u64,
 }
 
 /// The checker's view of a pool and the workers it registered to close the gap.
@@ -756,22 +770,42 @@ pub struct WorkerPlan {
     pub live_workers: u64,
     /// Live workers of the pool on this host.
     pub live_here: u64,
+    /// Live following workers of the pool on this host.
+    pub following_here: u64,
     pub workers_needed: u64,
     /// Ids registered as `starting`; the caller launches one worker for each.
     pub new_workers: Vec<String>,
+    /// Ids registered as `starting` and following; the caller launches one following
+    /// worker for each.
+    pub new_following: Vec<String>,
 }
 
 impl WorkerPlan {
     /// The plan for a host with `max_workers` slots: the ready jobs that live workers on
     /// other hosts do not cover, up to its slots, less the workers it already has.
-    pub(super) fn new(queue_depth: u64, live_workers: u64, live_here: u64, max_workers: u32) -> WorkerPlan {
-        let elsewhere = live_workers.saturating_sub(live_here);
-        let workers_needed = queue_depth.saturating_sub(elsewhere).min(u64::from(max_workers));
-        WorkerPlan { queue_depth, live_workers, live_here, workers_needed, new_workers: Vec::new() }
+    pub(super) fn new(queue_depth: u64, live: LiveWorkers, request: &PlanRequest<'_>) -> WorkerPlan {
+        let elsewhere = live.everywhere.saturating_sub(live.here);
+        let max_workers = u64::from(request.max_workers);
+        let workers_needed = queue_depth.saturating_sub(elsewhere).min(max_workers);
+        WorkerPlan {
+            queue_depth,
+            live_workers: live.everywhere,
+            live_here: live.here,
+            following_here: live.following_here,
+            workers_needed,
+            new_workers: Vec::new(),
+            new_following: Vec::new(),
+        }
     }
 
-    pub(super) fn to_spawn(&self) -> u64 {
-        self.workers_needed.saturating_sub(self.live_here)
+    /// How many following workers to start, then how many draining ones: following ones
+    /// first, up to `min_following`, as they also drain the backlog; draining ones for the
+    /// rest of it. Never more than `max_workers` live here in all.
+    pub(super) fn to_spawn(&self, request: &PlanRequest<'_>) -> (u64, u64) {
+        let room = u64::from(request.max_workers).saturating_sub(self.live_here);
+        let following = u64::from(request.min_following).saturating_sub(self.following_here).min(room);
+        let draining = self.workers_needed.saturating_sub(self.live_here + following).min(room - following);
+        (following, draining)
     }
 }
 

@@ -103,7 +103,7 @@ impl TestStore {
 }
 
 fn plan(pool: &str, max_workers: u32) -> PlanRequest<'_> {
-    PlanRequest { pool, host: "here", max_workers, stale_after: Duration::from_secs(60) }
+    PlanRequest { pool, host: "here", max_workers, min_following: 0, stale_after: Duration::from_secs(60) }
 }
 
 /// Registers every test of the suite once per backend, as `sqlite::NAME` and `postgres::NAME`.
@@ -164,6 +164,7 @@ for_each_backend!(
     a_stored_name_this_jobhost_does_not_know_is_an_error_naming_it,
     ready_in_says_when_the_earliest_pending_job_of_a_pool_is_due,
     a_waiter_is_woken_by_jobs_queued_and_jobs_retried,
+    plan_workers_keeps_following_workers_and_spawns_draining_ones_for_the_rest,
     each_tick_is_handled_by_exactly_one_of_many_racing_processes,
     a_passed_over_tick_queues_nothing_and_no_tick_is_handled_twice_or_out_of_order,
     a_schedule_keeps_only_its_latest_runs,
@@ -193,7 +194,10 @@ fn after(ms: u64) -> Ready {
 }
 
 async fn active_worker(t: &TestStore, id: &str) {
-    t.store.activate_worker(&NewWorker { id: id.into(), pool: "default".into(), host: None, pid: None }).await.unwrap();
+    t.store
+        .activate_worker(&NewWorker { id: id.into(), pool: "default".into(), host: None, pid: None, following: false })
+        .await
+        .unwrap();
 }
 
 async fn claim_one(t: &TestStore, worker: &str) -> Option<ClaimedJob> {
@@ -632,7 +636,7 @@ const STALE: Duration = Duration::from_secs(60);
 const GRACE: Duration = Duration::from_secs(30);
 
 fn worker(id: &str) -> NewWorker {
-    NewWorker { id: id.into(), pool: "default".into(), host: Some("here".into()), pid: Some(1) }
+    NewWorker { id: id.into(), pool: "default".into(), host: Some("here".into()), pid: Some(1), following: false }
 }
 
 async fn a_silent_worker_is_reaped_and_its_job_released(t: TestStore) {
@@ -693,6 +697,33 @@ async fn plan_workers_counts_starting_workers_and_never_overspawns(t: TestStore)
     assert_eq!((second.live_workers, second.new_workers.len()), (3, 0), "starting workers count as live");
     assert_eq!(t.store.plan_workers(&plan("default", 4)).await.unwrap().new_workers.len(), 1);
     assert_eq!(t.store.plan_workers(&plan("empty", 4)).await.unwrap(), WorkerPlan::default());
+}
+
+async fn plan_workers_keeps_following_workers_and_spawns_draining_ones_for_the_rest(t: TestStore) {
+    let keeping = |min_following, max_workers| PlanRequest { min_following, ..plan("default", max_workers) };
+    let idle = t.store.plan_workers(&keeping(2, 3)).await.unwrap();
+    assert_eq!((idle.new_following.len(), idle.new_workers.len()), (2, 0), "following workers wait for an empty pool");
+    let again = t.store.plan_workers(&keeping(2, 3)).await.unwrap();
+    assert_eq!((again.following_here, again.new_following.len()), (2, 0), "starting ones count as kept");
+
+    let new = NewJob { payload: "{}".into(), ..job("default", 0) };
+    t.store
+        .enqueue_all(&(0..10).map(|_| NewJob { id: NewJob::new_id(), ..new.clone() }).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let backlog = t.store.plan_workers(&keeping(2, 3)).await.unwrap();
+    assert_eq!(
+        (backlog.new_following.len(), backlog.new_workers.len()),
+        (0, 1),
+        "a backlog adds draining workers up to max_workers, the following ones counted"
+    );
+    assert_eq!(t.store.plan_workers(&keeping(2, 3)).await.unwrap().new_workers.len(), 0, "never over max_workers");
+
+    // A following worker that came up by itself (not started by a checker) counts too.
+    let mine = NewWorker { host: Some("there".into()), following: true, ..worker("follower") };
+    t.store.activate_worker(&mine).await.unwrap();
+    let there = PlanRequest { host: "there", ..keeping(1, 3) };
+    assert_eq!(t.store.plan_workers(&there).await.unwrap().new_following.len(), 0);
 }
 
 async fn plan_workers_fills_each_hosts_own_slots_and_counts_the_others_workers(t: TestStore) {
@@ -892,7 +923,13 @@ async fn pools_and_workers_are_listed_with_their_counts_and_jobs(t: TestStore) {
         .await
         .unwrap();
     t.store
-        .activate_worker(&NewWorker { id: "w1".into(), pool: "default".into(), host: Some("box".into()), pid: Some(7) })
+        .activate_worker(&NewWorker {
+            id: "w1".into(),
+            pool: "default".into(),
+            host: Some("box".into()),
+            pid: Some(7),
+            following: false,
+        })
         .await
         .unwrap();
     let held = claim_one(&t, "w1").await.unwrap();

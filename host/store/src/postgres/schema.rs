@@ -181,6 +181,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX jobs_finished ON jobs (status, finished_at) WHERE status IN ('completed', 'poisoned', 'cancelled');
 "#,
+    // 7: which workers wait for jobs (`work --follow`), so `check --interval` keeps
+    // `checker.min_workers` of them alive on its host.
+    r#"
+    ALTER TABLE workers ADD COLUMN following boolean NOT NULL DEFAULT false;
+"#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -289,11 +294,12 @@ mod tests {
         drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
         let schema = &config.schema;
         // Version 2 as it was: no attempt named the code it ran, no schedules, no index of
-        // finished jobs.
+        // finished jobs, no following workers.
         client
             .batch_execute(&format!(
                 "DROP TABLE {schema}.schedule_runs, {schema}.schedules;
                  DROP INDEX {schema}.jobs_finished;
+                 ALTER TABLE {schema}.workers DROP COLUMN following;
                  ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;
                  UPDATE {schema}.jobhost_schema SET version = 2;
                  INSERT INTO {schema}.jobs (id, pool, processor, payload, status, run_at, attempts, max_attempts,

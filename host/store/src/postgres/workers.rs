@@ -18,15 +18,16 @@ pub(super) async fn activate(client: &Client, worker: &NewWorker, now: Now) -> R
     let activated = client
         .query_opt(
             &format!(
-                "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at)
-                 SELECT $2::text, $3::text, 'active', $4::text, $5::bigint, t.now, t.now FROM (SELECT {NOW} AS now) t
+                "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at, following)
+                 SELECT $2::text, $3::text, 'active', $4::text, $5::bigint, t.now, t.now, $6::boolean
+                   FROM (SELECT {NOW} AS now) t
                  ON CONFLICT (id) DO UPDATE
                     SET status = 'active', host = EXCLUDED.host, pid = EXCLUDED.pid,
                         last_heartbeat_at = EXCLUDED.last_heartbeat_at
                   WHERE workers.status = 'starting' AND workers.pool = EXCLUDED.pool
                  RETURNING id"
             ),
-            &[&now, &worker.id, &worker.pool, &worker.host, &pid],
+            &[&now, &worker.id, &worker.pool, &worker.host, &pid, &worker.following],
         )
         .await?;
     if activated.is_some() {
@@ -106,9 +107,11 @@ pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: N
     let live = tx
         .query_one(
             &format!(
-                "SELECT t.now, w.live, w.here
+                "SELECT t.now, w.live, w.here, w.following_here
                    FROM (SELECT {NOW} AS now) t,
-                        LATERAL (SELECT count(*) AS live, count(*) FILTER (WHERE host IS NOT DISTINCT FROM $4) AS here
+                        LATERAL (SELECT count(*) AS live, count(*) FILTER (WHERE host IS NOT DISTINCT FROM $4) AS here,
+                                        count(*) FILTER (WHERE host IS NOT DISTINCT FROM $4 AND following)
+                                          AS following_here
                                    FROM workers
                                   WHERE pool = $2
                                     AND (status = 'starting'
@@ -118,9 +121,13 @@ pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: N
         )
         .await?;
     let server_now: i64 = live.value(0)?;
-    let (live_workers, live_here) = (live.value::<i64>(1)? as u64, live.value::<i64>(2)? as u64);
+    let live = LiveWorkers {
+        everywhere: live.value::<i64>(1)? as u64,
+        here: live.value::<i64>(2)? as u64,
+        following_here: live.value::<i64>(3)? as u64,
+    };
     // Counting further than every live worker plus this host's slots changes no decision.
-    let enough = (live_workers + u64::from(request.max_workers)).min(i64::MAX as u64) as i64;
+    let enough = (live.everywhere + u64::from(request.max_workers)).min(i64::MAX as u64) as i64;
     let queue_depth: i64 = tx
         .query_one(
             "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = $1 AND status = 'pending' AND run_at <= $2 LIMIT $3) r",
@@ -128,17 +135,22 @@ pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: N
         )
         .await?
         .value(0)?;
-    let mut plan = WorkerPlan::new(queue_depth as u64, live_workers, live_here, request.max_workers);
-    let ids: Vec<String> = (0..plan.to_spawn()).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    if !ids.is_empty() {
+    let mut plan = WorkerPlan::new(queue_depth as u64, live, request);
+    let (following, draining) = plan.to_spawn(request);
+    let new_ids = |count: u64| (0..count).map(|_| uuid::Uuid::new_v4().to_string()).collect::<Vec<String>>();
+    let (new_following, new_workers) = (new_ids(following), new_ids(draining));
+    let all: Vec<&String> = new_following.iter().chain(&new_workers).collect();
+    if !all.is_empty() {
+        let followers: Vec<bool> =
+            new_following.iter().map(|_| true).chain(new_workers.iter().map(|_| false)).collect();
         tx.execute(
-            "INSERT INTO workers (id, pool, status, host, started_at, last_heartbeat_at)
-             SELECT id, $2, 'starting', $3, $4, $4 FROM unnest($1::text[]) AS id",
-            &[&ids, &request.pool, &request.host, &server_now],
+            "INSERT INTO workers (id, pool, status, host, started_at, last_heartbeat_at, following)
+             SELECT id, $2, 'starting', $3, $4, $4, following FROM unnest($1::text[], $5::boolean[]) AS n(id, following)",
+            &[&all, &request.pool, &request.host, &server_now, &followers],
         )
         .await?;
     }
-    plan.new_workers = ids;
+    (plan.new_following, plan.new_workers) = (new_following, new_workers);
     Ok(plan)
 }
 

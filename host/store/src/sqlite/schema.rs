@@ -144,6 +144,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX jobs_finished ON jobs (status, finished_at) WHERE status IN ('completed', 'poisoned', 'cancelled');
     "#,
+    // 8: which workers wait for jobs (`work --follow`), so `check --interval` keeps
+    // `checker.min_workers` of them alive on its host.
+    r#"
+    ALTER TABLE workers ADD COLUMN following INTEGER NOT NULL DEFAULT 0 CHECK (following IN (0, 1));
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;

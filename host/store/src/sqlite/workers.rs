@@ -17,9 +17,9 @@ pub(super) fn activate(tx: &Transaction<'_>, worker: &NewWorker, now: Millis) ->
     match existing {
         None => {
             tx.execute(
-                "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at)
-                 VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?5)",
-                params![worker.id, worker.pool, worker.host, worker.pid, now],
+                "INSERT INTO workers (id, pool, status, host, pid, started_at, last_heartbeat_at, following)
+                 VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?5, ?6)",
+                params![worker.id, worker.pool, worker.host, worker.pid, now, worker.following],
             )?;
             Ok(())
         }
@@ -88,28 +88,32 @@ pub(super) fn mark_lost(
 /// The transaction holds the write lock, so checkers planning at once see each other's
 /// registrations and never over-spawn.
 pub(super) fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: Millis) -> Result<WorkerPlan> {
-    let (live_workers, live_here): (u64, u64) = tx.query_row(
-        "SELECT count(*), count(*) FILTER (WHERE host IS ?3) FROM workers
+    let live = tx.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE host IS ?3), count(*) FILTER (WHERE host IS ?3 AND following)
+           FROM workers
           WHERE pool = ?1 AND (status = 'starting' OR (status = 'active' AND last_heartbeat_at >= ?2))",
         params![request.pool, now.saturating_sub(millis(request.stale_after)), request.host],
-        |row| Ok((row.get(0)?, row.get(1)?)),
+        |row| Ok(LiveWorkers { everywhere: row.get(0)?, here: row.get(1)?, following_here: row.get(2)? }),
     )?;
     // Counting further than every live worker plus this host's slots changes no decision.
-    let enough = live_workers + u64::from(request.max_workers);
+    let enough = live.everywhere + u64::from(request.max_workers);
     let queue_depth: u64 = tx.query_row(
         "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'pending' AND run_at <= ?2 LIMIT ?3)",
         params![request.pool, now, enough],
         |row| row.get(0),
     )?;
-    let mut plan = WorkerPlan::new(queue_depth, live_workers, live_here, request.max_workers);
-    for _ in 0..plan.to_spawn() {
-        let id = uuid::Uuid::new_v4().to_string();
-        tx.execute(
-            "INSERT INTO workers (id, pool, status, host, started_at, last_heartbeat_at)
-             VALUES (?1, ?2, 'starting', ?3, ?4, ?4)",
-            params![id, request.pool, request.host, now],
-        )?;
-        plan.new_workers.push(id);
+    let mut plan = WorkerPlan::new(queue_depth, live, request);
+    let (following, draining) = plan.to_spawn(request);
+    for (count, is_following) in [(following, true), (draining, false)] {
+        for _ in 0..count {
+            let id = uuid::Uuid::new_v4().to_string();
+            tx.execute(
+                "INSERT INTO workers (id, pool, status, host, started_at, last_heartbeat_at, following)
+                 VALUES (?1, ?2, 'starting', ?3, ?4, ?4, ?5)",
+                params![id, request.pool, request.host, now, is_following],
+            )?;
+            if is_following { plan.new_following.push(id) } else { plan.new_workers.push(id) }
+        }
     }
     Ok(plan)
 }
