@@ -1,5 +1,6 @@
 //! Always on, with real processes on both backends: workers that wait for work and wake
-//! when it comes (`work --follow`), and a checker that keeps one alive (`check --interval`).
+//! when it comes (`work --follow`), a checker that keeps one alive (`check --interval`), and
+//! the systemd units of `deploy/` that run both.
 
 mod support;
 
@@ -94,7 +95,70 @@ fn check_interval_keeps_a_following_worker_that_runs_jobs_as_they_come(backend: 
     });
 }
 
+/// The `ExecStart` command line of a unit in `deploy/`, split into arguments, with the
+/// installed binary and config paths pointed at this build and `pool`'s config.
+fn exec_start(unit: &str, pool: &Pool) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(unit);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let line = text.lines().find_map(|line| line.strip_prefix("ExecStart=")).expect("an ExecStart line");
+    let config = pool.path("jobhost.yml").display().to_string();
+    line.split_whitespace()
+        .map(|word| match word {
+            "/usr/local/bin/jobhost" => support::JOBHOST.to_owned(),
+            "/etc/jobhost/jobhost.yml" => config.clone(),
+            other => other.to_owned(),
+        })
+        .collect()
+}
+
+/// Starts a unit's `ExecStart` line on `pool` (its database given as the environment names
+/// it), its output going to `stdout`.
+fn start_unit(unit: &str, pool: &Pool, stdout: std::process::Stdio) -> support::Guarded {
+    let argv = exec_start(unit, pool);
+    let child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(pool.dir.path())
+        .env_remove("JOBHOST_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("JOBHOST_DB", pool.location())
+        .env("JOBHOST_PROCESSORS", pool.path("processors"))
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::fs::File::create(pool.path(&format!("{unit}.log"))).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {unit}'s ExecStart {argv:?}: {e}"));
+    support::Guarded::new(child)
+}
+
+fn the_deploy_units_command_lines_run_a_host(backend: Backend) {
+    let pool = Pool::on(backend, "checker: {interval: 200ms}\nserve: {listen: 127.0.0.1:0}\n");
+    pool.ok(&["seed"]);
+    let checker_log = std::fs::File::create(pool.path("check.out")).unwrap();
+    let mut checker = start_unit("jobhost-check.service", &pool, checker_log.into());
+    pool.wait_for_status(PATIENCE, "the checker's following worker running the job", |status| {
+        jobs_count(status, "completed") == 1 && status["workers"]["active"] == 1
+    });
+
+    let mut server = start_unit("jobhost-serve.service", &pool, std::process::Stdio::piped());
+    let stdout = server.child_mut().stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve did not start: {line}"));
+    let health = ureq::get(&format!("{base}/healthz")).call().expect("GET /healthz");
+    assert_eq!(health.status(), 200);
+
+    for (name, unit) in [("serve", &mut server), ("check", &mut checker)] {
+        assert!(unit.is_running(), "{name} stays up");
+        support::signal(unit.id(), libc::SIGTERM);
+    }
+    for (name, unit) in [("serve", server), ("check", checker)] {
+        let output = unit.wait_at_most(PATIENCE, name);
+        assert!(output.status.success(), "{name} exits cleanly on SIGTERM: {:?}", output.status);
+    }
+}
+
 on_both_backends!(
+    the_deploy_units_command_lines_run_a_host,
     a_following_worker_runs_jobs_as_they_come_and_stops_on_sigterm,
     check_interval_keeps_a_following_worker_that_runs_jobs_as_they_come,
 );

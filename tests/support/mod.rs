@@ -269,6 +269,10 @@ impl Drop for Pool {
 pub struct Guarded(Option<Child>);
 
 impl Guarded {
+    pub fn new(child: Child) -> Guarded {
+        Guarded(Some(child))
+    }
+
     pub fn id(&self) -> u32 {
         self.0.as_ref().expect("not yet waited for").id()
     }
