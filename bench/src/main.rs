@@ -1,7 +1,7 @@
 //! `jobhost-bench`: measures jobhost against the targets of the v1 speed issue and writes the
 //! results to `BENCHMARKS.md`. Run it through `./scripts/bench`, which builds what it needs.
 //!
-//! Sections 1, 2, 6, 8, 10 and 11 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
+//! Sections 1, 2, 6, 8, 10, 11 and 12 also run on PostgreSQL, beside SQLite: on the server `$JOBHOST_BENCH_PG`
 //! names, or else on a throwaway one that `scripts/postgres start` makes in the temporary folder
 //! (fsync off) when the first of them needs it, stopped and deleted when the benchmark ends.
 //! Each PostgreSQL measurement gets a fresh schema, dropped afterwards.
@@ -11,7 +11,8 @@
 //! [`cold_start`] (4), [`sandbox`] (5), [`scale`] (6), [`memory`] (7), [`server`] (8, `jobhost
 //! serve` through its HTTP API), [`components`] (9, WASI 0.2 components in Rust and Python, and
 //! jobs waiting on HTTP), [`connections`] (10, short requests beside thousands of long-polls),
-//! [`retention`] (11, claims while old jobs are deleted).
+//! [`retention`] (11, claims while old jobs are deleted), [`always_on`] (12, how soon a waiting
+//! worker starts a new job, and what it costs while it waits).
 //! Sections run one after
 //! another, never side by side, because the machine has few cores and is shared. A section
 //! that fails is reported as a failed row and the others still run.
@@ -20,6 +21,7 @@
 //! swaps their rows and notes into the BENCHMARKS.md that is there, keeping every other
 //! section's figures (and saying in its header when those sections were measured again).
 
+mod always_on;
 mod cold_start;
 mod components;
 mod connections;
@@ -84,6 +86,7 @@ enum Section {
     Components,
     Connections,
     Retention,
+    AlwaysOn,
 }
 
 impl Section {
@@ -100,6 +103,7 @@ impl Section {
             Section::Components => components::run(bench, report),
             Section::Connections => connections::run(bench, report),
             Section::Retention => retention::run(bench, report),
+            Section::AlwaysOn => always_on::run(bench, report),
         }
     }
 
@@ -116,6 +120,7 @@ impl Section {
             Section::Components => "9. components",
             Section::Connections => "10. connections",
             Section::Retention => "11. retention",
+            Section::AlwaysOn => "12. always on",
         }
     }
 
@@ -133,6 +138,7 @@ impl Section {
             Section::Components => components::SECTION,
             Section::Connections => connections::SECTION,
             Section::Retention => retention::SECTION,
+            Section::AlwaysOn => always_on::SECTION,
         };
         SectionId { label, title: self.title() }
     }

@@ -135,6 +135,8 @@ pub struct Sandbox {
     /// One permit per run the pool has room for: an exhausted pool makes instantiation fail
     /// rather than wait, so runs past the configured concurrency queue here instead.
     slots: Arc<Semaphore>,
+    /// The epoch ticker, unparked when a run starts: it rests while no guest runs.
+    ticker: std::thread::Thread,
 }
 
 /// Compiled code of either kind, before it is checked against the host's imports.
@@ -378,18 +380,14 @@ impl Sandbox {
                     .map_err(|err| anyhow::Error::from(err).context("cannot create the wasmtime engine"))?
             }
         };
-        spawn_epoch_ticker(&engine)?;
+        let slots = Arc::new(Semaphore::new(slots as usize));
+        let ticker = spawn_epoch_ticker(&engine, slots.clone())?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |state: &mut JobState<WasiP1Ctx>| &mut state.wasi)?;
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)?;
-        Ok(Sandbox {
-            engine,
-            modules: Arc::new(modules),
-            components: Arc::new(components),
-            slots: Arc::new(Semaphore::new(slots as usize)),
-        })
+        Ok(Sandbox { engine, modules: Arc::new(modules), components: Arc::new(components), slots, ticker })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -471,6 +469,7 @@ impl Sandbox {
         }
         let secrets = redact::Secrets::new(secret_values.iter().map(String::as_str));
         let _slot = self.slots.acquire().await.expect("the slot semaphore is never closed");
+        self.ticker.unpark();
         let started = Instant::now();
         let stdout_cap = to_usize(limits.stdout.0);
         let stderr_cap = to_usize(limits.stderr.0);
@@ -596,14 +595,25 @@ fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
     config
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) -> Result<()> {
+/// How long the epoch ticker rests at a time while no guest runs (a run wakes it at once);
+/// it notices a dropped engine within this.
+const EPOCH_REST: Duration = Duration::from_secs(1);
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest runs (every permit of
+/// `slots` not taken is a run slot free), until the engine is dropped. With no guest running
+/// it rests, so a worker waiting for jobs does not wake 100 times a second for nothing.
+fn spawn_epoch_ticker(engine: &Engine, slots: Arc<Semaphore>) -> Result<std::thread::Thread> {
     let weak = engine.weak();
-    std::thread::Builder::new()
+    let all_free = slots.available_permits();
+    let ticker = std::thread::Builder::new()
         .name("jobhost-epoch".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(EPOCH_TICK);
+                if slots.available_permits() == all_free {
+                    std::thread::park_timeout(EPOCH_REST);
+                } else {
+                    std::thread::sleep(EPOCH_TICK);
+                }
                 // Hold the engine only for the increment, so dropping the last Sandbox ends
                 // this thread at its next tick.
                 match weak.upgrade() {
@@ -613,7 +623,7 @@ fn spawn_epoch_ticker(engine: &Engine) -> Result<()> {
             }
         })
         .map_err(|err| anyhow::anyhow!("cannot start the epoch ticker thread: {err}"))?;
-    Ok(())
+    Ok(ticker.thread().clone())
 }
 
 /// Why a run did not return normally from `_start`.

@@ -26,6 +26,11 @@ use crate::wake::Wakeups;
 
 /// The longest the thread goes without reading `data_version` (and noticing it should stop).
 const LOOK_ANYWAY: Duration = Duration::from_millis(500);
+/// The pauses before reading `data_version` again after a change in the folder that it did
+/// not show yet; after the last, the change is taken for one that was no commit (a
+/// checkpoint, a transaction rolled back).
+const SETTLING: [Duration; 4] =
+    [Duration::from_micros(100), Duration::from_micros(400), Duration::from_millis(2), Duration::from_millis(8)];
 /// How often the thread reads `data_version` when inotify is not available.
 const POLL_WITHOUT_INOTIFY: Duration = Duration::from_millis(10);
 
@@ -52,21 +57,32 @@ pub(super) fn watch(path: &Path) -> Result<Wakeups> {
     let signalled = signal.clone();
     let spawned = std::thread::Builder::new().name("wake-ups".into()).spawn(move || {
         loop {
-            match &folder_changes {
+            let changed = match &folder_changes {
                 Some(changes) => changes.wait(LOOK_ANYWAY),
-                None => std::thread::sleep(POLL_WITHOUT_INOTIFY),
-            }
+                None => {
+                    std::thread::sleep(POLL_WITHOUT_INOTIFY);
+                    false
+                }
+            };
             if stopped.try_recv() != Err(TryRecvError::Empty) {
                 return;
             }
-            match version(&conn) {
-                Ok(now) if now == seen => {}
-                Ok(now) => {
-                    seen = now;
-                    signalled.notify_one();
+            // A commit writes its frames to the `-wal` file (the event) a moment before it
+            // publishes them in the shared index, where `data_version` reads: a read at once
+            // can come too early, so it is retried for a little while.
+            let settling: &[Duration] = if changed { &SETTLING } else { &[] };
+            for settle in std::iter::once(Duration::ZERO).chain(settling.iter().copied()) {
+                std::thread::sleep(settle);
+                match version(&conn) {
+                    Ok(now) if now == seen => continue,
+                    Ok(now) => {
+                        seen = now;
+                        signalled.notify_one();
+                    }
+                    // The file is busy or gone: the waiter's own reads will say which.
+                    Err(_) => signalled.notify_one(),
                 }
-                // The file is busy or gone: the waiter's own reads will say which.
-                Err(_) => signalled.notify_one(),
+                break;
             }
         }
     });
@@ -95,16 +111,17 @@ impl FolderChanges {
         Ok(FolderChanges(fd))
     }
 
-    /// Returns once something in the folder changed, or after `timeout`; takes the events.
-    fn wait(&self, timeout: Duration) {
+    /// Whether something in the folder changed before `timeout` passed; takes the events.
+    fn wait(&self, timeout: Duration) -> bool {
         let mut ready = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd that lives across the call.
         if unsafe { libc::poll(&mut ready, 1, timeout.as_millis() as libc::c_int) } <= 0 {
-            return;
+            return false;
         }
         let mut events = [0u8; 4096];
         // SAFETY: reads into a buffer of the length given; the descriptor is non-blocking,
         // so the loop ends once the queue is empty.
         while unsafe { libc::read(self.0.as_raw_fd(), events.as_mut_ptr().cast(), events.len()) } > 0 {}
+        true
     }
 }
