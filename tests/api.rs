@@ -2403,11 +2403,13 @@ fn long_polls_leave_room_for_short_requests(backend: Backend) {
 /// SQLite only: writing answers is the HTTP layer's, whatever the database.
 #[test]
 fn a_client_that_stops_reading_an_answer_is_disconnected() {
-    let pool = empty_pool(Backend::Sqlite, "jobs: {max_payload: 16MiB}\nserve: {write_timeout: 1s}\n");
+    let pool = empty_pool(Backend::Sqlite, "jobs: {max_payload: 64MiB}\nserve: {write_timeout: 1s, max_body: 64MiB}\n");
     let server = pool.serve(&[]);
     let api = Api::new(&server);
-    // Far more than the socket buffers between the server and a client that reads nothing.
-    let blob = "x".repeat(8 << 20);
+    // Far more than the socket buffers between the server and a client that reads nothing:
+    // Linux grows a loopback connection's to tcp_rmem's and tcp_wmem's largest (32 MiB and
+    // 4 MiB by default), and an 8 MiB answer once fitted in them whole.
+    let blob = "x".repeat(48 << 20);
     let id = api.enqueue(&json!({"processor": "echo", "delay": "1h", "payload": {"blob": blob}}));
     let mut reader = Raw::connect(&server);
     reader.get(&format!("/api/v1/jobs/{id}"), "");
