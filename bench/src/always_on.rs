@@ -9,7 +9,10 @@
 //! whole milliseconds. Jobs are queued one at a time: each once the previous one completed
 //! and the worker had 20 ms to go back to waiting, so every enqueue meets an idle worker.
 //! The idle cost is the worker process's CPU time (`/proc/PID/stat`, every thread) over a
-//! window with nothing queued.
+//! window with nothing queued. Scheduled ticks: on a pool of its own with one schedule due
+//! every second, a following worker (which also queues the ticks) runs them; each tick's
+//! lateness is its job's first attempt's `started_at` less the tick's due time, as the
+//! schedule's runs record it.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -25,25 +28,77 @@ pub const SECTION: &str = "always on";
 const TARGET_P50: Duration = Duration::from_millis(5);
 const TARGET_P99: Duration = Duration::from_millis(20);
 const TARGET_IDLE_SHARE: f64 = 0.005;
+const TARGET_TICK_P99: Duration = Duration::from_secs(1);
 /// Longest a single job may take to be started and completed before the run is called off.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let jobs = bench.pick(200, 30);
     let idle = bench.pick(Duration::from_secs(60), Duration::from_secs(5));
+    let ticks = bench.pick(60, 10);
     report.note(format!(
         "always on: one `jobhost work --follow` (defaults) on a fresh pool; {jobs} jobs queued one at a time by \
          `jobhost seed`, then {jobs} by single-job `POST /api/v1/jobs` to a `jobhost serve`, each once the previous \
          one completed and 20 ms passed; enqueue to start is the job's created_at to its first attempt's started_at \
          (the claim), whole milliseconds on the database's clock; idle CPU is the worker's utime+stime over {} s with \
-         nothing queued",
+         nothing queued; scheduled ticks: {ticks} ticks of a schedule due every second (`* * * * * *`) run by one \
+         following worker, lateness = first attempt's started_at − the tick's due time",
         idle.as_secs()
     ));
     run_on(bench, report, Backend::Sqlite, jobs, idle)?;
+    tick_lateness(bench, report, Backend::Sqlite, ticks)?;
     match bench.pg() {
-        Ok(server) => run_on(bench, report, Backend::Postgres(server), jobs, idle)?,
+        Ok(server) => {
+            run_on(bench, report, Backend::Postgres(server), jobs, idle)?;
+            tick_lateness(bench, report, Backend::Postgres(server), ticks)?;
+        }
         Err(err) => report.add(Row::info(SECTION, "PostgreSQL rows", format!("skipped: {err:#}"))),
     }
+    Ok(())
+}
+
+/// The p99 of how late `ticks` ticks of an every-second schedule started.
+fn tick_lateness(bench: &Bench, report: &mut Report, backend: Backend<'_>, ticks: usize) -> Result<()> {
+    let name = backend.name();
+    let pool = Pool::on(bench, backend, "schedules:\n  every-second: {cron: '* * * * * *', processor: echo}\n")?;
+    pool.create()?;
+    pool.warm_echo()?;
+    let store = pool.observe()?;
+    let mut worker = Following(
+        pool.command(&["work", "--follow"])
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot spawn `jobhost work --follow`")?,
+    );
+    let deadline = Instant::now() + PATIENCE + Duration::from_secs(ticks as u64);
+    let runs = loop {
+        let runs =
+            block_on(store.schedules(ticks as u32))?.into_iter().flat_map(|schedule| schedule.runs).collect::<Vec<_>>();
+        let done = status(&store)?.jobs.completed;
+        if runs.len() >= ticks && done >= ticks as u64 {
+            break runs;
+        }
+        ensure!(Instant::now() < deadline, "{} of {ticks} ticks queued and {done} run in time", runs.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    worker.stop()?;
+    let ids: Vec<&str> = runs.iter().map(|run| run.job_id.as_str()).collect();
+    let details = block_on(store.jobs(&ids))?;
+    let mut late = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let detail = details.iter().find(|detail| detail.job.id == run.job_id).context("a tick's job is missing")?;
+        let Some(attempt) = detail.attempt_history.first() else { continue };
+        late.push(Duration::from_millis((attempt.started_at - run.due_at).max(0) as u64));
+    }
+    ensure!(!late.is_empty(), "no tick's job had started");
+    let p99 = percentile_duration(&late, 99.0);
+    report.add(Row::goal(
+        SECTION,
+        format!("{name}: a scheduled tick's start minus its due time, p99 of {}", late.len()),
+        format!("{} ms", p99.as_millis()),
+        format!("≤ {} ms", TARGET_TICK_P99.as_millis()),
+        p99 <= TARGET_TICK_P99,
+    ));
     Ok(())
 }
 
