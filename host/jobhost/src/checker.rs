@@ -17,8 +17,7 @@
 //!
 //! With `--interval`, the checker also keeps every processor compiled into the compile cache
 //! (see [`Registry::start_compiling_ahead`]), so the workers it starts load compiled code,
-//! runs the [`crate::scheduler`] beside its rounds, and deletes the finished jobs `retention`
-//! no longer keeps (see [`crate::retention`]).
+//! runs the [`crate::upkeep`] beside its rounds (queueing due ticks, deleting expired jobs).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -34,7 +33,6 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::Registry;
 use jobhost_store::{Access, ErrorKind, PlanRequest, RetryPolicy, Store, StoreError};
 
-use crate::retention;
 use crate::settings::CheckSettings;
 use crate::shutdown::{self, Shutdown, Stage};
 
@@ -80,11 +78,7 @@ pub async fn run(config: &Config, args: CheckSettings) -> Result<ExitCode> {
             checked
         }
     };
-    let (checked, (), ()) = tokio::join!(
-        checking,
-        crate::scheduler::run(&store, config, shutdown.clone()),
-        retention::run(&store, &config.retention, shutdown)
-    );
+    let (checked, ()) = tokio::join!(checking, crate::upkeep::run(&store, config, shutdown));
     checked
 }
 

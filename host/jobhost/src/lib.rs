@@ -4,7 +4,8 @@
 //!
 //! Data flows one way: [`cli`] parses the command line, [`settings`] settles it with the
 //! config file into one validated value, and [`commands`] (and the long-running [`worker`],
-//! [`checker`], [`reaper`], [`retention`], [`scheduler`] and [`serve`]) carry it out through the crates below:
+//! [`checker`], [`reaper`] and [`serve`], with the [`upkeep`] they share) carry it out through
+//! the crates below:
 //! `jobhost-store` for the pool, `jobhost-sandbox` to load and run processors, and
 //! `jobhost-core` for the configuration and rules they share. [`output`] writes what people
 //! and scripts read. Nothing below this crate knows about the command line or HTTP serving.
@@ -21,6 +22,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;
+pub mod upkeep;
 pub mod worker;
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
 //! Retention: the loop that deletes finished jobs once `retention` no longer keeps them, run
-//! beside their own work by the long-running processes (`serve`, `check --interval`).
+//! beside their own work by the long-running processes (see [`crate::upkeep`]).
 //!
 //! It owns when to delete and how much at a time; what "expired" means for a job and how a
 //! batch is deleted without holding up claims belong to the store

@@ -245,19 +245,14 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     }
 }
 
-/// What a long-running process does beside its work, here only for a following worker: it
-/// queues the schedules' due ticks ([`crate::scheduler`]) and deletes the finished jobs
-/// `retention` no longer keeps ([`crate::retention`]), on a connection of its own so the work
-/// loop's turns never wait behind them. Ends when `shutdown` drains.
+/// A following worker's [`crate::upkeep`], on a connection of its own so the work loop's
+/// turns never wait behind it; none for a draining worker. Ends when `shutdown` drains.
 async fn upkeep(config: &Config, follow: bool, shutdown: Shutdown) -> Result<()> {
     if !follow {
         return Ok(());
     }
     let store = Store::open(&config.database, Access::Existing).await?;
-    tokio::join!(
-        crate::scheduler::run(&store, config, shutdown.clone()),
-        crate::retention::run(&store, &config.retention, shutdown)
-    );
+    crate::upkeep::run(&store, config, shutdown).await;
     Ok(())
 }
 

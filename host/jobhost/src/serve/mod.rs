@@ -3,9 +3,9 @@
 //! Prometheus (`/metrics`, see [`metrics`]), over the same store the workers use.
 //!
 //! The server owns the HTTP side only: it reads and changes jobs through [`Store`] and never
-//! runs one; beside serving, unless read-only, it deletes the finished jobs `retention` no
-//! longer keeps ([`crate::retention`]). It runs on a multi-threaded runtime with up to `database.serve_connections`
-//! connections to the pool, so requests do not take turns on one connection, and a request
+//! runs one; beside serving, unless read-only, it runs the [`crate::upkeep`] (queueing due
+//! ticks, deleting expired jobs). It runs on a multi-threaded runtime with up to
+//! `database.serve_connections` connections to the pool, so requests do not take turns on one connection, and a request
 //! whose store call blocks (a SQLite write waiting for another process's lock) holds up
 //! neither `/healthz` nor reads nor long-polls. Its defences against careless and hostile clients live here and in [`auth`]:
 //! - no token means loopback only; with one, every call needs it ([`auth::guard`]);
@@ -14,7 +14,6 @@
 //!   (`serve.max_waiters`, see [`watch`]);
 //! - connections are bounded, shed idle ones first and time out when silent or unread, and
 //!   oversized URIs, headers and declared bodies are refused before routing ([`connections`]);
-//! - it runs the [`crate::scheduler`], queueing the jobs of `schedules:` as they fall due;
 //! - SIGTERM or SIGINT stops accepting, lets requests in flight finish (long-polls are
 //!   answered at once with the job as it is) and exits 0.
 
@@ -112,13 +111,9 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         async move { app.watcher.run(&app.store, &app.queries).await }
     });
     // A read-only server changes nothing: it queues no tick and deletes no expired job.
-    let scheduler = (!serve.read_only).then(|| {
+    let upkeep = (!serve.read_only).then(|| {
         let (app, shutdown) = (app.clone(), shutdown.clone());
-        tokio::spawn(async move { crate::scheduler::run(&app.store, &app.config, shutdown).await })
-    });
-    let retention = (!serve.read_only).then(|| {
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        tokio::spawn(async move { crate::retention::run(&app.store, &app.config.retention, shutdown).await })
+        tokio::spawn(async move { crate::upkeep::run(&app.store, &app.config, shutdown).await })
     });
     let router = router(app.clone());
     // Listening for the signals starts before the server says it is up, so a SIGTERM sent
@@ -161,12 +156,9 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     watcher.abort();
-    if let Some(retention) = retention {
-        // It stopped when draining began, after its batch in flight; this only collects it.
-        retention.await.context("the retention task failed")?;
-    }
-    if let Some(scheduler) = scheduler {
-        scheduler.abort();
+    if let Some(upkeep) = upkeep {
+        // It stopped when draining began, after its round in flight; this only collects it.
+        upkeep.await.context("the upkeep task failed")?;
     }
     Ok(ExitCode::SUCCESS)
 }
