@@ -283,8 +283,7 @@ impl Worker {
         // one ready (only a following worker looks; the others claim on every turn).
         let mut may_be_ready = true;
         loop {
-            let may_claim =
-                self.shutdown.stage() == Stage::Running && self.max_jobs.is_none_or(|max| claimed_total < max);
+            let may_claim = self.may_claim(claimed_total);
             let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
             // A following worker that found nothing claims again once a look finds a job
             // ready, or in a turn that settles jobs anyway (the claim then costs no write).
@@ -310,9 +309,7 @@ impl Worker {
                     in_flight.spawn(run_job(self.runner.clone(), job));
                 }
             }
-            let may_claim_more = self.shutdown.stage() == Stage::Running
-                && self.max_jobs.is_none_or(|max| claimed_total < max)
-                && in_flight.len() < self.concurrency as usize;
+            let may_claim_more = self.may_claim(claimed_total) && in_flight.len() < self.concurrency as usize;
             if in_flight.is_empty() && !(self.follow && may_claim_more) {
                 // Nothing running and nothing more to claim: the pool is drained (or we stop).
                 break;
@@ -357,6 +354,12 @@ impl Worker {
             }
         }
         Ok(summary)
+    }
+
+    /// Whether the worker may still claim, having claimed `claimed_total` jobs: it is not
+    /// stopping, and `--max-jobs` is not reached.
+    fn may_claim(&self, claimed_total: u64) -> bool {
+        self.shutdown.stage() == Stage::Running && self.max_jobs.is_none_or(|max| claimed_total < max)
     }
 
     /// Records the finished jobs and claims up to `want` new ones in one store turn.
