@@ -5,8 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,30 +14,17 @@ use support::{Backend, Pool, jobs_count};
 /// Far above any wait a test expects: reaching it means the behaviour is missing.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The JSON lines a process prints, as they come.
-fn json_lines(child: &mut Child) -> Receiver<Value> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-            if lines.send(value).is_err() {
-                return;
-            }
-        }
-    });
-    received
-}
-
-fn next_line(lines: &Receiver<Value>, what: &str) -> Value {
-    lines.recv_timeout(PATIENCE).unwrap_or_else(|e| panic!("no line for {what} within {PATIENCE:?}: {e}"))
+/// The next of a process's JSON lines.
+fn next_line(lines: &Receiver<String>, what: &str) -> Value {
+    let line = lines.recv_timeout(PATIENCE).unwrap_or_else(|e| panic!("no line for {what} within {PATIENCE:?}: {e}"));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
 }
 
 fn a_following_worker_runs_jobs_as_they_come_and_stops_on_sigterm(backend: Backend) {
     let pool = Pool::on(backend, "");
     pool.ok(&["seed"]);
     let mut worker = pool.spawn_guarded(&["work", "--follow", "--json"]);
-    let lines = json_lines(worker.child_mut());
+    let lines = support::stdout_lines(worker.child_mut());
     let first = next_line(&lines, "the job queued before the worker started");
 
     pool.ok(&["seed"]);

@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::Child;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Backend, Pool, jobs_count};
+use support::{Backend, Pool, jobs_count, stderr_lines, stdout_lines};
 
 /// Fast heartbeats and short staleness so lost workers are noticed within a test.
 const FAST_LIFECYCLE: &str = "
@@ -88,18 +87,15 @@ fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The child's stderr, line by line, from a thread of its own: a read can then time out.
-fn stderr_lines(child: &mut Child) -> Receiver<String> {
-    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    received
+/// Stops `worker` (SIGSTOP) until the reaper declares it lost, then lets it run on.
+fn stopped_until_reaped(pool: &Pool, worker: &Child) {
+    signal(worker, libc::SIGSTOP);
+    let start = Instant::now();
+    while pool.json(&["reap", "--stale-after", "1s"])["reaped_count"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the stopped worker was never reaped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(worker, libc::SIGCONT);
 }
 
 fn wait_for_line(lines: &Receiver<String>, needle: &str) {
@@ -378,20 +374,6 @@ fn chaos_kills_lose_no_job_and_complete_none_twice(backend: Backend) {
     assert!(worker_lost >= KILLS, "each kill cost the attempts its victim held");
 }
 
-/// Reads `child`'s stdout line by line on a thread, so a test can wait for each line.
-fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            if send.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
-    receive
-}
-
 #[test]
 fn check_with_interval_repeats_at_checker_interval_until_sigterm() {
     let pool = Pool::new(&FAST_LIFECYCLE.replace("checker: {", "checker: {interval: 200ms, "));
@@ -422,13 +404,7 @@ fn a_worker_declared_lost_stops_and_exits_with_a_failure(backend: Backend) {
     pool.ok(&["seed", "--payload", r#"{"delay_ms": 1500}"#]);
     let worker = pool.spawn(&["work", "--json"]);
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
-    signal(&worker, libc::SIGSTOP);
-    let start = Instant::now();
-    while pool.json(&["reap", "--stale-after", "1s"])["reaped_count"] != 1 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the stopped worker was never reaped");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    signal(&worker, libc::SIGCONT);
+    stopped_until_reaped(&pool, &worker);
     let output = worker.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -446,13 +422,7 @@ fn a_worker_declared_lost_drops_its_jobs_in_flight_at_once(backend: Backend) {
     let mut worker = pool.spawn(&["work", "--worker-id", "overtaken"]);
     let log = stderr_lines(&mut worker);
     pool.wait_for_status(Duration::from_secs(30), "the job to be claimed", |s| jobs_count(s, "claimed") == 1);
-    signal(&worker, libc::SIGSTOP);
-    let start = Instant::now();
-    while pool.json(&["reap", "--stale-after", "1s"])["reaped_count"] != 1 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the stopped worker was never reaped");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    signal(&worker, libc::SIGCONT);
+    stopped_until_reaped(&pool, &worker);
     wait_for_line(&log, "dropping the jobs in flight");
     let mut exit = None;
     wait_until(Duration::from_secs(10), "the lost worker to exit", || {

@@ -315,6 +315,29 @@ impl Drop for Guarded {
     }
 }
 
+/// `child`'s stdout, line by line, from a thread of its own, so a test can wait for each line
+/// with a timeout.
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    lines_of(child.stdout.take().expect("piped stdout"))
+}
+
+/// `child`'s stderr, as [`stdout_lines`].
+pub fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    lines_of(child.stderr.take().expect("piped stderr"))
+}
+
+fn lines_of(reader: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(reader)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
 /// Sends `signal` to a running `jobhost`.
 pub fn signal(pid: u32, signal: i32) {
     // SAFETY: plain kill(2) on a child the test started and has not reaped.
