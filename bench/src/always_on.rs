@@ -60,16 +60,8 @@ pub fn run(bench: &Bench, report: &mut Report) -> Result<()> {
 /// The p99 of how late `ticks` ticks of an every-second schedule started.
 fn tick_lateness(bench: &Bench, report: &mut Report, backend: Backend<'_>, ticks: usize) -> Result<()> {
     let name = backend.name();
-    let pool = Pool::on(bench, backend, "schedules:\n  every-second: {cron: '* * * * * *', processor: echo}\n")?;
-    pool.create()?;
-    pool.warm_echo()?;
-    let store = pool.observe()?;
-    let mut worker = Following(
-        pool.command(&["work", "--follow"])
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot spawn `jobhost work --follow`")?,
-    );
+    let (_pool, store, mut worker) =
+        Following::on(bench, backend, "schedules:\n  every-second: {cron: '* * * * * *', processor: echo}\n")?;
     let deadline = Instant::now() + PATIENCE + Duration::from_secs(ticks as u64);
     let runs = loop {
         let runs =
@@ -104,16 +96,7 @@ fn tick_lateness(bench: &Bench, report: &mut Report, backend: Backend<'_>, ticks
 
 fn run_on(bench: &Bench, report: &mut Report, backend: Backend<'_>, jobs: usize, idle: Duration) -> Result<()> {
     let name = backend.name();
-    let pool = Pool::on(bench, backend, "")?;
-    pool.create()?;
-    pool.warm_echo()?;
-    let store = pool.observe()?;
-    let mut worker = Following(
-        pool.command(&["work", "--follow"])
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot spawn `jobhost work --follow`")?,
-    );
+    let (pool, store, mut worker) = Following::on(bench, backend, "")?;
     wait_until(&store, "the following worker to be active", |snapshot| snapshot.workers.active == 1)?;
 
     let from_cli = enqueue_one_at_a_time(&store, jobs, 0, || pool.ok(&["seed"]))?;
@@ -194,6 +177,21 @@ fn wait_until(store: &Store, what: &str, done: impl Fn(&jobhost_store::StatusSna
 struct Following(Child);
 
 impl Following {
+    /// A fresh pool with `config_yaml`, echo compiled into its cache, an observer's store on
+    /// it, and one `jobhost work --follow` on it.
+    fn on<'a>(bench: &Bench, backend: Backend<'a>, config_yaml: &str) -> Result<(Pool<'a>, Store, Following)> {
+        let pool = Pool::on(bench, backend, config_yaml)?;
+        pool.create()?;
+        pool.warm_echo()?;
+        let store = pool.observe()?;
+        let worker = pool
+            .command(&["work", "--follow"])
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot spawn `jobhost work --follow`")?;
+        Ok((pool, store, Following(worker)))
+    }
+
     fn stop(&mut self) -> Result<()> {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };

@@ -20,11 +20,11 @@ use jobhost::retention;
 use jobhost::shutdown::{self, Stage};
 use jobhost_core::config::{Keep, RetentionConfig};
 use jobhost_core::units::HumanDuration;
-use jobhost_store::{Access, ClaimRequest, Clock, NewWorker, Store};
+use jobhost_store::{Access, ClaimRequest, Clock, Store};
 
 use crate::report::{Report, Row, micros, number, per_second, times};
 use crate::scale::time_pairs;
-use crate::store::{LEASE, POOL, check_settled, claim_and_complete, enqueue, finished};
+use crate::store::{LEASE, POOL, activate, check_settled, claim_and_complete, enqueue, finished};
 use crate::support::{Backend, Bench, Pool, block_on, percentile_duration, retry_policy};
 
 pub const SECTION: &str = "retention";
@@ -68,13 +68,7 @@ fn run_on(bench: &Bench, report: &mut Report, backend: Backend<'_>, old: u64, ba
 
     let store = block_on(Store::open(&config, Access::Existing))?;
     let worker_id = "retention-bench";
-    block_on(store.activate_worker(&NewWorker {
-        id: worker_id.into(),
-        pool: POOL.into(),
-        host: None,
-        pid: None,
-        following: false,
-    }))?;
+    activate(&store, worker_id, None)?;
     let retry = retry_policy();
     enqueue(&store, (WARM_UP + baseline) as u64)?;
     for _ in 0..WARM_UP {
@@ -158,13 +152,7 @@ fn seed_old_completed(config: &jobhost_core::config::DatabaseConfig, count: u64)
     let store = block_on(Store::open_with_clock(config, Access::CreateIfMissing, 1, clock))?;
     enqueue(&store, count)?;
     let worker_id = "retention-seeder";
-    block_on(store.activate_worker(&NewWorker {
-        id: worker_id.into(),
-        pool: POOL.into(),
-        host: None,
-        pid: None,
-        following: false,
-    }))?;
+    activate(&store, worker_id, None)?;
     let retry = retry_policy();
     let claim = ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: SEED_TURN };
     let mut claimed = block_on(store.turn(&[], Some(claim), &retry))?.claimed;

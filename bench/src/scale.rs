@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use jobhost_core::config::DatabaseConfig;
-use jobhost_store::{Access, NewWorker, RetryPolicy, Store};
+use jobhost_store::{Access, RetryPolicy, Store};
 
 use crate::report::{Report, Row, micros, millis, number, per_second, times};
-use crate::store::{POOL, claim_and_complete, enqueue};
+use crate::store::{activate, claim_and_complete, enqueue};
 use crate::support::{Backend, Bench, PgServer, Pool, Shelf, block_on, median_duration, retry_policy};
 
 pub const SECTION: &str = "scale";
@@ -126,13 +126,7 @@ fn measure_at(config: &DatabaseConfig, pg: Option<(&PgServer, &str)>, pending: u
     enqueue(&store, seeded)?;
     let seeding = started.elapsed();
     let worker_id = "scale-bench";
-    block_on(store.activate_worker(&NewWorker {
-        id: worker_id.to_string(),
-        pool: POOL.to_string(),
-        host: None,
-        pid: None,
-        following: false,
-    }))?;
+    activate(&store, worker_id, None)?;
     let retry = retry_policy();
     let before_analyze = match pg {
         Some((server, schema)) => {

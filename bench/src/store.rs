@@ -227,6 +227,13 @@ pub fn enqueue(store: &Store, count: u64) -> Result<()> {
     Ok(())
 }
 
+/// Registers `worker_id` as an active worker of pool [`POOL`] (of process `pid`, if given), as
+/// `jobhost work` registers itself.
+pub fn activate(store: &Store, worker_id: &str, pid: Option<u32>) -> Result<()> {
+    let worker = NewWorker { id: worker_id.to_string(), pool: POOL.to_string(), host: None, pid, following: false };
+    Ok(block_on(store.activate_worker(&worker))?)
+}
+
 /// A `store-worker` child and the pipes of its start protocol.
 struct StoreWorker {
     child: Child,
@@ -286,13 +293,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     }
     let store = block_on(Store::open(&config, Access::Existing))?;
     let worker_id = format!("store-worker-{}", std::process::id());
-    block_on(store.activate_worker(&NewWorker {
-        id: worker_id.clone(),
-        pool: POOL.to_string(),
-        host: None,
-        pid: Some(std::process::id()),
-        following: false,
-    }))?;
+    activate(&store, &worker_id, Some(std::process::id()))?;
     println!("ready");
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).context("cannot read the start signal")?;
