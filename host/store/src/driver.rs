@@ -111,6 +111,8 @@ pub trait Driver: Send + Sync {
     async fn list_jobs(&self, filter: &JobFilter<'_>) -> Result<Vec<JobSummary>>;
     /// The status of each of `ids` that exists, in any order.
     async fn job_statuses(&self, ids: &[&str]) -> Result<Vec<(String, JobStatus)>>;
+    /// The jobs `worker_id` holds claimed, with their claim tokens, in `seq` order.
+    async fn claims_held_by(&self, worker_id: &str) -> Result<Vec<ClaimedJob>>;
     /// Gives a poisoned or cancelled job as many attempts again, up to [`ATTEMPTS_CEILING`].
     async fn retry_job(&self, id: &str, now: Now) -> Result<IdAnswer>;
     /// As [`Driver::retry_job`] for every poisoned or cancelled job matching, in one statement.

@@ -224,6 +224,13 @@ impl Store {
         self.named(statuses)
     }
 
+    /// The jobs `worker_id` holds claimed, with their claim tokens, oldest first: after a
+    /// turn whose answer was lost, what that turn may have claimed for the worker.
+    pub async fn claims_held_by(&self, worker_id: &str) -> Result<Vec<ClaimedJob>> {
+        let held = self.driver.claims_held_by(worker_id).await;
+        self.named(held)
+    }
+
     /// Gives a poisoned or cancelled job a fresh set of attempts (as many as it had), ready now.
     pub async fn retry_job(&self, id: &str) -> Result<IdAnswer> {
         let answer = self.driver.retry_job(id, self.clock.now()).await;

@@ -147,6 +147,7 @@ for_each_backend!(
     a_turn_fences_each_attempt_alone_and_settles_the_live_ones,
     output_with_nul_bytes_is_stored_visibly_and_settles_beside_the_others,
     a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token,
+    a_workers_held_claims_are_the_ones_it_took_and_has_not_settled,
     purge_deletes_the_attempt_history_of_the_jobs_it_deletes,
     retention_deletes_only_expired_finished_jobs_in_bounded_batches_and_counters_stay,
     a_silent_worker_is_reaped_and_its_job_released,
@@ -543,6 +544,24 @@ async fn a_claim_of_several_takes_the_best_ready_jobs_in_order_under_one_token(t
     assert_ne!(rest[0].token, first[0].token, "each claim has its own token");
     assert!(t.claim("default", "w1", LEASE, 10).await.unwrap().is_empty());
     t.assert_counts_exact().await;
+}
+
+async fn a_workers_held_claims_are_the_ones_it_took_and_has_not_settled(t: TestStore) {
+    active_worker(&t, "w1").await;
+    active_worker(&t, "w2").await;
+    t.store.enqueue_all(&[job("default", 0), job("default", 0), job("default", 0), job("default", 0)]).await.unwrap();
+    let mut mine = t.claim("default", "w1", LEASE, 3).await.unwrap();
+    let theirs = t.claim("default", "w2", LEASE, 1).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    let settled = mine.remove(1);
+    assert_eq!(t.complete(&settled, "1", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap(), Settled::Completed);
+
+    let held = t.store.claims_held_by("w1").await.unwrap();
+    let key = |jobs: &[ClaimedJob]| jobs.iter().map(|j| (j.id.clone(), j.token, j.attempt)).collect::<Vec<_>>();
+    assert_eq!(key(&held), key(&mine), "the two unsettled claims, with the tokens that settle them");
+    assert!(held.iter().zip(&mine).all(|(held, claimed)| held.payload == claimed.payload && held.seq == claimed.seq));
+    assert_eq!(key(&t.store.claims_held_by("w2").await.unwrap()), key(&theirs));
+    assert!(t.store.claims_held_by("w3").await.unwrap().is_empty());
 }
 
 async fn purge_deletes_the_attempt_history_of_the_jobs_it_deletes(t: TestStore) {

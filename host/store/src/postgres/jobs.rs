@@ -505,6 +505,32 @@ pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(Strin
     rows.iter().map(|row| Ok((row.value(0)?, name_at(row, 1)?))).collect()
 }
 
+pub(super) async fn claims_held_by(client: &Client, worker_id: &str) -> Result<Vec<ClaimedJob>> {
+    let rows = client
+        .query(
+            "SELECT seq, id, pool, processor, payload, attempts, max_attempts, claim_token FROM jobs
+              WHERE status = 'claimed' AND worker_id = $1
+              ORDER BY seq",
+            &[&worker_id],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimedJob {
+                seq: row.value(0)?,
+                id: row.value(1)?,
+                pool: row.value(2)?,
+                processor: row.value(3)?,
+                payload: row.value(4)?,
+                attempt: clamp_count(row.value(5)?),
+                max_attempts: clamp_count(row.value(6)?),
+                worker_id: worker_id.to_owned(),
+                token: row.value(7)?,
+            })
+        })
+        .collect()
+}
+
 /// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
 /// (`$2`); the time is `$1`.
 fn retry_update(filter: &str) -> String {

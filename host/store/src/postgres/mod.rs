@@ -299,6 +299,11 @@ impl Driver for PostgresDriver {
         jobs::statuses(&link.client, ids).await
     }
 
+    async fn claims_held_by(&self, worker_id: &str) -> Result<Vec<ClaimedJob>> {
+        let link = self.connections.link().await?;
+        jobs::claims_held_by(&link.client, worker_id).await
+    }
+
     async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
         let link = self.connections.link().await?;
         jobs::retry_matching(&link.client, matching, now).await

@@ -393,6 +393,30 @@ pub(super) fn statuses(conn: &Connection, ids: &[&str]) -> Result<Vec<(String, J
     Ok(found)
 }
 
+pub(super) fn claims_held_by(conn: &Connection, worker_id: &str) -> Result<Vec<ClaimedJob>> {
+    let held = conn
+        .prepare_cached(
+            "SELECT seq, id, pool, processor, payload, attempts, max_attempts, claim_token FROM jobs
+              WHERE status = 'claimed' AND worker_id = ?1
+              ORDER BY seq",
+        )?
+        .query_map([worker_id], |row| {
+            Ok(ClaimedJob {
+                seq: row.get(0)?,
+                id: row.get(1)?,
+                pool: row.get(2)?,
+                processor: row.get(3)?,
+                payload: row.get(4)?,
+                attempt: count_at(row, 5)?,
+                max_attempts: count_at(row, 6)?,
+                worker_id: worker_id.to_owned(),
+                token: row.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(held)
+}
+
 /// The attempt numbers already used stay in the history, so the fresh attempts are counted
 /// on top of them: `max_attempts` grows by its old value, up to [`ATTEMPTS_CEILING`].
 const RETRY_UPDATE: &str = "UPDATE jobs AS j

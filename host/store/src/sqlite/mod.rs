@@ -353,6 +353,10 @@ impl Driver for SqliteDriver {
         self.read(|conn| jobs::statuses(conn, ids))
     }
 
+    async fn claims_held_by(&self, worker_id: &str) -> Result<Vec<ClaimedJob>> {
+        self.read(|conn| jobs::claims_held_by(conn, worker_id))
+    }
+
     async fn retry_matching(&self, matching: &JobMatch<'_>, now: Now) -> Result<u64> {
         self.write_off_reactor(|tx| jobs::retry_matching(tx, matching, resolve_now(now)))
     }
