@@ -25,7 +25,14 @@
 //!
 //! Every complete/fail is fenced on the claim: if the reaper gave the job away meanwhile,
 //! the late answer changes nothing and is logged.
+//!
+//! A worker rides out a database that drops out of reach (a PostgreSQL restart, an ended
+//! session, a lost answer): each store call is tried again with backoff until it answers,
+//! while the jobs in flight run on. A turn whose answer was lost may have committed; the
+//! fences make its retry harmless, and the jobs it claimed are found by this worker's id and
+//! run (see [`Worker::settle`]), so none is run twice or left held.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -70,6 +77,9 @@ enum Settlement {
     Poisoned,
     /// The claim had been taken away (the reaper recovered the job); the outcome was dropped.
     Stale,
+    /// Recorded by a turn whose answer the database never delivered (the connection broke);
+    /// the retried turn found the attempt already settled with this outcome.
+    Recorded,
 }
 
 impl From<&Settled> for Settlement {
@@ -97,7 +107,8 @@ struct Summary {
 impl Summary {
     fn count(&mut self, line: &JobLine) {
         self.processed += 1;
-        if line.status == Settlement::Completed {
+        let recorded_ok = line.status == Settlement::Recorded && line.outcome == OutcomeKind::Ok;
+        if line.status == Settlement::Completed || recorded_ok {
             self.completed += 1;
         } else {
             self.failed += 1;
@@ -218,7 +229,7 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     summary.status =
         Some(if matches!(stop_reason, Some(StopReason::Lost)) { WorkerStatus::Lost } else { WorkerStatus::Terminated });
     if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
-        worker.store.deregister_worker(&worker_id).await?;
+        riding_out(&worker.shutdown, "deregistering the worker", || worker.store.deregister_worker(&worker_id)).await?;
     }
     tracing::info!(worker_id, processed = summary.processed, "worker finished");
     let out = &mut worker.out;
@@ -256,6 +267,17 @@ async fn upkeep(config: &Config, follow: bool, shutdown: Shutdown) -> Result<()>
     Ok(())
 }
 
+/// What a worker's turn ([`Worker::settle`]) did.
+struct TurnDone {
+    /// One per finished job, in order.
+    lines: Vec<JobLine>,
+    /// The jobs to run now.
+    claimed: Vec<ClaimedJob>,
+    /// The claim's answer was lost: `claimed` are the jobs it took, adopted, and how many
+    /// more were ready is unknown.
+    claim_lost: bool,
+}
+
 /// A job whose run ended, waiting to be recorded in the next turn.
 struct FinishedRun {
     job: ClaimedJob,
@@ -275,6 +297,9 @@ impl Worker {
     async fn work_loop(&mut self) -> Result<Summary> {
         let mut summary = Summary::default();
         let mut in_flight: JoinSet<FinishedRun> = JoinSet::new();
+        // The claims of the jobs in flight, by `seq`: a claim held beyond these was taken by
+        // a turn whose answer was lost (see [`Worker::settle`]).
+        let mut running: HashSet<i64> = HashSet::new();
         let mut finished: Vec<FinishedRun> = Vec::new();
         let mut claimed_total: u64 = 0;
         // Opened the first time the worker waits for work.
@@ -294,7 +319,8 @@ impl Worker {
                 None => free_slots,
             };
             if want > 0 || !finished.is_empty() {
-                let (lines, claimed) = self.settle(std::mem::take(&mut finished), want as u32).await?;
+                let TurnDone { lines, claimed, claim_lost } =
+                    self.settle(std::mem::take(&mut finished), want as u32, &running).await?;
                 for line in lines {
                     summary.count(&line);
                     if self.json {
@@ -306,7 +332,14 @@ impl Worker {
                 }
                 claimed_total += claimed.len() as u64;
                 for job in claimed {
+                    running.insert(job.seq);
                     in_flight.spawn(run_job(self.runner.clone(), job));
+                }
+                if claim_lost {
+                    // What was not adopted is claimed again now: an empty answer is no
+                    // sign that the pool is drained.
+                    may_be_ready = true;
+                    continue;
                 }
             }
             let may_claim_more = self.may_claim(claimed_total) && in_flight.len() < self.concurrency as usize;
@@ -320,7 +353,8 @@ impl Worker {
                 if wakeups.is_none() {
                     wakeups = Some(self.store.wakeups(&self.pool).await?);
                 }
-                look_at += match self.store.ready_in(&self.pool).await? {
+                let ready_in = riding_out(&self.shutdown, "looking for ready jobs", || self.store.ready_in(&self.pool));
+                look_at += match ready_in.await? {
                     Some(ready_in) if ready_in.is_zero() => {
                         may_be_ready = true;
                         continue;
@@ -334,7 +368,9 @@ impl Worker {
             tokio::select! {
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Some(done) = done {
-                        finished.push(done.context("a job task panicked")?);
+                        let done = done.context("a job task panicked")?;
+                        running.remove(&done.job.seq);
+                        finished.push(done);
                     }
                 }
                 () = woken_or_due(wakeups.as_ref(), look_at), if waiting_for_work => {}
@@ -350,7 +386,9 @@ impl Worker {
                 }
             }
             while let Some(done) = in_flight.try_join_next() {
-                finished.push(done.context("a job task panicked")?);
+                let done = done.context("a job task panicked")?;
+                running.remove(&done.job.seq);
+                finished.push(done);
             }
         }
         Ok(summary)
@@ -363,7 +401,16 @@ impl Worker {
     }
 
     /// Records the finished jobs and claims up to `want` new ones in one store turn.
-    async fn settle(&mut self, finished: Vec<FinishedRun>, want: u32) -> Result<(Vec<JobLine>, Vec<ClaimedJob>)> {
+    ///
+    /// A turn that fails for a passing reason is tried again until the database answers
+    /// (see [`riding_out`]), claiming nothing. The failed try may have committed without its
+    /// answer arriving: its settlements are then fenced off, and the retry finds them stale
+    /// (they are reported as [`Settlement::Recorded`] once the attempt is seen recorded), and
+    /// the jobs it claimed are held under this worker with tokens nobody saw. Those are
+    /// adopted here, as the claims the worker holds beyond the `running` ones: left alone,
+    /// the heartbeat would renew their leases for as long as the worker lives. They are no
+    /// more than the failed try asked for, so the worker never runs more than its slots.
+    async fn settle(&mut self, finished: Vec<FinishedRun>, want: u32, running: &HashSet<i64>) -> Result<TurnDone> {
         let messages: Vec<Option<String>> = finished.iter().map(|run| run.report.outcome.message()).collect();
         let results: Vec<Option<String>> = finished
             .iter()
@@ -395,18 +442,27 @@ impl Worker {
             lease: self.runner.config.reaper.stale_after.0,
             limit: want,
         });
-        let turn = self.store.turn(&attempts, claim, &self.retry).await?;
+        let (mut turn, interrupted) =
+            riding_out_noting(&self.shutdown, "recording finished jobs and claiming", |failures| {
+                self.store.turn(&attempts, claim.filter(|_| failures == 0), &self.retry)
+            })
+            .await?;
+        let mut statuses: Vec<Settlement> = turn.settled.iter().map(Settlement::from).collect();
+        if interrupted {
+            self.recognize_recorded(&finished, &mut statuses).await?;
+            turn.claimed = self.orphaned_claims(running).await?;
+        }
 
         let lines: Vec<JobLine> = finished
             .iter()
             .zip(messages)
-            .zip(&turn.settled)
-            .map(|((run, message), settled)| JobLine {
+            .zip(statuses)
+            .map(|((run, message), status)| JobLine {
                 job_id: run.job.id.clone(),
                 processor: run.job.processor.clone(),
                 attempt: run.job.attempt,
                 outcome: run.report.outcome.kind(),
-                status: settled.into(),
+                status,
                 message,
                 duration_ms: run.report.duration.as_millis() as u64,
                 fuel_used: run.report.fuel_used,
@@ -429,7 +485,106 @@ impl Worker {
                 );
             }
         }
-        Ok((lines, turn.claimed))
+        Ok(TurnDone { lines, claimed: turn.claimed, claim_lost: interrupted && claim.is_some() })
+    }
+
+    /// Marks as [`Settlement::Recorded`] each stale settlement whose attempt the store holds
+    /// as settled by this worker with the outcome it reported: a turn whose answer was lost
+    /// recorded it. A stale one without such a record was taken by the reaper.
+    async fn recognize_recorded(&self, finished: &[FinishedRun], statuses: &mut [Settlement]) -> Result<()> {
+        let stale: Vec<&str> = finished
+            .iter()
+            .zip(statuses.iter())
+            .filter(|(_, status)| **status == Settlement::Stale)
+            .map(|(run, _)| run.job.id.as_str())
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let jobs =
+            riding_out(&self.shutdown, "reading the jobs a lost answer settled", || self.store.jobs(&stale)).await?;
+        for (run, status) in finished.iter().zip(statuses.iter_mut()) {
+            let recorded = jobs.iter().filter(|detail| detail.job.id == run.job.id).any(|detail| {
+                detail.attempt_history.iter().any(|attempt| {
+                    attempt.attempt == run.job.attempt
+                        && attempt.worker_id == self.worker_id
+                        && attempt.outcome == Some(run.report.outcome.kind())
+                })
+            });
+            if *status == Settlement::Stale && recorded {
+                *status = Settlement::Recorded;
+            }
+        }
+        Ok(())
+    }
+
+    /// The claims this worker holds beyond the `running` ones: taken by a turn whose answer
+    /// was lost. The worker runs them as if that turn had answered.
+    async fn orphaned_claims(&self, running: &HashSet<i64>) -> Result<Vec<ClaimedJob>> {
+        let held = riding_out(&self.shutdown, "reading the claims a lost answer took", || {
+            self.store.claims_held_by(&self.worker_id)
+        })
+        .await?;
+        let orphans: Vec<ClaimedJob> = held.into_iter().filter(|job| !running.contains(&job.seq)).collect();
+        if !orphans.is_empty() {
+            tracing::warn!(
+                worker_id = self.worker_id,
+                jobs = orphans.len(),
+                "adopting the jobs a turn claimed before its answer was lost"
+            );
+        }
+        Ok(orphans)
+    }
+}
+
+/// The first wait before a store call that failed for a passing reason is tried again;
+/// each further failure doubles it, up to [`LONGEST_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
+const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// `call`'s answer, trying it again with backoff while it fails for a passing reason: the
+/// server out of reach (restarting, the connection cut; the store reconnects) or the
+/// database locked. Any other failure ends the worker, and so does one that comes once the
+/// worker must drop its jobs (the reaper declared it lost).
+async fn riding_out<T, F>(shutdown: &Shutdown, what: &str, mut call: impl FnMut() -> F) -> Result<T>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    Ok(riding_out_noting(shutdown, what, |_| call()).await?.0)
+}
+
+/// As [`riding_out`], telling `call` how many tries failed before it, and saying whether
+/// any did: such a try may have been carried out with only its answer lost.
+async fn riding_out_noting<T, F>(shutdown: &Shutdown, what: &str, mut call: impl FnMut(u32) -> F) -> Result<(T, bool)>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = FIRST_RETRY_WAIT;
+    let mut failures = 0u32;
+    loop {
+        let err = match call(failures).await {
+            Ok(answer) => {
+                if failures > 0 {
+                    tracing::info!("{what}: the database answers again, after {failures} failed tries");
+                }
+                return Ok((answer, failures > 0));
+            }
+            Err(err) => err,
+        };
+        let passing = matches!(err.kind(), ErrorKind::Unreachable | ErrorKind::Busy);
+        if !passing || shutdown.stage() == Stage::Abandoning {
+            return Err(anyhow::Error::new(err).context(format!("{what} failed")));
+        }
+        if failures == 0 {
+            tracing::warn!("{what} failed, trying again until the database answers: {err}");
+        }
+        failures += 1;
+        let mut abandoning = shutdown.clone();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = abandoning.reached(Stage::Abandoning) => {}
+        }
+        wait = (wait * 2).min(LONGEST_RETRY_WAIT);
     }
 }
 
