@@ -148,3 +148,125 @@ on_both_backends!(
     a_following_worker_runs_jobs_as_they_come_and_stops_on_sigterm,
     check_interval_keeps_a_following_worker_that_runs_jobs_as_they_come,
 );
+
+/// What ends the workers' sessions while they drain.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `pg_terminate_backend` on every session of the workers, again and again.
+    TerminateSessions,
+    /// The whole server restarted, twice.
+    RestartServer,
+    /// Answers lost on their way back, again and again: the statements were carried out,
+    /// the workers never learn so.
+    LoseAnswers,
+}
+
+/// Two following workers drain 5,000 jobs on PostgreSQL while `fault` strikes their
+/// connections: they reconnect and carry on, settling what they ran and adopting what a turn claimed
+/// before its answer was lost. Every job completes with exactly one `ok` attempt, and
+/// neither worker exits until it is told to.
+fn following_workers_ride_out(fault: Fault) {
+    const JOBS: u64 = 5_000;
+    let server = matches!(fault, Fault::RestartServer).then(support::PrivateServer::start);
+    let shared = Pool::on(Backend::Postgres, "worker: {heartbeat_interval: 200ms}\n");
+    // The workers' sessions carry a name of their own, so only theirs are ended.
+    let name = format!("riding_{}", uuid::Uuid::new_v4().simple());
+    let url = server.as_ref().map_or(shared.location(), support::PrivateServer::url);
+    // The test reads and seeds the pool directly, never through the faults it makes.
+    let observer = shared.reached_at(url);
+    let proxy = matches!(fault, Fault::LoseAnswers).then(|| {
+        let target = url.split_once('@').and_then(|(_, rest)| rest.split('/').next()).expect("host:port in the URL");
+        support::LossyProxy::start(target)
+    });
+    let workers_url = proxy.as_ref().map_or(url.to_owned(), |proxy| proxy.in_front_of(url));
+    let pool = shared.reached_at(&format!("{workers_url}?application_name={name}"));
+    // Each job waits a little, so the drain lasts long enough for the faults to land in it.
+    observer.ok(&["seed", "--count", &JOBS.to_string(), "--payload", r#"{"delay_ms": 10}"#]);
+
+    let mut workers: Vec<support::Guarded> =
+        (0..2).map(|_| pool.spawn_guarded(&["work", "--follow", "--concurrency", "8"])).collect();
+    let logs: Vec<Receiver<String>> = workers.iter_mut().map(|w| support::stderr_lines(w.child_mut())).collect();
+    // Two workers with 8 slots each: jobs adopted after a lost answer never take more.
+    let completed = || {
+        let status = observer.status();
+        assert!(jobs_count(&status, "claimed") <= 16, "more jobs claimed than the workers have slots: {status}");
+        jobs_count(&status, "completed")
+    };
+    let mut faults: u64 = 0;
+    let mut ended_sessions = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let done = completed();
+        if done == JOBS {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the drain stalled at {done} of {JOBS} completed");
+        match fault {
+            Fault::TerminateSessions if done > 0 => {
+                let terminate = format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'"
+                );
+                let ended: u32 = observer.server_rows(&terminate)[0].parse().expect("a count");
+                ended_sessions += ended;
+                faults += u64::from(ended > 0);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            Fault::RestartServer if faults < 2 && done > JOBS * (faults + 1) / 4 => {
+                server.as_ref().expect("a server of the test's own").restart();
+                faults += 1;
+            }
+            Fault::LoseAnswers if done > 0 => {
+                proxy.as_ref().expect("a proxy").lose_next_answer();
+                faults += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+        for (i, worker) in workers.iter_mut().enumerate() {
+            assert!(worker.is_running(), "worker {i} exited during the drain");
+        }
+    }
+    assert!(faults >= 2, "the faults landed during the drain ({faults}, {ended_sessions} sessions ended)");
+
+    let schema = observer.schema();
+    let per_job = format!(
+        "SELECT count(*) FILTER (WHERE status = 'completed' AND ok = 1), count(*)
+           FROM (SELECT j.status, count(*) FILTER (WHERE a.outcome = 'ok') AS ok
+                   FROM {schema}.jobs j LEFT JOIN {schema}.attempts a ON a.job_seq = j.seq
+                  GROUP BY j.seq, j.status) per_job"
+    );
+    assert_eq!(
+        observer.server_rows(&per_job),
+        [format!("{JOBS}|{JOBS}")],
+        "each job completed with exactly one ok attempt"
+    );
+
+    let mut retried = 0;
+    for (i, worker) in workers.into_iter().enumerate() {
+        support::signal(worker.id(), libc::SIGTERM);
+        let output = worker.wait_at_most(PATIENCE, "a following worker after SIGTERM");
+        let log: Vec<String> = logs[i].iter().collect();
+        assert!(output.status.success(), "worker {i} ended cleanly: {:?}\n{}", output.status, log.join("\n"));
+        retried += log.iter().filter(|line| line.contains("trying again until the database answers")).count();
+    }
+    // An ended session is mostly found closed between calls (and replaced quietly); a restart
+    // and a lost answer always strike calls in flight.
+    if matches!(fault, Fault::RestartServer | Fault::LoseAnswers) {
+        assert!(retried > 0, "a worker met the fault mid-call and tried again");
+    }
+}
+
+#[test]
+fn on_postgres_following_workers_ride_out_their_sessions_being_ended() {
+    following_workers_ride_out(Fault::TerminateSessions);
+}
+
+#[test]
+fn on_postgres_following_workers_ride_out_answers_lost_on_the_way_back() {
+    following_workers_ride_out(Fault::LoseAnswers);
+}
+
+#[test]
+fn on_postgres_following_workers_ride_out_a_server_restart() {
+    following_workers_ride_out(Fault::RestartServer);
+}

@@ -52,6 +52,8 @@ pub struct Pool {
     pub dir: tempfile::TempDir,
     pub backend: Backend,
     location: String,
+    /// The pool's schema on a PostgreSQL server.
+    schema: Option<String>,
 }
 
 impl Pool {
@@ -64,15 +66,16 @@ impl Pool {
     pub fn on(backend: Backend, config_yaml: &str) -> Pool {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("processors")).unwrap();
-        let (location, config) = match backend {
-            Backend::Sqlite => (dir.path().join("data/jobhost.db").display().to_string(), config_yaml.to_owned()),
-            Backend::Postgres => {
-                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-                (test_server(), format!("database: {{schema: {schema}}}\n{config_yaml}"))
-            }
+        let (location, schema) = match backend {
+            Backend::Sqlite => (dir.path().join("data/jobhost.db").display().to_string(), None),
+            Backend::Postgres => (test_server(), Some(format!("t_{}", uuid::Uuid::new_v4().simple()))),
+        };
+        let config = match &schema {
+            Some(schema) => format!("database: {{schema: {schema}}}\n{config_yaml}"),
+            None => config_yaml.to_owned(),
         };
         std::fs::write(dir.path().join("jobhost.yml"), config).unwrap();
-        Pool { dir, backend, location }
+        Pool { dir, backend, location, schema }
     }
 
     /// The same pool seen from another machine: the same database and config, but a folder
@@ -87,7 +90,7 @@ impl Pool {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("processors")).unwrap();
         std::fs::copy(self.path("jobhost.yml"), dir.path().join("jobhost.yml")).unwrap();
-        Pool { dir, backend: self.backend, location: location.to_owned() }
+        Pool { dir, backend: self.backend, location: location.to_owned(), schema: self.schema.clone() }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -107,6 +110,11 @@ impl Pool {
         let output = output.expect("psql (installed with PostgreSQL) runs");
         assert!(output.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+    }
+
+    /// The pool's schema on its PostgreSQL server, for [`Pool::server_rows`].
+    pub fn schema(&self) -> &str {
+        self.schema.as_deref().expect("only a PostgreSQL pool has a schema")
     }
 
     /// The SQLite file; only for tests of what is SQLite's alone.
@@ -263,6 +271,109 @@ impl Drop for Pool {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
+}
+
+/// A PostgreSQL server of a test's own (`scripts/postgres`), for faults that would hurt the
+/// other tests on the shared one, such as a restart; stopped and deleted when dropped.
+pub struct PrivateServer {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl PrivateServer {
+    pub fn start() -> PrivateServer {
+        // Under /tmp: the server's unix socket path must stay short, and when the tests run
+        // as root the server runs as `postgres`, which must reach the folder.
+        let dir = tempfile::Builder::new().prefix("jobhost-pg-").tempdir_in("/tmp").expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let output = Command::new(postgres_script()).arg("start").arg(dir.path().join("server")).output();
+        let output = output.expect("run scripts/postgres");
+        assert!(output.status.success(), "scripts/postgres start failed: {}", String::from_utf8_lossy(&output.stderr));
+        let url = String::from_utf8(output.stdout).expect("a URL").trim().to_owned();
+        PrivateServer { dir, url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Restarts the server on its port: every session ends, and connecting fails until it is up.
+    pub fn restart(&self) {
+        let output = Command::new(postgres_script()).arg("restart").arg(self.dir.path().join("server")).output();
+        let output = output.expect("run scripts/postgres");
+        assert!(
+            output.status.success(),
+            "scripts/postgres restart failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(postgres_script()).arg("stop").arg(self.dir.path().join("server")).output();
+    }
+}
+
+/// A TCP proxy in front of a PostgreSQL server that can lose an answer: once told to, it
+/// cuts the next connection on which the server sends anything, without passing that on.
+/// The statement it answered was carried out; only its client never learns so, as when a
+/// network fails between the two.
+pub struct LossyProxy {
+    port: u16,
+    lose_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    /// Listens on a free port of 127.0.0.1 and forwards each connection to `target` (host:port).
+    pub fn start(target: &str) -> LossyProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let lose_next = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = target.to_owned();
+        let losing = lose_next.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let (client_in, server_in) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(client_in, server, None));
+                let losing = losing.clone();
+                std::thread::spawn(move || pump(server_in, client, Some(&losing)));
+            }
+        });
+        LossyProxy { port, lose_next }
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn in_front_of(&self, url: &str) -> String {
+        let (scheme_and_user, rest) = url.split_once('@').expect("a URL with user@host");
+        let path = rest.find('/').map_or("", |at| &rest[at..]);
+        format!("{scheme_and_user}@127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The next answer the server sends, on any connection, is lost with its connection.
+    pub fn lose_next_answer(&self) {
+        self.lose_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends; with `losing` set, cuts both instead of passing
+/// a chunk on.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, losing: Option<&std::sync::atomic::AtomicBool>) {
+    use std::io::Write;
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(read) = from.read(&mut buffer) {
+        let lost = losing.is_some_and(|losing| losing.swap(false, std::sync::atomic::Ordering::SeqCst));
+        if read == 0 || lost || to.write_all(&buffer[..read]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+fn postgres_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres")
 }
 
 /// A `jobhost` process that is killed and reaped when dropped, unless it was waited for.
