@@ -302,17 +302,7 @@ pub(super) async fn turn(
         let priority: i64 = row.value(9)?;
         claimed.push((
             (std::cmp::Reverse(priority), run_at, seq),
-            ClaimedJob {
-                seq,
-                id: row.value(3)?,
-                pool: row.value(4)?,
-                processor: row.value(5)?,
-                payload: row.value(6)?,
-                attempt: clamp_count(row.value(7)?),
-                max_attempts: clamp_count(row.value(8)?),
-                worker_id: worker.unwrap_or_default().to_owned(),
-                token,
-            },
+            claimed_job(row, 3, seq, worker.unwrap_or_default(), token)?,
         ));
     }
     // RETURNING comes in no particular order; hand the jobs out in the order they were chosen.
@@ -535,27 +525,29 @@ pub(super) async fn statuses(client: &Client, ids: &[&str]) -> Result<Vec<(Strin
 pub(super) async fn claims_held_by(client: &Client, worker_id: &str) -> Result<Vec<ClaimedJob>> {
     let rows = client
         .query(
-            "SELECT seq, id, pool, processor, payload, attempts, max_attempts, claim_token FROM jobs
+            "SELECT id, pool, processor, payload, attempts, max_attempts, seq, claim_token FROM jobs
               WHERE status = 'claimed' AND worker_id = $1
               ORDER BY seq",
             &[&worker_id],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(ClaimedJob {
-                seq: row.value(0)?,
-                id: row.value(1)?,
-                pool: row.value(2)?,
-                processor: row.value(3)?,
-                payload: row.value(4)?,
-                attempt: clamp_count(row.value(5)?),
-                max_attempts: clamp_count(row.value(6)?),
-                worker_id: worker_id.to_owned(),
-                token: row.value(7)?,
-            })
-        })
-        .collect()
+    rows.iter().map(|row| claimed_job(row, 0, row.value(6)?, worker_id, row.value(7)?)).collect()
+}
+
+/// A claimed job from a row holding `id, pool, processor, payload, attempts, max_attempts`
+/// from column `first` on.
+fn claimed_job(row: &Row, first: usize, seq: i64, worker_id: &str, token: i64) -> Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        seq,
+        id: row.value(first)?,
+        pool: row.value(first + 1)?,
+        processor: row.value(first + 2)?,
+        payload: row.value(first + 3)?,
+        attempt: clamp_count(row.value(first + 4)?),
+        max_attempts: clamp_count(row.value(first + 5)?),
+        worker_id: worker_id.to_owned(),
+        token,
+    })
 }
 
 /// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling

@@ -180,22 +180,28 @@ pub(super) fn claim(tx: &Transaction<'_>, claim: &ClaimRequest<'_>, now: Millis)
     let mut claimed = Vec::with_capacity(picked.len());
     for seq in picked {
         let job = take.query_row(params![claim.worker_id, token, lease_until, now, seq], |row| {
-            Ok(ClaimedJob {
-                seq,
-                id: row.get(0)?,
-                pool: row.get(1)?,
-                processor: row.get(2)?,
-                payload: row.get(3)?,
-                attempt: count_at(row, 4)?,
-                max_attempts: count_at(row, 5)?,
-                worker_id: claim.worker_id.to_owned(),
-                token,
-            })
+            claimed_job(row, seq, claim.worker_id, token)
         })?;
         start_attempt.execute(params![seq, job.attempt, claim.worker_id, now])?;
         claimed.push(job);
     }
     Ok(claimed)
+}
+
+/// A claimed job from a row that starts with `id, pool, processor, payload, attempts,
+/// max_attempts`.
+fn claimed_job(row: &Row<'_>, seq: i64, worker_id: &str, token: i64) -> rusqlite::Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        seq,
+        id: row.get(0)?,
+        pool: row.get(1)?,
+        processor: row.get(2)?,
+        payload: row.get(3)?,
+        attempt: count_at(row, 4)?,
+        max_attempts: count_at(row, 5)?,
+        worker_id: worker_id.to_owned(),
+        token,
+    })
 }
 
 /// Claimed jobs (of `pool`, if given) whose lease expired or whose worker is no longer
@@ -396,23 +402,11 @@ pub(super) fn statuses(conn: &Connection, ids: &[&str]) -> Result<Vec<(String, J
 pub(super) fn claims_held_by(conn: &Connection, worker_id: &str) -> Result<Vec<ClaimedJob>> {
     let held = conn
         .prepare_cached(
-            "SELECT seq, id, pool, processor, payload, attempts, max_attempts, claim_token FROM jobs
+            "SELECT id, pool, processor, payload, attempts, max_attempts, seq, claim_token FROM jobs
               WHERE status = 'claimed' AND worker_id = ?1
               ORDER BY seq",
         )?
-        .query_map([worker_id], |row| {
-            Ok(ClaimedJob {
-                seq: row.get(0)?,
-                id: row.get(1)?,
-                pool: row.get(2)?,
-                processor: row.get(3)?,
-                payload: row.get(4)?,
-                attempt: count_at(row, 5)?,
-                max_attempts: count_at(row, 6)?,
-                worker_id: worker_id.to_owned(),
-                token: row.get(7)?,
-            })
-        })?
+        .query_map([worker_id], |row| claimed_job(row, row.get(6)?, worker_id, row.get(7)?))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(held)
 }
