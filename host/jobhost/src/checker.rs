@@ -31,7 +31,7 @@ use serde::Serialize;
 use jobhost_core::config::{Config, DatabaseConfig};
 use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::Registry;
-use jobhost_store::{Access, ErrorKind, PlanRequest, RetryPolicy, Store, StoreError};
+use jobhost_store::{Access, PlanRequest, RetryPolicy, Store, StoreError};
 
 use crate::settings::CheckSettings;
 use crate::shutdown::{self, Shutdown, Stage};
@@ -125,7 +125,7 @@ async fn check_round(store: &Store, config: &Config, args: &CheckSettings) -> Re
 
 /// Whether `err` is the database being out of reach or busy for a while, not a mistake.
 fn is_transient(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<StoreError>().is_some_and(|err| matches!(err.kind(), ErrorKind::Unreachable | ErrorKind::Busy))
+    err.downcast_ref::<StoreError>().is_some_and(|err| err.kind().is_passing())
 }
 
 /// Plans this host's workers for `pool`, keeping `min_following` following ones, and starts

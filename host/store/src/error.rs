@@ -61,6 +61,16 @@ pub struct StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl ErrorKind {
+    /// Whether the same call may well succeed later: the server is out of reach for now
+    /// (restarting, the connection cut; the store reconnects by itself) or the database
+    /// stayed locked. Long-running processes try again on these; anything else is a mistake
+    /// or damage that waiting does not mend.
+    pub fn is_passing(self) -> bool {
+        matches!(self, ErrorKind::Unreachable | ErrorKind::Busy)
+    }
+}
+
 impl StoreError {
     pub(super) fn new(kind: ErrorKind, detail: impl Into<String>) -> StoreError {
         StoreError { kind, location: String::new(), detail: detail.into(), source: None }

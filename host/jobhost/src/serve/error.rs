@@ -160,7 +160,7 @@ mod tests {
             let answer = ApiError::from(err);
             let told = &answer.message;
             assert!(!told.contains(place) && !told.contains("/"), "{kind:?} is told as {told:?}");
-            if matches!(kind, ErrorKind::Unreachable | ErrorKind::Busy) {
+            if kind.is_passing() {
                 assert_eq!((answer.status, answer.code), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
                 assert!(told.contains("try again after the Retry-After delay"), "{told}");
             } else {
