@@ -47,8 +47,8 @@ use jobhost_core::outcome::OutcomeKind;
 use jobhost_sandbox::processors::{self, Registry};
 use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use jobhost_store::{
-    Access, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker, RetryPolicy, Settled,
-    Store, StoreError, Wakeups, WorkerStatus,
+    Access, AttemptRecord, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker,
+    RetryPolicy, Settled, Store, StoreError, Wakeups, WorkerStatus,
 };
 
 use crate::output::LineSink;
@@ -503,15 +503,16 @@ impl Worker {
         }
         let jobs =
             riding_out(&self.shutdown, "reading the jobs a lost answer settled", || self.store.jobs(&stale)).await?;
-        for (run, status) in finished.iter().zip(statuses.iter_mut()) {
-            let recorded = jobs.iter().filter(|detail| detail.job.id == run.job.id).any(|detail| {
-                detail.attempt_history.iter().any(|attempt| {
-                    attempt.attempt == run.job.attempt
-                        && attempt.worker_id == self.worker_id
-                        && attempt.outcome == Some(run.report.outcome.kind())
-                })
-            });
-            if *status == Settlement::Stale && recorded {
+        for (run, status) in
+            finished.iter().zip(statuses.iter_mut()).filter(|(_, status)| **status == Settlement::Stale)
+        {
+            let ours = |attempt: &AttemptRecord| {
+                attempt.attempt == run.job.attempt
+                    && attempt.worker_id == self.worker_id
+                    && attempt.outcome == Some(run.report.outcome.kind())
+            };
+            let detail = jobs.iter().find(|detail| detail.job.id == run.job.id);
+            if detail.is_some_and(|detail| detail.attempt_history.iter().any(ours)) {
                 *status = Settlement::Recorded;
             }
         }
@@ -537,10 +538,10 @@ impl Worker {
     }
 }
 
-/// The first wait before a store call that failed for a passing reason is tried again;
-/// each further failure doubles it, up to [`LONGEST_RETRY_WAIT`].
-const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
-const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(2);
+/// The waits before a store call that failed for a passing reason is tried again: 50 ms,
+/// doubling up to 2 s.
+const RETRY_WAITS: RetryPolicy =
+    RetryPolicy { initial: Duration::from_millis(50), max: Duration::from_secs(2), jitter: 0.0 };
 
 /// `call`'s answer, trying it again with backoff while it fails for a passing reason: the
 /// server out of reach (restarting, the connection cut; the store reconnects) or the
@@ -559,7 +560,6 @@ async fn riding_out_noting<T, F>(shutdown: &Shutdown, what: &str, mut call: impl
 where
     F: Future<Output = Result<T, StoreError>>,
 {
-    let mut wait = FIRST_RETRY_WAIT;
     let mut failures = 0u32;
     loop {
         let err = match call(failures).await {
@@ -571,8 +571,7 @@ where
             }
             Err(err) => err,
         };
-        let passing = matches!(err.kind(), ErrorKind::Unreachable | ErrorKind::Busy);
-        if !passing || shutdown.stage() == Stage::Abandoning {
+        if !err.kind().is_passing() || shutdown.stage() == Stage::Abandoning {
             return Err(anyhow::Error::new(err).context(format!("{what} failed")));
         }
         if failures == 0 {
@@ -581,10 +580,9 @@ where
         failures += 1;
         let mut abandoning = shutdown.clone();
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(RETRY_WAITS.backoff(failures)) => {}
             () = abandoning.reached(Stage::Abandoning) => {}
         }
-        wait = (wait * 2).min(LONGEST_RETRY_WAIT);
     }
 }
 
