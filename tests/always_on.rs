@@ -179,7 +179,7 @@ fn following_workers_ride_out(fault: Fault) {
         support::LossyProxy::start(target)
     });
     let workers_url = proxy.as_ref().map_or(url.to_owned(), |proxy| proxy.in_front_of(url));
-    let pool = shared.reached_at(&format!("{workers_url}?application_name={name}"));
+    let pool = shared.reached_at(&support::sessions_named(&workers_url, &name));
     // Each job waits a little, so the drain lasts long enough for the faults to land in it.
     observer.ok(&["seed", "--count", &JOBS.to_string(), "--payload", r#"{"delay_ms": 10}"#]);
 
@@ -203,10 +203,7 @@ fn following_workers_ride_out(fault: Fault) {
         assert!(std::time::Instant::now() < deadline, "the drain stalled at {done} of {JOBS} completed");
         match fault {
             Fault::TerminateSessions if done > 0 => {
-                let terminate = format!(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'"
-                );
-                let ended: u32 = observer.server_rows(&terminate)[0].parse().expect("a count");
+                let ended = observer.end_sessions_named(&name).into_iter().filter(|&ended| ended).count();
                 ended_sessions += ended;
                 faults += u64::from(ended > 0);
                 std::thread::sleep(Duration::from_millis(150));

@@ -1468,20 +1468,17 @@ fn serve_reconnects_after_postgres_ends_its_connection() {
     let pool = empty_pool(Backend::Postgres, "");
     // The server's connections carry a name of their own, so the test ends exactly those.
     let name = format!("jobhost-test-{}", uuid::Uuid::new_v4().simple());
-    let separator = if pool.location().contains('?') { '&' } else { '?' };
-    let named = pool.reached_at(&format!("{}{separator}application_name={name}", pool.location()));
+    let named = pool.reached_at(&support::sessions_named(pool.location(), &name));
     let server = named.serve(&[]);
     let api = Api::new(&server);
     let id = api.enqueue(&json!({"processor": "echo", "delay": "1h"}));
     assert_eq!(api.get("/readyz").status, 200);
 
     for round in 0..2 {
-        let ended = pool.server_rows(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
-        ));
+        let ended = pool.end_sessions_named(&name);
         // Beside requests, the server's scheduler and retention may hold a connection each.
         assert!(
-            !ended.is_empty() && ended.iter().all(|ended| ended == "t"),
+            !ended.is_empty() && ended.iter().all(|&ended| ended),
             "round {round}: every connection of the server was ended: {ended:?}"
         );
         // The request that meets the closed connection may fail; the server must be back

@@ -566,17 +566,15 @@ fn on_postgres_a_checker_reconnects_when_the_server_drops_it() {
     let pool = Pool::on(Backend::Postgres, &FAST_LIFECYCLE.replace("checker: {", "checker: {interval: 200ms, "));
     pool.ok(&["seed", "--count", "1"]);
     let name = format!("checker_{}", uuid::Uuid::new_v4().simple());
-    let checker_pool = pool.reached_at(&format!("{}?application_name={name}", pool.location()));
+    let checker_pool = pool.reached_at(&support::sessions_named(pool.location(), &name));
     let mut checker = checker_pool.spawn(&["check", "--max-workers", "1", "--interval", "--json"]);
     let reports = stdout_lines(&mut checker);
     reports.recv_timeout(Duration::from_secs(30)).expect("a first round");
     pool.wait_for_status(Duration::from_secs(30), "the first job to complete", |s| jobs_count(s, "completed") == 1);
 
     // Ends the checker's session (and its worker's, should that one not have exited yet).
-    let terminate =
-        format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'");
-    let ended: u32 = pool.server_rows(&terminate)[0].parse().expect("a count");
-    assert!(ended >= 1, "the checker's session was ended");
+    let ended = pool.end_sessions_named(&name);
+    assert!(ended.contains(&true), "the checker's session was ended: {ended:?}");
 
     pool.ok(&["seed", "--count", "1"]);
     pool.wait_for_status(Duration::from_secs(30), "the reconnected checker to run the second job", |s| {

@@ -286,9 +286,7 @@ impl PrivateServer {
         // as root the server runs as `postgres`, which must reach the folder.
         let dir = tempfile::Builder::new().prefix("jobhost-pg-").tempdir_in("/tmp").expect("temp dir");
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let output = Command::new(postgres_script()).arg("start").arg(dir.path().join("server")).output();
-        let output = output.expect("run scripts/postgres");
-        assert!(output.status.success(), "scripts/postgres start failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = postgres_script("start", dir.path()).unwrap_or_else(|failed| panic!("{failed}"));
         let url = String::from_utf8(output.stdout).expect("a URL").trim().to_owned();
         PrivateServer { dir, url }
     }
@@ -299,19 +297,43 @@ impl PrivateServer {
 
     /// Restarts the server on its port: every session ends, and connecting fails until it is up.
     pub fn restart(&self) {
-        let output = Command::new(postgres_script()).arg("restart").arg(self.dir.path().join("server")).output();
-        let output = output.expect("run scripts/postgres");
-        assert!(
-            output.status.success(),
-            "scripts/postgres restart failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        postgres_script("restart", self.dir.path()).unwrap_or_else(|failed| panic!("{failed}"));
     }
 }
 
 impl Drop for PrivateServer {
     fn drop(&mut self) {
-        let _ = Command::new(postgres_script()).arg("stop").arg(self.dir.path().join("server")).output();
+        // Not a panic: a test that failed is dropping it, and a second panic would abort.
+        let _ = postgres_script("stop", self.dir.path());
+    }
+}
+
+/// Runs `scripts/postgres ACTION` on the server kept in `dir`/server; its output, or why it failed.
+fn postgres_script(action: &str, dir: &Path) -> Result<Output, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let output = Command::new(script).arg(action).arg(dir.join("server")).output();
+    let output = output.map_err(|err| format!("cannot run scripts/postgres: {err}"))?;
+    if !output.status.success() {
+        return Err(format!("scripts/postgres {action} failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(output)
+}
+
+/// `location` (a PostgreSQL URL) with its sessions named `name`, so a test can find them in
+/// `pg_stat_activity` and end them ([`Pool::end_sessions_named`]).
+pub fn sessions_named(location: &str, name: &str) -> String {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{separator}application_name={name}")
+}
+
+impl Pool {
+    /// Ends every session on this pool's server named `name` (see [`sessions_named`]), as an
+    /// administrator or a failover would; whether each one was ended, as the server says.
+    pub fn end_sessions_named(&self, name: &str) -> Vec<bool> {
+        let ended = self.server_rows(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+        ));
+        ended.iter().map(|ended| ended == "t").collect()
     }
 }
 
@@ -370,10 +392,6 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, losing: Opti
     }
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
-}
-
-fn postgres_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres")
 }
 
 /// A `jobhost` process that is killed and reaped when dropped, unless it was waited for.
