@@ -106,9 +106,33 @@ pub struct SeedArgs {
     /// Make the jobs ready only after this long, e.g. `30s`.
     #[arg(long, value_name = "DURATION")]
     pub delay: Option<HumanDuration>,
-    /// Print `{"queued": N, "pool": P}`.
+    /// Queue no job while a job of the pool with this key is pending or running (or finished
+    /// within --unique-within); the answer names that job.
+    #[arg(long, value_name = "KEY", group = "unique")]
+    pub unique_key: Option<String>,
+    /// Each job's unique key from its payload, at this JSON pointer (e.g. `/order_id`): a
+    /// string, or a number or boolean as written. For --payload-file, one key per line.
+    #[arg(long, value_name = "POINTER", group = "unique", value_parser = json_pointer)]
+    pub unique_key_from: Option<String>,
+    /// Also match jobs that completed or were poisoned within this long, e.g. `1h`.
+    #[arg(long, value_name = "DURATION", requires = "unique")]
+    pub unique_within: Option<HumanDuration>,
+    /// Debounce: a matching job that is still pending takes this job's payload (and, with
+    /// --delay, its later start), so a burst of enqueues runs once, with the last payload.
+    #[arg(long, requires = "unique")]
+    pub replace: bool,
+    /// Print `{"queued": N, "pool": P, "matched": [...]}`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A JSON pointer (RFC 6901): empty, or `/` followed by reference tokens.
+fn json_pointer(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.starts_with('/') {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a JSON pointer: start it with '/', e.g. /{text}"))
+    }
 }
 
 #[derive(Debug, Args)]

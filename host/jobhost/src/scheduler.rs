@@ -136,6 +136,9 @@ fn tick_job(config: &Config, name: &str) -> Result<NewJob> {
         max_attempts: schedule.max_attempts.unwrap_or(config.retry.max_attempts),
         delay: None,
         run_at: None,
+        unique_key: None,
+        unique_within: None,
+        replace: false,
     };
     // Processors may be installed only where the workers run, as with `seed --processor-elsewhere`.
     let rules = JobRules { processors: None, max_payload: config.jobs.max_payload.0 };
@@ -146,6 +149,8 @@ fn tick_job(config: &Config, name: &str) -> Result<NewJob> {
             JobField::Payload => "payload",
             JobField::MaxAttempts => "max_attempts",
             JobField::Schedule => "cron",
+            // A tick's job has no unique key: its tick is handled once already.
+            JobField::UniqueKey => "unique_key",
         };
         anyhow!(err.message(&format!("schedules.{name}.{key}")))
     })

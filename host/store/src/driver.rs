@@ -89,8 +89,13 @@ pub trait Driver: Send + Sync {
     fn fingerprint(&self) -> Fingerprint;
 
     /// Inserts every job `jobs` yields in one transaction; the first `Err` rolls all back and
-    /// is returned as a [`super::ErrorKind::Refused`] error. Returns how many were queued.
-    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64>;
+    /// is returned as a [`super::ErrorKind::Refused`] error. A job whose unique key is held
+    /// is not inserted and meets the holder as its [`Unique`] says.
+    async fn enqueue(
+        &self,
+        jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
+        now: Now,
+    ) -> Result<EnqueueReport>;
 
     /// Settles `settlements` (each fenced on its own; a stale one changes nothing) and then,
     /// if asked, claims ready jobs, in one transaction. Returns one [`Settled`] per settlement,

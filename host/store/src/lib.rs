@@ -143,17 +143,20 @@ impl Store {
     }
 
     /// Queues every job `jobs` yields in one transaction: all of them, or none if any is
-    /// refused (the refusal is the error). Jobs are streamed, so memory stays flat.
-    pub async fn enqueue(&self, jobs: impl Iterator<Item = Result<NewJob, Refusal>> + Send) -> Result<u64> {
+    /// refused (the refusal is the error). Jobs are streamed, so memory stays flat. A job
+    /// whose unique key another job holds is not queued: it meets that job as its
+    /// [`JobRequest::replace`] says, and the report names the job it matched.
+    pub async fn enqueue(&self, jobs: impl Iterator<Item = Result<NewJob, Refusal>> + Send) -> Result<EnqueueReport> {
         let mut jobs = jobs;
         let queued = self.driver.enqueue(&mut jobs, self.clock.now()).await;
         self.named(queued)
     }
 
-    /// Queues `jobs` in one transaction; returns their ids in order.
+    /// Queues `jobs` in one transaction; returns, in order, the id of each job, or of the job
+    /// holding its unique key (see [`EnqueueReport::answers`] for what became of each).
     pub async fn enqueue_all(&self, jobs: &[NewJob]) -> Result<Vec<String>> {
-        self.enqueue(jobs.iter().cloned().map(Ok)).await?;
-        Ok(jobs.iter().map(|job| job.id.clone()).collect())
+        let report = self.enqueue(jobs.iter().cloned().map(Ok)).await?;
+        Ok(report.answers(jobs).into_iter().map(|(id, _)| id).collect())
     }
 
     /// One worker turn, in one transaction: records every finished attempt (completed, or

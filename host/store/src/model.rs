@@ -187,6 +187,75 @@ pub struct NewJob {
     pub(crate) priority: i64,
     pub(crate) max_attempts: u32,
     pub(crate) ready: Ready,
+    pub(crate) unique: Option<Unique>,
+}
+
+/// A new job's unique key, and what it does when another job of its pool holds that key.
+///
+/// A job holds its key while it is pending or claimed, and after it completed or was
+/// poisoned for `within` more; a cancelled job holds it no longer. A unique index over the
+/// holders enforces it, so enqueuers racing from many processes cannot both insert: the
+/// loser matches the winner. A finished job gives its key up to the first enqueue that finds
+/// it free (it is set NULL then), so the index holds one job per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unique {
+    pub(crate) key: String,
+    pub(crate) within: Duration,
+    pub(crate) on_match: OnMatch,
+}
+
+/// What a new job does to a job holding its unique key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnMatch {
+    /// Nothing: the new job is not queued, and the answer names the holder.
+    Skip,
+    /// Debounce: a holder still pending takes the new job's payload; a holder that is running
+    /// or finished is left alone, as with `Skip`.
+    Replace,
+    /// As `Replace`, and the holder also takes the new job's ready time (its delay from now,
+    /// or its `run_at`), so each enqueue of a burst pushes the run out.
+    ReplaceAndReschedule,
+}
+
+/// What became of one job handed to [`super::Store::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnqueueOutcome {
+    Queued,
+    /// Another job holds its unique key; it was left as it was.
+    Duplicate,
+    /// Another job holds its unique key and was still pending: it took this job's payload.
+    Replaced,
+}
+
+/// A job that was not queued because another held its unique key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Its place among the jobs handed to [`super::Store::enqueue`], from 0.
+    pub index: u64,
+    /// The job holding the key.
+    pub id: String,
+    pub outcome: EnqueueOutcome,
+}
+
+/// What [`super::Store::enqueue`] did: how many jobs it queued, and each job it did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueReport {
+    pub queued: u64,
+    pub matched: Vec<Matched>,
+}
+
+impl EnqueueReport {
+    /// For each of `jobs`, the jobs this report is about, in order: the id of the job, or of
+    /// the job holding its unique key, and what became of it.
+    pub fn answers(self, jobs: &[NewJob]) -> Vec<(String, EnqueueOutcome)> {
+        let mut answers: Vec<(String, EnqueueOutcome)> =
+            jobs.iter().map(|job| (job.id.clone(), EnqueueOutcome::Queued)).collect();
+        for Matched { index, id, outcome } in self.matched {
+            answers[index as usize] = (id, outcome);
+        }
+        answers
+    }
 }
 
 /// When a new job becomes ready. The store resolves it as it queues the job, on its own clock
@@ -223,6 +292,11 @@ pub struct JobRequest {
     pub delay: Option<Duration>,
     /// Milliseconds since the epoch; a job gets a `delay` or a `run_at`, not both.
     pub run_at: Option<Millis>,
+    /// See [`Unique`]: the key, how long a finished job keeps holding it, and whether a match
+    /// still pending takes this job's payload (debounce).
+    pub unique_key: Option<String>,
+    pub unique_within: Option<Duration>,
+    pub replace: bool,
 }
 
 /// What a new job is checked against besides the rules every job meets.
@@ -245,6 +319,8 @@ pub enum JobField {
     MaxAttempts,
     /// When the job becomes ready: its delay or its `run_at`.
     Schedule,
+    /// Its unique key, or an option that needs one.
+    UniqueKey,
 }
 
 /// Why [`NewJob::new`] refused a job.
@@ -285,7 +361,18 @@ impl NewJob {
     /// valid pool name, a payload [`check_payload`] accepts, 1 to [`MAX_ATTEMPTS`] attempts,
     /// and a delay or a `run_at` but not both. The first input at fault is the error.
     pub fn new(request: JobRequest, rules: &JobRules<'_>) -> Result<NewJob, InvalidJob> {
-        let JobRequest { pool, processor, payload, priority, max_attempts, delay, run_at } = request;
+        let JobRequest {
+            pool,
+            processor,
+            payload,
+            priority,
+            max_attempts,
+            delay,
+            run_at,
+            unique_key,
+            unique_within,
+            replace,
+        } = request;
         let rule = |field, reason: String| InvalidJob::Rule { field, reason };
         names::check_processor(&processor).map_err(InvalidJob::ProcessorName)?;
         if let Some(known) = rules.processors
@@ -307,7 +394,24 @@ impl NewJob {
             (None, Some(at)) => Ready::At(at),
             (delay, None) => Ready::After(delay.unwrap_or_default()),
         };
-        Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready })
+        let rescheduled = delay.is_some() || run_at.is_some();
+        let unique = match unique_key {
+            Some(key) => {
+                names::check_label(&key).map_err(|reason| rule(JobField::UniqueKey, reason))?;
+                let on_match = match (replace, rescheduled) {
+                    (false, _) => OnMatch::Skip,
+                    (true, false) => OnMatch::Replace,
+                    (true, true) => OnMatch::ReplaceAndReschedule,
+                };
+                Some(Unique { key, within: unique_within.unwrap_or_default(), on_match })
+            }
+            None if unique_within.is_some() || replace => {
+                let reason = "is required with replace and unique_within: give the job a unique key".to_owned();
+                return Err(rule(JobField::UniqueKey, reason));
+            }
+            None => None,
+        };
+        Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready, unique })
     }
 
     /// The id the job will be queued under.
@@ -899,6 +1003,7 @@ pub struct ExportedJob {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
+    pub unique_key: Option<String>,
     pub history: Vec<ExportedAttempt>,
 }
 
@@ -940,6 +1045,9 @@ mod tests {
             max_attempts: 3,
             delay: None,
             run_at: None,
+            unique_key: None,
+            unique_within: None,
+            replace: false,
         }
     }
 
@@ -1003,6 +1111,21 @@ mod tests {
                 JobField::Schedule,
                 "--run-at cannot be given with a delay",
             ),
+            (
+                JobRequest { unique_key: Some("a\nb".into()), ..request() },
+                JobField::UniqueKey,
+                "--unique-key must be 1 to 128 bytes of printable text",
+            ),
+            (
+                JobRequest { replace: true, ..request() },
+                JobField::UniqueKey,
+                "--unique-key is required with replace and unique_within",
+            ),
+            (
+                JobRequest { unique_within: Some(Duration::from_secs(1)), ..request() },
+                JobField::UniqueKey,
+                "--unique-key is required",
+            ),
         ];
         let flag = |field| match field {
             JobField::Pool => "--pool",
@@ -1010,6 +1133,7 @@ mod tests {
             JobField::Payload => "--payload",
             JobField::MaxAttempts => "--max-attempts",
             JobField::Schedule => "--run-at",
+            JobField::UniqueKey => "--unique-key",
         };
         for (request, field, expected) in cases {
             let err = refused(request);

@@ -169,6 +169,10 @@ for_each_backend!(
     each_tick_is_handled_by_exactly_one_of_many_racing_processes,
     a_passed_over_tick_queues_nothing_and_no_tick_is_handled_twice_or_out_of_order,
     a_schedule_keeps_only_its_latest_runs,
+    a_unique_key_is_held_while_its_job_lives_and_a_match_names_the_holder,
+    unique_within_keeps_a_finished_jobs_key_for_that_long,
+    replace_debounces_a_burst_into_one_pending_job_with_the_last_payload,
+    racing_enqueuers_queue_each_unique_key_once,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -186,6 +190,7 @@ fn job(pool: &str, priority: i64) -> NewJob {
         priority,
         max_attempts: 3,
         ready: Ready::After(Duration::ZERO),
+        unique: None,
     }
 }
 
@@ -1133,4 +1138,148 @@ async fn a_schedule_keeps_only_its_latest_runs(t: TestStore) {
     assert_eq!((runs[0].due_at, runs.last().unwrap().due_at), (ticks, 6));
     assert_eq!(t.counts("SELECT count(*) FROM schedule_runs").await, [i64::from(KEPT_SCHEDULE_RUNS)]);
     assert_eq!(t.store.status(None).await.unwrap().jobs.pending, ticks as u64, "pruning runs keeps their jobs");
+}
+
+/// A job of the default pool holding `key`, meeting a holder as `on_match` says.
+fn keyed(key: &str, within: Duration, on_match: OnMatch) -> NewJob {
+    NewJob { unique: Some(Unique { key: key.into(), within, on_match }), ..job("default", 0) }
+}
+
+fn skip(key: &str) -> NewJob {
+    keyed(key, Duration::ZERO, OnMatch::Skip)
+}
+
+/// Queues `jobs` in one call and returns each answer (see [`EnqueueReport::answers`]).
+async fn answers(store: &Store, jobs: &[NewJob]) -> Vec<(String, EnqueueOutcome)> {
+    store.enqueue(jobs.iter().cloned().map(Ok)).await.unwrap().answers(jobs)
+}
+
+async fn a_unique_key_is_held_while_its_job_lives_and_a_match_names_the_holder(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let first = answers(&t.store, &[skip("order-1")]).await;
+    assert_eq!(first[0].1, EnqueueOutcome::Queued);
+    let holder = first[0].0.clone();
+    assert_eq!(answers(&t.store, &[skip("order-1")]).await, [(holder.clone(), EnqueueOutcome::Duplicate)]);
+
+    let batch = [skip("order-2"), skip("order-2"), job("default", 0), skip("order-1")];
+    let answered = answers(&t.store, &batch).await;
+    assert_eq!(
+        answered,
+        [
+            (batch[0].id.clone(), EnqueueOutcome::Queued),
+            (batch[0].id.clone(), EnqueueOutcome::Duplicate),
+            (batch[2].id.clone(), EnqueueOutcome::Queued),
+            (holder.clone(), EnqueueOutcome::Duplicate),
+        ],
+        "each item of a batch is answered, a repeat within the batch matching the first"
+    );
+    let elsewhere = NewJob { pool: "other".into(), ..skip("order-1") };
+    assert_eq!(answers(&t.store, &[elsewhere]).await[0].1, EnqueueOutcome::Queued, "keys are per pool");
+
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(claimed.id, holder, "the first job queued is claimed first");
+    assert_eq!(answers(&t.store, &[skip("order-1")]).await[0], (holder.clone(), EnqueueOutcome::Duplicate));
+    t.complete(&claimed, "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    let after_completion = answers(&t.store, &[skip("order-1")]).await;
+    assert_eq!(after_completion[0].1, EnqueueOutcome::Queued, "a finished job holds its key no more");
+    assert_ne!(after_completion[0].0, holder);
+
+    assert_eq!(t.store.cancel_job(&batch[0].id).await.unwrap(), IdAnswer::Done);
+    assert_eq!(answers(&t.store, &[skip("order-2")]).await[0].1, EnqueueOutcome::Queued, "nor a cancelled one");
+    assert_eq!(t.store.status(None).await.unwrap().jobs.pending, 4);
+    t.assert_counts_exact().await;
+}
+
+async fn unique_within_keeps_a_finished_jobs_key_for_that_long(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let hour = Duration::from_secs(3600);
+    let within = |key: &str| keyed(key, hour, OnMatch::Skip);
+    let completed = answers(&t.store, &[within("daily")]).await[0].0.clone();
+    let poisoned = answers(&t.store, &[NewJob { max_attempts: 1, ..within("weekly") }]).await[0].0.clone();
+    let claimed = t.claim("default", "w1", LEASE, 2).await.unwrap();
+    t.complete(&claimed[0], "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    assert_eq!(t.fail(&claimed[1], &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+
+    t.advance(3_599_999);
+    assert_eq!(answers(&t.store, &[within("daily")]).await, [(completed.clone(), EnqueueOutcome::Duplicate)]);
+    assert_eq!(answers(&t.store, &[within("weekly")]).await, [(poisoned, EnqueueOutcome::Duplicate)]);
+    assert_eq!(
+        answers(&t.store, &[skip("daily")]).await[0].1,
+        EnqueueOutcome::Queued,
+        "the period is the new job's: without one, any finished holder lets go"
+    );
+    t.advance(1);
+    assert_eq!(answers(&t.store, &[within("weekly")]).await[0].1, EnqueueOutcome::Queued, "an hour later it is free");
+    assert_eq!(t.store.job(&completed).await.unwrap().unwrap().job.status, JobStatus::Completed, "and kept");
+    t.assert_counts_exact().await;
+}
+
+async fn replace_debounces_a_burst_into_one_pending_job_with_the_last_payload(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let debounced = |n: u32| NewJob {
+        payload: format!(r#"{{"n":{n}}}"#),
+        ready: after(5_000),
+        ..keyed("user-7", Duration::ZERO, OnMatch::ReplaceAndReschedule)
+    };
+    let holder = answers(&t.store, &[debounced(0)]).await[0].0.clone();
+    for n in 1..100 {
+        t.advance(10);
+        assert_eq!(answers(&t.store, &[debounced(n)]).await, [(holder.clone(), EnqueueOutcome::Replaced)]);
+    }
+    let burst = [debounced(100), debounced(101)];
+    let replaced = (holder.clone(), EnqueueOutcome::Replaced);
+    assert_eq!(answers(&t.store, &burst).await, [replaced.clone(), replaced]);
+    let job = t.store.job(&holder).await.unwrap().unwrap();
+    assert_eq!(job.payload, serde_json::json!({"n": 101}), "the last payload of the burst wins");
+    assert_eq!(job.job.run_at, t.now() + 5_000, "each enqueue pushed the run out by its delay");
+    assert_eq!(t.store.status(None).await.unwrap().jobs.pending, 1, "a burst of 102 is one job");
+
+    let keep_time = NewJob { payload: "{}".into(), ..keyed("user-7", Duration::ZERO, OnMatch::Replace) };
+    assert_eq!(answers(&t.store, &[keep_time]).await[0].1, EnqueueOutcome::Replaced);
+    assert_eq!(t.store.job(&holder).await.unwrap().unwrap().job.run_at, t.now() + 5_000, "no delay: time kept");
+
+    t.advance(5_000);
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(claimed.payload, "{}");
+    assert_eq!(
+        answers(&t.store, &[debounced(200)]).await,
+        [(holder.clone(), EnqueueOutcome::Duplicate)],
+        "a running holder is left alone"
+    );
+    assert_eq!(claimed.payload, t.store.job(&holder).await.unwrap().unwrap().payload.to_string());
+    t.assert_counts_exact().await;
+}
+
+/// Eight processes, each with its own connection, enqueue jobs with the same keys at once:
+/// each key is queued once, and every other enqueue names that job.
+async fn racing_enqueuers_queue_each_unique_key_once(t: TestStore) {
+    const PROCESSES: usize = 8;
+    let mut handles = Vec::new();
+    for process in 0..PROCESSES {
+        let store = t.another_store().await;
+        handles.push(tokio::spawn(async move {
+            // Each process takes the keys in another order, so their inserts interleave.
+            let mut keys: Vec<String> = (0..20).map(|key| format!("key-{key}")).collect();
+            keys.rotate_left(process * 3 % 20);
+            let jobs: Vec<NewJob> = keys.iter().map(|key| skip(key)).collect();
+            let answered = answers(&store, &jobs).await;
+            keys.into_iter().zip(answered).collect::<Vec<_>>()
+        }));
+    }
+    let mut holders: std::collections::HashMap<String, Vec<(String, EnqueueOutcome)>> = Default::default();
+    for handle in handles {
+        for (key, answer) in handle.await.unwrap() {
+            holders.entry(key).or_default().push(answer);
+        }
+    }
+    for (key, answered) in &holders {
+        let queued: Vec<_> = answered.iter().filter(|(_, outcome)| *outcome == EnqueueOutcome::Queued).collect();
+        assert_eq!(queued.len(), 1, "{key}: {answered:?}");
+        assert!(
+            answered.iter().all(|(id, _)| *id == queued[0].0),
+            "{key}: every match names the one job: {answered:?}"
+        );
+    }
+    assert_eq!(t.store.status(None).await.unwrap().jobs.pending, 20);
+    t.assert_counts_exact().await;
 }

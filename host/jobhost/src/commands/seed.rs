@@ -8,11 +8,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use jobhost_core::config::Config;
-use jobhost_store::{Access, InvalidJob, JobField, JobRequest, JobRules, NewJob, Refusal, Store};
+use jobhost_store::{Access, EnqueueOutcome, InvalidJob, JobField, JobRequest, JobRules, NewJob, Refusal, Store};
 
 use crate::cli::SeedArgs;
 use crate::settings::MAX_SEED_COUNT;
@@ -38,31 +40,104 @@ pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
             Box::new((0..args.count).map(|seq| Ok(Payload { line: None, text: format!(r#"{{"seq":{seq}}}"#) })))
         }
     };
-    let mut jobs = payloads.map(|payload| {
-        let Payload { line, text } = payload?;
-        let request = JobRequest {
-            pool: args.pool.clone(),
-            processor: args.processor.clone(),
-            payload: text,
-            priority: args.priority,
-            max_attempts: config.retry.max_attempts,
-            delay: args.delay.map(|delay| delay.0),
-            run_at: None,
-        };
-        NewJob::new(request, &rules).map_err(|err| Refusal(refusal(&err, line, &args, config)))
+    // The line each job came from, kept only when jobs may match others, to name them.
+    let keyed = args.unique_key.is_some() || args.unique_key_from.is_some();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut jobs = payloads.map({
+        let lines = lines.clone();
+        let args = &args;
+        move |payload| {
+            let Payload { line, text } = payload?;
+            let unique_key = match (&args.unique_key, &args.unique_key_from) {
+                (Some(key), _) => Some(key.clone()),
+                (None, Some(pointer)) => Some(key_at(&text, pointer, line, args)?),
+                (None, None) => None,
+            };
+            if keyed {
+                lines.lock().expect("never poisoned").push(line);
+            }
+            let request = JobRequest {
+                pool: args.pool.clone(),
+                processor: args.processor.clone(),
+                payload: text,
+                priority: args.priority,
+                max_attempts: config.retry.max_attempts,
+                delay: args.delay.map(|delay| delay.0),
+                run_at: None,
+                unique_key,
+                unique_within: args.unique_within.map(|within| within.0),
+                replace: args.replace,
+            };
+            NewJob::new(request, &rules).map_err(|err| Refusal(refusal(&err, line, args, config)))
+        }
     });
     // The first job shows whatever is wrong with the flags (and a first payload that breaks
     // a rule) before the database is opened, so a refused seed does not create one.
     let first = jobs.next().transpose().map_err(|Refusal(why)| anyhow::anyhow!(why))?;
 
     let store = Store::open(&config.database, Access::CreateIfMissing).await?;
-    let queued = store.enqueue(first.map(Ok).into_iter().chain(jobs)).await?;
+    let report = store.enqueue(first.map(Ok).into_iter().chain(jobs)).await?;
+    let lines = lines.lock().expect("never poisoned");
+    let matched: Vec<MatchedJob> = report
+        .matched
+        .iter()
+        .map(|matched| MatchedJob {
+            job: matched.index + 1,
+            line: lines.get(matched.index as usize).copied().flatten(),
+            id: &matched.id,
+            outcome: matched.outcome,
+        })
+        .collect();
     if args.json {
-        crate::outln!("{}", serde_json::json!({"queued": queued, "pool": args.pool}))?;
-    } else {
-        crate::outln!("queued {queued} job(s) in pool {}", args.pool)?;
+        let answer = serde_json::json!({"queued": report.queued, "pool": args.pool, "matched": matched});
+        crate::outln!("{answer}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::outln!("queued {} job(s) in pool {}", report.queued, args.pool)?;
+    for matched in &matched {
+        let what = match matched.line {
+            Some(line) => format!("line {line}"),
+            None => format!("job {}", matched.job),
+        };
+        let verb = match matched.outcome {
+            EnqueueOutcome::Replaced => "replaced the payload of",
+            EnqueueOutcome::Duplicate | EnqueueOutcome::Queued => "was not queued: its unique key is held by",
+        };
+        crate::outln!("{what} {verb} job {}", matched.id)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A job that was not queued because another job held its unique key, as `seed` reports it.
+#[derive(Serialize)]
+struct MatchedJob<'a> {
+    /// Its place among the jobs seeded, from 1.
+    job: u64,
+    /// Its line of --payload-file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    /// The job holding the key.
+    id: &'a str,
+    outcome: EnqueueOutcome,
+}
+
+/// The unique key at `pointer` in a payload: a string as it is, a number or boolean as
+/// written; anything else is refused, naming the payload.
+fn key_at(payload: &str, pointer: &str, line: Option<usize>, args: &SeedArgs) -> Result<String, Refusal> {
+    let name = match (line, &args.payload_file) {
+        (Some(line), Some(path)) => format!("{} line {line}", path.display()),
+        _ => "--payload".to_owned(),
+    };
+    let value: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|err| Refusal(format!("{name} is not valid JSON: {err}; nothing was queued")))?;
+    match value.pointer(pointer) {
+        Some(serde_json::Value::String(key)) => Ok(key.clone()),
+        Some(key @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Ok(key.to_string()),
+        _ => Err(Refusal(format!(
+            "{name} has no string or number at --unique-key-from {pointer}: give every payload its key there; \
+             nothing was queued"
+        ))),
+    }
 }
 
 /// Why a job is refused, naming what was typed: the flag, the line of `--payload-file`, or
@@ -75,6 +150,8 @@ fn refusal(err: &InvalidJob, line: Option<usize>, args: &SeedArgs, config: &Conf
         (JobField::Processor, ..) => "--processor".to_owned(),
         (JobField::MaxAttempts, ..) => config.name("retry.max_attempts"),
         (JobField::Schedule, ..) => "--delay".to_owned(),
+        (JobField::UniqueKey, ..) if args.unique_key_from.is_some() => "the key at --unique-key-from".to_owned(),
+        (JobField::UniqueKey, ..) => "--unique-key".to_owned(),
     };
     let fix = match err {
         InvalidJob::UnknownProcessor { processor, .. } => format!(

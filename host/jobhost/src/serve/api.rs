@@ -31,9 +31,9 @@ use jobhost_core::units::HumanDuration;
 use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
-    AttemptCursor, AttemptPage, AttemptRecord, Cursor, IdAnswer, InvalidJob, JobCounts, JobDetail, JobField, JobFilter,
-    JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS, ScheduleRun,
-    StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
+    AttemptCursor, AttemptPage, AttemptRecord, Cursor, EnqueueOutcome, IdAnswer, InvalidJob, JobCounts, JobDetail,
+    JobField, JobFilter, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS,
+    ScheduleRun, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
 };
 
 use super::App;
@@ -94,6 +94,15 @@ pub struct NewJobRequest {
     run_at: Option<i64>,
     /// Attempts before the job is poisoned. Default: `retry.max_attempts`.
     max_attempts: Option<u32>,
+    /// No job is queued while a job of the pool with this key is pending or running (or
+    /// finished within `unique_within`); the answer names that job instead.
+    unique_key: Option<String>,
+    /// Also match jobs that completed or were poisoned within this long, e.g. `1h`.
+    #[schema(value_type = String, example = "1h")]
+    unique_within: Option<HumanDuration>,
+    /// Debounce: a matching job still pending takes this job's payload (and, with `delay` or
+    /// `run_at`, its later start). Default false.
+    replace: Option<bool>,
 }
 
 /// A batch: queued in one transaction, all or nothing.
@@ -111,14 +120,20 @@ pub enum EnqueueRequest {
     Batch(NewJobsRequest),
 }
 
+/// A job queued, or the job holding its unique key.
 #[derive(Serialize, ToSchema)]
 pub struct Enqueued {
+    /// The new job's id; when it was not queued, the id of the job holding its unique key.
     id: String,
+    outcome: EnqueueOutcome,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct EnqueuedBatch {
+    /// For each job in order: its id, or the id of the job holding its unique key.
     ids: Vec<String>,
+    /// For each job in order, as a single enqueue answers it.
+    jobs: Vec<Enqueued>,
 }
 
 /// A job with its payload, result and latest attempts.
@@ -423,6 +438,9 @@ impl App {
             max_attempts: request.max_attempts.unwrap_or(config.retry.max_attempts),
             delay: request.delay.map(|delay| delay.0),
             run_at: request.run_at,
+            unique_key: request.unique_key,
+            unique_within: request.unique_within.map(|within| within.0),
+            replace: request.replace.unwrap_or(false),
         };
         let rules = JobRules { processors: Some(known), max_payload: config.jobs.max_payload.0 };
         NewJob::new(request, &rules).map_err(|err| {
@@ -432,6 +450,7 @@ impl App {
                 JobField::Payload => "payload",
                 JobField::MaxAttempts => "max_attempts",
                 JobField::Schedule => "run_at",
+                JobField::UniqueKey => "unique_key",
             });
             let fix = match &err {
                 InvalidJob::UnknownProcessor { processor, .. } => {
@@ -444,10 +463,13 @@ impl App {
     }
 }
 
-/// Queue one job or a batch.
+/// Queue one job or a batch. A job whose unique key another job of its pool holds is not
+/// queued: the answer names that job, and says whether this one replaced its payload.
 #[utoipa::path(post, path = "/api/v1/jobs", request_body = EnqueueRequest, responses(
-    (status = 201, description = "Queued one job", body = Enqueued),
-    (status = 201, description = "Queued the whole batch, ids in order", body = EnqueuedBatch),
+    (status = 201, description = "Queued the job, or at least one job of the batch", body = Enqueued),
+    (status = 201, description = "Queued the batch, ids in order", body = EnqueuedBatch),
+    (status = 200, description = "Queued nothing: each job's unique key was held; the answer names the holders",
+     body = Enqueued),
     (status = 422, description = "A field is wrong; nothing was queued", body = ErrorBody),
 ))]
 pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
@@ -458,8 +480,9 @@ pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Byt
     let top: std::collections::BTreeMap<String, Box<RawValue>> = parse(text, "")?;
     let Some(jobs) = top.get("jobs") else {
         let job = app.new_job(parse(text, "")?, "", &known)?;
-        let mut ids = app.store().enqueue_all(&[job]).await?;
-        return Ok((StatusCode::CREATED, Json(Enqueued { id: ids.remove(0) })).into_response());
+        let mut answers = app.enqueue(&[job]).await?;
+        let answer = answers.remove(0);
+        return Ok((created_if_queued(std::slice::from_ref(&answer)), Json(answer)).into_response());
     };
     if let Some(other) = top.keys().find(|key| *key != "jobs") {
         return Err(ApiError::field(other.clone(), "a batch holds only `jobs`: put every field in its jobs"));
@@ -476,8 +499,26 @@ pub async fn enqueue(State(app): State<Arc<App>>, headers: HeaderMap, bytes: Byt
         }
         queued.push(app.new_job(parse(item.get().as_bytes(), &field)?, &field, &known)?);
     }
-    let ids = app.store().enqueue_all(&queued).await?;
-    Ok((StatusCode::CREATED, Json(EnqueuedBatch { ids })).into_response())
+    let answers = app.enqueue(&queued).await?;
+    let status = created_if_queued(&answers);
+    let ids = answers.iter().map(|answer| answer.id.clone()).collect();
+    Ok((status, Json(EnqueuedBatch { ids, jobs: answers })).into_response())
+}
+
+/// 201 when a job was created, 200 when every job matched one that was there.
+fn created_if_queued(answers: &[Enqueued]) -> StatusCode {
+    if answers.iter().any(|answer| answer.outcome == EnqueueOutcome::Queued) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+impl App {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, ApiError> {
+        let report = self.store().enqueue(jobs.iter().cloned().map(Ok)).await?;
+        Ok(report.answers(jobs).into_iter().map(|(id, outcome)| Enqueued { id, outcome }).collect())
+    }
 }
 
 /// One job with its history; `?wait=30s` waits for it to finish.

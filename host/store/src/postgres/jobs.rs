@@ -23,8 +23,24 @@ const CHUNK: usize = 1_000;
 
 /// `a + b` in SQL, saturating at the end of time instead of failing on overflow.
 macro_rules! saturating_add {
-    ($a:literal, $b:literal) => {
-        concat!("least(", $a, "::numeric + ", $b, ", 9223372036854775807)::bigint")
+    ($a:literal, $($b:literal),+) => {
+        concat!("least(", $a, "::numeric + ", $($b,)+ ", 9223372036854775807)::bigint")
+    };
+}
+
+/// When a job of the row `$row`, with columns `delay` and `run_at` (one of them NULL, see
+/// [`Ready`]), is ready, given `t.now`.
+macro_rules! ready_at {
+    ($row:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $row,
+            ".run_at IS NULL THEN ",
+            saturating_add!("t.now", $row, ".delay"),
+            " ELSE greatest(",
+            $row,
+            ".run_at, t.now) END"
+        )
     };
 }
 
@@ -51,28 +67,85 @@ macro_rules! count_and_wake {
 
 /// Inserts a chunk of jobs, counts them, wakes their pool's workers (see [`count_and_wake`])
 /// and counts them in the activity table, in one statement. Each job is ready after its
-/// `delay` or at its `run_at` (the other is NULL; see [`Ready`]), on the server's clock.
+/// `delay` or at its `run_at` (the other is NULL; see [`Ready`]), on the server's clock. A job
+/// whose unique key is held is not inserted (see [`MATCH_HOLDERS`] for what it does then).
+///
+/// Jobs with unique keys are inserted in key order, each still numbered (`seq`) in the order
+/// given: enqueuers whose batches share keys then wait for each other's keys in one order,
+/// never in a cycle. (`nextval` in the inner query runs after its `ORDER BY`.)
 pub(super) const ENQUEUE: &str = concat!(
     "WITH inserted AS (
-       INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
-                         created_at, updated_at)
-       SELECT j.id, j.pool, j.processor, j.payload, 'pending', j.priority,
-              CASE WHEN j.run_at IS NULL THEN ",
-    saturating_add!("t.now", "j.delay"),
-    " ELSE greatest(j.run_at, t.now) END, 0, j.max_attempts, t.now, t.now
+       INSERT INTO jobs (seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
+                         created_at, updated_at, unique_key)
+       SELECT j.seq, j.id, j.pool, j.processor, j.payload, 'pending', j.priority, ",
+    ready_at!("j"),
+    ", 0, j.max_attempts, t.now, t.now, j.unique_key
          FROM (SELECT ",
     now_sql!(),
     " AS now) t,
-              unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
-                     $9::bigint[])
-                WITH ORDINALITY AS j(id, pool, processor, payload, priority, max_attempts, delay, run_at, n)
-        ORDER BY j.n
+              (SELECT nextval(pg_get_serial_sequence('jobs', 'seq')) AS seq, u.*
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                             $8::bigint[], $9::bigint[], $10::text[])
+                        WITH ORDINALITY AS u(id, pool, processor, payload, priority, max_attempts, delay, run_at,
+                                             unique_key, n)
+                ORDER BY u.n) j
+        ORDER BY j.pool, j.unique_key, j.seq
+       ON CONFLICT (pool, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
        RETURNING pool, processor, status, created_at),
      recorded AS (
        INSERT INTO activity
        SELECT created_at / 60000, pool, processor, 'enqueued', -1, -1, count(*), 0, 0
          FROM inserted GROUP BY created_at / 60000, pool, processor)",
     count_and_wake!("inserted")
+);
+
+/// Before [`ENQUEUE`] inserts jobs with unique keys: frees each key whose holder no longer
+/// holds it (see [`Unique`]). Racing enqueuers wait for each other on the holder's row, which
+/// they lock in key order as [`ENQUEUE`] inserts, and the later one finds the key already
+/// NULL, so a key is freed once.
+const RELEASE_KEYS: &str = concat!(
+    "UPDATE jobs SET unique_key = NULL
+      WHERE seq IN (
+        SELECT j.seq
+          FROM (SELECT ",
+    now_sql!(),
+    " AS now) t, unnest($2::text[], $3::text[], $4::bigint[]) AS k(pool, key, within), jobs j
+         WHERE j.pool = k.pool AND j.unique_key = k.key
+           AND (j.status = 'cancelled' OR (j.status IN ('completed', 'poisoned') AND j.finished_at <= t.now - k.within))
+         ORDER BY j.pool, j.unique_key
+           FOR UPDATE OF j)"
+);
+
+/// After [`ENQUEUE`], in its transaction: each job of the chunk that was not inserted meets
+/// the job holding its key (see [`OnMatch`]). Among the jobs replacing one holder the last
+/// wins, so a burst ends with its last payload. Returns, for each job the holder of whose key
+/// is another job, its place in the chunk (from 1), that holder's id (NULL if the key was
+/// freed since the insert found it held: the job is tried again), and whether it replaced.
+const MATCH_HOLDERS: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     k AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[])
+                    WITH ORDINALITY AS k(id, pool, unique_key, payload, on_match, delay, run_at, n)),
+     holders AS (
+       SELECT k.n, j.seq, j.id FROM k LEFT JOIN jobs j ON j.pool = k.pool AND j.unique_key = k.unique_key
+        WHERE j.id IS DISTINCT FROM k.id),
+     latest AS (
+       SELECT DISTINCT ON (holders.seq) holders.seq, k.payload, k.on_match, k.delay, k.run_at
+         FROM holders JOIN k ON k.n = holders.n
+        WHERE holders.seq IS NOT NULL AND k.on_match <> 'skip'
+        ORDER BY holders.seq, k.n DESC),
+     replaced AS (
+       UPDATE jobs j
+          SET payload = latest.payload, updated_at = t.now,
+              run_at = CASE WHEN latest.on_match = 'reschedule' THEN ",
+    ready_at!("latest"),
+    " ELSE j.run_at END
+         FROM latest, t
+        WHERE j.seq = latest.seq AND j.status = 'pending'
+       RETURNING j.seq)
+     SELECT holders.n, holders.id, k.on_match <> 'skip' AND holders.seq IN (SELECT seq FROM replaced)
+       FROM holders JOIN k ON k.n = holders.n"
 );
 
 /// After [`import`] inserted the jobs of `$1` (their `seq`s): what [`ENQUEUE`] does for its jobs.
@@ -84,36 +157,134 @@ const COUNT_IMPORTED: &str =
 pub(super) const READY_IN: &str =
     concat!("SELECT min(run_at) - ", now_sql!(), " FROM jobs WHERE status = 'pending' AND pool = $2");
 
+/// The statements an enqueue uses: [`ENQUEUE`], prepared on the connection, and those for
+/// jobs with unique keys, prepared when the first such job comes.
+pub(super) struct EnqueueStatements {
+    pub(super) enqueue: Statement,
+    /// [`RELEASE_KEYS`] and [`MATCH_HOLDERS`].
+    pub(super) keyed: Option<[Statement; 2]>,
+}
+
+impl EnqueueStatements {
+    async fn keyed(&mut self, client: &impl GenericClient) -> Result<&[Statement; 2]> {
+        if self.keyed.is_none() {
+            self.keyed = Some([client.prepare(RELEASE_KEYS).await?, client.prepare(MATCH_HOLDERS).await?]);
+        }
+        Ok(self.keyed.as_ref().expect("prepared above"))
+    }
+}
+
 /// Queues every job `jobs` yields, all or none. Jobs that fit one chunk (every job the API
-/// queues, one or a batch) go in one statement, atomic alone: one round trip, where a
-/// transaction would add two (`BEGIN`, `COMMIT`). More are streamed through one transaction,
-/// a chunk to a statement.
+/// queues, one or a batch) and have no unique key go in one statement, atomic alone: one
+/// round trip, where a transaction would add two (`BEGIN`, `COMMIT`). More are streamed
+/// through one transaction, a chunk to a statement, and so are jobs with unique keys, whose
+/// chunks take three statements (see [`insert_keyed_chunk`]).
 pub(super) async fn enqueue(
     client: &mut Client,
-    statement: &Statement,
+    statements: &mut EnqueueStatements,
     jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
     now: Now,
-) -> Result<u64> {
+) -> Result<EnqueueReport> {
     let first = next_chunk(jobs)?;
-    if first.len() < CHUNK {
-        insert_chunk(&*client, statement, &first, now).await?;
-        return Ok(first.len() as u64);
+    let keyed = |chunk: &[NewJob]| chunk.iter().any(|job| job.unique.is_some());
+    if first.len() < CHUNK && !keyed(&first) {
+        insert_chunk(&*client, &statements.enqueue, &first, now).await?;
+        return Ok(EnqueueReport { queued: first.len() as u64, matched: Vec::new() });
     }
     let tx = client.transaction().await?;
-    let mut queued = 0;
+    let mut report = EnqueueReport::default();
     let mut chunk = first;
+    let mut offset = 0;
     while !chunk.is_empty() {
-        insert_chunk(&tx, statement, &chunk, now).await?;
-        queued += chunk.len() as u64;
+        let matched = if keyed(&chunk) {
+            insert_keyed_chunk(&tx, statements, &chunk, now).await?
+        } else {
+            insert_chunk(&tx, &statements.enqueue, &chunk, now).await?;
+            Vec::new()
+        };
+        report.queued += (chunk.len() - matched.len()) as u64;
+        report.matched.extend(matched.into_iter().map(|matched| Matched { index: offset + matched.index, ..matched }));
+        offset += chunk.len() as u64;
         chunk = next_chunk(jobs)?;
     }
     tx.commit().await?;
-    Ok(queued)
+    Ok(report)
 }
 
 /// Up to [`CHUNK`] jobs; fewer only when `jobs` has no more. A refused job is the error.
 fn next_chunk(jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send)) -> Result<Vec<NewJob>> {
     jobs.take(CHUNK).map(|job| job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))).collect()
+}
+
+/// A chunk with unique keys, in the caller's transaction: frees the keys whose holders let go
+/// of them, inserts, then has each job that found its key held meet the holder. Returns those
+/// jobs, by their place in the chunk. A job whose holder let go of the key between the
+/// insert and the match (it finished or was cancelled, and another enqueue freed the key) is
+/// inserted again, so every job ends queued or matched.
+async fn insert_keyed_chunk(
+    tx: &Transaction<'_>,
+    statements: &mut EnqueueStatements,
+    chunk: &[NewJob],
+    now: Now,
+) -> Result<Vec<Matched>> {
+    let [release, match_holders] = statements.keyed(tx).await?.clone();
+    let mut pending: Vec<usize> = (0..chunk.len()).collect();
+    let mut matched = Vec::new();
+    for _ in 0..3 {
+        let jobs: Vec<NewJob> = pending.iter().map(|&index| chunk[index].clone()).collect();
+        let keyed: Vec<(&NewJob, &Unique)> =
+            jobs.iter().filter_map(|job| job.unique.as_ref().map(|unique| (job, unique))).collect();
+        let pools: Vec<&str> = keyed.iter().map(|(job, _)| job.pool.as_str()).collect();
+        let keys: Vec<&str> = keyed.iter().map(|(_, unique)| unique.key.as_str()).collect();
+        let withins: Vec<i64> = keyed.iter().map(|(_, unique)| millis(unique.within)).collect();
+        tx.execute(&release, &[&now, &pools, &keys, &withins]).await?;
+        insert_chunk(tx, &statements.enqueue, &jobs, now).await?;
+
+        let ids: Vec<&str> = keyed.iter().map(|(job, _)| job.id.as_str()).collect();
+        let payloads: Vec<&str> = keyed.iter().map(|(job, _)| job.payload.as_str()).collect();
+        let on_match: Vec<&str> = keyed
+            .iter()
+            .map(|(_, unique)| match unique.on_match {
+                OnMatch::Skip => "skip",
+                OnMatch::Replace => "replace",
+                OnMatch::ReplaceAndReschedule => "reschedule",
+            })
+            .collect();
+        let (delays, run_ats) = ready_columns(keyed.iter().map(|(job, _)| *job));
+        let params: [&(dyn ToSql + Sync); 8] = [&now, &ids, &pools, &keys, &payloads, &on_match, &delays, &run_ats];
+        // Places in `keyed` (from 1) map back to places in `jobs`, then in `chunk`.
+        let places: Vec<usize> =
+            jobs.iter().enumerate().filter(|(_, job)| job.unique.is_some()).map(|(place, _)| pending[place]).collect();
+        let mut freed = Vec::new();
+        for row in tx.query(&match_holders, &params).await? {
+            let place = places[(row.value::<i64>(0)? - 1) as usize];
+            match row.value::<Option<String>>(1)? {
+                Some(id) => {
+                    let outcome = if row.value(2)? { EnqueueOutcome::Replaced } else { EnqueueOutcome::Duplicate };
+                    matched.push(Matched { index: place as u64, id, outcome });
+                }
+                None => freed.push(place),
+            }
+        }
+        if freed.is_empty() {
+            matched.sort_by_key(|matched| matched.index);
+            return Ok(matched);
+        }
+        pending = freed;
+    }
+    Err(StoreError::new(
+        ErrorKind::Busy,
+        "the unique keys of this batch were taken and freed again three times while it was queued: try again",
+    ))
+}
+
+/// Each job's `delay` and `run_at` columns (see [`Ready`]): one of the two is NULL.
+fn ready_columns<'a>(jobs: impl Iterator<Item = &'a NewJob>) -> (Vec<Option<i64>>, Vec<Option<i64>>) {
+    jobs.map(|job| match job.ready {
+        Ready::After(delay) => (Some(millis(delay)), None),
+        Ready::At(at) => (None, Some(at)),
+    })
+    .unzip()
 }
 
 pub(super) async fn insert_chunk(
@@ -127,13 +298,9 @@ pub(super) async fn insert_chunk(
     }
     let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
     let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
-    let (delays, run_ats): (Vec<Option<i64>>, Vec<Option<i64>>) = chunk
-        .iter()
-        .map(|job| match job.ready {
-            Ready::After(delay) => (Some(millis(delay)), None),
-            Ready::At(at) => (None, Some(at)),
-        })
-        .unzip();
+    let (delays, run_ats) = ready_columns(chunk.iter());
+    let unique_keys: Vec<Option<&str>> =
+        chunk.iter().map(|job| job.unique.as_ref().map(|unique| unique.key.as_str())).collect();
     client
         .execute(
             statement,
@@ -147,6 +314,7 @@ pub(super) async fn insert_chunk(
                 &number(|job| i64::from(job.max_attempts)),
                 &delays,
                 &run_ats,
+                &unique_keys,
             ],
         )
         .await?;
@@ -642,7 +810,8 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
     let rows = client
         .query(
             "SELECT seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
-                    claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at
+                    claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at,
+                    unique_key
                FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2",
             &[&after, &i64::from(limit)],
         )
@@ -668,6 +837,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             created_at: row.value(15)?,
             updated_at: row.value(16)?,
             finished_at: row.value(17)?,
+            unique_key: row.value(18)?,
             history: Vec::new(),
         });
     }
@@ -706,8 +876,8 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
         .prepare(
             "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
                                worker_id, claim_token, lease_expires_at, result, last_error, created_at, updated_at,
-                               finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                               finished_at, unique_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
              RETURNING seq",
         )
         .await?;
@@ -741,6 +911,7 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
                     &job.created_at,
                     &job.updated_at,
                     &job.finished_at,
+                    &job.unique_key,
                 ],
             )
             .await?

@@ -231,10 +231,15 @@ impl Driver for PostgresDriver {
         Fingerprint { file: None }
     }
 
-    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
+    async fn enqueue(
+        &self,
+        jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
+        now: Now,
+    ) -> Result<EnqueueReport> {
         let mut link = self.connections.link().await?;
-        let statement = link.prepare(jobs::ENQUEUE).await?;
-        let queued = jobs::enqueue(&mut link.client, &statement, jobs, now).await?;
+        let mut statements = jobs::EnqueueStatements { enqueue: link.prepare(jobs::ENQUEUE).await?, keyed: None };
+        let report = jobs::enqueue(&mut link.client, &mut statements, jobs, now).await?;
+        let queued = report.queued;
         // Until autovacuum first analyses a freshly filled table, the planner believes it
         // holds one row and sends the claim through a sort of every pending job (80-130 ms
         // a claim at 100,000 jobs instead of 0.1 ms). A large enqueue gathers the statistics
@@ -244,7 +249,7 @@ impl Driver for PostgresDriver {
         {
             tracing::warn!("ANALYZE jobs after queueing {queued} jobs failed: {}", StoreError::from(err));
         }
-        Ok(queued)
+        Ok(report)
     }
 
     async fn turn(

@@ -193,6 +193,111 @@ const MIGRATIONS: &[&str] = &[
     DROP TRIGGER job_count_deltas_insert ON jobs;
     DROP FUNCTION job_count_deltas_insert();
 "#,
+    // 9: unique jobs (see `model::Unique`), and `enqueue()`, the SQL function applications
+    // call to queue a job inside their own transaction (see docs/postgres.md). The function
+    // is part of jobhost's interface: later versions keep its name and its arguments, and add
+    // new ones with defaults. It does for one job what `jobs::ENQUEUE`, `RELEASE_KEYS` and
+    // `MATCH_HOLDERS` do for many, with the checks of `NewJob::new`.
+    r#"
+    ALTER TABLE jobs ADD COLUMN unique_key text;
+    CREATE UNIQUE INDEX jobs_unique_key ON jobs (pool, unique_key) WHERE unique_key IS NOT NULL;
+
+    CREATE FUNCTION enqueue(
+        processor     text,
+        payload       jsonb       DEFAULT '{}',
+        pool          text        DEFAULT 'default',
+        priority      bigint      DEFAULT 0,
+        delay         interval    DEFAULT NULL,
+        run_at        timestamptz DEFAULT NULL,
+        max_attempts  integer     DEFAULT 3,
+        unique_key    text        DEFAULT NULL,
+        unique_within interval    DEFAULT NULL,
+        replace       boolean     DEFAULT false
+    ) RETURNS text LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
+    #variable_conflict use_column
+    DECLARE
+        now_ms    bigint := (extract(epoch FROM statement_timestamp()) * 1000)::bigint;
+        ready_ms  bigint;
+        text_form text   := enqueue.payload::text;
+        job_id    text;
+        holder    text;
+    BEGIN
+        IF enqueue.processor IS NULL OR enqueue.processor !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+            RAISE EXCEPTION 'jobhost enqueue: processor % is not a processor name', quote_nullable(enqueue.processor)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'a processor name (the file stem of NAME.wasm) is 1 to 64 letters, digits, _ or -';
+        END IF;
+        IF enqueue.pool IS NULL OR octet_length(enqueue.pool) NOT BETWEEN 1 AND 128 OR enqueue.pool ~ '[[:cntrl:]]' THEN
+            RAISE EXCEPTION 'jobhost enqueue: pool % is not a pool name', quote_nullable(enqueue.pool)
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'a pool name is 1 to 128 bytes of printable text';
+        END IF;
+        IF enqueue.payload IS NULL OR octet_length(text_form) > 1048576 THEN
+            RAISE EXCEPTION 'jobhost enqueue: payload is missing or larger than 1 MiB (% bytes)', octet_length(text_form)
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'send a JSON payload of at most 1 MiB';
+        END IF;
+        IF enqueue.priority IS NULL OR enqueue.max_attempts IS NULL OR enqueue.max_attempts NOT BETWEEN 1 AND 10000 THEN
+            RAISE EXCEPTION 'jobhost enqueue: max_attempts must be between 1 and 10000 and priority given, got % and %',
+                    quote_nullable(enqueue.max_attempts), quote_nullable(enqueue.priority)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF enqueue.delay IS NOT NULL AND enqueue.run_at IS NOT NULL OR enqueue.delay < interval '0' THEN
+            RAISE EXCEPTION 'jobhost enqueue: give a delay of 0 or more, or a run_at, not both'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF enqueue.unique_key IS NULL AND (enqueue.replace OR enqueue.unique_within IS NOT NULL) THEN
+            RAISE EXCEPTION 'jobhost enqueue: unique_key is required with replace and unique_within'
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'give the job a unique key';
+        END IF;
+        IF octet_length(enqueue.unique_key) NOT BETWEEN 1 AND 128 OR enqueue.unique_key ~ '[[:cntrl:]]'
+                OR enqueue.unique_within < interval '0' OR enqueue.replace IS NULL THEN
+            RAISE EXCEPTION 'jobhost enqueue: unique_key must be 1 to 128 bytes of printable text, unique_within 0 or more'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        ready_ms := CASE WHEN enqueue.run_at IS NULL
+            THEN least(now_ms::numeric + extract(epoch FROM coalesce(enqueue.delay, interval '0')) * 1000,
+                       9223372036854775807)::bigint
+            ELSE greatest((extract(epoch FROM enqueue.run_at) * 1000)::bigint, now_ms) END;
+        LOOP
+            IF enqueue.unique_key IS NOT NULL THEN
+                UPDATE jobs SET unique_key = NULL
+                 WHERE pool = enqueue.pool AND unique_key = enqueue.unique_key
+                   AND (status = 'cancelled' OR (status IN ('completed', 'poisoned') AND finished_at <=
+                        now_ms - (extract(epoch FROM coalesce(enqueue.unique_within, interval '0')) * 1000)::bigint));
+            END IF;
+            -- A UUIDv7, as jobhost's own ids: time-ordered, so new ids land at the end of the index.
+            job_id := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
+                          substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                          FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid::text;
+            INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
+                              created_at, updated_at, unique_key)
+            VALUES (job_id, enqueue.pool, enqueue.processor, text_form, 'pending', enqueue.priority, ready_ms, 0,
+                    enqueue.max_attempts, now_ms, now_ms, enqueue.unique_key)
+            ON CONFLICT (pool, unique_key) WHERE unique_key IS NOT NULL DO NOTHING;
+            IF FOUND THEN
+                INSERT INTO job_count_deltas VALUES (enqueue.pool, 'pending', 1);
+                INSERT INTO activity VALUES (now_ms / 60000, enqueue.pool, enqueue.processor, 'enqueued', -1, -1, 1, 0, 0);
+                PERFORM pg_notify('jobhost_ready', current_schema() || '.' || enqueue.pool);
+                RETURN job_id;
+            END IF;
+            IF enqueue.replace THEN
+                UPDATE jobs SET payload = text_form, updated_at = now_ms,
+                                run_at = CASE WHEN enqueue.delay IS NULL AND enqueue.run_at IS NULL
+                                              THEN run_at ELSE ready_ms END
+                 WHERE pool = enqueue.pool AND unique_key = enqueue.unique_key AND status = 'pending'
+                RETURNING id INTO holder;
+            END IF;
+            IF holder IS NULL THEN
+                SELECT id INTO holder FROM jobs WHERE pool = enqueue.pool AND unique_key = enqueue.unique_key;
+            END IF;
+            -- None when the holder let go of the key since the insert found it held: try again.
+            IF holder IS NOT NULL THEN
+                RETURN holder;
+            END IF;
+        END LOOP;
+    END $$;
+    COMMENT ON FUNCTION enqueue IS
+        'jobhost: queues a job in the calling transaction; returns its id, or that of the job holding its unique key. See docs/postgres.md.';
+"#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -301,7 +406,8 @@ mod tests {
         drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
         let schema = &config.schema;
         // Version 2 as it was: no attempt named the code it ran, no schedules, no index of
-        // finished jobs, no following workers, and inserted jobs counted by a trigger.
+        // finished jobs, no following workers, inserted jobs counted by a trigger, and no
+        // unique keys or enqueue function.
         client
             .batch_execute(&format!(
                 "CREATE FUNCTION {schema}.job_count_deltas_insert() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -315,6 +421,8 @@ mod tests {
                  DROP INDEX {schema}.jobs_finished;
                  ALTER TABLE {schema}.workers DROP COLUMN following;
                  ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;
+                 DROP FUNCTION {schema}.enqueue;
+                 ALTER TABLE {schema}.jobs DROP COLUMN unique_key;
                  UPDATE {schema}.jobhost_schema SET version = 2;
                  INSERT INTO {schema}.jobs (id, pool, processor, payload, status, run_at, attempts, max_attempts,
                                             created_at, updated_at, finished_at)
@@ -344,6 +452,7 @@ mod tests {
             priority: 0,
             max_attempts: 3,
             ready: crate::Ready::After(std::time::Duration::ZERO),
+            unique: None,
         };
         store.enqueue_all(&[job]).await.unwrap();
         let jobs = store.status(None).await.unwrap().jobs;
@@ -387,5 +496,58 @@ mod tests {
         let listed: Vec<&str> = check.split(',').map(|kind| kind.trim().trim_matches('\'')).collect();
         let kinds: Vec<&str> = jobhost_core::outcome::OutcomeKind::ALL.iter().map(|kind| kind.as_str()).collect();
         assert_eq!(listed, kinds);
+    }
+
+    /// `enqueue()` as an application calls it: inside its own transaction, with named
+    /// arguments; the job exists exactly when the transaction commits.
+    #[tokio::test]
+    async fn the_enqueue_function_queues_in_the_callers_transaction_and_checks_like_the_api() {
+        let (config, mut client) = server().await;
+        let store = Store::open(&config, Access::CreateIfMissing).await.unwrap();
+        let schema = &config.schema;
+        let call = |args: &str| format!("SELECT {schema}.enqueue({args})");
+        let wakeups = store.wakeups("default").await.unwrap();
+        let woken = || tokio::time::timeout(std::time::Duration::from_secs(10), wakeups.changed());
+        woken().await.expect("the first wake-up comes once the source watches");
+
+        let tx = client.transaction().await.unwrap();
+        let id: String = tx.query_one(&call("processor => 'echo'"), &[]).await.unwrap().get(0);
+        tx.rollback().await.unwrap();
+        assert!(store.job(&id).await.unwrap().is_none(), "rolled back with the application's rows");
+
+        let tx = client.transaction().await.unwrap();
+        let args = r#"processor => 'echo', payload => '{"a": 1}'::jsonb, priority => 5, unique_key => 'order-1'"#;
+        let id: String = tx.query_one(&call(args), &[]).await.unwrap().get(0);
+        tx.commit().await.unwrap();
+        woken().await.expect("the commit wakes following workers");
+        let job = store.job(&id).await.unwrap().expect("committed");
+        assert_eq!((job.job.status, job.job.priority), (crate::JobStatus::Pending, 5));
+        assert_eq!(job.payload, serde_json::json!({"a": 1}));
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7, "a time-ordered id, as jobhost's own");
+        assert!(store.driver.drifted_counts().await.unwrap().is_empty(), "the job is counted");
+
+        let again: String =
+            client.query_one(&call("processor => 'echo', unique_key => 'order-1'"), &[]).await.unwrap().get(0);
+        assert_eq!(again, id, "a job holding the key is answered with its id");
+        let replace = r#"processor => 'echo', payload => '{"a": 2}', unique_key => 'order-1', replace => true"#;
+        let replaced: String = client.query_one(&call(replace), &[]).await.unwrap().get(0);
+        assert_eq!(replaced, id);
+        assert_eq!(store.job(&id).await.unwrap().unwrap().payload, serde_json::json!({"a": 2}), "debounced");
+        assert_eq!(store.status(None).await.unwrap().jobs.pending, 1);
+
+        for (args, expected) in [
+            ("processor => '../x'", "processor '../x' is not a processor name"),
+            ("processor => 'echo', pool => ''", "pool '' is not a pool name"),
+            ("processor => 'echo', max_attempts => 0", "max_attempts must be between 1 and 10000"),
+            ("processor => 'echo', replace => true", "unique_key is required with replace"),
+            ("processor => 'echo', delay => '-1 second'", "give a delay of 0 or more"),
+            ("processor => 'echo', delay => '1 second', run_at => now()", "or a run_at, not both"),
+        ] {
+            let err = client.query_one(&call(args), &[]).await.unwrap_err();
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{args}: {err}"));
+            assert_eq!(db.code(), &tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE, "{args}");
+            assert!(db.message().contains(expected), "{args}: {}", db.message());
+        }
+        assert_eq!(store.status(None).await.unwrap().jobs.pending, 1, "a refused call queues nothing");
     }
 }

@@ -18,31 +18,98 @@ pub(super) fn enqueue(
     tx: &Transaction<'_>,
     jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
     now: Millis,
-) -> Result<u64> {
+) -> Result<EnqueueReport> {
+    // A job whose key is held inserts nothing: the unique index turns the insert into a no-op.
     let mut insert = tx.prepare_cached(
         "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts,
-                           max_attempts, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, 0, ?7, ?8, ?8)",
+                           max_attempts, created_at, updated_at, unique_key)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, 0, ?7, ?8, ?8, ?9)
+         ON CONFLICT (pool, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     )?;
-    let mut queued = 0;
+    let mut report = EnqueueReport::default();
     let mut tally = Tally::default();
-    for job in jobs {
+    for (index, job) in jobs.enumerate() {
         let job = job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))?;
-        insert.execute(params![
+        if let Some(unique) = &job.unique {
+            release_unique_key(tx, &job.pool, unique, now)?;
+        }
+        let run_at = job.ready.run_at(now);
+        let unique_key = job.unique.as_ref().map(|unique| &unique.key);
+        let inserted = insert.execute(params![
             job.id,
             job.pool,
             job.processor,
             job.payload,
             job.priority,
-            job.ready.run_at(now),
+            run_at,
             job.max_attempts,
-            now
+            now,
+            unique_key
         ])?;
-        tally.enqueued(&job.pool, &job.processor);
-        queued += 1;
+        match (inserted, &job.unique) {
+            (0, Some(unique)) => {
+                let (id, outcome) = meet_holder(tx, &job, unique, run_at, now)?;
+                report.matched.push(Matched { index: index as u64, id, outcome });
+            }
+            _ => {
+                tally.enqueued(&job.pool, &job.processor);
+                report.queued += 1;
+            }
+        }
     }
     record(tx, &tally, now)?;
-    Ok(queued)
+    Ok(report)
+}
+
+/// Frees `unique.key` in `pool` if the job holding it no longer does (see [`Unique`]): it
+/// was cancelled, or it finished more than `unique.within` ago.
+fn release_unique_key(tx: &Transaction<'_>, pool: &str, unique: &Unique, now: Millis) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET unique_key = NULL
+          WHERE pool = ?1 AND unique_key = ?2
+            AND (status = 'cancelled' OR (status IN ('completed', 'poisoned') AND finished_at <= ?3))",
+    )?
+    .execute(params![pool, unique.key, now.saturating_sub(millis(unique.within))])?;
+    Ok(())
+}
+
+/// What `job`, which found its key held, does to the holder (see [`OnMatch`]); the holder's
+/// id and what became of `job`.
+fn meet_holder(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    unique: &Unique,
+    run_at: Millis,
+    now: Millis,
+) -> Result<(String, EnqueueOutcome)> {
+    let replaced = match unique.on_match {
+        OnMatch::Skip => None,
+        OnMatch::Replace | OnMatch::ReplaceAndReschedule => tx
+            .prepare_cached(
+                "UPDATE jobs SET payload = ?1, run_at = CASE WHEN ?2 THEN ?3 ELSE run_at END, updated_at = ?4
+                  WHERE pool = ?5 AND unique_key = ?6 AND status = 'pending'
+                 RETURNING id",
+            )?
+            .query_row(
+                params![
+                    job.payload,
+                    unique.on_match == OnMatch::ReplaceAndReschedule,
+                    run_at,
+                    now,
+                    job.pool,
+                    unique.key
+                ],
+                |row| row.get(0),
+            )
+            .optional()?,
+    };
+    if let Some(id) = replaced {
+        return Ok((id, EnqueueOutcome::Replaced));
+    }
+    let holder = tx
+        .prepare_cached("SELECT id FROM jobs WHERE pool = ?1 AND unique_key = ?2")?
+        .query_row(params![job.pool, unique.key], |row| row.get(0))?;
+    Ok((holder, EnqueueOutcome::Duplicate))
 }
 
 /// Adds a transaction's [`Tally`] to the activity table.
@@ -489,7 +556,8 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
     let mut jobs = conn
         .prepare_cached(
             "SELECT seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
-                    claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at
+                    claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at,
+                    unique_key
                FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?
         .query_map(params![after, limit], |row| {
@@ -512,6 +580,7 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
                 created_at: row.get(15)?,
                 updated_at: row.get(16)?,
                 finished_at: row.get(17)?,
+                unique_key: row.get(18)?,
                 history: Vec::new(),
             })
         })?
@@ -545,8 +614,9 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
 pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
     let mut insert_job = tx.prepare_cached(
         "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
-                           claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                           claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at,
+                           unique_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
          RETURNING seq",
     )?;
     let mut insert_attempt = tx.prepare_cached(
@@ -573,7 +643,8 @@ pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
                 job.last_error,
                 job.created_at,
                 job.updated_at,
-                job.finished_at
+                job.finished_at,
+                job.unique_key
             ],
             |row| row.get(0),
         )?;

@@ -306,7 +306,11 @@ impl Driver for SqliteDriver {
         self.fingerprint.clone()
     }
 
-    async fn enqueue(&self, jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send), now: Now) -> Result<u64> {
+    async fn enqueue(
+        &self,
+        jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send),
+        now: Now,
+    ) -> Result<EnqueueReport> {
         let now = resolve_now(now);
         self.write(|tx| jobs::enqueue(tx, jobs, now))
     }

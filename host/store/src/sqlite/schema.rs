@@ -149,6 +149,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE workers ADD COLUMN following INTEGER NOT NULL DEFAULT 0 CHECK (following IN (0, 1));
     "#,
+    // 9: unique jobs (see model::Unique). The index holds only the jobs that hold a key, so
+    // jobs without one write no entry; a finished job gives its key up by setting it NULL.
+    r#"
+    ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    CREATE UNIQUE INDEX jobs_unique_key ON jobs (pool, unique_key) WHERE unique_key IS NOT NULL;
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -213,6 +219,7 @@ mod tests {
             priority: 0,
             max_attempts: 3,
             ready: Ready::After(Duration::ZERO),
+            unique: None,
         }
     }
 
