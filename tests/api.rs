@@ -142,7 +142,8 @@ impl Api {
     /// `POST /api/v1/jobs` of one job; insists on 201 and returns its id.
     fn enqueue(&self, job: &Value) -> String {
         let body = self.post("/api/v1/jobs", job).expect(201);
-        assert_eq!(keys(&body), ["id"], "the answer to enqueueing one job is {{\"id\"}}: {body}");
+        assert_eq!(keys(&body), ["id", "outcome"], "the answer to enqueueing one job is {{id, outcome}}: {body}");
+        assert_eq!(body["outcome"], "queued", "{body}");
         let id = body["id"].as_str().unwrap_or_else(|| panic!("the id is a string: {body}")).to_owned();
         uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("the id {id} is a uuid: {e}"));
         id
@@ -151,9 +152,11 @@ impl Api {
     /// `POST /api/v1/jobs` of a batch; insists on 201 and returns the ids.
     fn enqueue_batch(&self, jobs: &[Value]) -> Vec<String> {
         let body = self.post("/api/v1/jobs", &json!({ "jobs": jobs })).expect(201);
-        assert_eq!(keys(&body), ["ids"], "the answer to a batch is {{\"ids\"}}: {body}");
+        assert_eq!(keys(&body), ["ids", "jobs"], "the answer to a batch is {{ids, jobs}}: {body}");
         let ids = strings(&body["ids"]);
         assert_eq!(ids.len(), jobs.len(), "one id per job: {body}");
+        let answers: Vec<Value> = ids.iter().map(|id| json!({"id": id, "outcome": "queued"})).collect();
+        assert_eq!(body["jobs"], json!(answers), "each job answered as one is: {body}");
         ids
     }
 
@@ -2157,7 +2160,7 @@ fn payloads_are_checked_as_seed_checks_them(backend: Backend) {
     assert_eq!(total(&pool), 1, "seed takes a payload 127 deep");
     let deep = format!("{{\"processor\": \"echo\", \"payload\": {}}}", nested(127));
     let body = api.post_raw(jobs, Some("application/json"), deep.as_bytes()).expect(201);
-    assert_eq!(keys(&body), ["id"], "so does the API: {body}");
+    assert_eq!(body["outcome"], "queued", "so does the API: {body}");
     assert_eq!(total(&pool), 2);
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
@@ -2645,7 +2648,63 @@ fn serve_deletes_expired_jobs_and_its_counters_do_not_go_back(backend: Backend) 
     assert!(server.stop(Duration::from_secs(30)).success(), "serve exits cleanly on SIGTERM");
 }
 
+/// Unique keys through the API: a held key is answered with its holder (200, nothing
+/// queued), a batch answers each item, `replace` debounces, and bad fields are named.
+fn unique_keys_answer_with_the_holder_and_debounce(backend: Backend) {
+    let pool = empty_pool(backend, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let holder = api.enqueue(&json!({"processor": "echo", "unique_key": "order-1"}));
+    let again = api.post("/api/v1/jobs", &json!({"processor": "echo", "unique_key": "order-1"})).expect(200);
+    assert_eq!(again, json!({"id": holder, "outcome": "duplicate"}));
+
+    let batch = json!({"jobs": [
+        {"processor": "echo", "unique_key": "order-2"},
+        {"processor": "echo", "unique_key": "order-2"},
+        {"processor": "echo", "unique_key": "order-1"},
+        {"processor": "echo"},
+    ]});
+    let answered = api.post("/api/v1/jobs", &batch).expect(201);
+    let ids = strings(&answered["ids"]);
+    assert_eq!(
+        answered["jobs"],
+        json!([
+            {"id": ids[0], "outcome": "queued"},
+            {"id": ids[0], "outcome": "duplicate"},
+            {"id": holder, "outcome": "duplicate"},
+            {"id": ids[3], "outcome": "queued"},
+        ])
+    );
+    assert_eq!(total(&pool), 3);
+
+    let debounced = |n: u32| {
+        json!({"processor": "echo", "unique_key": "user-7", "replace": true, "delay": "1h",
+                                    "payload": {"n": n}})
+    };
+    let first = api.enqueue(&debounced(1));
+    for n in 2..=5 {
+        let replaced = api.post("/api/v1/jobs", &debounced(n)).expect(200);
+        assert_eq!(replaced, json!({"id": first, "outcome": "replaced"}));
+    }
+    assert_eq!(api.job(&first)["payload"], json!({"n": 5}), "the last payload of the burst");
+
+    let within = json!({"processor": "echo", "unique_key": "daily", "unique_within": "1h"});
+    api.enqueue(&within);
+    for (body, field, expected) in [
+        (json!({"processor": "echo", "replace": true}), "unique_key", "unique_key is required with replace"),
+        (json!({"processor": "echo", "unique_within": "1h"}), "unique_key", "unique_key is required"),
+        (json!({"processor": "echo", "unique_key": ""}), "unique_key", "must be 1 to 128 bytes"),
+        (json!({"processor": "echo", "unique_key": "a", "unique_within": "soon"}), "unique_within", "not a duration"),
+        (json!({"jobs": [{"processor": "echo", "unique_key": 5}]}), "jobs[0].unique_key", "expected a string"),
+    ] {
+        let refused = api.post("/api/v1/jobs", &body).expect_error(422, "invalid_field", Some(field));
+        assert!(refused["message"].as_str().unwrap().contains(expected), "{body}: {refused}");
+    }
+    assert_eq!(total(&pool), 5, "refused requests queued nothing");
+}
+
 on_both_backends!(
+    unique_keys_answer_with_the_holder_and_debounce,
     serve_deletes_expired_jobs_and_its_counters_do_not_go_back,
     enqueue_one_honours_every_field,
     enqueue_a_batch_returns_the_ids_in_order,

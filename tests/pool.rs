@@ -13,7 +13,7 @@ use support::{Backend, Pool, jobs_count};
 fn seed_queues_jobs_and_status_shows_the_fixed_shape(backend: Backend) {
     let pool = Pool::on(backend, "");
     let seeding = Instant::now();
-    assert_eq!(pool.json(&["seed", "--count", "3"]), json!({"queued": 3, "pool": "default"}));
+    assert_eq!(pool.json(&["seed", "--count", "3"]), json!({"queued": 3, "pool": "default", "matched": []}));
     pool.ok(&["seed", "--count", "2", "--pool", "other", "--delay", "1h"]);
 
     let mut status = pool.status();
@@ -587,8 +587,68 @@ fn on_postgres_sslmode_means_what_it_means_to_libpq() {
     drop(worker);
 }
 
+/// Unique keys through `seed`: a held key queues nothing and names the holder, per line of a
+/// payload file; `--replace` debounces; processes racing with one key queue it once.
+fn seed_with_unique_keys_names_the_jobs_it_matched_and_debounces(backend: Backend) {
+    let pool = Pool::on(backend, "");
+    let queued = pool.json(&["seed", "--unique-key", "order-1"]);
+    assert_eq!(queued, json!({"queued": 1, "pool": "default", "matched": []}));
+    let holder = pool.json(&["jobs", "list"])[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        pool.json(&["seed", "--unique-key", "order-1"]),
+        json!({"queued": 0, "pool": "default", "matched": [{"job": 1, "id": holder, "outcome": "duplicate"}]})
+    );
+    let said = pool.ok(&["seed", "--unique-key", "order-1", "--pool", "other"]);
+    assert_eq!(said.trim(), "queued 1 job(s) in pool other", "keys are per pool");
+
+    std::fs::write(pool.path("orders.jsonl"), "{\"order\":7}\n\n{\"order\":\"x\"}\n{\"order\":7,\"again\":true}\n")
+        .unwrap();
+    let said = pool.ok(&["seed", "--payload-file", "orders.jsonl", "--unique-key-from", "/order"]);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], "queued 2 job(s) in pool default");
+    assert!(lines[1].starts_with("line 4 was not queued: its unique key is held by job "), "{said}");
+
+    std::fs::write(pool.path("keyless.jsonl"), "{\"order\":8}\n{\"id\":9}\n").unwrap();
+    let error = pool.fails(&["seed", "--payload-file", "keyless.jsonl", "--unique-key-from", "/order"]);
+    assert!(error.contains("keyless.jsonl line 2 has no string or number at --unique-key-from /order"), "{error}");
+    for (args, expected) in [
+        (&["seed", "--replace"][..], "--unique-key"),
+        (&["seed", "--unique-within", "1h"], "--unique-key"),
+        (&["seed", "--unique-key", "a", "--unique-key-from", "/a"], "cannot be used with"),
+        (&["seed", "--unique-key-from", "order"], "is not a JSON pointer: start it with '/', e.g. /order"),
+        (&["seed", "--unique-key", ""], "--unique-key must be 1 to 128 bytes of printable text"),
+    ] {
+        let error = pool.fails(args);
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    assert_eq!(jobs_count(&pool.status(), "pending"), 4, "no refused seed queued anything");
+
+    let debounce = |payload: &str| {
+        pool.json(&["seed", "--unique-key", "user-7", "--replace", "--delay", "1h", "--payload", payload])
+    };
+    assert_eq!(debounce(r#"{"v":1}"#)["queued"], 1);
+    let replaced = debounce(r#"{"v":2}"#);
+    assert_eq!((&replaced["queued"], &replaced["matched"][0]["outcome"]), (&json!(0), &json!("replaced")));
+    let job = pool.json(&["jobs", "show", replaced["matched"][0]["id"].as_str().unwrap()]);
+    assert_eq!(job["payload"], json!({"v": 2}), "the job holds the last payload");
+
+    let racers: Vec<_> =
+        (0..6).map(|_| pool.spawn(&["seed", "--unique-key", "race", "--pool", "race", "--json"])).collect();
+    let queued: u64 = racers
+        .into_iter()
+        .map(|racer| {
+            let output = racer.wait_with_output().unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            serde_json::from_slice::<Value>(&output.stdout).unwrap()["queued"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(queued, 1, "six processes racing with one key queue one job");
+    assert_eq!(jobs_count(&pool.json(&["status", "--pool", "race"]), "pending"), 1);
+}
+
 on_both_backends!(
     seed_queues_jobs_and_status_shows_the_fixed_shape,
+    seed_with_unique_keys_names_the_jobs_it_matched_and_debounces,
     jobs_can_be_listed_shown_cancelled_retried_and_purged,
     many_processes_share_one_pool_and_complete_every_job_exactly_once,
     copy_moves_every_job_with_its_history_and_refuses_a_non_empty_target,

@@ -264,10 +264,15 @@ const MIGRATIONS: &[&str] = &[
                    AND (status = 'cancelled' OR (status IN ('completed', 'poisoned') AND finished_at <=
                         now_ms - (extract(epoch FROM coalesce(enqueue.unique_within, interval '0')) * 1000)::bigint));
             END IF;
-            -- A UUIDv7, as jobhost's own ids: time-ordered, so new ids land at the end of the index.
-            job_id := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
-                          substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-                          FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid::text;
+            -- A UUIDv7, as jobhost's own ids: time-ordered, so new ids land at the end of the
+            -- index. The milliseconds, then random bits (md5 of random(), which every supported
+            -- server has) with the version (0111) and variant (10) bits set.
+            job_id := encode(set_bit(set_bit(set_bit(set_bit(set_bit(set_bit(
+                          overlay(decode(md5(random()::text || random()::text || clock_timestamp()::text), 'hex')
+                                  PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                                    FROM 3)
+                                  FROM 1 FOR 6),
+                          52, 1), 53, 1), 54, 1), 55, 0), 70, 0), 71, 1), 'hex')::uuid::text;
             INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
                               created_at, updated_at, unique_key)
             VALUES (job_id, enqueue.pool, enqueue.processor, text_form, 'pending', enqueue.priority, ready_ms, 0,
@@ -523,7 +528,11 @@ mod tests {
         let job = store.job(&id).await.unwrap().expect("committed");
         assert_eq!((job.job.status, job.job.priority), (crate::JobStatus::Pending, 5));
         assert_eq!(job.payload, serde_json::json!({"a": 1}));
-        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7, "a time-ordered id, as jobhost's own");
+        let uuid = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!((uuid.get_version_num(), uuid.get_variant()), (7, uuid::Variant::RFC4122), "as jobhost's own ids");
+        let millis = uuid.get_timestamp().unwrap().to_unix();
+        let created = store.job(&id).await.unwrap().unwrap().job.created_at;
+        assert!((millis.0 as i64 * 1000 + i64::from(millis.1) / 1_000_000 - created).abs() < 5_000, "time-ordered");
         assert!(store.driver.drifted_counts().await.unwrap().is_empty(), "the job is counted");
 
         let again: String =
