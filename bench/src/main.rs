@@ -35,6 +35,7 @@ mod scale;
 mod server;
 mod store;
 mod support;
+mod unique;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -87,6 +88,7 @@ enum Section {
     Connections,
     Retention,
     AlwaysOn,
+    Unique,
 }
 
 impl Section {
@@ -104,6 +106,7 @@ impl Section {
             Section::Connections => connections::run(bench, report),
             Section::Retention => retention::run(bench, report),
             Section::AlwaysOn => always_on::run(bench, report),
+            Section::Unique => unique::run(bench, report),
         }
     }
 
@@ -121,6 +124,7 @@ impl Section {
             Section::Connections => "10. connections",
             Section::Retention => "11. retention",
             Section::AlwaysOn => "12. always on",
+            Section::Unique => "13. unique jobs",
         }
     }
 
@@ -139,6 +143,7 @@ impl Section {
             Section::Connections => connections::SECTION,
             Section::Retention => retention::SECTION,
             Section::AlwaysOn => always_on::SECTION,
+            Section::Unique => unique::SECTION,
         };
         SectionId { label, title: self.title() }
     }

@@ -209,6 +209,11 @@ fn drain(config: &DatabaseConfig, jobs: u64, processes: usize, shape: Shape) -> 
 
 /// Queues `count` jobs of pool [`POOL`] with one streamed `Store::enqueue`.
 pub fn enqueue(store: &Store, count: u64) -> Result<()> {
+    enqueue_with_keys(store, count, false)
+}
+
+/// As [`enqueue`]; with `keyed`, each job has a unique key of its own.
+pub fn enqueue_with_keys(store: &Store, count: u64, keyed: bool) -> Result<()> {
     let rules = JobRules { processors: None, max_payload: u64::MAX };
     let jobs = (0..count).map(|i| {
         let request = JobRequest {
@@ -219,11 +224,14 @@ pub fn enqueue(store: &Store, count: u64) -> Result<()> {
             max_attempts: 3,
             delay: None,
             run_at: None,
+            unique_key: keyed.then(|| format!("key-{i}")),
+            unique_within: None,
+            replace: false,
         };
         NewJob::new(request, &rules).map_err(|err| Refusal(err.message("the benchmark's job")))
     });
-    let queued = block_on(store.enqueue(jobs))?;
-    ensure!(queued == count, "Store::enqueue queued {queued} of {count} jobs");
+    let report = block_on(store.enqueue(jobs))?;
+    ensure!(report.queued == count, "Store::enqueue queued {} of {count} jobs", report.queued);
     Ok(())
 }
 

@@ -46,7 +46,8 @@ macro_rules! ready_at {
 
 /// The end of a statement that inserted jobs, given the CTE `$rows` of their `(pool, status)`:
 /// counts them in `job_count_deltas` and wakes the workers of each pool where it left jobs
-/// pending (see `crate::wake`), once per pool, from the statement's own transaction.
+/// pending (see `crate::wake`), once per pool, from the statement's own transaction. Its one
+/// row holds how many rows `$rows` has.
 ///
 /// A statement-level trigger did this until schema version 8, but a trigger's function is
 /// compiled anew in each session, and that cost every `jobhost seed` (one session, one
@@ -57,10 +58,12 @@ macro_rules! count_and_wake {
             ", counted AS (INSERT INTO job_count_deltas SELECT pool, status, count(*) FROM ",
             $rows,
             " GROUP BY pool, status)
-             SELECT pg_notify('jobhost_ready', current_schema() || '.' || pool)
-               FROM (SELECT DISTINCT pool FROM ",
+             SELECT (SELECT count(*) FROM ",
             $rows,
-            " WHERE status = 'pending') touched"
+            "), (SELECT count(*) FROM (SELECT pg_notify('jobhost_ready', current_schema() || '.' || pool)
+                                           FROM (SELECT DISTINCT pool FROM ",
+            $rows,
+            " WHERE status = 'pending') touched) woken)"
         )
     };
 }
@@ -216,48 +219,55 @@ fn next_chunk(jobs: &mut (dyn Iterator<Item = Result<NewJob, Refusal>> + Send)) 
     jobs.take(CHUNK).map(|job| job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))).collect()
 }
 
-/// A chunk with unique keys, in the caller's transaction: frees the keys whose holders let go
-/// of them, inserts, then has each job that found its key held meet the holder. Returns those
-/// jobs, by their place in the chunk. A job whose holder let go of the key between the
-/// insert and the match (it finished or was cancelled, and another enqueue freed the key) is
-/// inserted again, so every job ends queued or matched.
+/// A chunk with unique keys, in the caller's transaction. Usually no key is held, and one
+/// insert does it all. Otherwise, for the jobs that found their key held: frees the keys
+/// whose holders let go of them, inserts those jobs again, and has each one still not
+/// inserted meet the holder. Returns those jobs, by their place in the chunk. A job whose
+/// holder let go of the key between the insert and the match (it finished or was
+/// cancelled, and another enqueue freed the key) goes round again, so every job ends
+/// queued or matched.
+///
+/// Every step takes its keys in one order (see [`ENQUEUE`], [`RELEASE_KEYS`]), and a holder
+/// is freed only under its row lock, so enqueuers sharing keys wait for one another but
+/// never in a cycle.
 async fn insert_keyed_chunk(
     tx: &Transaction<'_>,
     statements: &mut EnqueueStatements,
     chunk: &[NewJob],
     now: Now,
 ) -> Result<Vec<Matched>> {
+    if insert_chunk(tx, &statements.enqueue, chunk, now).await? == chunk.len() as u64 {
+        return Ok(Vec::new());
+    }
     let [release, match_holders] = statements.keyed(tx).await?.clone();
-    let mut pending: Vec<usize> = (0..chunk.len()).collect();
+    // Jobs inserted above hold their own keys: they go through as their own holders.
+    let mut pending: Vec<usize> = (0..chunk.len()).filter(|&index| chunk[index].unique.is_some()).collect();
     let mut matched = Vec::new();
     for _ in 0..3 {
-        let jobs: Vec<NewJob> = pending.iter().map(|&index| chunk[index].clone()).collect();
-        let keyed: Vec<(&NewJob, &Unique)> =
-            jobs.iter().filter_map(|job| job.unique.as_ref().map(|unique| (job, unique))).collect();
-        let pools: Vec<&str> = keyed.iter().map(|(job, _)| job.pool.as_str()).collect();
-        let keys: Vec<&str> = keyed.iter().map(|(_, unique)| unique.key.as_str()).collect();
-        let withins: Vec<i64> = keyed.iter().map(|(_, unique)| millis(unique.within)).collect();
+        let jobs: Vec<&NewJob> = pending.iter().map(|&index| &chunk[index]).collect();
+        let unique = |job: &&NewJob| job.unique.clone().expect("only jobs with keys are pending");
+        let pools: Vec<&str> = jobs.iter().map(|job| job.pool.as_str()).collect();
+        let keys: Vec<String> = jobs.iter().map(|job| unique(job).key).collect();
+        let withins: Vec<i64> = jobs.iter().map(|job| millis(unique(job).within)).collect();
         tx.execute(&release, &[&now, &pools, &keys, &withins]).await?;
-        insert_chunk(tx, &statements.enqueue, &jobs, now).await?;
+        let again: Vec<NewJob> = jobs.iter().map(|&job| job.clone()).collect();
+        insert_chunk(tx, &statements.enqueue, &again, now).await?;
 
-        let ids: Vec<&str> = keyed.iter().map(|(job, _)| job.id.as_str()).collect();
-        let payloads: Vec<&str> = keyed.iter().map(|(job, _)| job.payload.as_str()).collect();
-        let on_match: Vec<&str> = keyed
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let payloads: Vec<&str> = jobs.iter().map(|job| job.payload.as_str()).collect();
+        let on_match: Vec<&str> = jobs
             .iter()
-            .map(|(_, unique)| match unique.on_match {
+            .map(|job| match unique(job).on_match {
                 OnMatch::Skip => "skip",
                 OnMatch::Replace => "replace",
                 OnMatch::ReplaceAndReschedule => "reschedule",
             })
             .collect();
-        let (delays, run_ats) = ready_columns(keyed.iter().map(|(job, _)| *job));
+        let (delays, run_ats) = ready_columns(jobs.iter().copied());
         let params: [&(dyn ToSql + Sync); 8] = [&now, &ids, &pools, &keys, &payloads, &on_match, &delays, &run_ats];
-        // Places in `keyed` (from 1) map back to places in `jobs`, then in `chunk`.
-        let places: Vec<usize> =
-            jobs.iter().enumerate().filter(|(_, job)| job.unique.is_some()).map(|(place, _)| pending[place]).collect();
         let mut freed = Vec::new();
         for row in tx.query(&match_holders, &params).await? {
-            let place = places[(row.value::<i64>(0)? - 1) as usize];
+            let place = pending[(row.value::<i64>(0)? - 1) as usize];
             match row.value::<Option<String>>(1)? {
                 Some(id) => {
                     let outcome = if row.value(2)? { EnqueueOutcome::Replaced } else { EnqueueOutcome::Duplicate };
@@ -287,22 +297,24 @@ fn ready_columns<'a>(jobs: impl Iterator<Item = &'a NewJob>) -> (Vec<Option<i64>
     .unzip()
 }
 
+/// Inserts `chunk` with [`ENQUEUE`]; returns how many were inserted (those whose unique key
+/// was held were not).
 pub(super) async fn insert_chunk(
     client: &impl GenericClient,
     statement: &Statement,
     chunk: &[NewJob],
     now: Now,
-) -> Result<()> {
+) -> Result<u64> {
     if chunk.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let column = |field: fn(&NewJob) -> &str| chunk.iter().map(field).collect::<Vec<&str>>();
     let number = |field: fn(&NewJob) -> i64| chunk.iter().map(field).collect::<Vec<i64>>();
     let (delays, run_ats) = ready_columns(chunk.iter());
     let unique_keys: Vec<Option<&str>> =
         chunk.iter().map(|job| job.unique.as_ref().map(|unique| unique.key.as_str())).collect();
-    client
-        .execute(
+    let inserted: i64 = client
+        .query_one(
             statement,
             &[
                 &now,
@@ -317,8 +329,9 @@ pub(super) async fn insert_chunk(
                 &unique_keys,
             ],
         )
-        .await?;
-    Ok(())
+        .await?
+        .value(0)?;
+    Ok(inserted as u64)
 }
 
 /// A worker's turn as one statement: settle every finished attempt that still holds its

@@ -30,12 +30,9 @@ pub(super) fn enqueue(
     let mut tally = Tally::default();
     for (index, job) in jobs.enumerate() {
         let job = job.map_err(|Refusal(why)| StoreError::new(ErrorKind::Refused, why))?;
-        if let Some(unique) = &job.unique {
-            release_unique_key(tx, &job.pool, unique, now)?;
-        }
         let run_at = job.ready.run_at(now);
         let unique_key = job.unique.as_ref().map(|unique| &unique.key);
-        let inserted = insert.execute(params![
+        let row = params![
             job.id,
             job.pool,
             job.processor,
@@ -45,7 +42,15 @@ pub(super) fn enqueue(
             job.max_attempts,
             now,
             unique_key
-        ])?;
+        ];
+        let mut inserted = insert.execute(row)?;
+        // The key is held: by a job that still holds it, or by one that let go of it (see
+        // `Unique`), which frees it for this job. The write lock makes the two one step.
+        if let (0, Some(unique)) = (inserted, &job.unique)
+            && release_unique_key(tx, &job.pool, unique, now)?
+        {
+            inserted = insert.execute(row)?;
+        }
         match (inserted, &job.unique) {
             (0, Some(unique)) => {
                 let (id, outcome) = meet_holder(tx, &job, unique, run_at, now)?;
@@ -62,15 +67,16 @@ pub(super) fn enqueue(
 }
 
 /// Frees `unique.key` in `pool` if the job holding it no longer does (see [`Unique`]): it
-/// was cancelled, or it finished more than `unique.within` ago.
-fn release_unique_key(tx: &Transaction<'_>, pool: &str, unique: &Unique, now: Millis) -> Result<()> {
-    tx.prepare_cached(
-        "UPDATE jobs SET unique_key = NULL
+/// was cancelled, or it finished more than `unique.within` ago. Whether it did.
+fn release_unique_key(tx: &Transaction<'_>, pool: &str, unique: &Unique, now: Millis) -> Result<bool> {
+    let freed = tx
+        .prepare_cached(
+            "UPDATE jobs SET unique_key = NULL
           WHERE pool = ?1 AND unique_key = ?2
             AND (status = 'cancelled' OR (status IN ('completed', 'poisoned') AND finished_at <= ?3))",
-    )?
-    .execute(params![pool, unique.key, now.saturating_sub(millis(unique.within))])?;
-    Ok(())
+        )?
+        .execute(params![pool, unique.key, now.saturating_sub(millis(unique.within))])?;
+    Ok(freed > 0)
 }
 
 /// What `job`, which found its key held, does to the holder (see [`OnMatch`]); the holder's
