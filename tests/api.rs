@@ -1089,7 +1089,11 @@ fn pools_lists_every_pool(backend: Backend) {
     pools.sort_by_key(|p| p["pool"].as_str().unwrap().to_owned());
     assert_eq!(pools.len(), 2, "{body}");
     for entry in &pools {
-        assert_eq!(keys(entry), ["jobs", "oldest_ready_age_ms", "pool", "ready"], "{entry}");
+        assert_eq!(
+            keys(entry),
+            ["jobs", "oldest_ready_age_ms", "paused", "paused_at", "paused_reason", "pool", "ready"],
+            "{entry}"
+        );
         let name = entry["pool"].as_str().unwrap();
         let cli = pool.json(&["status", "--pool", name]);
         assert_eq!((&entry["jobs"], &entry["ready"]), (&cli["jobs"], &cli["ready"]), "pool {name} as status says");
@@ -1103,8 +1107,76 @@ fn pools_lists_every_pool(backend: Backend) {
     assert_eq!(
         pools[1],
         json!({"pool": "later", "jobs": {"pending": 1, "claimed": 0, "completed": 0, "poisoned": 0, "cancelled": 0},
-               "ready": 0, "oldest_ready_age_ms": null})
+               "ready": 0, "oldest_ready_age_ms": null, "paused": false, "paused_at": null, "paused_reason": null})
     );
+    assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// Pausing and resuming over the API: the pool as listed after each, the same pause in
+/// `pools`, `status` and `/metrics`, a worker that leaves the paused pool's jobs alone, and
+/// bad names and reasons refused by name with nothing changed.
+fn pools_are_paused_and_resumed_over_the_api(backend: Backend) {
+    let pool = empty_pool(backend, "");
+    let server = pool.serve(&[]);
+    let api = Api::new(&server);
+    let id = api.enqueue(&json!({"processor": "echo", "pool": "billing"}));
+
+    let long = "p".repeat(129);
+    let refusals = [
+        ("/api/v1/pools/billing/pause".to_owned(), json!({"reason": "two\nlines"}), "reason", "on one line"),
+        ("/api/v1/pools/billing/pause".to_owned(), json!({"reason": "x".repeat(1025)}), "reason", "at most 1024 bytes"),
+        ("/api/v1/pools/billing/pause".to_owned(), json!({"why": "typo"}), "why", "unknown field"),
+        (format!("/api/v1/pools/{long}/pause"), json!({}), "pool", "pool"),
+        (format!("/api/v1/pools/{long}/resume"), json!({}), "pool", "pool"),
+        ("/api/v1/pools/line%0Abreak/pause".to_owned(), json!({}), "pool", "pool"),
+    ];
+    for (path, body, field, expected) in &refusals {
+        let refused = api.post(path, body).expect_error(422, "invalid_field", Some(field));
+        assert!(refused["message"].as_str().unwrap().contains(expected), "{path} {body}: {refused}");
+    }
+    assert_eq!(api.get("/api/v1/status").expect(200)["paused_pools"], json!([]), "refusals paused nothing");
+
+    let paused = api.post("/api/v1/pools/billing/pause", &json!({"reason": "card processor down"})).expect(200);
+    assert_eq!((&paused["pool"], &paused["paused"]), (&json!("billing"), &json!(true)), "{paused}");
+    assert_eq!(paused["paused_reason"], "card processor down");
+    let paused_at = paused["paused_at"].as_i64().expect("when it was paused");
+    assert!((now_ms() - 60_000..=now_ms()).contains(&paused_at), "paused at {paused_at}, just now");
+    // A pool with no jobs yet can be paused too, and an empty body is no reason.
+    let quiet = api.post_empty("/api/v1/pools/quiet/pause").expect(200);
+    assert_eq!((&quiet["paused"], &quiet["paused_reason"]), (&json!(true), &Value::Null), "{quiet}");
+
+    // How long the ready job has waited grows between answers; the rest must agree.
+    let timeless = |pools: &Value| -> Vec<Value> {
+        pools["pools"].as_array().unwrap().iter().map(|p| without(p, &["oldest_ready_age_ms"])).collect()
+    };
+    let listed = timeless(&api.get("/api/v1/pools").expect(200));
+    assert_eq!(listed, timeless(&pool.json(&["pools"])), "the API lists the pools as `jobhost pools --json` does");
+    let paused = without(&paused, &["oldest_ready_age_ms"]);
+    assert_eq!(listed, [paused.clone(), without(&quiet, &["oldest_ready_age_ms"])]);
+    assert_eq!(
+        api.get("/api/v1/status").expect(200)["paused_pools"],
+        json!([{"pool": "billing", "paused_at": paused_at, "reason": "card processor down"},
+               {"pool": "quiet", "paused_at": quiet["paused_at"], "reason": null}])
+    );
+    let metrics = api.metrics();
+    assert_eq!(metrics.get("jobhost_pool_paused", &[("pool", "billing")]), 1.0);
+    assert_eq!(metrics.get("jobhost_pool_paused", &[("pool", "quiet")]), 1.0);
+
+    work(&pool, &["--pool", "billing"]);
+    assert_eq!(api.job(&id)["status"], "pending", "a worker claims nothing from a paused pool");
+
+    let again = api.post("/api/v1/pools/billing/pause", &json!({})).expect(200);
+    assert_eq!(without(&again, &["oldest_ready_age_ms"]), paused, "pausing a paused pool keeps when and why");
+    let resumed = api.post_empty("/api/v1/pools/billing/resume").expect(200);
+    assert_eq!(
+        (&resumed["paused"], &resumed["paused_at"], &resumed["paused_reason"]),
+        (&json!(false), &Value::Null, &Value::Null)
+    );
+    let resumed_again = api.post_empty("/api/v1/pools/billing/resume").expect(200);
+    assert_eq!(without(&resumed_again, &["oldest_ready_age_ms"]), without(&resumed, &["oldest_ready_age_ms"]));
+    assert_eq!(api.metrics().get("jobhost_pool_paused", &[("pool", "billing")]), 0.0);
+    work(&pool, &["--pool", "billing"]);
+    assert_eq!(api.job(&id)["status"], "completed", "once resumed, its jobs run");
     assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
 }
 
@@ -1266,6 +1338,8 @@ fn openapi_document_lists_every_endpoint() {
         ("/jobs/cancel", &["post"]),
         ("/status", &["get"]),
         ("/pools", &["get"]),
+        ("/pools/{pool}/pause", &["post"]),
+        ("/pools/{pool}/resume", &["post"]),
         ("/workers", &["get"]),
         ("/processors", &["get"]),
         ("/schedules", &["get"]),
@@ -2020,6 +2094,8 @@ fn read_only_refuses_every_post_and_changes_nothing(backend: Backend) {
             ("/api/v1/jobs/cancel".into(), Some(json!({"filter": {"status": "pending"}}))),
             ("/api/v1/jobs/retry".into(), Some(json!({"ids": [poisoned]}))),
             ("/api/v1/jobs/retry".into(), Some(json!({"filter": {"pool": "default"}}))),
+            ("/api/v1/pools/default/pause".into(), Some(json!({"reason": "read-only may not"}))),
+            ("/api/v1/pools/default/resume".into(), None),
         ];
         for (path, body) in &posts {
             let reply = match body {
@@ -2030,6 +2106,7 @@ fn read_only_refuses_every_post_and_changes_nothing(backend: Backend) {
         }
         assert_eq!(server.stop(Duration::from_secs(20)).code(), Some(0));
         assert_eq!(pool.all_jobs(), before, "nothing changed in the database");
+        assert_eq!(pool.json(&["status"])["paused_pools"], json!([]), "no pool was paused");
     };
     check(pool.serve(&["--read-only"]));
     let config = std::fs::read_to_string(pool.path("jobhost.yml")).unwrap();
@@ -2715,6 +2792,7 @@ on_both_backends!(
     bulk_retry_and_cancel_by_ids_and_by_filter,
     status_is_exactly_the_clis,
     pools_lists_every_pool,
+    pools_are_paused_and_resumed_over_the_api,
     workers_lists_a_finished_worker_with_its_host_and_pid,
     metrics_report_a_known_state,
     long_poll_answers_when_a_worker_finishes_the_job,

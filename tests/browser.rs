@@ -241,13 +241,21 @@ impl Browser {
         });
     }
 
-    /// Replaces the text of the field `css` with `text`, typed key by key.
+    /// Replaces the text of the field `css` with `text`, typed key by key. A live refresh may
+    /// replace the field before it has the focus (which then holds refreshes off), which only
+    /// means finding it again.
     fn type_into(&self, css: &str, text: &str) {
-        let typed = self.session.find(css).and_then(|field| {
-            self.session.clear(&field)?;
-            self.session.send_keys(&field, text)
+        self.wait_for(&format!("{text:?} to be typed into {css}"), |b| {
+            let typed = b.session.find(css).and_then(|field| {
+                b.session.clear(&field)?;
+                b.session.send_keys(&field, text)
+            });
+            match typed {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_gone_element() => Ok(false),
+                Err(e) => b.fail(&format!("cannot type into {css}: {e}")),
+            }
         });
-        typed.unwrap_or_else(|e| self.fail(&format!("cannot type into {css}: {e}")));
     }
 
     /// Saves what the browser shows as `<page>.png` in this test's screenshots folder.
@@ -342,6 +350,36 @@ fn the_overview_counts_the_seeded_jobs_and_lists_each_pool() {
     );
     let reports = cells("reports");
     assert!(reports.contains(&"2".to_owned()), "reports: 2 pending: {reports:?}");
+}
+
+#[test]
+fn the_pause_and_resume_buttons_pause_a_pool_with_its_reason_and_resume_it() {
+    let pool = Pool::new("");
+    pool.ok(&["seed", "--pool", "billing", "--count", "2"]);
+    let server = pool.serve(&[]);
+    let browser = Browser::start("the_pause_and_resume_buttons_pause_a_pool_with_its_reason_and_resume_it");
+    let row = r#"#pools tr[data-pool="billing"]"#;
+    let paused_pools = || pool.json(&["status"])["paused_pools"].clone();
+
+    browser.goto(&server.url("/"));
+    browser.wait_for_text(&format!("{row} td.state"), "running");
+    browser.type_into(&format!(r#"{row} input[name="reason"]"#), "card processor down");
+    browser.click(&format!("{row} button.pause"));
+    browser.wait_for_path("/");
+    browser.wait_for(&format!("{row} to show the pause"), |b| {
+        Ok(b.try_text(&format!("{row} td.state"))?.is_some_and(|state| state.starts_with("paused since")))
+    });
+    browser.screenshot("pool-paused");
+    assert_eq!(browser.text(&format!("{row} td.state .reason")), "card processor down", "the reason is shown");
+    let paused = paused_pools();
+    assert_eq!(paused[0]["pool"], "billing", "{paused}");
+    assert_eq!(paused[0]["reason"], "card processor down", "{paused}");
+    assert_eq!(pool.json(&["pools"])["pools"][0]["paused"], true, "`jobhost pools` agrees");
+
+    browser.click(&format!("{row} button.resume"));
+    browser.wait_for_text(&format!("{row} td.state"), "running");
+    browser.screenshot("pool-resumed");
+    assert_eq!(paused_pools(), json!([]), "resumed in the database");
 }
 
 #[test]

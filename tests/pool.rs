@@ -29,7 +29,8 @@ fn seed_queues_jobs_and_status_shows_the_fixed_shape(backend: Backend) {
             "jobs": {"pending": 5, "claimed": 0, "completed": 0, "poisoned": 0, "cancelled": 0},
             "ready": 3,
             "workers": {"starting": 0, "active": 0, "terminated": 0, "lost": 0},
-            "hosts": {}
+            "hosts": {},
+            "paused_pools": []
         })
     );
     let other = pool.json(&["status", "--pool", "other"]);

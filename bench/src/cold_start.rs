@@ -147,7 +147,7 @@ fn replay(pool: &Pool, runs: usize) -> Result<Vec<Vec<Duration>>> {
         clock.lap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         clock.lap();
-        let claim = ClaimRequest { pool: "default", worker_id: &worker_id, lease, limit: 1 };
+        let claim = ClaimRequest { pool: "default", worker_id: &worker_id, lease, limit: 1, flow: &[] };
         let job =
             block_on(store.turn(&[], Some(claim), &retry))?.claimed.pop().context("the replay ran out of jobs")?;
         clock.lap();

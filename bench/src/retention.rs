@@ -154,7 +154,7 @@ fn seed_old_completed(config: &jobhost_core::config::DatabaseConfig, count: u64)
     let worker_id = "retention-seeder";
     activate(&store, worker_id, None)?;
     let retry = retry_policy();
-    let claim = ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: SEED_TURN };
+    let claim = ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: SEED_TURN, flow: &[] };
     let mut claimed = block_on(store.turn(&[], Some(claim), &retry))?.claimed;
     let mut completed = 0;
     while !claimed.is_empty() {

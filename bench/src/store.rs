@@ -337,7 +337,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
 }
 
 fn claim_request(worker_id: &str) -> ClaimRequest<'_> {
-    ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: 1 }
+    ClaimRequest { pool: POOL, worker_id, lease: LEASE, limit: 1, flow: &[] }
 }
 
 pub fn finished(job: &ClaimedJob) -> Finished<'_> {

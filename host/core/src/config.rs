@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::flow::{FlowConfig, FlowLimit};
 use crate::grants::{Grants, HttpGrant};
 use crate::schedule::Schedule;
 use crate::units::{ByteSize, HumanDuration};
@@ -395,6 +396,8 @@ pub struct ProcessorOverrides {
     pub env: BTreeMap<String, String>,
     pub secrets: Vec<String>,
     pub http: Option<HttpGrant>,
+    /// Limits on its jobs across every worker (see [`crate::flow`]); none by default.
+    pub flow: Option<FlowConfig>,
 }
 
 impl ProcessorOverrides {
@@ -585,6 +588,9 @@ impl Config {
             let key = format!("processors.overrides.{name}");
             overrides.apply_to(self.processors.limits).validate(self, &key)?;
             crate::grants::validate(&key, &overrides.env, &overrides.secrets).map_err(anyhow::Error::msg)?;
+            if let Some(flow) = &overrides.flow {
+                FlowLimit::new(name, flow, &format!("{key}.flow")).map_err(anyhow::Error::msg)?;
+            }
             if let Some(http) = &overrides.http {
                 if http.allow.is_empty() {
                     bail!("{key}.http.allow is empty; list the hosts the processor may call, or remove http");
@@ -649,6 +655,18 @@ impl Config {
             Some(flag) => (*flag).to_string(),
             None => key.to_string(),
         }
+    }
+
+    /// Every processor's flow limits, by processor name.
+    pub fn flow_limits(&self) -> Vec<FlowLimit> {
+        self.processors
+            .overrides
+            .iter()
+            .filter_map(|(name, overrides)| Some((name, overrides.flow.as_ref()?)))
+            .map(|(name, flow)| {
+                FlowLimit::new(name, flow, "flow").expect("flow limits are checked when the config is loaded")
+            })
+            .collect()
     }
 
     /// The limits that apply to processor `name`: the defaults with its overrides applied.

@@ -11,6 +11,9 @@
 //! `max_workers`, which exit once it is drained. A single `check` starts draining workers
 //! only, as the seed's shape always did.
 //!
+//! A paused pool (`jobhost pools pause`) gets no worker at all, following or draining; its
+//! workers alive wait, and the next round after it is resumed starts those it needs.
+//!
 //! Workers are fire-and-forget: each is a `jobhost work` process in a session of its own
 //! (a signal to the checker's terminal does not reach it), with the checker's config and
 //! database, logging to `<data dir>/logs/<worker-id>.log`.
@@ -45,6 +48,8 @@ struct CheckReport {
     /// Live following workers on this host.
     following_here: u64,
     workers_needed: u64,
+    /// The pool is paused: no worker is started for it until it is resumed.
+    paused: bool,
     spawned: usize,
     /// The workers started, following ones first.
     spawned_ids: Vec<String>,
@@ -159,12 +164,23 @@ async fn check_once(store: &Store, config: &Config, pool: &str, min_following: u
         active_here: plan.live_here,
         following_here: plan.following_here,
         workers_needed: plan.workers_needed,
+        paused: plan.paused,
         spawned: plan.new_following.len() + plan.new_workers.len(),
         spawned_following: plan.new_following.len(),
         spawned_ids: plan.new_following.into_iter().chain(plan.new_workers).collect(),
     };
+    if report.paused {
+        tracing::info!(pool, "the pool is paused: starting no worker for it");
+    }
     if json {
         crate::outln!("{}", serde_json::to_string(&report)?)?;
+    } else if report.paused {
+        crate::outln!(
+            "pool {pool}: paused, so no worker is started for its {} ready job(s) ({} live worker(s)); \
+             `jobhost pools resume {pool}` lets them run",
+            report.queue_depth,
+            report.active_workers
+        )?;
     } else {
         crate::outln!(
             "pool {pool}: {} ready job(s), {} live worker(s) ({} on {host}), {} needed here; spawned {}",

@@ -59,6 +59,9 @@ pub enum Command {
     /// List, inspect, retry, cancel and purge jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// List every pool (those holding jobs and those paused) with its counts; pause and
+    /// resume a pool.
+    Pools(PoolsArgs),
     /// Run worker: claim ready jobs, run each in the sandbox, record the outcome.
     Work(WorkArgs),
     /// Compare ready jobs with live workers and spawn the workers that are missing.
@@ -222,6 +225,41 @@ pub enum JobsCommand {
         /// Only jobs in this status. Default: completed, poisoned and cancelled.
         #[arg(long, value_enum)]
         status: Option<FinishedStatusArg>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PoolsArgs {
+    #[command(subcommand)]
+    pub command: Option<PoolsCommand>,
+    /// Print `{"pools": [...]}`, as `GET /api/v1/pools` answers.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsCommand {
+    /// Stop workers claiming the pool's jobs (jobs already running finish); `check` starts
+    /// no worker for it and following workers wait. The pool need not hold jobs yet, and
+    /// pausing a paused pool keeps when it was paused.
+    Pause {
+        /// The pool to pause.
+        pool: String,
+        /// Why, recorded with the pause and shown by `pools`, `status` and the dashboard.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Print the pool as `jobhost pools --json` lists it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let workers claim the pool's jobs again; waiting workers start on them at once.
+    Resume {
+        /// The pool to resume.
+        pool: String,
+        /// Print the pool as `jobhost pools --json` lists it.
         #[arg(long)]
         json: bool,
     },

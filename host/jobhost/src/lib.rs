@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Task::Status(args) => commands::status::run(config, args).await,
             Task::Schedules(args) => commands::schedules::run(config, args).await,
             Task::Jobs(command) => commands::jobs::run(config, command).await,
+            Task::Pools(args) => commands::pools::run(config, args).await,
             Task::Processors(args) => commands::processors::run(config, args),
             Task::Run(args) => commands::run::run(config, args).await,
             Task::Work(settings) => worker::run(config, settings).await,

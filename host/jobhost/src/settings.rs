@@ -13,7 +13,10 @@ use anyhow::{Result, bail};
 use jobhost_core::config::{Config, ProcessorOverrides};
 use jobhost_core::names;
 
-use crate::cli::{Cli, Command, CopyArgs, JobsCommand, ProcessorsArgs, RunArgs, SchedulesArgs, SeedArgs, StatusArgs};
+use crate::cli::{
+    Cli, Command, CopyArgs, JobsCommand, PoolsArgs, PoolsCommand, ProcessorsArgs, RunArgs, SchedulesArgs, SeedArgs,
+    StatusArgs,
+};
 
 /// Most jobs one `seed` queues; they are inserted in chunks inside one transaction.
 pub const MAX_SEED_COUNT: u64 = 10_000_000;
@@ -27,6 +30,7 @@ pub enum Task {
     Status(StatusArgs),
     Schedules(SchedulesArgs),
     Jobs(JobsCommand),
+    Pools(PoolsArgs),
     Processors(ProcessorsArgs),
     Run(RunArgs),
     Work(WorkSettings),
@@ -145,6 +149,13 @@ pub fn settle(cli: Cli) -> Result<(Config, Task)> {
                 check_name("--pool", pool)?;
             }
         }
+        Command::Pools(PoolsArgs { command: Some(PoolsCommand::Pause { pool, reason, .. }), .. }) => {
+            check_name("POOL", pool)?;
+            if let Some(reason) = reason {
+                jobhost_store::check_pause_reason(reason).map_err(|err| anyhow::anyhow!("--reason {err}"))?;
+            }
+        }
+        Command::Pools(PoolsArgs { command: Some(PoolsCommand::Resume { pool, .. }), .. }) => check_name("POOL", pool)?,
         Command::Copy(args) => {
             if args.to == config.database.path {
                 bail!(
@@ -170,7 +181,11 @@ pub fn settle(cli: Cli) -> Result<(Config, Task)> {
                 config.serve.read_only = true;
             }
         }
-        Command::Status(_) | Command::Schedules(_) | Command::Jobs(_) | Command::Processors(_) => {}
+        Command::Status(_)
+        | Command::Schedules(_)
+        | Command::Jobs(_)
+        | Command::Pools(PoolsArgs { command: None, .. })
+        | Command::Processors(_) => {}
     }
     config.validate()?;
     let task = match command {
@@ -178,6 +193,7 @@ pub fn settle(cli: Cli) -> Result<(Config, Task)> {
         Command::Status(args) => Task::Status(args),
         Command::Schedules(args) => Task::Schedules(args),
         Command::Jobs(command) => Task::Jobs(command),
+        Command::Pools(args) => Task::Pools(args),
         Command::Processors(args) => Task::Processors(args),
         Command::Run(args) => Task::Run(args),
         Command::Work(args) => Task::Work(WorkSettings {

@@ -14,8 +14,11 @@
 //!   jobs arrive;
 //! - a following worker waits for work on wake-ups from the store (a `NOTIFY` on
 //!   PostgreSQL, a change of `data_version` on SQLite) and on the earliest pending job's
-//!   `run_at`, so a new job starts within milliseconds and a delayed one on time; beside
+//!   `run_at`, so a new job starts within milliseconds and a delayed one on time (a paused
+//!   pool has no ready job: the worker waits, and resuming the pool wakes it); beside
 //!   its jobs it queues the schedules' due ticks and deletes expired finished jobs;
+//! - a claim takes only what the flow limits allow; a worker whose ready jobs a full limit
+//!   holds back stays and claims again soon, rather than exiting as if the pool were drained;
 //! - heartbeats come from a plain OS thread with its own connection, so CPU-heavy guests
 //!   cannot delay them and a long job keeps its lease;
 //! - it stops through one [`Shutdown`]: the first SIGTERM/SIGINT stops claiming and lets
@@ -43,6 +46,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use jobhost_core::config::Config;
+use jobhost_core::flow::FlowLimit;
 use jobhost_core::outcome::OutcomeKind;
 use jobhost_sandbox::processors::{self, Registry};
 use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
@@ -102,6 +106,9 @@ struct Summary {
     /// The worker's final status: `terminated`, or `lost` when the reaper had given up on it;
     /// `None` until it ends.
     status: Option<WorkerStatus>,
+    /// A worker that does not follow ran out of work because its pool is paused.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pool_paused: bool,
 }
 
 impl Summary {
@@ -134,6 +141,8 @@ struct Worker {
     max_jobs: Option<u64>,
     follow: bool,
     json: bool,
+    /// The flow limits every claim enforces (`processors.overrides.NAME.flow`).
+    flow: Vec<FlowLimit>,
     /// When to stop claiming, and when to drop the jobs in flight too.
     shutdown: Shutdown,
     /// The `--json` lines; they stop (and the worker goes on) if the reader goes away.
@@ -205,6 +214,7 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
         max_jobs,
         follow: args.follow,
         json: args.json,
+        flow: config.flow_limits(),
         shutdown,
         out: LineSink::default(),
     };
@@ -231,6 +241,11 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
     if !matches!(stop_reason, Some(StopReason::DatabaseReplaced(_))) {
         riding_out(&worker.shutdown, "deregistering the worker", || worker.store.deregister_worker(&worker_id)).await?;
     }
+    // A paused pool drains like an empty one; the worker says which it was.
+    if !args.follow && stop_reason.is_none() {
+        let paused = riding_out(&worker.shutdown, "reading the paused pools", || worker.store.paused_pools()).await?;
+        summary.pool_paused = paused.iter().any(|paused| paused.pool == args.pool);
+    }
     tracing::info!(worker_id, processed = summary.processed, "worker finished");
     let out = &mut worker.out;
     if args.json {
@@ -242,6 +257,15 @@ pub async fn run(config: &Config, args: WorkSettings) -> Result<ExitCode> {
             "worker {worker_id}: processed {} job(s): {} completed, {} failed",
             summary.processed, summary.completed, summary.failed
         ));
+    }
+    if summary.pool_paused {
+        let pool = &args.pool;
+        tracing::info!(worker_id, pool, "the pool is paused: no more of its jobs are claimed");
+        if !args.json {
+            out.line(format_args!(
+                "worker {worker_id}: pool {pool} is paused: its jobs are not claimed until `jobhost pools resume {pool}`"
+            ));
+        }
     }
     match stop_reason {
         None => Ok(ExitCode::SUCCESS),
@@ -276,6 +300,8 @@ struct TurnDone {
     /// The claim's answer was lost: `claimed` are the jobs it took, adopted, and how many
     /// more were ready is unknown.
     claim_lost: bool,
+    /// A flow limit held back ready jobs the claim could have taken.
+    held_back: bool,
 }
 
 /// A job whose run ended, waiting to be recorded in the next turn.
@@ -307,6 +333,12 @@ impl Worker {
         // Whether a claim may find jobs: false once one came back short, until a look finds
         // one ready (only a following worker looks; the others claim on every turn).
         let mut may_be_ready = true;
+        // Whether the last claim left ready jobs behind a full flow limit, and how long to
+        // wait before claiming again if nothing else happens: room frees up when a job of
+        // that processor ends on any worker, or when a rate's period passes, and no wake-up
+        // says so, so the worker looks again, less often the longer the limit stays full.
+        let mut held_back = false;
+        let mut held_back_wait = HELD_BACK_FIRST_LOOK;
         loop {
             let may_claim = self.may_claim(claimed_total);
             let free_slots = u64::from(self.concurrency) - in_flight.len() as u64;
@@ -319,7 +351,7 @@ impl Worker {
                 None => free_slots,
             };
             if want > 0 || !finished.is_empty() {
-                let TurnDone { lines, claimed, claim_lost } =
+                let TurnDone { lines, claimed, claim_lost, held_back: held } =
                     self.settle(std::mem::take(&mut finished), want as u32, &running).await?;
                 for line in lines {
                     summary.count(&line);
@@ -329,6 +361,10 @@ impl Worker {
                 }
                 if want > 0 {
                     may_be_ready = claimed.len() as u64 == want;
+                    held_back = held;
+                    if !claimed.is_empty() {
+                        held_back_wait = HELD_BACK_FIRST_LOOK;
+                    }
                 }
                 claimed_total += claimed.len() as u64;
                 for job in claimed {
@@ -343,13 +379,16 @@ impl Worker {
                 }
             }
             let may_claim_more = self.may_claim(claimed_total) && in_flight.len() < self.concurrency as usize;
-            if in_flight.is_empty() && !(self.follow && may_claim_more) {
+            if in_flight.is_empty() && !((self.follow || held_back) && may_claim_more) {
                 // Nothing running and nothing more to claim: the pool is drained (or we stop).
                 break;
             }
-            let waiting_for_work = self.follow && may_claim_more && !may_be_ready;
+            let waiting_for_work = may_claim_more && (held_back || (self.follow && !may_be_ready));
             let mut look_at = Instant::now();
-            if waiting_for_work {
+            if waiting_for_work && held_back {
+                look_at += held_back_wait;
+                held_back_wait = (held_back_wait * 2).min(HELD_BACK_LAST_LOOK);
+            } else if waiting_for_work {
                 if wakeups.is_none() {
                     wakeups = Some(self.store.wakeups(&self.pool).await?);
                 }
@@ -373,7 +412,11 @@ impl Worker {
                         finished.push(done);
                     }
                 }
-                () = woken_or_due(wakeups.as_ref(), look_at), if waiting_for_work => {}
+                () = woken_or_due(wakeups.as_ref(), look_at), if waiting_for_work => {
+                    // Held back: look again by claiming (a read would only find the same
+                    // held-back jobs ready).
+                    may_be_ready |= held_back;
+                }
                 // Waiting for work ends at the first signal; jobs in flight, at the second.
                 () = self.shutdown.reached(if waiting_for_work { Stage::Draining } else { Stage::Abandoning }) => {
                     if self.shutdown.stage() == Stage::Abandoning {
@@ -441,6 +484,7 @@ impl Worker {
             worker_id: &self.worker_id,
             lease: self.runner.config.reaper.stale_after.0,
             limit: want,
+            flow: &self.flow,
         });
         let (mut turn, interrupted) =
             riding_out_noting(&self.shutdown, "recording finished jobs and claiming", |failures| {
@@ -485,7 +529,12 @@ impl Worker {
                 );
             }
         }
-        Ok(TurnDone { lines, claimed: turn.claimed, claim_lost: interrupted && claim.is_some() })
+        Ok(TurnDone {
+            lines,
+            claimed: turn.claimed,
+            claim_lost: interrupted && claim.is_some(),
+            held_back: turn.held_back,
+        })
     }
 
     /// Marks as [`Settlement::Recorded`] each stale settlement whose attempt the store holds
@@ -590,6 +639,12 @@ where
 /// wake-up that never came (none is known to be lost; a PostgreSQL listener that reconnects
 /// wakes its worker itself).
 const FALLBACK_LOOK: Duration = Duration::from_secs(5);
+
+/// How soon a worker whose claim a full flow limit held back claims again, at first and at
+/// most: soon enough that a freed slot is not left idle long, rarely enough that waiting
+/// workers cost the database little.
+const HELD_BACK_FIRST_LOOK: Duration = Duration::from_millis(20);
+const HELD_BACK_LAST_LOOK: Duration = Duration::from_secs(1);
 
 /// Returns at the first wake-up or at `due`, whichever comes first.
 async fn woken_or_due(wakeups: Option<&Wakeups>, due: Instant) {

@@ -98,14 +98,9 @@ pub trait Driver: Send + Sync {
     ) -> Result<EnqueueReport>;
 
     /// Settles `settlements` (each fenced on its own; a stale one changes nothing) and then,
-    /// if asked, claims ready jobs, in one transaction. Returns one [`Settled`] per settlement,
-    /// in order, and the claimed jobs.
-    async fn turn(
-        &self,
-        settlements: &[Settlement<'_>],
-        claim: Option<&ClaimRequest<'_>>,
-        now: Now,
-    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)>;
+    /// if asked, claims ready jobs within the claim's flow limits (see [`super::flow`]), in
+    /// one transaction. Returns one [`Settled`] per settlement, in order, and the claimed jobs.
+    async fn turn(&self, settlements: &[Settlement<'_>], claim: Option<&ClaimRequest<'_>>, now: Now) -> Result<Turn>;
 
     /// The jobs of `ids` that exist, in any order, each with its latest
     /// [`RECENT_ATTEMPTS`]` + 1` attempts, oldest first (see [`JobDetail::new`]).
@@ -151,6 +146,15 @@ pub trait Driver: Send + Sync {
     async fn status(&self, pool: Option<&str>, now: Now) -> Result<StatusSnapshot>;
     /// Every pool that holds jobs, by name.
     async fn pool_names(&self) -> Result<Vec<String>>;
+    /// Pauses `pool` (see [`PausedPool`]) unless it is paused already, in one statement;
+    /// a pool paused already keeps its `paused_at`, and its reason unless `reason` is given.
+    /// Returns the pause as it now stands.
+    async fn pause_pool(&self, pool: &str, reason: Option<&str>, now: Now) -> Result<PausedPool>;
+    /// Ends `pool`'s pause and, in the same transaction, wakes its waiting workers (see
+    /// [`super::wake`]); whether it was paused.
+    async fn resume_pool(&self, pool: &str) -> Result<bool>;
+    /// Every paused pool, by name.
+    async fn paused_pools(&self) -> Result<Vec<PausedPool>>;
     /// Workers matching, live ones first, then the most recently heard from.
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>>;
     /// The activity table summed (see [`super::activity`]), after folding rows older than
@@ -175,7 +179,7 @@ pub trait Driver: Send + Sync {
     /// Whether the pool holds no job and no worker.
     async fn is_empty(&self) -> Result<bool>;
     /// How long until the earliest pending job of `pool` is ready (0 or less: it is now);
-    /// `None` when the pool has no pending job. One cheap read.
+    /// `None` when the pool has no pending job or is paused. One cheap read.
     async fn ready_in(&self, pool: &str, now: Now) -> Result<Option<Millis>>;
     /// Hints that jobs of `pool` may have changed (see [`super::wake`]).
     async fn wakeups(&self, pool: &str) -> Result<Wakeups>;

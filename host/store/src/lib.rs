@@ -24,6 +24,7 @@
 mod activity;
 mod driver;
 mod error;
+mod flow;
 mod model;
 mod postgres;
 mod retry;
@@ -191,8 +192,7 @@ impl Store {
             })
             .collect();
         let turned = self.driver.turn(&settlements, claim.as_ref(), self.clock.now()).await;
-        let (settled, claimed) = self.named(turned)?;
-        Ok(Turn { settled, claimed })
+        self.named(turned)
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobDetail>> {
@@ -336,7 +336,7 @@ impl Store {
             })
             .collect();
         let turned = self.driver.turn(&settlements, None, now).await;
-        let (settled, _) = self.named(turned)?;
+        let settled = self.named(turned)?.settled;
         let mut recovery = Recovery::default();
         for outcome in settled {
             match outcome {
@@ -356,8 +356,10 @@ impl Store {
     }
 
     /// How long until the earliest pending job of `pool` is ready: zero when one is ready
-    /// now, `None` when the pool has no pending job. Read on the database's clock, so a
-    /// waiter on a machine whose clock is off still wakes when the job is due there.
+    /// now, `None` when the pool has no pending job or is paused (none of its jobs will be
+    /// claimed: a waiter waits for a wake-up, which resuming the pool sends). Read on the
+    /// database's clock, so a waiter on a machine whose clock is off still wakes when the
+    /// job is due there.
     pub async fn ready_in(&self, pool: &str) -> Result<Option<Duration>> {
         let ready_in = self.driver.ready_in(pool, self.clock.now()).await;
         Ok(self.named(ready_in)?.map(|ms| Duration::from_millis(ms.max(0) as u64)))
@@ -372,31 +374,69 @@ impl Store {
 
     /// Registers as `starting` the workers the checker on `request.host` should start:
     /// as many as there are ready jobs not yet covered by live workers on any host, at most
-    /// this host's free slots. Concurrent checkers (on one host or many) never over-spawn.
+    /// this host's free slots, and none for a paused pool ([`WorkerPlan::paused`]).
+    /// Concurrent checkers (on one host or many) never over-spawn.
     pub async fn plan_workers(&self, request: &PlanRequest<'_>) -> Result<WorkerPlan> {
         let plan = self.driver.plan_workers(request, self.clock.now()).await;
         self.named(plan)
     }
 
+    /// The counts of `pool` (of every pool: `None`), and which of them are paused.
     pub async fn status(&self, pool: Option<&str>) -> Result<StatusSnapshot> {
         let status = self.driver.status(pool, self.clock.now()).await;
-        self.named(status)
+        let mut status = self.named(status)?;
+        status.paused_pools = self
+            .paused_pools()
+            .await?
+            .into_iter()
+            .filter(|paused| pool.is_none_or(|pool| paused.pool == pool))
+            .collect();
+        Ok(status)
     }
 
-    /// Every pool holding jobs, with its counts, ready jobs and oldest ready age.
+    /// Every pool holding jobs or paused, by name, with its counts, ready jobs, oldest
+    /// ready age and pause.
     pub async fn pools(&self) -> Result<Vec<PoolSnapshot>> {
         let names = self.driver.pool_names().await;
-        let mut pools = Vec::new();
-        for pool in self.named(names)? {
-            let status = self.status(Some(&pool)).await?;
-            pools.push(PoolSnapshot {
-                pool,
-                jobs: status.jobs,
-                ready: status.ready,
-                oldest_ready_age_ms: status.oldest_ready_age_ms,
-            });
+        let paused = self.paused_pools().await?;
+        let mut names: std::collections::BTreeSet<String> = self.named(names)?.into_iter().collect();
+        names.extend(paused.iter().map(|paused| paused.pool.clone()));
+        let mut pools = Vec::with_capacity(names.len());
+        for pool in names {
+            let status = self.driver.status(Some(&pool), self.clock.now()).await;
+            let pause = paused.iter().find(|paused| paused.pool == pool);
+            pools.push(PoolSnapshot::new(pool, &self.named(status)?, pause));
         }
         Ok(pools)
+    }
+
+    /// One pool as [`Store::pools`] lists it, whether or not it holds jobs.
+    pub async fn pool(&self, pool: &str) -> Result<PoolSnapshot> {
+        let status = self.status(Some(pool)).await?;
+        Ok(PoolSnapshot::new(pool.to_owned(), &status, status.paused_pools.first()))
+    }
+
+    /// Pauses `pool`, which need not hold jobs yet: from the moment this returns, no claim
+    /// that starts takes one of its jobs (see each driver's claim for what a claim already
+    /// under way when the pause commits may do), `check` starts no worker for it and
+    /// following workers wait. Jobs already claimed run on and are settled as ever.
+    /// Pausing a paused pool changes nothing but its reason, when one is given.
+    pub async fn pause_pool(&self, pool: &str, reason: Option<&str>) -> Result<PausedPool> {
+        let paused = self.driver.pause_pool(pool, reason, self.clock.now()).await;
+        self.named(paused)
+    }
+
+    /// Lets workers claim `pool`'s jobs again, and wakes those waiting for them; whether it
+    /// was paused (resuming a pool that is not changes nothing).
+    pub async fn resume_pool(&self, pool: &str) -> Result<bool> {
+        let resumed = self.driver.resume_pool(pool).await;
+        self.named(resumed)
+    }
+
+    /// Every paused pool, by name.
+    pub async fn paused_pools(&self) -> Result<Vec<PausedPool>> {
+        let paused = self.driver.paused_pools().await;
+        self.named(paused)
     }
 
     pub async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {

@@ -453,6 +453,8 @@ pub struct ClaimRequest<'a> {
     /// How long the claim holds without a heartbeat.
     pub lease: Duration,
     pub limit: u32,
+    /// The flow limits every claim enforces (see [`jobhost_core::flow`]); empty for none.
+    pub flow: &'a [jobhost_core::flow::FlowLimit],
 }
 
 /// An attempt that ended, to be recorded: `result` is its JSON text when it succeeded.
@@ -480,6 +482,9 @@ pub enum Settled {
 pub struct Turn {
     pub settled: Vec<Settled>,
     pub claimed: Vec<ClaimedJob>,
+    /// Ready jobs were left unclaimed because their flow limit had no room: the claim came
+    /// back short with work still queued behind the limit.
+    pub held_back: bool,
 }
 
 /// What one attempt ended as.
@@ -759,13 +764,58 @@ pub struct WorkerFilter<'a> {
     pub limit: u32,
 }
 
-/// One pool's counts, as in [`StatusSnapshot`] for that pool.
+/// One pool's counts, as in [`StatusSnapshot`] for that pool, and whether it is paused.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
 pub struct PoolSnapshot {
     pub pool: String,
     pub jobs: JobCounts,
     pub ready: u64,
     pub oldest_ready_age_ms: Option<Millis>,
+    /// Workers claim none of its jobs (those running finish); see [`PausedPool`].
+    pub paused: bool,
+    /// When it was paused, on the database's clock; `null` unless paused.
+    pub paused_at: Option<Millis>,
+    /// Why, as the one who paused it said; `null` when not said or not paused.
+    pub paused_reason: Option<String>,
+}
+
+impl PoolSnapshot {
+    pub(super) fn new(pool: String, status: &StatusSnapshot, pause: Option<&PausedPool>) -> PoolSnapshot {
+        PoolSnapshot {
+            pool,
+            jobs: status.jobs.clone(),
+            ready: status.ready,
+            oldest_ready_age_ms: status.oldest_ready_age_ms,
+            paused: pause.is_some(),
+            paused_at: pause.map(|pause| pause.paused_at),
+            paused_reason: pause.and_then(|pause| pause.reason.clone()),
+        }
+    }
+}
+
+/// A pool whose jobs workers do not claim until it is resumed: its jobs stay pending, the
+/// checker starts no worker for it and following workers wait. Jobs already claimed run to
+/// their end and are settled as ever, and the reaper still recovers abandoned ones.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct PausedPool {
+    pub pool: String,
+    /// When it was paused, on the database's clock; pausing it again keeps this.
+    pub paused_at: Millis,
+    /// Why, as the one who paused it said.
+    pub reason: Option<String>,
+}
+
+/// Longest reason a pause may record, in bytes.
+pub const MAX_PAUSE_REASON_BYTES: usize = 1_024;
+
+/// A pause's reason: up to [`MAX_PAUSE_REASON_BYTES`] of text on one line (tabs allowed), so
+/// it reads back cleanly in every listing. The error completes a sentence that starts with
+/// the name of the flag or field.
+pub fn check_pause_reason(reason: &str) -> Result<(), String> {
+    if reason.len() > MAX_PAUSE_REASON_BYTES || reason.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!("must be at most {MAX_PAUSE_REASON_BYTES} bytes of text on one line, got {reason:?}"));
+    }
+    Ok(())
 }
 
 /// A schedule as the pool keeps it (its timetable is the configuration's): how far its
@@ -824,6 +874,8 @@ pub struct StatusSnapshot {
     pub workers: WorkerCounts,
     /// The same worker counts for each machine (`worker.host`) that ran workers.
     pub hosts: std::collections::BTreeMap<String, WorkerCounts>,
+    /// The paused pools (of those asked about), by name.
+    pub paused_pools: Vec<PausedPool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, PartialEq, Eq)]
@@ -877,6 +929,8 @@ pub struct WorkerPlan {
     /// Live following workers of the pool on this host.
     pub following_here: u64,
     pub workers_needed: u64,
+    /// The pool is paused: no worker is needed for it, and none was registered.
+    pub paused: bool,
     /// Ids registered as `starting`; the caller launches one worker for each.
     pub new_workers: Vec<String>,
     /// Ids registered as `starting` and following; the caller launches one following
@@ -887,16 +941,19 @@ pub struct WorkerPlan {
 impl WorkerPlan {
     /// The plan for a host with `max_workers` slots: the ready jobs that live workers on
     /// other hosts do not cover, up to its slots, less the workers it already has.
-    pub(super) fn new(queue_depth: u64, live: LiveWorkers, request: &PlanRequest<'_>) -> WorkerPlan {
+    /// A paused pool needs none: neither draining workers (they would find nothing to claim)
+    /// nor following ones (those alive wait for its resumption; new ones are started after).
+    pub(super) fn new(queue_depth: u64, live: LiveWorkers, paused: bool, request: &PlanRequest<'_>) -> WorkerPlan {
         let elsewhere = live.everywhere.saturating_sub(live.here);
         let max_workers = u64::from(request.max_workers);
-        let workers_needed = queue_depth.saturating_sub(elsewhere).min(max_workers);
+        let workers_needed = if paused { 0 } else { queue_depth.saturating_sub(elsewhere).min(max_workers) };
         WorkerPlan {
             queue_depth,
             live_workers: live.everywhere,
             live_here: live.here,
             following_here: live.following_here,
             workers_needed,
+            paused,
             new_workers: Vec::new(),
             new_following: Vec::new(),
         }
@@ -904,8 +961,11 @@ impl WorkerPlan {
 
     /// How many following workers to start, then how many draining ones: following ones
     /// first, up to `min_following`, as they also drain the backlog; draining ones for the
-    /// rest of it. Never more than `max_workers` live here in all.
+    /// rest of it. Never more than `max_workers` live here in all, and none for a paused pool.
     pub(super) fn to_spawn(&self, request: &PlanRequest<'_>) -> (u64, u64) {
+        if self.paused {
+            return (0, 0);
+        }
         let room = u64::from(request.max_workers).saturating_sub(self.live_here);
         let following = u64::from(request.min_following).saturating_sub(self.following_here).min(room);
         let draining = self.workers_needed.saturating_sub(self.live_here + following).min(room - following);

@@ -87,7 +87,7 @@ impl TestStore {
     }
 
     pub async fn claim(&self, pool: &str, worker_id: &str, lease: Duration, limit: u32) -> Result<Vec<ClaimedJob>> {
-        let request = ClaimRequest { pool, worker_id, lease, limit };
+        let request = ClaimRequest { pool, worker_id, lease, limit, flow: &[] };
         Ok(self.store.turn(&[], Some(request), &NO_BACKOFF).await?.claimed)
     }
 
@@ -173,6 +173,14 @@ for_each_backend!(
     unique_within_keeps_a_finished_jobs_key_for_that_long,
     replace_debounces_a_burst_into_one_pending_job_with_the_last_payload,
     racing_enqueuers_queue_each_unique_key_once,
+    a_paused_pool_is_not_claimed_but_its_running_jobs_settle_and_are_reaped,
+    pausing_is_idempotent_needs_no_jobs_and_is_listed_with_when_and_why,
+    a_paused_pool_gets_no_workers_planned_and_no_ready_job_to_wait_for,
+    resuming_a_pool_wakes_its_waiting_workers,
+    max_running_holds_back_each_keys_excess_without_blocking_the_others,
+    a_rate_counts_starts_over_a_sliding_period,
+    racing_claimers_never_run_more_than_max_running,
+    a_paused_pool_with_limits_holds_nothing_back,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -1282,4 +1290,243 @@ async fn racing_enqueuers_queue_each_unique_key_once(t: TestStore) {
     }
     assert_eq!(t.store.status(None).await.unwrap().jobs.pending, 20);
     t.assert_counts_exact().await;
+}
+
+async fn a_paused_pool_is_not_claimed_but_its_running_jobs_settle_and_are_reaped(t: TestStore) {
+    active_worker(&t, "w1").await;
+    t.store.enqueue_all(&[job("default", 0), job("default", 0), job("default", 0), job("other", 0)]).await.unwrap();
+    let running = claim_one(&t, "w1").await.unwrap();
+    let abandoned = claim_one(&t, "w1").await.unwrap();
+    t.store.pause_pool("default", Some("incident 42")).await.unwrap();
+
+    assert!(claim_one(&t, "w1").await.is_none(), "a paused pool's ready job is not claimed");
+    let other = another_claim(&t, "other").await;
+    assert_eq!(other.len(), 1, "other pools are claimed as ever");
+    let finished = Finished { job: &running, report: AttemptReport::of(OutcomeKind::Ok), result: Some("1") };
+    let claim = ClaimRequest { pool: "default", worker_id: "w1", lease: LEASE, limit: 5, flow: &[] };
+    let turn = t.store.turn(&[finished], Some(claim), &NO_BACKOFF).await.unwrap();
+    assert_eq!(turn.settled, [Settled::Completed], "a job running when the pool was paused finishes");
+    assert!(turn.claimed.is_empty(), "the turn that settles it claims nothing of the paused pool");
+
+    t.advance(LEASE.as_millis() as i64 + 1);
+    let never = Duration::from_secs(1 << 30);
+    let reaped = t.store.reap(Some("default"), never, never, &NO_BACKOFF).await.unwrap();
+    assert_eq!(reaped.recovery.released, 1, "the reaper still recovers a paused pool's abandoned job");
+    let recovered = t.store.job(&abandoned.id).await.unwrap().unwrap().job;
+    assert_eq!(recovered.status, JobStatus::Pending, "it waits, pending, for the pool to resume");
+    assert!(claim_one(&t, "w1").await.is_none());
+
+    assert!(t.store.resume_pool("default").await.unwrap());
+    let mut claimed = Vec::new();
+    while let Some(job) = claim_one(&t, "w1").await {
+        claimed.push(job.id);
+    }
+    assert_eq!(claimed.len(), 2, "once resumed, its pending jobs are claimed: {claimed:?}");
+    assert!(claimed.contains(&abandoned.id));
+    t.assert_counts_exact().await;
+}
+
+/// Claims `pool`'s ready jobs as a second worker, `w2`.
+async fn another_claim(t: &TestStore, pool: &str) -> Vec<ClaimedJob> {
+    t.store
+        .activate_worker(&NewWorker { id: "w2".into(), pool: pool.into(), host: None, pid: None, following: false })
+        .await
+        .unwrap();
+    t.claim(pool, "w2", LEASE, 10).await.unwrap()
+}
+
+async fn pausing_is_idempotent_needs_no_jobs_and_is_listed_with_when_and_why(t: TestStore) {
+    t.store.enqueue_all(&[job("default", 0)]).await.unwrap();
+    let paused_at = t.now();
+    let first = t.store.pause_pool("empty", None).await.unwrap();
+    assert_eq!(
+        first,
+        PausedPool { pool: "empty".into(), paused_at, reason: None },
+        "a pool with no jobs can be paused"
+    );
+    t.advance(1_000);
+    let again = t.store.pause_pool("empty", Some("deploy")).await.unwrap();
+    assert_eq!(
+        (again.paused_at, again.reason.as_deref()),
+        (paused_at, Some("deploy")),
+        "kept its time, took the reason"
+    );
+    let once_more = t.store.pause_pool("empty", None).await.unwrap();
+    assert_eq!(once_more.reason.as_deref(), Some("deploy"), "no reason given keeps the one there");
+
+    let pools = t.store.pools().await.unwrap();
+    let listed: Vec<(&str, bool, Option<Millis>, Option<&str>)> = pools
+        .iter()
+        .map(|pool| (pool.pool.as_str(), pool.paused, pool.paused_at, pool.paused_reason.as_deref()))
+        .collect();
+    assert_eq!(listed, [("default", false, None, None), ("empty", true, Some(paused_at), Some("deploy"))]);
+    assert_eq!(pools[1].jobs, JobCounts::default());
+    assert_eq!(t.store.pool("empty").await.unwrap(), pools[1], "one pool reads as the listing shows it");
+
+    let status = t.store.status(None).await.unwrap();
+    assert_eq!(status.paused_pools, std::slice::from_ref(&again), "status names the paused pools");
+    assert!(t.store.status(Some("default")).await.unwrap().paused_pools.is_empty(), "only those asked about");
+    assert_eq!(t.store.status(Some("empty")).await.unwrap().paused_pools, [again]);
+
+    assert!(t.store.resume_pool("empty").await.unwrap());
+    assert!(!t.store.resume_pool("empty").await.unwrap(), "resuming a pool that is not paused changes nothing");
+    let names: Vec<String> = t.store.pools().await.unwrap().into_iter().map(|pool| pool.pool).collect();
+    assert_eq!(names, ["default"], "a resumed pool without jobs is no longer listed");
+    assert!(t.store.paused_pools().await.unwrap().is_empty());
+}
+
+async fn a_paused_pool_gets_no_workers_planned_and_no_ready_job_to_wait_for(t: TestStore) {
+    t.store.enqueue_all(&[job("default", 0), job("default", 0)]).await.unwrap();
+    t.store.pause_pool("default", None).await.unwrap();
+    let keeping_one = PlanRequest { min_following: 1, ..plan("default", 4) };
+    let paused = t.store.plan_workers(&keeping_one).await.unwrap();
+    assert!(paused.paused);
+    assert_eq!((paused.queue_depth, paused.workers_needed), (2, 0), "{paused:?}");
+    assert!(paused.new_workers.is_empty() && paused.new_following.is_empty(), "no worker, following or not");
+    assert_eq!(t.store.ready_in("default").await.unwrap(), None, "nothing to wait for until it resumes");
+
+    t.store.resume_pool("default").await.unwrap();
+    assert_eq!(t.store.ready_in("default").await.unwrap(), Some(Duration::ZERO));
+    let resumed = t.store.plan_workers(&keeping_one).await.unwrap();
+    assert!(!resumed.paused);
+    assert_eq!((resumed.new_following.len(), resumed.new_workers.len()), (1, 1), "{resumed:?}");
+}
+
+async fn resuming_a_pool_wakes_its_waiting_workers(t: TestStore) {
+    t.store.pause_pool("default", None).await.unwrap();
+    t.store.enqueue_all(&[job("default", 0)]).await.unwrap();
+    let wakeups = t.store.wakeups("default").await.unwrap();
+    assert!(woken(&wakeups).await, "the first wake-up comes once the source watches");
+    assert_eq!(t.store.ready_in("default").await.unwrap(), None);
+    assert!(t.another_store().await.resume_pool("default").await.unwrap());
+    assert!(woken(&wakeups).await, "resuming wakes the waiter");
+    assert_eq!(t.store.ready_in("default").await.unwrap(), Some(Duration::ZERO));
+}
+
+// ------------------------------------------------------------------------------------------
+// Flow limits
+// ------------------------------------------------------------------------------------------
+
+fn flow_limit(max_running: Option<u32>, rate: Option<&str>, key: Option<&str>) -> jobhost_core::flow::FlowLimit {
+    let config = jobhost_core::flow::FlowConfig {
+        max_running,
+        rate: rate.map(|rate| rate.parse().unwrap()),
+        key: key.map(str::to_owned),
+    };
+    jobhost_core::flow::FlowLimit::new("resize", &config, "flow").unwrap()
+}
+
+/// A job of `processor` for `tenant`, with `priority`.
+fn tenant_job(processor: &str, tenant: &str, priority: i64) -> NewJob {
+    NewJob { processor: processor.into(), payload: format!(r#"{{"tenant":"{tenant}"}}"#), ..job("default", priority) }
+}
+
+/// One turn claiming up to `limit` under `flow`: the ids claimed, in order, and whether
+/// the claim held a ready job back.
+async fn flow_claim(
+    store: &Store,
+    worker_id: &str,
+    limit: u32,
+    flow: &[jobhost_core::flow::FlowLimit],
+) -> (Vec<ClaimedJob>, bool) {
+    let request = ClaimRequest { pool: "default", worker_id, lease: LEASE, limit, flow };
+    let turn = store.turn(&[], Some(request), &NO_BACKOFF).await.unwrap();
+    (turn.claimed, turn.held_back)
+}
+
+fn ids(jobs: &[ClaimedJob]) -> Vec<&String> {
+    jobs.iter().map(|job| &job.id).collect()
+}
+
+async fn max_running_holds_back_each_keys_excess_without_blocking_the_others(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let flow = [flow_limit(Some(2), None, Some("/tenant"))];
+    // Tenant a floods first and with the highest priority; b and an unlimited job come after.
+    let queued = t
+        .store
+        .enqueue_all(&[
+            tenant_job("resize", "a", 9),
+            tenant_job("resize", "a", 9),
+            tenant_job("resize", "a", 9),
+            tenant_job("resize", "a", 9),
+            tenant_job("resize", "b", 0),
+            NewJob { processor: "echo".into(), ..job("default", 0) },
+            tenant_job("resize", "b", 0),
+            tenant_job("resize", "b", 0),
+        ])
+        .await
+        .unwrap();
+    let (claimed, held_back) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert_eq!(ids(&claimed), [&queued[0], &queued[1], &queued[4], &queued[5], &queued[6]], "two of each tenant");
+    assert!(held_back, "a's third and fourth and b's third wait for room");
+    let (none, held_back) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert!(none.is_empty() && held_back, "every key is full: nothing claimed, all held back");
+    assert_eq!(t.store.status(None).await.unwrap().ready, 3, "held-back jobs stay ready");
+
+    t.complete(&claimed[0], "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    let (next, held_back) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert_eq!(ids(&next), [&queued[2]], "a finished one, so its next job starts, in order");
+    assert!(held_back);
+    let (unlimited, _) = flow_claim(&t.store, "w1", 10, &[]).await;
+    assert_eq!(ids(&unlimited), [&queued[3], &queued[7]], "a claim without limits takes what is ready");
+    t.assert_counts_exact().await;
+}
+
+async fn a_rate_counts_starts_over_a_sliding_period(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let flow = [flow_limit(None, Some("2/1m"), None)];
+    let jobs: Vec<NewJob> = (0..5).map(|_| tenant_job("resize", "any", 0)).collect();
+    let queued = t.store.enqueue_all(&jobs).await.unwrap();
+    let (first, held_back) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert_eq!(ids(&first), [&queued[0], &queued[1]]);
+    assert!(held_back);
+    for job in &first {
+        t.complete(job, "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    }
+    let (none, held_back) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert!(none.is_empty() && held_back, "finishing does not free a rate: starts do, after the period");
+    t.advance(30_000);
+    let (_, _) = flow_claim(&t.store, "w1", 10, &flow).await;
+    t.advance(30_001);
+    let (second, _) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert_eq!(ids(&second), [&queued[2], &queued[3]], "a period after the first starts, two more start");
+    t.advance(59_999);
+    assert!(flow_claim(&t.store, "w1", 10, &flow).await.0.is_empty(), "the period has not passed yet");
+    t.advance(1);
+    let (third, held_back) = flow_claim(&t.store, "w1", 10, &flow).await;
+    assert_eq!(ids(&third), [&queued[4]]);
+    assert!(!held_back, "nothing is left behind the limit");
+}
+
+async fn racing_claimers_never_run_more_than_max_running(t: TestStore) {
+    const CLAIMERS: usize = 8;
+    let flow = Arc::new([flow_limit(Some(3), None, None)]);
+    let jobs: Vec<NewJob> = (0..40).map(|_| tenant_job("resize", "any", 0)).collect();
+    t.store.enqueue_all(&jobs).await.unwrap();
+    let mut handles = Vec::new();
+    for claimer in 0..CLAIMERS {
+        let worker = format!("w{claimer}");
+        active_worker(&t, &worker).await;
+        let store = t.another_store().await;
+        let flow = flow.clone();
+        handles.push(tokio::spawn(async move { flow_claim(&store, &worker, 5, &flow[..]).await.0.len() }));
+    }
+    let mut claimed = 0;
+    for handle in handles {
+        claimed += handle.await.unwrap();
+    }
+    assert_eq!(claimed, 3, "eight claimers at once took exactly max_running jobs");
+    assert_eq!(t.store.status(None).await.unwrap().jobs.claimed, 3);
+}
+
+async fn a_paused_pool_with_limits_holds_nothing_back(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let flow = [flow_limit(Some(1), None, None)];
+    t.store.enqueue_all(&[tenant_job("resize", "a", 0), tenant_job("resize", "a", 0)]).await.unwrap();
+    let (claimed, held_back) = flow_claim(&t.store, "w1", 5, &flow).await;
+    assert_eq!((claimed.len(), held_back), (1, true));
+    t.store.pause_pool("default", None).await.unwrap();
+    let (claimed, held_back) = flow_claim(&t.store, "w1", 5, &flow).await;
+    assert!(claimed.is_empty());
+    assert!(!held_back, "the pause, not the limit, keeps the job: a draining worker may leave");
 }

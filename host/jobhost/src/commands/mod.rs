@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod jobs;
+pub mod pools;
 pub mod processors;
 pub mod run;
 pub mod schedules;

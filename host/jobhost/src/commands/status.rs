@@ -8,6 +8,7 @@ use jobhost_core::config::Config;
 use jobhost_store::{Access, Store, WorkerStatus};
 
 use crate::cli::StatusArgs;
+use crate::commands::pools::pause_note;
 
 pub async fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
     let store = Store::open(&config.database, Access::Existing).await?;
@@ -27,6 +28,13 @@ pub async fn run(config: &Config, args: StatusArgs) -> Result<ExitCode> {
     crate::outln!("  cancelled {:>10}", jobs.cancelled)?;
     if let Some(age) = status.oldest_ready_age_ms {
         crate::outln!("  oldest ready job has waited {age} ms")?;
+    }
+    for paused in &status.paused_pools {
+        crate::outln!(
+            "pool {} is paused {}: its jobs are not claimed until `jobhost pools resume`",
+            paused.pool,
+            pause_note(Some(paused.paused_at), paused.reason.as_deref())
+        )?;
     }
     crate::outln!("workers")?;
     for (worker_status, count) in workers.by_status() {

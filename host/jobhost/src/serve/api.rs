@@ -32,8 +32,9 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
     AttemptCursor, AttemptPage, AttemptRecord, Cursor, EnqueueOutcome, IdAnswer, InvalidJob, JobCounts, JobDetail,
-    JobField, JobFilter, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PoolSnapshot, RECENT_ATTEMPTS,
-    ScheduleRun, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
+    JobField, JobFilter, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PausedPool, PoolSnapshot,
+    RECENT_ATTEMPTS, ScheduleRun, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
+    check_pause_reason,
 };
 
 use super::App;
@@ -50,8 +51,8 @@ pub const MAX_ATTEMPTS_PAGE: u32 = 100;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
-    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, workers, processors, schedules),
-    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus, ScheduleRun)),
+    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, pause_pool, resume_pool, workers, processors, schedules),
+    components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus, ScheduleRun, PausedPool)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -779,10 +780,70 @@ pub async fn status(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Res
     Ok(Json(app.store().status(query.pool.as_deref()).await?))
 }
 
-/// Every pool with its counts, ready jobs and oldest ready age.
+/// Every pool holding jobs or paused, with its counts, ready jobs, oldest ready age and pause.
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = PoolList)))]
 pub async fn pools(State(app): State<Arc<App>>) -> Result<Json<PoolList>, ApiError> {
     Ok(Json(PoolList { pools: app.store().pools().await? }))
+}
+
+/// The optional body of a pause.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// Why the pool is paused, shown with it (at most 1024 bytes on one line).
+    reason: Option<String>,
+}
+
+impl App {
+    /// Pauses `pool` (checked as every pool name is) with `reason` (checked as a pause's
+    /// reason is); the pool as listed after.
+    pub async fn pause(&self, pool: &str, reason: Option<&str>) -> Result<PoolSnapshot, ApiError> {
+        check_pool("pool", pool)?;
+        if let Some(reason) = reason {
+            check_pause_reason(reason).map_err(|err| ApiError::field("reason", format!("reason {err}")))?;
+        }
+        self.store().pause_pool(pool, reason).await?;
+        Ok(self.store().pool(pool).await?)
+    }
+
+    /// Resumes `pool`; the pool as listed after (resuming one that is not paused changes nothing).
+    pub async fn resume(&self, pool: &str) -> Result<PoolSnapshot, ApiError> {
+        check_pool("pool", pool)?;
+        self.store().resume_pool(pool).await?;
+        Ok(self.store().pool(pool).await?)
+    }
+}
+
+/// Pause a pool: workers claim none of its jobs (those running finish), no worker is started
+/// for it and following workers wait. The pool need not hold jobs; pausing a paused pool
+/// keeps when it was paused (and its reason, unless one is sent). The body is optional.
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/pause", params(("pool" = String, Path)),
+    request_body(content = PauseRequest, description = "Optional: why the pool is paused"),
+    responses(
+        (status = 200, description = "The pool, paused", body = PoolSnapshot),
+        (status = 422, description = "The pool name or the reason is wrong; nothing changed", body = ErrorBody),
+    ))]
+pub async fn pause_pool(
+    State(app): State<Arc<App>>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<PoolSnapshot>, ApiError> {
+    let request: PauseRequest =
+        if bytes.is_empty() { PauseRequest::default() } else { parse(json_body(&headers, &bytes)?, "")? };
+    Ok(Json(app.pause(&pool, request.reason.as_deref()).await?))
+}
+
+/// Resume a pool: workers claim its jobs again, and those waiting start on them at once.
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/resume", params(("pool" = String, Path)), responses(
+    (status = 200, description = "The pool, no longer paused", body = PoolSnapshot),
+    (status = 422, description = "The pool name is wrong", body = ErrorBody),
+))]
+pub async fn resume_pool(
+    State(app): State<Arc<App>>,
+    Path(pool): Path<String>,
+) -> Result<Json<PoolSnapshot>, ApiError> {
+    Ok(Json(app.resume(&pool).await?))
 }
 
 /// Most workers one listing shows.

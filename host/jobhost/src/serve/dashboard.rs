@@ -5,7 +5,8 @@
 //! content security policy (see `auth`) lets nothing else run. (The processors page, whose
 //! listing loads every processor, is left out of the refresh.)
 //!
-//! Pages: the overview (counts, throughput over the last hour, pools), jobs (filters,
+//! Pages: the overview (counts, throughput over the last hour, pools, each paused or
+//! running with a button to pause or resume it), jobs (filters,
 //! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
 //! attempts a page at a time, workers, processors, and schedules. Actions are POST forms carrying the
 //! caller's CSRF token, answered with a redirect back (303), so a reload never repeats them.
@@ -137,18 +138,36 @@ pub async fn overview(State(app): State<Arc<App>>, Extension(caller): Extension<
         (throughput(&activity))
         h2 { "Pools" }
         table #pools {
-            thead { tr { th { "Pool" } th { "Pending" } th { "Ready" } th { "Oldest ready" } th { "Claimed" } th { "Completed" } th { "Poisoned" } th { "Cancelled" } } }
+            thead { tr { th { "Pool" } th { "State" } th { "Pending" } th { "Ready" } th { "Oldest ready" } th { "Claimed" } th { "Completed" } th { "Poisoned" } th { "Cancelled" } @if !caller.read_only { th {} } } }
             tbody {
                 @for pool in &pools {
-                    tr data-pool=(pool.pool) {
+                    tr data-pool=(pool.pool) class=[pool.paused.then_some("paused")] {
                         td { a href={ "/jobs?pool=" (urlencode(&pool.pool)) } { (pool.pool) } }
+                        td.state title=[pool.paused_reason.as_deref()] {
+                            @if pool.paused { "paused since " (time(pool.paused_at)) } @else { "running" }
+                            @if let Some(reason) = &pool.paused_reason { br; span.muted.reason { (reason) } }
+                        }
                         td { (pool.jobs.pending) } td { (pool.ready) } td { (age(pool.oldest_ready_age_ms)) }
                         td { (pool.jobs.claimed) } td { (pool.jobs.completed) }
                         td { a href={ "/jobs?status=poisoned&pool=" (urlencode(&pool.pool)) } { (pool.jobs.poisoned) } }
                         td { (pool.jobs.cancelled) }
+                        @if !caller.read_only {
+                            td.actions {
+                                @let action = if pool.paused { "resume" } else { "pause" };
+                                form method="post" action={ "/pools/" (urlencode(&pool.pool)) "/" (action) } {
+                                    input type="hidden" name="csrf" value=(caller.csrf);
+                                    @if pool.paused {
+                                        button.resume type="submit" { "Resume" }
+                                    } @else {
+                                        input type="text" name="reason" placeholder="reason (optional)" aria-label="reason";
+                                        button.pause type="submit" { "Pause" }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
-                @if pools.is_empty() { tr { td colspan="8" .muted { "No jobs yet." } } }
+                @if pools.is_empty() { tr { td colspan="10" .muted { "No jobs yet." } } }
             }
         }
     };
@@ -433,6 +452,33 @@ pub async fn act_on_job(
     };
     app.act_on(action, &id).await?;
     Ok(Redirect::to(&format!("/jobs/{}", urlencode(&id))).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct PauseForm {
+    #[serde(default)]
+    csrf: String,
+    /// Empty when none was typed.
+    #[serde(default)]
+    reason: String,
+}
+
+/// The overview's Pause and Resume buttons, checked as the API's pause and resume are.
+pub async fn act_on_pool(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((pool, verb)): Path<(String, String)>,
+    Form(form): Form<PauseForm>,
+) -> Result<Response, PageError> {
+    if !caller.csrf_matches(&form.csrf) {
+        return Ok(csrf_refused());
+    }
+    match verb.as_str() {
+        "pause" => app.pause(&pool, Some(form.reason.trim()).filter(|reason| !reason.is_empty())).await?,
+        "resume" => app.resume(&pool).await?,
+        _ => return Err(ApiError::not_found("no such action").into()),
+    };
+    Ok(Redirect::to("/").into_response())
 }
 
 pub async fn workers(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Page {

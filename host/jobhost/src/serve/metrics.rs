@@ -2,7 +2,8 @@
 //!
 //! Everything comes from the store, not from this server's memory, so any number of
 //! servers (or none, between scrapes) report the same values, and workers on other machines
-//! are counted: job and worker counts, ready jobs and their age per pool, and from the
+//! are counted: job and worker counts, ready jobs and their age per pool, which pools are
+//! paused, and from the
 //! activity table (see `store::activity`) attempts by outcome, their duration and fuel
 //! histograms, and jobs queued and claimed as counters to take rates of. A scrape reads
 //! kept counts and short index ranges only, so it costs the same at a million jobs.
@@ -129,6 +130,15 @@ impl Collector for Scrape {
         let ready: Vec<_> =
             pools.iter().map(|pool| (vec![("pool", Label(&pool.pool))], as_gauge(pool.ready))).collect();
         gauge(&mut encoder, "jobhost_ready_jobs", "Pending jobs whose time has come.", None, &ready)?;
+        let paused: Vec<_> =
+            pools.iter().map(|pool| (vec![("pool", Label(&pool.pool))], i64::from(pool.paused))).collect();
+        gauge(
+            &mut encoder,
+            "jobhost_pool_paused",
+            "1 while the pool is paused (workers claim none of its jobs), else 0.",
+            None,
+            &paused,
+        )?;
         let mut age = encoder.encode_descriptor(
             "jobhost_oldest_ready_age",
             "How long the longest-waiting ready job has waited (0 when none is ready).",

@@ -156,9 +156,35 @@ const COUNT_IMPORTED: &str =
     concat!("WITH imported AS (SELECT pool, status FROM jobs WHERE seq = ANY($1))", count_and_wake!("imported"));
 
 /// How long until the earliest pending job of a pool is ready (0 or less: it is), or NULL
-/// when the pool has none.
-pub(super) const READY_IN: &str =
-    concat!("SELECT min(run_at) - ", now_sql!(), " FROM jobs WHERE status = 'pending' AND pool = $2");
+/// when the pool has none or is paused.
+pub(super) const READY_IN: &str = concat!(
+    "SELECT min(run_at) - ",
+    now_sql!(),
+    " FROM jobs WHERE status = 'pending' AND pool = $2
+        AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = $2)"
+);
+
+/// Pauses a pool as [`crate::Store::pause_pool`] says, in one statement: under READ
+/// COMMITTED, a pauser that meets another's pause of the same pool waits for it and then
+/// updates the row it committed, so both answer the one pause.
+pub(super) const PAUSE: &str = concat!(
+    "INSERT INTO paused_pools AS p (pool, paused_at, reason)
+     SELECT $2, ",
+    now_sql!(),
+    ", $3::text
+     ON CONFLICT (pool) DO UPDATE SET reason = coalesce(EXCLUDED.reason, p.reason)
+     RETURNING pool, paused_at, reason"
+);
+
+/// Ends a pool's pause and wakes its waiting workers as an enqueue does (see
+/// [`count_and_wake`]): the notification is delivered when the deletion commits, so a woken
+/// worker's claim sees the pool resumed.
+pub(super) const RESUME: &str = "WITH resumed AS (DELETE FROM paused_pools WHERE pool = $1 RETURNING pool)
+     SELECT pg_notify('jobhost_ready', current_schema() || '.' || pool) FROM resumed";
+
+pub(super) fn paused_pool(row: &Row) -> Result<PausedPool> {
+    Ok(PausedPool { pool: row.value(0)?, paused_at: row.value(1)?, reason: row.value(2)? })
+}
 
 /// The statements an enqueue uses: [`ENQUEUE`], prepared on the connection, and those for
 /// jobs with unique keys, prepared when the first such job comes.
@@ -338,6 +364,13 @@ pub(super) async fn insert_chunk(
 /// claim (`settled`, `closed`), then claim ready jobs (`picked`, `taken`, `started`). Each
 /// settlement is fenced on its own claim. The settled jobs were `claimed` and the picked ones
 /// `pending` in the statement's snapshot, so no row is changed twice.
+///
+/// A paused pool's jobs are not picked: one primary-key lookup in `paused_pools`, made once
+/// per statement. Under READ COMMITTED it reads the statement's snapshot, so the guarantee
+/// is: once a pause has committed (`pools pause` has returned), no turn that starts after
+/// it claims a job of the pool. A turn already under way as the pause commits may still
+/// take the jobs it picked; they run and are settled as the jobs already running when the
+/// pool was paused are. Settling never looks at pauses, so running jobs always finish.
 pub(super) const TURN: &str = concat!(
     "WITH t AS (SELECT ",
     now_sql!(),
@@ -379,6 +412,7 @@ pub(super) const TURN: &str = concat!(
        SELECT seq FROM jobs
         WHERE pool = $15 AND status = 'pending' AND run_at <= (SELECT now FROM t)
           AND EXISTS (SELECT 1 FROM workers WHERE id = $16 AND status = 'active')
+          AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = $15)
         ORDER BY priority DESC, run_at, seq
         LIMIT $17
           FOR UPDATE SKIP LOCKED),
@@ -399,8 +433,213 @@ pub(super) const TURN: &str = concat!(
      SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority FROM taken"
 );
 
+/// The flow key of job `j` when the `limits` row `l` (`processor`, `path` as a text array
+/// literal) is its processor's: as [`crate::flow::key_of`] computes it; `''` without a key.
+macro_rules! flow_key {
+    () => {
+        "CASE WHEN l.path = '{}' THEN '' ELSE coalesce(j.payload::jsonb #>> l.path::text[], '') END"
+    };
+}
+
+/// Serializes the claims of limited processors: one transaction-scoped advisory lock per
+/// processor (`$1`), taken in one order so two claims never wait on each other in a cycle.
+pub(super) const FLOW_LOCK: &str = "SELECT pg_advisory_xact_lock(h)
+       FROM (SELECT DISTINCT hashtextextended('jobhost.flow.' || p, 0) AS h FROM unnest($1::text[]) AS p ORDER BY h) AS locks";
+
+/// What the limits count: `(true, processor, key, jobs running)` for the processors with
+/// `max_running`, and `(false, processor, key, starts)` within each rate's period, after
+/// deleting the starts no period counts any more. Under the locks, nothing changes either.
+pub(super) const FLOW_USAGE: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     l AS (SELECT * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::bigint[])
+                      AS l(processor, path, max_running, period)),
+     forgotten AS (
+       DELETE FROM flow_starts f USING l, t
+        WHERE f.processor = l.processor AND l.period IS NOT NULL AND f.started_at <= t.now - l.period)
+     SELECT true, j.processor, ",
+    flow_key!(),
+    ", count(*)
+       FROM jobs j JOIN l ON l.processor = j.processor AND l.max_running
+      WHERE j.status = 'claimed'
+      GROUP BY 2, 3
+     UNION ALL
+     SELECT false, f.processor, f.key, count(*)
+       FROM flow_starts f JOIN l ON l.processor = f.processor, t
+      WHERE l.period IS NOT NULL AND f.started_at > t.now - l.period
+      GROUP BY 2, 3"
+);
+
+/// Ready jobs in claim order (`$8` of them), locked, each with its flow key when its
+/// processor is limited (`$2`, `$3`), skipping those whose (processor, key) is full (`$4`,
+/// `$5`). The key is a subquery per row, not a join, so the scan keeps the ready index's
+/// order and stops at the limit; a job is keyed only when its processor is limited.
+pub(super) const FLOW_PICK: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     l AS (SELECT * FROM unnest($2::text[], $3::text[]) AS l(processor, path)),
+     f AS (SELECT * FROM unnest($4::text[], $5::text[]) AS f(processor, key))
+     SELECT j.seq, j.processor, (SELECT ",
+    flow_key!(),
+    " FROM l WHERE l.processor = j.processor)
+       FROM jobs j
+      WHERE j.pool = $6 AND j.status = 'pending' AND j.run_at <= (SELECT now FROM t)
+        AND EXISTS (SELECT 1 FROM workers WHERE id = $7 AND status = 'active')
+        AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = $6)
+        AND NOT EXISTS (SELECT 1 FROM f JOIN l ON l.processor = f.processor
+                         WHERE f.processor = j.processor AND f.key = ",
+    flow_key!(),
+    ")
+      ORDER BY j.priority DESC, j.run_at, j.seq
+      LIMIT $8
+        FOR UPDATE OF j SKIP LOCKED"
+);
+
+/// Whether a ready job of pool `$6` waits only because its (processor, key) is full (`$4`,
+/// `$5`; limits `$2`, `$3`): asked when a limited claim came back short.
+pub(super) const FLOW_HELD: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     l AS (SELECT * FROM unnest($2::text[], $3::text[]) AS l(processor, path)),
+     f AS (SELECT * FROM unnest($4::text[], $5::text[]) AS f(processor, key))
+     SELECT EXISTS (
+       SELECT 1 FROM jobs j
+        WHERE j.pool = $6 AND j.status = 'pending' AND j.run_at <= (SELECT now FROM t)
+          AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = $6)
+          AND EXISTS (SELECT 1 FROM f JOIN l ON l.processor = f.processor
+                       WHERE f.processor = j.processor AND f.key = ",
+    flow_key!(),
+    "))"
+);
+
+/// Takes the admitted jobs (`$2`, locked by [`FLOW_PICK`] in this transaction) for worker
+/// `$3`, and records a start for each that is rate-limited (`$6` its processor, `$7` its key,
+/// NULL when it is not).
+pub(super) const FLOW_TAKE: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     c AS (SELECT * FROM unnest($2::bigint[], $6::text[], $7::text[]) AS c(seq, processor, key)),
+     taken AS (
+       UPDATE jobs j
+          SET status = 'claimed', worker_id = $3, claim_token = $4, attempts = j.attempts + 1,
+              lease_expires_at = ",
+    saturating_add!("t.now", "$5::bigint"),
+    ", updated_at = t.now
+         FROM c, t
+        WHERE j.seq = c.seq AND j.status = 'pending'
+       RETURNING j.seq, j.id, j.pool, j.processor, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at),
+     started AS (
+       INSERT INTO attempts (job_seq, attempt, worker_id, started_at)
+       SELECT taken.seq, taken.attempts, $3, t.now FROM taken, t),
+     rated AS (
+       INSERT INTO flow_starts (processor, key, started_at)
+       SELECT c.processor, c.key, t.now FROM c JOIN taken ON taken.seq = c.seq, t WHERE c.key IS NOT NULL)
+     SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority FROM taken"
+);
+
+/// A text array literal (`{"a","b"}`) of `tokens`, for a flow key's path.
+fn path_literal(tokens: &[String]) -> String {
+    let quoted: Vec<String> =
+        tokens.iter().map(|token| format!("\"{}\"", token.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+/// The prepared statements of a limited claim.
+pub(super) struct FlowStatements {
+    pub turn: Statement,
+    pub lock: Statement,
+    pub usage: Statement,
+    pub pick: Statement,
+    pub held: Statement,
+    pub take: Statement,
+}
+
+/// A turn with flow limits, in transaction `tx`: lock the limited processors, settle (which
+/// may free room), count, pick within the room, take. See [`crate::flow`].
+pub(super) async fn flow_turn(
+    tx: &Transaction<'_>,
+    statements: &FlowStatements,
+    settlements: &[Settlement<'_>],
+    claim: &ClaimRequest<'_>,
+    now: Now,
+) -> Result<Turn> {
+    let limits = claim.flow;
+    let processors: Vec<&str> = limits.iter().map(|limit| limit.processor.as_str()).collect();
+    tx.execute(&statements.lock, &[&processors]).await?;
+    let (settled, _) = turn(tx, &statements.turn, settlements, None, now).await?;
+
+    let paths: Vec<String> = limits.iter().map(|limit| path_literal(&limit.key)).collect();
+    let counts_running: Vec<bool> = limits.iter().map(|limit| limit.max_running.is_some()).collect();
+    let periods: Vec<Option<i64>> = limits.iter().map(|limit| limit.rate.map(|rate| millis(rate.period))).collect();
+    let mut gate = crate::flow::Gate::new(limits);
+    for row in tx.query(&statements.usage, &[&now, &processors, &paths, &counts_running, &periods]).await? {
+        let (running, processor, key, count): (bool, String, String, i64) =
+            (row.value(0)?, row.value(1)?, row.value(2)?, row.value(3)?);
+        if running {
+            gate.count_running(&processor, key, count.max(0) as u64);
+        } else {
+            gate.count_started(&processor, key, count.max(0) as u64);
+        }
+    }
+    let (full_processors, full_keys): (Vec<String>, Vec<String>) = gate.full_keys().into_iter().unzip();
+    let picked = tx
+        .query(
+            &statements.pick,
+            &[
+                &now,
+                &processors,
+                &paths,
+                &full_processors,
+                &full_keys,
+                &claim.pool,
+                &claim.worker_id,
+                &i64::from(claim.limit),
+            ],
+        )
+        .await?;
+    let (mut seqs, mut rated_processors, mut rated_keys) = (Vec::new(), Vec::new(), Vec::new());
+    let mut held_back = false;
+    for row in &picked {
+        let (seq, processor, key): (i64, String, Option<String>) = (row.value(0)?, row.value(1)?, row.value(2)?);
+        if !gate.admit(&processor, key.as_deref()) {
+            held_back = true;
+            continue;
+        }
+        let rated = gate.limit(&processor).is_some_and(|limit| limit.rate.is_some());
+        seqs.push(seq);
+        rated_processors.push(rated.then(|| processor.clone()));
+        rated_keys.push(if rated { key } else { None });
+    }
+    let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+    let rows = tx
+        .query(
+            &statements.take,
+            &[&now, &seqs, &claim.worker_id, &token, &millis(claim.lease), &rated_processors, &rated_keys],
+        )
+        .await?;
+    let mut claimed = rows
+        .iter()
+        .map(|row| {
+            let order = (std::cmp::Reverse(row.value::<i64>(9)?), row.value::<i64>(2)?, row.value::<i64>(1)?);
+            Ok((order, claimed_job(row, 3, order.2, claim.worker_id, token)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    claimed.sort_by_key(|(order, _)| *order);
+    if !held_back && claimed.len() < claim.limit as usize && !full_processors.is_empty() {
+        held_back = tx
+            .query_one(&statements.held, &[&now, &processors, &paths, &full_processors, &full_keys, &claim.pool])
+            .await?
+            .value(0)?;
+    }
+    Ok(Turn { settled, claimed: claimed.into_iter().map(|(_, job)| job).collect(), held_back })
+}
+
 pub(super) async fn turn(
-    client: &Client,
+    client: &impl GenericClient,
     statement: &Statement,
     settlements: &[Settlement<'_>],
     claim: Option<&ClaimRequest<'_>>,

@@ -252,17 +252,26 @@ impl Driver for PostgresDriver {
         Ok(report)
     }
 
-    async fn turn(
-        &self,
-        settlements: &[Settlement<'_>],
-        claim: Option<&ClaimRequest<'_>>,
-        now: Now,
-    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+    async fn turn(&self, settlements: &[Settlement<'_>], claim: Option<&ClaimRequest<'_>>, now: Now) -> Result<Turn> {
         if settlements.is_empty() && claim.is_none() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Turn::default());
         }
         let mut link = self.connections.link().await?;
         let statement = link.prepare(jobs::TURN).await?;
+        if let Some(claim) = claim.filter(|claim| !claim.flow.is_empty()) {
+            let statements = jobs::FlowStatements {
+                turn: statement,
+                lock: link.prepare(jobs::FLOW_LOCK).await?,
+                usage: link.prepare(jobs::FLOW_USAGE).await?,
+                pick: link.prepare(jobs::FLOW_PICK).await?,
+                held: link.prepare(jobs::FLOW_HELD).await?,
+                take: link.prepare(jobs::FLOW_TAKE).await?,
+            };
+            let tx = link.client.transaction().await?;
+            let turn = jobs::flow_turn(&tx, &statements, settlements, claim, now).await?;
+            tx.commit().await?;
+            return Ok(turn);
+        }
         let (settled, mut claimed) = jobs::turn(&link.client, &statement, settlements, claim, now).await?;
         // The claim ran on the statement's snapshot, in which a job this turn sent back for
         // an immediate retry was still claimed. Claim again rather than answer "nothing
@@ -273,7 +282,7 @@ impl Driver for PostgresDriver {
             let more = ClaimRequest { limit: claim.limit - claimed.len() as u32, ..*claim };
             claimed.extend(jobs::turn(&link.client, &statement, &[], Some(&more), now).await?.1);
         }
-        Ok((settled, claimed))
+        Ok(Turn { settled, claimed, held_back: false })
     }
 
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
@@ -381,6 +390,22 @@ impl Driver for PostgresDriver {
     async fn pool_names(&self) -> Result<Vec<String>> {
         let link = self.connections.link().await?;
         workers::pool_names(&link.client).await
+    }
+
+    async fn pause_pool(&self, pool: &str, reason: Option<&str>, now: Now) -> Result<PausedPool> {
+        let link = self.connections.link().await?;
+        jobs::paused_pool(&link.client.query_one(jobs::PAUSE, &[&now, &pool, &reason]).await?)
+    }
+
+    async fn resume_pool(&self, pool: &str) -> Result<bool> {
+        let link = self.connections.link().await?;
+        Ok(!link.client.query(jobs::RESUME, &[&pool]).await?.is_empty())
+    }
+
+    async fn paused_pools(&self) -> Result<Vec<PausedPool>> {
+        let link = self.connections.link().await?;
+        let rows = link.client.query("SELECT pool, paused_at, reason FROM paused_pools ORDER BY pool", &[]).await?;
+        rows.iter().map(jobs::paused_pool).collect()
     }
 
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {

@@ -302,14 +302,44 @@ const MIGRATIONS: &[&str] = &[
     END $$;
     COMMENT ON FUNCTION enqueue IS
         'jobhost: queues a job in the calling transaction; returns its id, or that of the job holding its unique key. See docs/postgres.md.';
+    "#,
+    // 10: paused pools (`jobhost pools pause`): a pool with a row here has none of its jobs
+    // claimed. A row per paused pool, keyed by it, so a claim checks its pool with one
+    // primary-key lookup; a pool need not hold jobs to be paused.
+    r#"
+    CREATE TABLE paused_pools (
+        pool      text   PRIMARY KEY,
+        paused_at bigint NOT NULL,
+        reason    text
+    );
+"#,
+    // 11: flow limits' starts (`processors.overrides.NAME.flow.rate`): one row per start of
+    // a rate-limited processor's job, counted over the rate's period and deleted after it.
+    r#"
+    CREATE TABLE flow_starts (
+        processor  text   NOT NULL,
+        key        text   NOT NULL,
+        started_at bigint NOT NULL
+    );
+    CREATE INDEX flow_starts_by_time ON flow_starts (processor, started_at);
 "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Tables whose presence without a marker means the schema is someone else's.
-const OUR_TABLES: [&str; 8] =
-    ["jobs", "attempts", "workers", "job_count_deltas", "activity", "schedules", "schedule_runs", "jobhost_schema"];
+const OUR_TABLES: [&str; 10] = [
+    "jobs",
+    "attempts",
+    "workers",
+    "job_count_deltas",
+    "activity",
+    "schedules",
+    "schedule_runs",
+    "paused_pools",
+    "flow_starts",
+    "jobhost_schema",
+];
 
 /// Brings `schema` to [`CURRENT_VERSION`] (creating it when `access` allows), or refuses it.
 pub async fn migrate(client: &mut Client, schema: &str, access: Access) -> Result<()> {
@@ -411,8 +441,8 @@ mod tests {
         drop(Store::open(&config, Access::CreateIfMissing).await.unwrap());
         let schema = &config.schema;
         // Version 2 as it was: no attempt named the code it ran, no schedules, no index of
-        // finished jobs, no following workers, inserted jobs counted by a trigger, and no
-        // unique keys or enqueue function.
+        // finished jobs, no following workers, inserted jobs counted by a trigger, no unique
+        // keys or enqueue function, and no paused pools.
         client
             .batch_execute(&format!(
                 "CREATE FUNCTION {schema}.job_count_deltas_insert() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -422,7 +452,7 @@ mod tests {
                  END $$;
                  CREATE TRIGGER job_count_deltas_insert AFTER INSERT ON {schema}.jobs REFERENCING NEW TABLE AS new_jobs
                      FOR EACH STATEMENT EXECUTE FUNCTION {schema}.job_count_deltas_insert();
-                 DROP TABLE {schema}.schedule_runs, {schema}.schedules;
+                 DROP TABLE {schema}.schedule_runs, {schema}.schedules, {schema}.paused_pools, {schema}.flow_starts;
                  DROP INDEX {schema}.jobs_finished;
                  ALTER TABLE {schema}.workers DROP COLUMN following;
                  ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;

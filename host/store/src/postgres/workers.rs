@@ -128,14 +128,18 @@ pub(super) async fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: N
     };
     // Counting further than every live worker plus this host's slots changes no decision.
     let enough = (live.everywhere + u64::from(request.max_workers)).min(i64::MAX as u64) as i64;
-    let queue_depth: i64 = tx
+    // A pause committed after this read registers workers that find nothing to claim: the
+    // draining ones exit and the following ones wait, as on a pool paused under them.
+    let depth = tx
         .query_one(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = $1 AND status = 'pending' AND run_at <= $2 LIMIT $3) r",
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = $1 AND status = 'pending' AND run_at <= $2
+                                            LIMIT $3) r),
+                    EXISTS (SELECT 1 FROM paused_pools WHERE pool = $1)",
             &[&request.pool, &server_now, &enough],
         )
-        .await?
-        .value(0)?;
-    let mut plan = WorkerPlan::new(queue_depth as u64, live, request);
+        .await?;
+    let (queue_depth, paused): (i64, bool) = (depth.value(0)?, depth.value(1)?);
+    let mut plan = WorkerPlan::new(queue_depth as u64, live, paused, request);
     let (following, draining) = plan.to_spawn(request);
     let new_ids = |count: u64| (0..count).map(|_| uuid::Uuid::new_v4().to_string()).collect::<Vec<String>>();
     let (new_following, new_workers) = (new_ids(following), new_ids(draining));

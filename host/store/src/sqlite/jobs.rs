@@ -1,4 +1,4 @@
-//! Jobs on SQLite: enqueue, settle, claim, find the abandoned, inspect, retry, cancel, purge,
+//! Jobs on SQLite: enqueue, settle, claim (within flow limits), find the abandoned, inspect, retry, cancel, purge,
 //! export and import.
 //!
 //! Reading never fails on one odd row: counts are read at the width SQLite stores and
@@ -9,9 +9,12 @@ use jobhost_core::outcome::OutcomeKind;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params};
 
+use jobhost_core::flow::FlowLimit;
+
 use crate::activity::Tally;
 use crate::driver::{Abandoned, ClaimRef, Resolution, Settlement};
 use crate::error::{ErrorKind, Result, StoreError};
+use crate::flow::Gate;
 use crate::model::*;
 
 pub(super) fn enqueue(
@@ -220,26 +223,54 @@ fn pool_and_processor(row: &Row<'_>) -> rusqlite::Result<(String, String)> {
     Ok((row.get(0)?, row.get(1)?))
 }
 
-/// Takes up to `claim.limit` ready jobs, highest priority first, then the longest ready.
-/// The transaction holds the write lock, so no job goes to two workers and an empty answer
-/// means no job was ready at that instant. Only an `active` worker can claim.
-pub(super) fn claim(tx: &Transaction<'_>, claim: &ClaimRequest<'_>, now: Millis) -> Result<Vec<ClaimedJob>> {
+/// Takes up to `claim.limit` ready jobs, highest priority first, then the longest ready,
+/// within the claim's flow limits (see [`crate::flow`]); and whether a limit held back a
+/// ready job. The transaction holds the write lock, so no job goes to two workers, what a
+/// limit counts is what runs, and an empty answer means no job was ready at that instant.
+/// Only an `active` worker can claim, and nothing of a paused pool: pausing takes the write
+/// lock too, so every claim after it sees it.
+pub(super) fn claim(tx: &Transaction<'_>, claim: &ClaimRequest<'_>, now: Millis) -> Result<(Vec<ClaimedJob>, bool)> {
     let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
-    // Pick, then take each pick by its key: the same effect as one UPDATE over an
-    // `IN (SELECT …)`, without the temporary index SQLite builds for the IN on every call.
-    let picked = tx
-        .prepare_cached(
-            "SELECT seq FROM jobs
+    const READY: &str = "SELECT seq, processor FROM jobs
               WHERE pool = :pool AND status = 'pending' AND run_at <= :now
                 AND EXISTS (SELECT 1 FROM workers WHERE id = :worker AND status = 'active')
-              ORDER BY priority DESC, run_at, seq
-              LIMIT :limit",
-        )?
-        .query_map(
-            named_params! { ":pool": claim.pool, ":now": now, ":worker": claim.worker_id, ":limit": claim.limit },
-            |row| row.get::<_, i64>(0),
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+                AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = :pool)
+              ORDER BY priority DESC, run_at, seq";
+    let mut held_back = false;
+    // Each pick with its flow key, when its processor is rate-limited (a start to record).
+    let mut picked: Vec<(i64, Option<(String, String)>)> = Vec::new();
+    if claim.flow.is_empty() {
+        // Pick, then take each pick by its key: the same effect as one UPDATE over an
+        // `IN (SELECT …)`, without the temporary index SQLite builds for the IN on every call.
+        let mut ready = tx.prepare_cached(&format!("{READY} LIMIT :limit"))?;
+        let mut rows = ready.query(named_params! {
+            ":pool": claim.pool, ":now": now, ":worker": claim.worker_id, ":limit": claim.limit
+        })?;
+        while let Some(row) = rows.next()? {
+            picked.push((row.get(0)?, None));
+        }
+    } else {
+        let mut gate = flow_gate(tx, claim.flow, now)?;
+        let mut payload_of = tx.prepare_cached("SELECT payload FROM jobs WHERE seq = ?1")?;
+        // Read in claim order, without a limit, only as far as needed: SQLite steps lazily.
+        let mut ready = tx.prepare_cached(READY)?;
+        let mut rows = ready.query(named_params! { ":pool": claim.pool, ":now": now, ":worker": claim.worker_id })?;
+        while picked.len() < claim.limit as usize
+            && let Some(row) = rows.next()?
+        {
+            let (seq, processor): (i64, String) = (row.get(0)?, row.get(1)?);
+            let Some(limit) = gate.limit(&processor) else {
+                picked.push((seq, None));
+                continue;
+            };
+            let key = crate::flow::key_of(limit, &payload_of.query_row([seq], |row| row.get::<_, String>(0))?);
+            if gate.admit(&processor, Some(&key)) {
+                picked.push((seq, limit.rate.is_some().then_some((processor, key))));
+            } else {
+                held_back = true;
+            }
+        }
+    }
     let mut take = tx.prepare_cached(
         "UPDATE jobs
             SET status = 'claimed', worker_id = ?1, claim_token = ?2, attempts = attempts + 1,
@@ -249,16 +280,46 @@ pub(super) fn claim(tx: &Transaction<'_>, claim: &ClaimRequest<'_>, now: Millis)
     )?;
     let mut start_attempt =
         tx.prepare_cached("INSERT INTO attempts (job_seq, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut record_start =
+        tx.prepare_cached("INSERT INTO flow_starts (processor, key, started_at) VALUES (?1, ?2, ?3)")?;
     let lease_until = now.saturating_add(millis(claim.lease));
     let mut claimed = Vec::with_capacity(picked.len());
-    for seq in picked {
+    for (seq, rated) in picked {
         let job = take.query_row(params![claim.worker_id, token, lease_until, now, seq], |row| {
             claimed_job(row, seq, claim.worker_id, token)
         })?;
         start_attempt.execute(params![seq, job.attempt, claim.worker_id, now])?;
+        if let Some((processor, key)) = rated {
+            record_start.execute(params![processor, key, now])?;
+        }
         claimed.push(job);
     }
-    Ok(claimed)
+    Ok((claimed, held_back))
+}
+
+/// A gate fed with what runs now and what started within each rate's period, after
+/// deleting the starts no period counts any more.
+fn flow_gate<'a>(tx: &Transaction<'_>, limits: &'a [FlowLimit], now: Millis) -> Result<Gate<'a>> {
+    let mut gate = Gate::new(limits);
+    let mut running = tx.prepare_cached("SELECT payload FROM jobs WHERE status = 'claimed' AND processor = ?1")?;
+    let mut forget = tx.prepare_cached("DELETE FROM flow_starts WHERE processor = ?1 AND started_at <= ?2")?;
+    let mut started = tx.prepare_cached("SELECT key, count(*) FROM flow_starts WHERE processor = ?1 GROUP BY key")?;
+    for limit in limits {
+        if limit.max_running.is_some() {
+            let mut rows = running.query([&limit.processor])?;
+            while let Some(row) = rows.next()? {
+                gate.count_running(&limit.processor, crate::flow::key_of(limit, &row.get::<_, String>(0)?), 1);
+            }
+        }
+        if let Some(rate) = limit.rate {
+            forget.execute(params![limit.processor, now.saturating_sub(millis(rate.period))])?;
+            let mut rows = started.query([&limit.processor])?;
+            while let Some(row) = rows.next()? {
+                gate.count_started(&limit.processor, row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64);
+            }
+        }
+    }
+    Ok(gate)
 }
 
 /// A claimed job from a row that starts with `id, pool, processor, payload, attempts,
@@ -510,6 +571,36 @@ pub(super) fn retry_matching(conn: &Connection, matching: &JobMatch<'_>, now: Mi
 
 const CANCEL_UPDATE: &str =
     "UPDATE jobs AS j SET status = 'cancelled', finished_at = :now, updated_at = :now WHERE j.status = 'pending'";
+
+/// Pauses `pool` as [`crate::Store::pause_pool`] says, in one statement.
+pub(super) fn pause(conn: &Connection, pool: &str, reason: Option<&str>, now: Millis) -> Result<PausedPool> {
+    let paused = conn
+        .prepare_cached(
+            "INSERT INTO paused_pools (pool, paused_at, reason) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pool) DO UPDATE SET reason = coalesce(excluded.reason, reason)
+             RETURNING pool, paused_at, reason",
+        )?
+        .query_row(params![pool, now, reason], paused_pool)?;
+    Ok(paused)
+}
+
+/// Whether `pool` was paused. The commit changes `data_version`, which wakes the waiting
+/// workers (see `wake`).
+pub(super) fn resume(conn: &Connection, pool: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("DELETE FROM paused_pools WHERE pool = ?1")?.execute([pool])? > 0)
+}
+
+pub(super) fn paused_pools(conn: &Connection) -> Result<Vec<PausedPool>> {
+    let paused = conn
+        .prepare_cached("SELECT pool, paused_at, reason FROM paused_pools ORDER BY pool")?
+        .query_map([], paused_pool)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(paused)
+}
+
+fn paused_pool(row: &Row<'_>) -> rusqlite::Result<PausedPool> {
+    Ok(PausedPool { pool: row.get(0)?, paused_at: row.get(1)?, reason: row.get(2)? })
+}
 
 pub(super) fn cancel_matching(conn: &Connection, matching: &JobMatch<'_>, now: Millis) -> Result<u64> {
     let status = matching.status.map(JobStatus::as_str);

@@ -320,12 +320,7 @@ impl Driver for SqliteDriver {
         self.write(|tx| jobs::enqueue(tx, jobs, now))
     }
 
-    async fn turn(
-        &self,
-        settlements: &[Settlement<'_>],
-        claim: Option<&ClaimRequest<'_>>,
-        now: Now,
-    ) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+    async fn turn(&self, settlements: &[Settlement<'_>], claim: Option<&ClaimRequest<'_>>, now: Now) -> Result<Turn> {
         let now = resolve_now(now);
         self.write(|tx| {
             let mut tally = super::activity::Tally::default();
@@ -334,11 +329,11 @@ impl Driver for SqliteDriver {
                 .map(|settlement| jobs::settle(tx, settlement, now, &mut tally))
                 .collect::<Result<Vec<_>>>()?;
             jobs::record(tx, &tally, now)?;
-            let claimed = match claim {
+            let (claimed, held_back) = match claim {
                 Some(claim) => jobs::claim(tx, claim, now)?,
-                None => Vec::new(),
+                None => (Vec::new(), false),
             };
-            Ok((settled, claimed))
+            Ok(Turn { settled, claimed, held_back })
         })
     }
 
@@ -427,6 +422,18 @@ impl Driver for SqliteDriver {
         self.read(|conn| workers::pool_names(conn))
     }
 
+    async fn pause_pool(&self, pool: &str, reason: Option<&str>, now: Now) -> Result<PausedPool> {
+        self.write(|tx| jobs::pause(tx, pool, reason, resolve_now(now)))
+    }
+
+    async fn resume_pool(&self, pool: &str) -> Result<bool> {
+        self.write(|tx| jobs::resume(tx, pool))
+    }
+
+    async fn paused_pools(&self) -> Result<Vec<PausedPool>> {
+        self.read(|conn| jobs::paused_pools(conn))
+    }
+
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
         self.read(|conn| workers::list(conn, filter))
     }
@@ -476,7 +483,10 @@ impl Driver for SqliteDriver {
         let now = resolve_now(now);
         self.read(|conn| {
             let earliest: Option<Millis> = conn
-                .prepare_cached("SELECT min(run_at) FROM jobs WHERE status = 'pending' AND pool = ?1")?
+                .prepare_cached(
+                    "SELECT min(run_at) FROM jobs WHERE status = 'pending' AND pool = ?1
+                        AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = ?1)",
+                )?
                 .query_row([pool], |row| row.get(0))?;
             Ok(earliest.map(|run_at| run_at.saturating_sub(now)))
         })

@@ -155,6 +155,26 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN unique_key TEXT;
     CREATE UNIQUE INDEX jobs_unique_key ON jobs (pool, unique_key) WHERE unique_key IS NOT NULL;
     "#,
+    // 10: paused pools (`jobhost pools pause`): a pool with a row here has none of its jobs
+    // claimed. A row per paused pool, keyed by it, so a claim checks its pool with one
+    // primary-key lookup; a pool need not hold jobs to be paused.
+    r#"
+    CREATE TABLE paused_pools (
+        pool      TEXT    PRIMARY KEY,
+        paused_at INTEGER NOT NULL,
+        reason    TEXT
+    ) WITHOUT ROWID;
+    "#,
+    // 11: flow limits' starts (`processors.overrides.NAME.flow.rate`): one row per start of
+    // a rate-limited processor's job, counted over the rate's period and deleted after it.
+    r#"
+    CREATE TABLE flow_starts (
+        processor  TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        started_at INTEGER NOT NULL
+    );
+    CREATE INDEX flow_starts_by_time ON flow_starts (processor, started_at);
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;

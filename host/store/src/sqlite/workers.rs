@@ -97,12 +97,14 @@ pub(super) fn plan(tx: &Transaction<'_>, request: &PlanRequest<'_>, now: Millis)
     )?;
     // Counting further than every live worker plus this host's slots changes no decision.
     let enough = live.everywhere + u64::from(request.max_workers);
-    let queue_depth: u64 = tx.query_row(
-        "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'pending' AND run_at <= ?2 LIMIT ?3)",
+    let (queue_depth, paused): (u64, bool) = tx.query_row(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'pending' AND run_at <= ?2
+                                        LIMIT ?3)),
+                EXISTS (SELECT 1 FROM paused_pools WHERE pool = ?1)",
         params![request.pool, now, enough],
-        |row| row.get(0),
+        |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    let mut plan = WorkerPlan::new(queue_depth, live, request);
+    let mut plan = WorkerPlan::new(queue_depth, live, paused, request);
     let (following, draining) = plan.to_spawn(request);
     for (count, is_following) in [(following, true), (draining, false)] {
         for _ in 0..count {

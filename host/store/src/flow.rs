@@ -1,0 +1,157 @@
+//! Flow limits inside the claim: the arithmetic both backends share.
+//!
+//! A claim with limits ([`crate::ClaimRequest::flow`]) runs while no other limited claim can
+//! (SQLite's write lock; on PostgreSQL, transaction-scoped advisory locks, one per limited
+//! processor, taken in one order), so what it counts is what runs:
+//!
+//! 1. the backend counts, per processor and key, the jobs claimed now (for `max_running`) and
+//!    the starts within the rate's period (for `rate`), and feeds them to a [`Gate`];
+//! 2. it reads ready jobs in claim order, skipping (on PostgreSQL, in SQL) those whose key
+//!    the gate reports [`Gate::full_keys`], and offers each to [`Gate::admit`], which takes
+//!    a unit of room or holds the job back;
+//! 3. it takes the admitted jobs and records a start for each rate-limited one.
+//!
+//! Held-back jobs stay `pending`, in order, and never stop a job behind them that is allowed:
+//! fairness between keys costs nothing more than reading past the held-back ones.
+
+use std::collections::HashMap;
+
+use jobhost_core::flow::FlowLimit;
+
+/// What one claim may still start, per processor and key.
+pub(crate) struct Gate<'a> {
+    limits: HashMap<&'a str, &'a FlowLimit>,
+    /// Jobs running and starts within the period, per (processor, key), as counted before
+    /// the claim plus what it admitted.
+    used: HashMap<(String, String), Used>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Used {
+    running: u64,
+    started: u64,
+}
+
+impl<'a> Gate<'a> {
+    pub(crate) fn new(limits: &'a [FlowLimit]) -> Gate<'a> {
+        Gate { limits: limits.iter().map(|limit| (limit.processor.as_str(), limit)).collect(), used: HashMap::new() }
+    }
+
+    /// The limit on `processor`'s jobs, if it has one.
+    pub(crate) fn limit(&self, processor: &str) -> Option<&'a FlowLimit> {
+        self.limits.get(processor).copied()
+    }
+
+    /// Counts `count` jobs of `processor` with `key` as running now.
+    pub(crate) fn count_running(&mut self, processor: &str, key: String, count: u64) {
+        self.used.entry((processor.to_owned(), key)).or_default().running += count;
+    }
+
+    /// Counts `count` starts of `processor` with `key` within its rate's period.
+    pub(crate) fn count_started(&mut self, processor: &str, key: String, count: u64) {
+        self.used.entry((processor.to_owned(), key)).or_default().started += count;
+    }
+
+    /// How many more jobs of `processor` with `key` may start now.
+    fn room(&self, limit: &FlowLimit, key: &str) -> u64 {
+        let used = self.used.get(&(limit.processor.clone(), key.to_owned())).copied().unwrap_or_default();
+        let running = limit.max_running.map_or(u64::MAX, |max| u64::from(max).saturating_sub(used.running));
+        let started = limit.rate.map_or(u64::MAX, |rate| u64::from(rate.count).saturating_sub(used.started));
+        running.min(started)
+    }
+
+    /// Every (processor, key) with no room left: their ready jobs are held back.
+    pub(crate) fn full_keys(&self) -> Vec<(String, String)> {
+        self.used
+            .keys()
+            .filter(|(processor, key)| self.limit(processor).is_some_and(|limit| self.room(limit, key) == 0))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a ready job of `processor` with `key` (`None`: the processor has no limit)
+    /// may start; if it may, it is counted as running and started.
+    pub(crate) fn admit(&mut self, processor: &str, key: Option<&str>) -> bool {
+        let (Some(limit), Some(key)) = (self.limit(processor), key) else {
+            return true;
+        };
+        if self.room(limit, key) == 0 {
+            return false;
+        }
+        let used = self.used.entry((processor.to_owned(), key.to_owned())).or_default();
+        used.running += 1;
+        used.started += 1;
+        true
+    }
+}
+
+/// The key of a job of `limit`'s processor with `payload`: the value at the limit's pointer,
+/// a string as it is and anything else as JSON text; empty when the payload has nothing
+/// there (such jobs share one limit), and always empty without a key. PostgreSQL computes
+/// the same in SQL (`payload::jsonb #>> path`).
+pub(crate) fn key_of(limit: &FlowLimit, payload: &str) -> String {
+    if limit.key.is_empty() {
+        return String::new();
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(payload) else {
+        return String::new();
+    };
+    let found = limit.key.iter().try_fold(&value, |value, token| match value {
+        serde_json::Value::Object(members) => members.get(token),
+        serde_json::Value::Array(items) => items.get(token.parse::<usize>().ok()?),
+        _ => None,
+    });
+    match found {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jobhost_core::flow::Rate;
+
+    use super::*;
+
+    fn limit(max_running: Option<u32>, rate: Option<u32>, key: &[&str]) -> FlowLimit {
+        FlowLimit {
+            processor: "resize".into(),
+            max_running,
+            rate: rate.map(|count| Rate { count, period: Duration::from_secs(60) }),
+            key: key.iter().map(|token| token.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_gate_admits_up_to_the_tighter_limit_per_key() {
+        let limits = [limit(Some(2), Some(3), &["tenant"])];
+        let mut gate = Gate::new(&limits);
+        gate.count_running("resize", "a".into(), 1);
+        gate.count_started("resize", "b".into(), 2);
+        assert!(gate.admit("resize", Some("a")), "a runs 1 of 2");
+        assert!(!gate.admit("resize", Some("a")), "a runs 2 of 2");
+        assert!(gate.admit("resize", Some("b")), "b started 2 of 3");
+        assert!(!gate.admit("resize", Some("b")), "b started 3 of 3");
+        assert!(gate.admit("resize", Some("c")) && gate.admit("resize", Some("c")), "c had room for two");
+        assert!(!gate.admit("resize", Some("c")));
+        assert!(gate.admit("other", None), "a processor without a limit is never held back");
+        let mut full = gate.full_keys();
+        full.sort();
+        assert_eq!(full, [("resize".into(), "a".into()), ("resize".into(), "b".into()), ("resize".into(), "c".into())]);
+    }
+
+    #[test]
+    fn keys_come_from_the_payload_at_the_pointer() {
+        let keyed = limit(Some(1), None, &["tenant", "id"]);
+        assert_eq!(key_of(&keyed, r#"{"tenant": {"id": "acme"}}"#), "acme");
+        assert_eq!(key_of(&keyed, r#"{"tenant": {"id": 42}}"#), "42");
+        assert_eq!(key_of(&keyed, r#"{"tenant": {"id": null}}"#), "");
+        assert_eq!(key_of(&keyed, r#"{"tenant": "acme"}"#), "");
+        assert_eq!(key_of(&keyed, "[1, 2]"), "");
+        assert_eq!(key_of(&limit(Some(1), None, &["tags", "1"]), r#"{"tags": ["a", "b"]}"#), "b");
+        assert_eq!(key_of(&limit(Some(1), None, &[]), r#"{"tenant": {"id": "acme"}}"#), "");
+    }
+}
