@@ -1,0 +1,152 @@
+//! Flow limits (`processors.overrides.NAME.flow`) with real processes on both backends: a
+//! `max_running` that binds across six workers of sixteen slots each, sampled every 10 ms
+//! while other jobs of the pool run beside it; one tenant's flood that cannot starve the
+//! others under a keyed limit; a rate counted over a sliding period; and limits written
+//! wrong, refused by name.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Backend, Pool, jobs_count};
+
+/// Far above any wait a test expects: reaching it means the behaviour is missing.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+on_both_backends!(
+    max_running_binds_across_six_workers_and_other_jobs_run_beside_it,
+    a_flooding_tenant_cannot_starve_the_others,
+    a_rate_spaces_the_starts_over_its_period,
+);
+
+fn config(flow: &str) -> String {
+    format!("worker: {{concurrency: 16}}\nprocessors:\n  overrides:\n    echo:\n      flow: {flow}\n")
+}
+
+/// Runs `jobhost work --json` to the end and returns its job lines, in the order it
+/// recorded them.
+fn work_lines(pool: &Pool) -> Vec<Value> {
+    let output = pool.spawn_guarded(&["work", "--json"]).wait_at_most(PATIENCE, "jobhost work draining the pool");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    lines.into_iter().filter(|line| line.get("job_id").is_some()).collect()
+}
+
+/// Each job's payload, by id.
+fn payloads(pool: &Pool) -> HashMap<String, Value> {
+    pool.all_jobs().into_iter().map(|job| (job["id"].as_str().unwrap().to_owned(), job["payload"].clone())).collect()
+}
+
+/// The binding case of the issue: six draining workers with sixteen slots each, 48 jobs of a
+/// processor limited to 3 at once, and 32 jobs of an unlimited one queued behind them. The
+/// count of the limited processor's jobs running (claimed), sampled every 10 ms, never
+/// exceeds 3 and reaches it; every job completes (no worker left while jobs were held back),
+/// and the unlimited jobs finish before the limited ones do.
+fn max_running_binds_across_six_workers_and_other_jobs_run_beside_it(backend: Backend) {
+    let pool = Pool::on(backend, &config("{max_running: 3}"));
+    pool.add_processor("exit0.wat", "quick");
+    pool.ok(&["seed", "--count", "48", "--payload", r#"{"delay_ms": 100}"#]);
+    pool.ok(&["seed", "--count", "32", "--processor", "quick"]);
+    let server = pool.serve(&[]);
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+    let running = || -> usize {
+        let url = server.url("/api/v1/jobs?status=claimed&processor=echo&limit=1000");
+        let page: Value = agent.get(&url).call().unwrap().body_mut().read_json().unwrap();
+        page["jobs"].as_array().unwrap().len()
+    };
+
+    let workers: Vec<_> = (0..6).map(|_| pool.spawn_guarded(&["work"])).collect();
+    let deadline = Instant::now() + PATIENCE;
+    let (mut most, mut samples) = (0, 0);
+    loop {
+        let now = running();
+        samples += 1;
+        assert!(now <= 3, "sample {samples}: {now} jobs of the limited processor were running at once");
+        most = most.max(now);
+        let status = pool.status();
+        if jobs_count(&status, "completed") == 80 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not drain: {status}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(most, 3, "the limit bound: three ran at once at some point ({samples} samples)");
+    for worker in workers {
+        let output = worker.wait_at_most(PATIENCE, "a worker after the pool drained");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let jobs = pool.all_jobs();
+    let finished = |processor: &str| {
+        let mut times: Vec<i64> = jobs
+            .iter()
+            .filter(|job| job["processor"] == processor)
+            .map(|job| job["finished_at"].as_i64().unwrap())
+            .collect();
+        times.sort();
+        times
+    };
+    let (quick, limited) = (finished("quick"), finished("echo"));
+    assert_eq!((quick.len(), limited.len()), (32, 48));
+    assert!(
+        quick.last() < limited.last(),
+        "the unlimited jobs, queued after the limited ones, were not held up behind them"
+    );
+    let attempts: u64 = jobs.iter().map(|job| job["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(attempts, 80, "every job ran once");
+}
+
+/// A keyed limit of one job at a time per tenant: four slow jobs of tenant `flood` are queued
+/// first, then three quick ones each of tenants `a` and `b`. With four slots, the quick
+/// tenants' six jobs all finish before the flood's first one does.
+fn a_flooding_tenant_cannot_starve_the_others(backend: Backend) {
+    let pool = Pool::on(
+        backend,
+        "worker: {concurrency: 4}\nprocessors:\n  overrides:\n    echo:\n      flow: {max_running: 1, key: /tenant}\n",
+    );
+    pool.ok(&["seed", "--count", "4", "--payload", r#"{"tenant": "flood", "delay_ms": 1500}"#]);
+    pool.ok(&["seed", "--count", "3", "--payload", r#"{"tenant": "a"}"#]);
+    pool.ok(&["seed", "--count", "3", "--payload", r#"{"tenant": "b"}"#]);
+    let lines = work_lines(&pool);
+    let payloads = payloads(&pool);
+    let tenants: Vec<&str> =
+        lines.iter().map(|line| payloads[line["job_id"].as_str().unwrap()]["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants.len(), 10, "every job ran: {tenants:?}");
+    let mut first_six = tenants[..6].to_vec();
+    first_six.sort();
+    assert_eq!(first_six, ["a", "a", "a", "b", "b", "b"], "the order jobs finished in: {tenants:?}");
+    assert!(tenants[6..].iter().all(|tenant| *tenant == "flood"), "{tenants:?}");
+}
+
+/// `rate: 2/1s`: of six jobs, no three start within one second of each other, and the
+/// draining worker waits out the period rather than leaving the rest behind.
+fn a_rate_spaces_the_starts_over_its_period(backend: Backend) {
+    let pool = Pool::on(backend, &config("{rate: 2/1s}"));
+    pool.ok(&["seed", "--count", "6"]);
+    assert_eq!(work_lines(&pool).len(), 6, "one worker ran all six");
+    let mut starts: Vec<i64> =
+        pool.all_jobs().iter().map(|job| job["attempt_history"][0]["started_at"].as_i64().unwrap()).collect();
+    starts.sort();
+    for window in starts.windows(3) {
+        assert!(window[2] - window[0] >= 1_000, "three starts within a second: {starts:?}");
+    }
+}
+
+#[test]
+fn limits_written_wrong_are_refused_by_name() {
+    for (flow, expected) in [
+        ("{max_running: 0}", "processors.overrides.echo.flow.max_running must be at least 1"),
+        ("{key: /tenant}", "processors.overrides.echo.flow sets no limit"),
+        ("{rate: fast}", "`fast` is not a rate: write COUNT/PERIOD"),
+        ("{rate: 0/1s}", "a rate needs a count and a period above 0"),
+        ("{max_running: 2, key: tenant}", "processors.overrides.echo.flow.key `tenant` is not a JSON pointer"),
+        ("{max_running: 2, burst: 3}", "unknown field `burst`"),
+    ] {
+        let pool = Pool::new(&config(flow));
+        let error = pool.fails(&["seed"]);
+        assert!(error.contains(expected), "{flow}: {error}");
+        assert!(!pool.path("data/jobhost.db").exists(), "{flow}: nothing was created");
+    }
+}
