@@ -1340,6 +1340,7 @@ fn openapi_document_lists_every_endpoint() {
         ("/pools", &["get"]),
         ("/pools/{pool}/pause", &["post"]),
         ("/pools/{pool}/resume", &["post"]),
+        ("/limits", &["get"]),
         ("/workers", &["get"]),
         ("/processors", &["get"]),
         ("/schedules", &["get"]),

@@ -383,6 +383,27 @@ fn the_pause_and_resume_buttons_pause_a_pool_with_its_reason_and_resume_it() {
 }
 
 #[test]
+fn the_overview_shows_each_flow_limit_key_running_and_held_back() {
+    let pool = Pool::new(
+        "worker: {concurrency: 4}\nprocessors:\n  overrides:\n    echo:\n      flow: {max_running: 1, key: /tenant}\n",
+    );
+    pool.ok(&["seed", "--count", "3", "--payload", r#"{"tenant": "acme", "delay_ms": 30000}"#]);
+    let server = pool.serve(&[]);
+    let _worker = pool.spawn_guarded(&["work"]);
+    pool.wait_for_status(Duration::from_secs(60), "acme's first job running", |status| {
+        support::jobs_count(status, "claimed") == 1
+    });
+    let browser = Browser::start("the_overview_shows_each_flow_limit_key_running_and_held_back");
+
+    browser.goto(&server.url("/"));
+    let row = r#"#limits tr[data-processor="echo"][data-key="acme"]"#;
+    browser.wait_for_text(&format!("{row} td.held-back"), "2");
+    browser.screenshot("flow-limits");
+    assert_eq!(browser.text(&format!("{row} td.running")), "1", "one of acme's jobs runs");
+    assert_eq!(browser.text(&format!("{row} td.key")), "/tenant = acme", "the key, with its pointer");
+}
+
+#[test]
 fn the_overview_refreshes_its_counts_without_a_reload() {
     let pool = Pool::new("");
     pool.ok(&["seed", "--count", "2"]);

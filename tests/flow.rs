@@ -19,6 +19,7 @@ on_both_backends!(
     max_running_binds_across_six_workers_and_other_jobs_run_beside_it,
     a_flooding_tenant_cannot_starve_the_others,
     a_rate_spaces_the_starts_over_its_period,
+    the_api_and_metrics_show_per_key_what_runs_and_what_is_held_back,
 );
 
 fn config(flow: &str) -> String {
@@ -131,6 +132,35 @@ fn a_rate_spaces_the_starts_over_its_period(backend: Backend) {
     starts.sort();
     for window in starts.windows(3) {
         assert!(window[2] - window[0] >= 1_000, "three starts within a second: {starts:?}");
+    }
+}
+
+/// One job at a time per tenant, with tenant `a`'s three jobs and `b`'s one running long:
+/// `GET /api/v1/limits` and `/metrics` show one running for each, and two of `a`'s held back.
+fn the_api_and_metrics_show_per_key_what_runs_and_what_is_held_back(backend: Backend) {
+    let pool = Pool::on(backend, &config("{max_running: 1, key: /tenant}"));
+    pool.ok(&["seed", "--count", "3", "--payload", r#"{"tenant": "a", "delay_ms": 30000}"#]);
+    pool.ok(&["seed", "--payload", r#"{"tenant": "b", "delay_ms": 30000}"#]);
+    let server = pool.serve(&[]);
+    let _worker = pool.spawn_guarded(&["work"]);
+    pool.wait_for_status(PATIENCE, "one job of each tenant running", |status| jobs_count(status, "claimed") == 2);
+
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+    let limits: Value = agent.get(&server.url("/api/v1/limits")).call().unwrap().body_mut().read_json().unwrap();
+    let row = |key: &str, running: u64, held_back: u64| {
+        serde_json::json!({"processor": "echo", "key": key, "key_pointer": "/tenant", "max_running": 1, "rate": null,
+                           "running": running, "started_in_period": 0, "held_back": held_back})
+    };
+    assert_eq!(limits, serde_json::json!({"limits": [row("a", 1, 2), row("b", 1, 0)]}));
+
+    let metrics = agent.get(&server.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    for line in [
+        r#"jobhost_flow_running{processor="echo",key="a"} 1"#,
+        r#"jobhost_flow_held_back{processor="echo",key="a"} 2"#,
+        r#"jobhost_flow_running{processor="echo",key="b"} 1"#,
+        r#"jobhost_flow_held_back{processor="echo",key="b"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
 }
 

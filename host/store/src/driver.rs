@@ -155,6 +155,9 @@ pub trait Driver: Send + Sync {
     async fn resume_pool(&self, pool: &str) -> Result<bool>;
     /// Every paused pool, by name.
     async fn paused_pools(&self) -> Result<Vec<PausedPool>>;
+    /// For each of `limits` and each key with jobs running, ready or started within the
+    /// rate's period: those counts, in any order (see [`super::Store::flow_usage`]).
+    async fn flow_counts(&self, limits: &[jobhost_core::flow::FlowLimit], now: Now) -> Result<Vec<FlowCount>>;
     /// Workers matching, live ones first, then the most recently heard from.
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>>;
     /// The activity table summed (see [`super::activity`]), after folding rows older than

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 
 use jobhost_core::flow::FlowLimit;
 
+use crate::model::{FlowCount, FlowUsage};
+
 /// What one claim may still start, per processor and key.
 pub(crate) struct Gate<'a> {
     limits: HashMap<&'a str, &'a FlowLimit>,
@@ -53,7 +55,7 @@ impl<'a> Gate<'a> {
     }
 
     /// How many more jobs of `processor` with `key` may start now.
-    fn room(&self, limit: &FlowLimit, key: &str) -> u64 {
+    pub(crate) fn room(&self, limit: &FlowLimit, key: &str) -> u64 {
         let used = self.used.get(&(limit.processor.clone(), key.to_owned())).copied().unwrap_or_default();
         let running = limit.max_running.map_or(u64::MAX, |max| u64::from(max).saturating_sub(used.running));
         let started = limit.rate.map_or(u64::MAX, |rate| u64::from(rate.count).saturating_sub(used.started));
@@ -83,6 +85,39 @@ impl<'a> Gate<'a> {
         used.started += 1;
         true
     }
+}
+
+/// The counts of each (processor, key) as people read them: merged (a backend may report one
+/// key in several rows), with what each limit holds back, by processor and key.
+pub(crate) fn usage(limits: &[FlowLimit], counts: Vec<FlowCount>) -> Vec<FlowUsage> {
+    let mut merged: std::collections::BTreeMap<(String, String), FlowCount> = Default::default();
+    for count in counts {
+        let entry = merged.entry((count.processor.clone(), count.key.clone())).or_default();
+        entry.running += count.running;
+        entry.ready += count.ready;
+        entry.started += count.started;
+    }
+    let mut gate = Gate::new(limits);
+    for ((processor, key), count) in &merged {
+        gate.count_running(processor, key.clone(), count.running);
+        gate.count_started(processor, key.clone(), count.started);
+    }
+    merged
+        .into_iter()
+        .filter_map(|((processor, key), count)| {
+            let limit = gate.limit(&processor)?;
+            Some(FlowUsage {
+                held_back: count.ready.saturating_sub(gate.room(limit, &key)),
+                key_pointer: limit.key_pointer(),
+                max_running: limit.max_running,
+                rate: limit.rate.map(|rate| rate.to_string()),
+                running: count.running,
+                started_in_period: count.started,
+                processor,
+                key,
+            })
+        })
+        .collect()
 }
 
 /// The key of a job of `limit`'s processor with `payload`: the value at the limit's pointer,

@@ -439,6 +439,17 @@ impl Store {
         self.named(paused)
     }
 
+    /// Each of `limits` per key with work under it: how many of its jobs run, and how many
+    /// ready ones it holds back (those beyond the room it has left), by processor and key.
+    /// Reads every ready job of a limited processor, so it costs more with a longer backlog.
+    pub async fn flow_usage(&self, limits: &[jobhost_core::flow::FlowLimit]) -> Result<Vec<FlowUsage>> {
+        if limits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts = self.driver.flow_counts(limits, self.clock.now()).await;
+        Ok(flow::usage(limits, self.named(counts)?))
+    }
+
     pub async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
         let workers = self.driver.workers(filter).await;
         self.named(workers)

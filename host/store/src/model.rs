@@ -805,6 +805,39 @@ pub struct PausedPool {
     pub reason: Option<String>,
 }
 
+/// What a backend counts for one processor and flow key (see [`crate::Store::flow_usage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowCount {
+    pub processor: String,
+    pub key: String,
+    /// Its jobs claimed now.
+    pub running: u64,
+    /// Its pending jobs whose time has come, in pools that are not paused.
+    pub ready: u64,
+    /// Its starts within its rate's period (0 without a rate).
+    pub started: u64,
+}
+
+/// One flow limit and key as it stands: what runs under it and what waits for room.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Eq)]
+pub struct FlowUsage {
+    pub processor: String,
+    /// The value at the limit's key pointer (`""` for jobs without one, and for a limit
+    /// without a key).
+    pub key: String,
+    /// The limit's key pointer, e.g. `/tenant`; `null` when it has none.
+    pub key_pointer: Option<String>,
+    pub max_running: Option<u32>,
+    /// As written: `100/1m`.
+    pub rate: Option<String>,
+    /// Jobs claimed now.
+    pub running: u64,
+    /// Starts within the rate's period (0 without a rate).
+    pub started_in_period: u64,
+    /// Ready jobs the limit keeps waiting: ready beyond the room it has left.
+    pub held_back: u64,
+}
+
 /// Longest reason a pause may record, in bytes.
 pub const MAX_PAUSE_REASON_BYTES: usize = 1_024;
 

@@ -181,6 +181,7 @@ for_each_backend!(
     a_rate_counts_starts_over_a_sliding_period,
     racing_claimers_never_run_more_than_max_running,
     a_paused_pool_with_limits_holds_nothing_back,
+    flow_usage_shows_per_limit_and_key_what_runs_and_what_is_held_back,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -1529,4 +1530,30 @@ async fn a_paused_pool_with_limits_holds_nothing_back(t: TestStore) {
     let (claimed, held_back) = flow_claim(&t.store, "w1", 5, &flow).await;
     assert!(claimed.is_empty());
     assert!(!held_back, "the pause, not the limit, keeps the job: a draining worker may leave");
+}
+
+async fn flow_usage_shows_per_limit_and_key_what_runs_and_what_is_held_back(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let mail = jobhost_core::flow::FlowLimit { processor: "mail".into(), ..flow_limit(None, Some("1/1m"), None) };
+    let flow = [flow_limit(Some(2), None, Some("/tenant")), mail];
+    let mut jobs: Vec<NewJob> = (0..4).map(|_| tenant_job("resize", "a", 0)).collect();
+    jobs.push(tenant_job("resize", "b", 0));
+    jobs.extend((0..3).map(|_| tenant_job("mail", "a", 0)));
+    jobs.push(NewJob { ready: after(60_000), ..tenant_job("resize", "b", 0) });
+    t.store.enqueue_all(&jobs).await.unwrap();
+    assert_eq!(flow_claim(&t.store, "w1", 20, &flow).await.0.len(), 4, "a twice, b once, one mail");
+
+    let usage = t.store.flow_usage(&flow).await.unwrap();
+    let row = |processor: &str, key: &str, running, started_in_period, held_back| FlowUsage {
+        processor: processor.into(),
+        key: key.into(),
+        key_pointer: (processor == "resize").then(|| "/tenant".into()),
+        max_running: (processor == "resize").then_some(2),
+        rate: (processor == "mail").then(|| "1/1m".into()),
+        running,
+        started_in_period,
+        held_back,
+    };
+    assert_eq!(usage, [row("mail", "", 1, 1, 2), row("resize", "a", 2, 0, 2), row("resize", "b", 1, 0, 0)]);
+    assert!(t.store.flow_usage(&[]).await.unwrap().is_empty());
 }

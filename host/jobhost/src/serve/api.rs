@@ -31,9 +31,9 @@ use jobhost_core::units::HumanDuration;
 use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
-    AttemptCursor, AttemptPage, AttemptRecord, Cursor, EnqueueOutcome, IdAnswer, InvalidJob, JobCounts, JobDetail,
-    JobField, JobFilter, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PausedPool, PoolSnapshot,
-    RECENT_ATTEMPTS, ScheduleRun, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
+    AttemptCursor, AttemptPage, AttemptRecord, Cursor, EnqueueOutcome, FlowUsage, IdAnswer, InvalidJob, JobCounts,
+    JobDetail, JobField, JobFilter, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PausedPool,
+    PoolSnapshot, RECENT_ATTEMPTS, ScheduleRun, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
     check_pause_reason,
 };
 
@@ -51,7 +51,7 @@ pub const MAX_ATTEMPTS_PAGE: u32 = 100;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "jobhost", description = "A durable job pool whose jobs run in WebAssembly sandboxes."),
-    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, pause_pool, resume_pool, workers, processors, schedules),
+    paths(enqueue, get_job, job_attempts, list_jobs, retry_job, cancel_job, retry_jobs, cancel_jobs, status, pools, pause_pool, resume_pool, limits, workers, processors, schedules),
     components(schemas(ErrorBody, JobCounts, WorkerCounts, AttemptRecord, JobStatus, WorkerStatus, ScheduleRun, PausedPool)),
     modifiers(&BearerAuth)
 )]
@@ -239,6 +239,11 @@ pub struct Refused {
 #[derive(Serialize, ToSchema)]
 pub struct PoolList {
     pools: Vec<PoolSnapshot>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LimitList {
+    limits: Vec<FlowUsage>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -784,6 +789,22 @@ pub async fn status(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Res
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = PoolList)))]
 pub async fn pools(State(app): State<Arc<App>>) -> Result<Json<PoolList>, ApiError> {
     Ok(Json(PoolList { pools: app.store().pools().await? }))
+}
+
+impl App {
+    /// Each flow limit of the config, per key with work under it (see
+    /// [`jobhost_store::Store::flow_usage`]).
+    pub async fn flow_usage(&self) -> Result<Vec<FlowUsage>, ApiError> {
+        Ok(self.store().flow_usage(&self.config.flow_limits()).await?)
+    }
+}
+
+/// The flow limits (`processors.overrides.NAME.flow`), per processor and key with jobs
+/// running, ready or started within the rate's period: how many run and how many are held
+/// back. Empty when no limit is configured.
+#[utoipa::path(get, path = "/api/v1/limits", responses((status = 200, body = LimitList)))]
+pub async fn limits(State(app): State<Arc<App>>) -> Result<Json<LimitList>, ApiError> {
+    Ok(Json(LimitList { limits: app.flow_usage().await? }))
 }
 
 /// The optional body of a pause.

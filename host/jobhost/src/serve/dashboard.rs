@@ -6,7 +6,8 @@
 //! listing loads every processor, is left out of the refresh.)
 //!
 //! Pages: the overview (counts, throughput over the last hour, pools, each paused or
-//! running with a button to pause or resume it), jobs (filters,
+//! running with a button to pause or resume it, and what each flow limit runs and holds
+//! back per key), jobs (filters,
 //! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
 //! attempts a page at a time, workers, processors, and schedules. Actions are POST forms carrying the
 //! caller's CSRF token, answered with a redirect back (303), so a reload never repeats them.
@@ -121,6 +122,7 @@ pub async fn overview(State(app): State<Arc<App>>, Extension(caller): Extension<
     let status = app.store().status(None).await.map_err(ApiError::from)?;
     let pools = app.store().pools().await.map_err(ApiError::from)?;
     let activity = app.store().activity().await.map_err(ApiError::from)?;
+    let limits = app.flow_usage().await?;
     // Every status, with the ready part of pending beside it.
     let mut counts: Vec<(&str, u64)> = status.jobs.by_status().map(|(status, count)| (status.as_str(), count)).to_vec();
     counts.insert(1, ("ready", status.ready));
@@ -168,6 +170,26 @@ pub async fn overview(State(app): State<Arc<App>>, Extension(caller): Extension<
                     }
                 }
                 @if pools.is_empty() { tr { td colspan="10" .muted { "No jobs yet." } } }
+            }
+        }
+        @if !app.config.flow_limits().is_empty() {
+            h2 { "Flow limits" }
+            table #limits {
+                thead { tr { th { "Processor" } th { "Key" } th { "Max running" } th { "Rate" } th { "Running" } th { "Started in period" } th { "Held back" } } }
+                tbody {
+                    @for usage in &limits {
+                        tr data-processor=(usage.processor) data-key=(usage.key) {
+                            td { (usage.processor) }
+                            td.key { @if let Some(pointer) = &usage.key_pointer { span.muted { (pointer) " = " } (usage.key) } @else { span.muted { "all" } } }
+                            td { @if let Some(max) = usage.max_running { (max) } @else { "-" } }
+                            td { @if let Some(rate) = &usage.rate { (rate) } @else { "-" } }
+                            td.running { (usage.running) }
+                            td { (usage.started_in_period) }
+                            td.held-back { (usage.held_back) }
+                        }
+                    }
+                    @if limits.is_empty() { tr { td colspan="7" .muted { "Nothing runs or waits under a limit." } } }
+                }
             }
         }
     };

@@ -3,10 +3,11 @@
 //! Everything comes from the store, not from this server's memory, so any number of
 //! servers (or none, between scrapes) report the same values, and workers on other machines
 //! are counted: job and worker counts, ready jobs and their age per pool, which pools are
-//! paused, and from the
+//! paused, what each flow limit runs and holds back per key, and from the
 //! activity table (see `store::activity`) attempts by outcome, their duration and fuel
 //! histograms, and jobs queued and claimed as counters to take rates of. A scrape reads
-//! kept counts and short index ranges only, so it costs the same at a million jobs.
+//! kept counts and short index ranges only, so it costs the same at a million jobs; only
+//! flow limits add a read of their processors' running and ready jobs.
 //!
 //! Label values are names people and API clients choose (pools, hosts), so every one is
 //! escaped as the exposition format says ([`Label`]): a quote in a pool name must not end
@@ -29,7 +30,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use jobhost_store::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, PoolSnapshot, StatusSnapshot};
+use jobhost_store::{Activity, DURATION_BOUNDS_MS, FUEL_BOUNDS, FlowUsage, PoolSnapshot, StatusSnapshot};
 
 use super::App;
 use super::error::ApiError;
@@ -38,6 +39,7 @@ use super::error::ApiError;
 #[derive(Debug)]
 struct Scrape {
     pools: Vec<PoolSnapshot>,
+    limits: Vec<FlowUsage>,
     status: StatusSnapshot,
     activity: Activity,
     store_queries: u64,
@@ -50,8 +52,10 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     let pools = app.store().pools().await?;
     let status = app.store().status(None).await?;
     let activity = app.store().activity().await?;
+    let limits = app.flow_usage().await?;
     let scrape = Scrape {
         pools,
+        limits,
         status,
         activity,
         store_queries: app.queries.load(Ordering::Relaxed),
@@ -138,6 +142,28 @@ impl Collector for Scrape {
             "1 while the pool is paused (workers claim none of its jobs), else 0.",
             None,
             &paused,
+        )?;
+        let per_key = |value: fn(&FlowUsage) -> u64| -> Vec<_> {
+            self.limits
+                .iter()
+                .map(|usage| {
+                    (vec![("processor", Label(&usage.processor)), ("key", Label(&usage.key))], as_gauge(value(usage)))
+                })
+                .collect()
+        };
+        gauge(
+            &mut encoder,
+            "jobhost_flow_running",
+            "Jobs running under a flow limit, by processor and key.",
+            None,
+            &per_key(|usage| usage.running),
+        )?;
+        gauge(
+            &mut encoder,
+            "jobhost_flow_held_back",
+            "Ready jobs a flow limit keeps waiting for room, by processor and key.",
+            None,
+            &per_key(|usage| usage.held_back),
         )?;
         let mut age = encoder.encode_descriptor(
             "jobhost_oldest_ready_age",

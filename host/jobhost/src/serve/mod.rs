@@ -210,6 +210,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/pools", get(api::pools))
         .route("/api/v1/pools/{pool}/pause", post(api::pause_pool))
         .route("/api/v1/pools/{pool}/resume", post(api::resume_pool))
+        .route("/api/v1/limits", get(api::limits))
         .route("/api/v1/workers", get(api::workers))
         .route("/api/v1/processors", get(api::processors))
         .route("/api/v1/schedules", get(api::schedules))

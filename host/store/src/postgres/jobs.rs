@@ -7,6 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use jobhost_core::flow::FlowLimit;
 use jobhost_core::outcome::OutcomeKind;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
@@ -540,6 +541,53 @@ pub(super) const FLOW_TAKE: &str = concat!(
        SELECT c.processor, c.key, t.now FROM c JOIN taken ON taken.seq = c.seq, t WHERE c.key IS NOT NULL)
      SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority FROM taken"
 );
+
+/// What each limit counts, per key: jobs claimed, ready (outside paused pools) and started
+/// within the rate's period. Each branch reads through its own partial index.
+const FLOW_COUNTS: &str = concat!(
+    "WITH t AS (SELECT ",
+    now_sql!(),
+    " AS now),
+     l AS (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]) AS l(processor, path, period))
+     SELECT j.processor, ",
+    flow_key!(),
+    ", count(*), 0::bigint, 0::bigint
+       FROM jobs j JOIN l ON l.processor = j.processor
+      WHERE j.status = 'claimed'
+      GROUP BY 1, 2
+     UNION ALL
+     SELECT j.processor, ",
+    flow_key!(),
+    ", 0, count(*), 0
+       FROM jobs j JOIN l ON l.processor = j.processor, t
+      WHERE j.status = 'pending' AND j.run_at <= t.now
+        AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = j.pool)
+      GROUP BY 1, 2
+     UNION ALL
+     SELECT f.processor, f.key, 0, 0, count(*)
+       FROM flow_starts f JOIN l ON l.processor = f.processor, t
+      WHERE l.period IS NOT NULL AND f.started_at > t.now - l.period
+      GROUP BY 1, 2"
+);
+
+pub(super) async fn flow_counts(client: &Client, limits: &[FlowLimit], now: Now) -> Result<Vec<FlowCount>> {
+    let processors: Vec<&str> = limits.iter().map(|limit| limit.processor.as_str()).collect();
+    let paths: Vec<String> = limits.iter().map(|limit| path_literal(&limit.key)).collect();
+    let periods: Vec<Option<i64>> = limits.iter().map(|limit| limit.rate.map(|rate| millis(rate.period))).collect();
+    let rows = client.query(FLOW_COUNTS, &[&now, &processors, &paths, &periods]).await?;
+    let count = |row: &Row, index: usize| -> Result<u64> { Ok(row.value::<i64>(index)?.max(0) as u64) };
+    rows.iter()
+        .map(|row| {
+            Ok(FlowCount {
+                processor: row.value(0)?,
+                key: row.value(1)?,
+                running: count(row, 2)?,
+                ready: count(row, 3)?,
+                started: count(row, 4)?,
+            })
+        })
+        .collect()
+}
 
 /// A text array literal (`{"a","b"}`) of `tokens`, for a flow key's path.
 fn path_literal(tokens: &[String]) -> String {

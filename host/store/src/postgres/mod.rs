@@ -408,6 +408,11 @@ impl Driver for PostgresDriver {
         rows.iter().map(jobs::paused_pool).collect()
     }
 
+    async fn flow_counts(&self, limits: &[jobhost_core::flow::FlowLimit], now: Now) -> Result<Vec<FlowCount>> {
+        let link = self.connections.link().await?;
+        jobs::flow_counts(&link.client, limits, now).await
+    }
+
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
         let link = self.connections.link().await?;
         workers::list(&link.client, filter).await

@@ -322,6 +322,38 @@ fn flow_gate<'a>(tx: &Transaction<'_>, limits: &'a [FlowLimit], now: Millis) -> 
     Ok(gate)
 }
 
+/// What each limit counts, per key: jobs claimed, ready (outside paused pools) and started
+/// within the rate's period. Keys are computed here, as the claim computes them.
+pub(super) fn flow_counts(conn: &Connection, limits: &[FlowLimit], now: Millis) -> Result<Vec<FlowCount>> {
+    let mut jobs = conn.prepare_cached(
+        "SELECT payload, status = 'claimed' FROM jobs
+          WHERE processor = ?1
+            AND (status = 'claimed'
+                 OR (status = 'pending' AND run_at <= ?2
+                     AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = jobs.pool)))",
+    )?;
+    let mut started = conn.prepare_cached(
+        "SELECT key, count(*) FROM flow_starts WHERE processor = ?1 AND started_at > ?2 GROUP BY key",
+    )?;
+    let mut counts = Vec::new();
+    for limit in limits {
+        let count = |key: String| FlowCount { processor: limit.processor.clone(), key, ..FlowCount::default() };
+        let mut rows = jobs.query(params![limit.processor, now])?;
+        while let Some(row) = rows.next()? {
+            let key = crate::flow::key_of(limit, &row.get::<_, String>(0)?);
+            let (running, ready) = if row.get(1)? { (1, 0) } else { (0, 1) };
+            counts.push(FlowCount { running, ready, ..count(key) });
+        }
+        if let Some(rate) = limit.rate {
+            let mut rows = started.query(params![limit.processor, now.saturating_sub(millis(rate.period))])?;
+            while let Some(row) = rows.next()? {
+                counts.push(FlowCount { started: row.get::<_, i64>(1)?.max(0) as u64, ..count(row.get(0)?) });
+            }
+        }
+    }
+    Ok(counts)
+}
+
 /// A claimed job from a row that starts with `id, pool, processor, payload, attempts,
 /// max_attempts`.
 fn claimed_job(row: &Row<'_>, seq: i64, worker_id: &str, token: i64) -> rusqlite::Result<ClaimedJob> {

@@ -434,6 +434,11 @@ impl Driver for SqliteDriver {
         self.read(|conn| jobs::paused_pools(conn))
     }
 
+    async fn flow_counts(&self, limits: &[jobhost_core::flow::FlowLimit], now: Now) -> Result<Vec<FlowCount>> {
+        let now = resolve_now(now);
+        self.read(|conn| jobs::flow_counts(conn, limits, now))
+    }
+
     async fn workers(&self, filter: &WorkerFilter<'_>) -> Result<Vec<WorkerInfo>> {
         self.read(|conn| workers::list(conn, filter))
     }
