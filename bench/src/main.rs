@@ -27,6 +27,7 @@ mod components;
 mod connections;
 mod end_to_end;
 mod flatmachines;
+mod flow;
 mod memory;
 mod report;
 mod retention;
@@ -89,6 +90,7 @@ enum Section {
     Retention,
     AlwaysOn,
     Unique,
+    Flow,
 }
 
 impl Section {
@@ -107,6 +109,7 @@ impl Section {
             Section::Retention => retention::run(bench, report),
             Section::AlwaysOn => always_on::run(bench, report),
             Section::Unique => unique::run(bench, report),
+            Section::Flow => flow::run(bench, report),
         }
     }
 
@@ -125,6 +128,7 @@ impl Section {
             Section::Retention => "11. retention",
             Section::AlwaysOn => "12. always on",
             Section::Unique => "13. unique jobs",
+            Section::Flow => "14. flow limits",
         }
     }
 
@@ -144,6 +148,7 @@ impl Section {
             Section::Retention => retention::SECTION,
             Section::AlwaysOn => always_on::SECTION,
             Section::Unique => unique::SECTION,
+            Section::Flow => flow::SECTION,
         };
         SectionId { label, title: self.title() }
     }

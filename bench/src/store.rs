@@ -214,17 +214,28 @@ pub fn enqueue(store: &Store, count: u64) -> Result<()> {
 
 /// As [`enqueue`]; with `keyed`, each job has a unique key of its own.
 pub fn enqueue_with_keys(store: &Store, count: u64, keyed: bool) -> Result<()> {
+    enqueue_each(store, count, |i| (format!(r#"{{"seq":{i}}}"#), keyed.then(|| format!("key-{i}"))))
+}
+
+/// Queues `count` echo jobs of pool [`POOL`] with one streamed `Store::enqueue`, job `i` with
+/// the payload and unique key `job(i)` gives.
+pub fn enqueue_each(
+    store: &Store,
+    count: u64,
+    job: impl Fn(u64) -> (String, Option<String>) + Send + Sync,
+) -> Result<()> {
     let rules = JobRules { processors: None, max_payload: u64::MAX };
     let jobs = (0..count).map(|i| {
+        let (payload, unique_key) = job(i);
         let request = JobRequest {
             pool: POOL.to_string(),
             processor: "echo".to_string(),
-            payload: format!(r#"{{"seq":{i}}}"#),
+            payload,
             priority: 0,
             max_attempts: 3,
             delay: None,
             run_at: None,
-            unique_key: keyed.then(|| format!("key-{i}")),
+            unique_key,
             unique_within: None,
             replace: false,
         };

@@ -99,7 +99,9 @@ pub trait Driver: Send + Sync {
 
     /// Settles `settlements` (each fenced on its own; a stale one changes nothing) and then,
     /// if asked, claims ready jobs within the claim's flow limits (see [`super::flow`]), in
-    /// one transaction. Returns one [`Settled`] per settlement, in order, and the claimed jobs.
+    /// one transaction; on PostgreSQL a claim with limits is a second statement sent with
+    /// the first, whose failure leaves the settlements recorded, as a lost answer does.
+    /// Returns one [`Settled`] per settlement, in order, and the claimed jobs.
     async fn turn(&self, settlements: &[Settlement<'_>], claim: Option<&ClaimRequest<'_>>, now: Now) -> Result<Turn>;
 
     /// The jobs of `ids` that exist, in any order, each with its latest

@@ -1,18 +1,22 @@
-//! Flow limits inside the claim: the arithmetic both backends share.
+//! Flow limits inside the claim: the arithmetic both backends share, and what they must do.
 //!
-//! A claim with limits ([`crate::ClaimRequest::flow`]) runs while no other limited claim can
-//! (SQLite's write lock; on PostgreSQL, transaction-scoped advisory locks, one per limited
-//! processor, taken in one order), so what it counts is what runs:
+//! A claim with limits ([`crate::ClaimRequest::flow`]) runs while no other limited claim can,
+//! so what it counts is what runs: SQLite's write lock serializes it; on PostgreSQL the
+//! schema's `flow_claim` function first takes one transaction-scoped advisory lock per
+//! limited processor (in one order, so claims never wait on each other in a cycle), and each
+//! query after that reads a fresh snapshot under READ COMMITTED. Then:
 //!
-//! 1. the backend counts, per processor and key, the jobs claimed now (for `max_running`) and
-//!    the starts within the rate's period (for `rate`), and feeds them to a [`Gate`];
-//! 2. it reads ready jobs in claim order, skipping (on PostgreSQL, in SQL) those whose key
-//!    the gate reports [`Gate::full_keys`], and offers each to [`Gate::admit`], which takes
-//!    a unit of room or holds the job back;
-//! 3. it takes the admitted jobs and records a start for each rate-limited one.
+//! 1. count, per processor and key, the jobs claimed now (for `max_running`) and the starts
+//!    within the rate's period (for `rate`), after deleting the starts no period counts;
+//! 2. read ready jobs in claim order (priority, then the longest ready), past those whose key
+//!    has no room, and admit each while its key has room ([`Gate::admit`] on SQLite; the
+//!    same rule as window arithmetic in SQL on PostgreSQL);
+//! 3. take the admitted jobs, record a start for each rate-limited one, and report whether a
+//!    ready job of a limited processor was left behind.
 //!
 //! Held-back jobs stay `pending`, in order, and never stop a job behind them that is allowed:
-//! fairness between keys costs nothing more than reading past the held-back ones.
+//! fairness between keys costs nothing more than reading past the held-back ones. The
+//! [`Gate`] also turns what a backend counts into what people read ([`usage`]).
 
 use std::collections::HashMap;
 
@@ -60,15 +64,6 @@ impl<'a> Gate<'a> {
         let running = limit.max_running.map_or(u64::MAX, |max| u64::from(max).saturating_sub(used.running));
         let started = limit.rate.map_or(u64::MAX, |rate| u64::from(rate.count).saturating_sub(used.started));
         running.min(started)
-    }
-
-    /// Every (processor, key) with no room left: their ready jobs are held back.
-    pub(crate) fn full_keys(&self) -> Vec<(String, String)> {
-        self.used
-            .keys()
-            .filter(|(processor, key)| self.limit(processor).is_some_and(|limit| self.room(limit, key) == 0))
-            .cloned()
-            .collect()
     }
 
     /// Whether a ready job of `processor` with `key` (`None`: the processor has no limit)
@@ -173,9 +168,6 @@ mod tests {
         assert!(gate.admit("resize", Some("c")) && gate.admit("resize", Some("c")), "c had room for two");
         assert!(!gate.admit("resize", Some("c")));
         assert!(gate.admit("other", None), "a processor without a limit is never held back");
-        let mut full = gate.full_keys();
-        full.sort();
-        assert_eq!(full, [("resize".into(), "a".into()), ("resize".into(), "b".into()), ("resize".into(), "c".into())]);
     }
 
     #[test]

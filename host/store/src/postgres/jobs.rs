@@ -442,104 +442,14 @@ macro_rules! flow_key {
     };
 }
 
-/// Serializes the claims of limited processors: one transaction-scoped advisory lock per
-/// processor (`$1`), taken in one order so two claims never wait on each other in a cycle.
-pub(super) const FLOW_LOCK: &str = "SELECT pg_advisory_xact_lock(h)
-       FROM (SELECT DISTINCT hashtextextended('jobhost.flow.' || p, 0) AS h FROM unnest($1::text[]) AS p ORDER BY h) AS locks";
-
-/// What the limits count: `(true, processor, key, jobs running)` for the processors with
-/// `max_running`, and `(false, processor, key, starts)` within each rate's period, after
-/// deleting the starts no period counts any more. Under the locks, nothing changes either.
-pub(super) const FLOW_USAGE: &str = concat!(
-    "WITH t AS (SELECT ",
+/// A claim under flow limits: the schema's `flow_claim` function (migration 11), which locks
+/// the limited processors, counts their room, and picks and takes within it, each step on a
+/// fresh snapshot; see it for the shape of the rows it returns.
+pub(super) const FLOW_CLAIM: &str = concat!(
+    "SELECT held, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority
+       FROM flow_claim(",
     now_sql!(),
-    " AS now),
-     l AS (SELECT * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::bigint[])
-                      AS l(processor, path, max_running, period)),
-     forgotten AS (
-       DELETE FROM flow_starts f USING l, t
-        WHERE f.processor = l.processor AND l.period IS NOT NULL AND f.started_at <= t.now - l.period)
-     SELECT true, j.processor, ",
-    flow_key!(),
-    ", count(*)
-       FROM jobs j JOIN l ON l.processor = j.processor AND l.max_running
-      WHERE j.status = 'claimed'
-      GROUP BY 2, 3
-     UNION ALL
-     SELECT false, f.processor, f.key, count(*)
-       FROM flow_starts f JOIN l ON l.processor = f.processor, t
-      WHERE l.period IS NOT NULL AND f.started_at > t.now - l.period
-      GROUP BY 2, 3"
-);
-
-/// Ready jobs in claim order (`$8` of them), locked, each with its flow key when its
-/// processor is limited (`$2`, `$3`), skipping those whose (processor, key) is full (`$4`,
-/// `$5`). The key is a subquery per row, not a join, so the scan keeps the ready index's
-/// order and stops at the limit; a job is keyed only when its processor is limited.
-pub(super) const FLOW_PICK: &str = concat!(
-    "WITH t AS (SELECT ",
-    now_sql!(),
-    " AS now),
-     l AS (SELECT * FROM unnest($2::text[], $3::text[]) AS l(processor, path)),
-     f AS (SELECT * FROM unnest($4::text[], $5::text[]) AS f(processor, key))
-     SELECT j.seq, j.processor, (SELECT ",
-    flow_key!(),
-    " FROM l WHERE l.processor = j.processor)
-       FROM jobs j
-      WHERE j.pool = $6 AND j.status = 'pending' AND j.run_at <= (SELECT now FROM t)
-        AND EXISTS (SELECT 1 FROM workers WHERE id = $7 AND status = 'active')
-        AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = $6)
-        AND NOT EXISTS (SELECT 1 FROM f JOIN l ON l.processor = f.processor
-                         WHERE f.processor = j.processor AND f.key = ",
-    flow_key!(),
-    ")
-      ORDER BY j.priority DESC, j.run_at, j.seq
-      LIMIT $8
-        FOR UPDATE OF j SKIP LOCKED"
-);
-
-/// Whether a ready job of pool `$6` waits only because its (processor, key) is full (`$4`,
-/// `$5`; limits `$2`, `$3`): asked when a limited claim came back short.
-pub(super) const FLOW_HELD: &str = concat!(
-    "WITH t AS (SELECT ",
-    now_sql!(),
-    " AS now),
-     l AS (SELECT * FROM unnest($2::text[], $3::text[]) AS l(processor, path)),
-     f AS (SELECT * FROM unnest($4::text[], $5::text[]) AS f(processor, key))
-     SELECT EXISTS (
-       SELECT 1 FROM jobs j
-        WHERE j.pool = $6 AND j.status = 'pending' AND j.run_at <= (SELECT now FROM t)
-          AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = $6)
-          AND EXISTS (SELECT 1 FROM f JOIN l ON l.processor = f.processor
-                       WHERE f.processor = j.processor AND f.key = ",
-    flow_key!(),
-    "))"
-);
-
-/// Takes the admitted jobs (`$2`, locked by [`FLOW_PICK`] in this transaction) for worker
-/// `$3`, and records a start for each that is rate-limited (`$6` its processor, `$7` its key,
-/// NULL when it is not).
-pub(super) const FLOW_TAKE: &str = concat!(
-    "WITH t AS (SELECT ",
-    now_sql!(),
-    " AS now),
-     c AS (SELECT * FROM unnest($2::bigint[], $6::text[], $7::text[]) AS c(seq, processor, key)),
-     taken AS (
-       UPDATE jobs j
-          SET status = 'claimed', worker_id = $3, claim_token = $4, attempts = j.attempts + 1,
-              lease_expires_at = ",
-    saturating_add!("t.now", "$5::bigint"),
-    ", updated_at = t.now
-         FROM c, t
-        WHERE j.seq = c.seq AND j.status = 'pending'
-       RETURNING j.seq, j.id, j.pool, j.processor, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at),
-     started AS (
-       INSERT INTO attempts (job_seq, attempt, worker_id, started_at)
-       SELECT taken.seq, taken.attempts, $3, t.now FROM taken, t),
-     rated AS (
-       INSERT INTO flow_starts (processor, key, started_at)
-       SELECT c.processor, c.key, t.now FROM c JOIN taken ON taken.seq = c.seq, t WHERE c.key IS NOT NULL)
-     SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority FROM taken"
+    ", $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7, $8, $9, $10, $11)"
 );
 
 /// What each limit counts, per key: jobs claimed, ready (outside paused pools) and started
@@ -596,98 +506,56 @@ fn path_literal(tokens: &[String]) -> String {
     format!("{{{}}}", quoted.join(","))
 }
 
-/// The prepared statements of a limited claim.
-pub(super) struct FlowStatements {
-    pub turn: Statement,
-    pub lock: Statement,
-    pub usage: Statement,
-    pub pick: Statement,
-    pub held: Statement,
-    pub take: Statement,
-}
-
-/// A turn with flow limits, in transaction `tx`: lock the limited processors, settle (which
-/// may free room), count, pick within the room, take. See [`crate::flow`].
-pub(super) async fn flow_turn(
-    tx: &Transaction<'_>,
-    statements: &FlowStatements,
-    settlements: &[Settlement<'_>],
+/// A claim under flow limits with [`FLOW_CLAIM`] (see [`crate::flow`]): the jobs taken, and
+/// whether a limit held a ready job back.
+pub(super) async fn flow_claim(
+    client: &Client,
+    statement: &Statement,
     claim: &ClaimRequest<'_>,
     now: Now,
-) -> Result<Turn> {
+) -> Result<(Vec<ClaimedJob>, bool)> {
     let limits = claim.flow;
     let processors: Vec<&str> = limits.iter().map(|limit| limit.processor.as_str()).collect();
-    tx.execute(&statements.lock, &[&processors]).await?;
-    let (settled, _) = turn(tx, &statements.turn, settlements, None, now).await?;
-
     let paths: Vec<String> = limits.iter().map(|limit| path_literal(&limit.key)).collect();
-    let counts_running: Vec<bool> = limits.iter().map(|limit| limit.max_running.is_some()).collect();
+    let max_running: Vec<Option<i64>> = limits.iter().map(|limit| limit.max_running.map(i64::from)).collect();
+    let rate_counts: Vec<Option<i64>> =
+        limits.iter().map(|limit| limit.rate.map(|rate| i64::from(rate.count))).collect();
     let periods: Vec<Option<i64>> = limits.iter().map(|limit| limit.rate.map(|rate| millis(rate.period))).collect();
-    let mut gate = crate::flow::Gate::new(limits);
-    for row in tx.query(&statements.usage, &[&now, &processors, &paths, &counts_running, &periods]).await? {
-        let (running, processor, key, count): (bool, String, String, i64) =
-            (row.value(0)?, row.value(1)?, row.value(2)?, row.value(3)?);
-        if running {
-            gate.count_running(&processor, key, count.max(0) as u64);
-        } else {
-            gate.count_started(&processor, key, count.max(0) as u64);
-        }
-    }
-    let (full_processors, full_keys): (Vec<String>, Vec<String>) = gate.full_keys().into_iter().unzip();
-    let picked = tx
+    let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+    let rows = client
         .query(
-            &statements.pick,
+            statement,
             &[
                 &now,
                 &processors,
                 &paths,
-                &full_processors,
-                &full_keys,
+                &max_running,
+                &rate_counts,
+                &periods,
                 &claim.pool,
                 &claim.worker_id,
-                &i64::from(claim.limit),
+                &token,
+                &millis(claim.lease),
+                &(claim.limit as i32),
             ],
         )
         .await?;
-    let (mut seqs, mut rated_processors, mut rated_keys) = (Vec::new(), Vec::new(), Vec::new());
     let mut held_back = false;
-    for row in &picked {
-        let (seq, processor, key): (i64, String, Option<String>) = (row.value(0)?, row.value(1)?, row.value(2)?);
-        if !gate.admit(&processor, key.as_deref()) {
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.value::<bool>(0)? {
             held_back = true;
             continue;
         }
-        let rated = gate.limit(&processor).is_some_and(|limit| limit.rate.is_some());
-        seqs.push(seq);
-        rated_processors.push(rated.then(|| processor.clone()));
-        rated_keys.push(if rated { key } else { None });
+        let order = (std::cmp::Reverse(row.value::<i64>(9)?), row.value::<i64>(2)?, row.value::<i64>(1)?);
+        claimed.push((order, claimed_job(row, 3, order.2, claim.worker_id, token)?));
     }
-    let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
-    let rows = tx
-        .query(
-            &statements.take,
-            &[&now, &seqs, &claim.worker_id, &token, &millis(claim.lease), &rated_processors, &rated_keys],
-        )
-        .await?;
-    let mut claimed = rows
-        .iter()
-        .map(|row| {
-            let order = (std::cmp::Reverse(row.value::<i64>(9)?), row.value::<i64>(2)?, row.value::<i64>(1)?);
-            Ok((order, claimed_job(row, 3, order.2, claim.worker_id, token)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
     claimed.sort_by_key(|(order, _)| *order);
-    if !held_back && claimed.len() < claim.limit as usize && !full_processors.is_empty() {
-        held_back = tx
-            .query_one(&statements.held, &[&now, &processors, &paths, &full_processors, &full_keys, &claim.pool])
-            .await?
-            .value(0)?;
-    }
-    Ok(Turn { settled, claimed: claimed.into_iter().map(|(_, job)| job).collect(), held_back })
+    Ok((claimed.into_iter().map(|(_, job)| job).collect(), held_back))
 }
 
 pub(super) async fn turn(
-    client: &impl GenericClient,
+    client: &Client,
     statement: &Statement,
     settlements: &[Settlement<'_>],
     claim: Option<&ClaimRequest<'_>>,

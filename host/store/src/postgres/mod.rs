@@ -259,18 +259,20 @@ impl Driver for PostgresDriver {
         let mut link = self.connections.link().await?;
         let statement = link.prepare(jobs::TURN).await?;
         if let Some(claim) = claim.filter(|claim| !claim.flow.is_empty()) {
-            let statements = jobs::FlowStatements {
-                turn: statement,
-                lock: link.prepare(jobs::FLOW_LOCK).await?,
-                usage: link.prepare(jobs::FLOW_USAGE).await?,
-                pick: link.prepare(jobs::FLOW_PICK).await?,
-                held: link.prepare(jobs::FLOW_HELD).await?,
-                take: link.prepare(jobs::FLOW_TAKE).await?,
+            // Two statements sent together: the settlements, then the claim, which counts
+            // the room they freed. Each commits on its own; a claim that fails after the
+            // settlements committed is a turn whose answer was lost, which workers ride out
+            // (their settlements come back stale and are recognized as recorded).
+            let flow_claim = link.prepare(jobs::FLOW_CLAIM).await?;
+            let settle = async {
+                match settlements.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => Ok(jobs::turn(&link.client, &statement, settlements, None, now).await?.0),
+                }
             };
-            let tx = link.client.transaction().await?;
-            let turn = jobs::flow_turn(&tx, &statements, settlements, claim, now).await?;
-            tx.commit().await?;
-            return Ok(turn);
+            let (settled, (claimed, held_back)) =
+                tokio::try_join!(settle, jobs::flow_claim(&link.client, &flow_claim, claim, now))?;
+            return Ok(Turn { settled, claimed, held_back });
         }
         let (settled, mut claimed) = jobs::turn(&link.client, &statement, settlements, claim, now).await?;
         // The claim ran on the statement's snapshot, in which a job this turn sent back for

@@ -322,6 +322,113 @@ const MIGRATIONS: &[&str] = &[
         started_at bigint NOT NULL
     );
     CREATE INDEX flow_starts_by_time ON flow_starts (processor, started_at);
+    -- What a limit counts as running: the claimed jobs of one processor, found without
+    -- reading the others'.
+    CREATE INDEX jobs_claimed_by_processor ON jobs (processor) WHERE status = 'claimed';
+
+    -- A worker's claim under flow limits (see the store's flow module), as one statement the
+    -- worker sends after settling in the same transaction. The advisory locks, one per
+    -- limited processor in one order, serialize limited claims; every query after them takes
+    -- a fresh snapshot (READ COMMITTED), so the room it counts is what runs. Ready jobs are
+    -- read in claim order past those whose key is full, each key gets at most its room, and
+    -- a start is recorded for each rate-limited one. Returns the jobs taken and, when the
+    -- claim came back short while a ready job waits behind a full limit, a row whose `held`
+    -- is true and whose other columns are NULL.
+    CREATE FUNCTION flow_claim(now_ms bigint, processors text[], paths text[], max_running bigint[],
+                               rate_counts bigint[], periods bigint[], claim_pool text, claim_worker text,
+                               claim_token bigint, lease_ms bigint, claim_limit integer)
+        RETURNS TABLE (held boolean, seq bigint, run_at bigint, id text, pool text, processor text, payload text,
+                       attempts bigint, max_attempts bigint, priority bigint)
+        LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
+    #variable_conflict use_column
+    DECLARE
+        taken_count bigint;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(h)
+           FROM (SELECT DISTINCT hashtextextended('jobhost.flow.' || p, 0) AS h FROM unnest(processors) AS p ORDER BY h) AS locks;
+        DELETE FROM flow_starts f USING unnest(processors, periods) AS l(processor, period)
+         WHERE f.processor = l.processor AND l.period IS NOT NULL AND f.started_at <= now_ms - l.period;
+        RETURN QUERY
+        WITH l AS (SELECT * FROM unnest(processors, paths, max_running, rate_counts)
+                                 AS l(processor, path, max_running, rate_count)),
+        -- The room each (processor, key) with jobs running or starts in the period has left;
+        -- any other key has the whole limit.
+        used AS (
+            SELECT j.processor,
+                   CASE WHEN l.path = '{}' THEN '' ELSE coalesce(j.payload::jsonb #>> l.path::text[], '') END AS key,
+                   count(*) AS running, 0::bigint AS started
+              FROM jobs j JOIN l ON l.processor = j.processor
+             WHERE j.status = 'claimed' AND l.max_running IS NOT NULL
+             GROUP BY 1, 2
+            UNION ALL
+            SELECT f.processor, f.key, 0, count(*)
+              FROM flow_starts f JOIN unnest(processors, periods) AS r(processor, period) ON r.processor = f.processor
+             WHERE r.period IS NOT NULL AND f.started_at > now_ms - r.period
+             GROUP BY 1, 2),
+        room AS (
+            SELECT u.processor, u.key,
+                   least(coalesce(l.max_running - sum(u.running), 9223372036854775807),
+                         coalesce(l.rate_count - sum(u.started), 9223372036854775807))::bigint AS room
+              FROM used u JOIN l ON l.processor = u.processor
+             GROUP BY u.processor, u.key, l.max_running, l.rate_count),
+        picked AS (
+            SELECT j.seq, j.processor, j.priority, j.run_at,
+                   (SELECT CASE WHEN l.path = '{}' THEN '' ELSE coalesce(j.payload::jsonb #>> l.path::text[], '') END
+                      FROM l WHERE l.processor = j.processor) AS key
+              FROM jobs j
+             WHERE j.pool = claim_pool AND j.status = 'pending' AND j.run_at <= now_ms
+               AND EXISTS (SELECT 1 FROM workers w WHERE w.id = claim_worker AND w.status = 'active')
+               AND NOT EXISTS (SELECT 1 FROM paused_pools pp WHERE pp.pool = claim_pool)
+               AND NOT EXISTS (
+                   SELECT 1 FROM room r JOIN l ON l.processor = r.processor
+                    WHERE r.processor = j.processor AND r.room <= 0
+                      AND r.key = CASE WHEN l.path = '{}' THEN '' ELSE coalesce(j.payload::jsonb #>> l.path::text[], '') END)
+             ORDER BY j.priority DESC, j.run_at, j.seq
+             LIMIT claim_limit
+               FOR UPDATE OF j SKIP LOCKED),
+        ranked AS (
+            SELECT p.*,
+                   row_number() OVER (PARTITION BY p.processor, p.key ORDER BY p.priority DESC, p.run_at, p.seq) AS rank,
+                   coalesce((SELECT r.room FROM room r WHERE r.processor = p.processor AND r.key = p.key),
+                            (SELECT least(coalesce(l.max_running, 9223372036854775807),
+                                          coalesce(l.rate_count, 9223372036854775807))
+                               FROM l WHERE l.processor = p.processor)) AS room
+              FROM picked p),
+        chosen AS (SELECT * FROM ranked WHERE ranked.key IS NULL OR ranked.rank <= ranked.room),
+        taken AS (
+            UPDATE jobs j
+               SET status = 'claimed', worker_id = claim_worker, claim_token = flow_claim.claim_token,
+                   attempts = j.attempts + 1,
+                   lease_expires_at = least(now_ms::numeric + lease_ms, 9223372036854775807)::bigint,
+                   updated_at = now_ms
+              FROM chosen c
+             WHERE j.seq = c.seq
+            RETURNING j.seq, j.id, j.pool, j.processor, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at),
+        started AS (
+            INSERT INTO attempts (job_seq, attempt, worker_id, started_at)
+            SELECT taken.seq, taken.attempts, claim_worker, now_ms FROM taken),
+        rated AS (
+            INSERT INTO flow_starts (processor, key, started_at)
+            SELECT c.processor, c.key, now_ms
+              FROM chosen c JOIN unnest(processors, periods) AS r(processor, period) ON r.processor = c.processor
+             WHERE r.period IS NOT NULL)
+        SELECT false, taken.seq, taken.run_at, taken.id, taken.pool, taken.processor, taken.payload,
+               taken.attempts::bigint, taken.max_attempts::bigint, taken.priority
+          FROM taken;
+        GET DIAGNOSTICS taken_count = ROW_COUNT;
+        IF taken_count < claim_limit THEN
+            -- Limited claims take turns under the locks, so a ready job of a limited processor
+            -- this claim left is one its limit held back.
+            RETURN QUERY
+            SELECT true, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text,
+                   NULL::bigint, NULL::bigint, NULL::bigint
+             WHERE EXISTS (
+                   SELECT 1 FROM jobs j
+                    WHERE j.pool = claim_pool AND j.status = 'pending' AND j.run_at <= now_ms
+                      AND j.processor = ANY (processors)
+                      AND NOT EXISTS (SELECT 1 FROM paused_pools pp WHERE pp.pool = claim_pool));
+        END IF;
+    END $$;
 "#,
 ];
 
@@ -452,8 +559,9 @@ mod tests {
                  END $$;
                  CREATE TRIGGER job_count_deltas_insert AFTER INSERT ON {schema}.jobs REFERENCING NEW TABLE AS new_jobs
                      FOR EACH STATEMENT EXECUTE FUNCTION {schema}.job_count_deltas_insert();
+                 DROP FUNCTION {schema}.flow_claim;
                  DROP TABLE {schema}.schedule_runs, {schema}.schedules, {schema}.paused_pools, {schema}.flow_starts;
-                 DROP INDEX {schema}.jobs_finished;
+                 DROP INDEX {schema}.jobs_finished, {schema}.jobs_claimed_by_processor;
                  ALTER TABLE {schema}.workers DROP COLUMN following;
                  ALTER TABLE {schema}.attempts DROP COLUMN processor_sha256;
                  DROP FUNCTION {schema}.enqueue;
