@@ -346,8 +346,10 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         PERFORM pg_advisory_xact_lock(h)
            FROM (SELECT DISTINCT hashtextextended('jobhost.flow.' || p, 0) AS h FROM unnest(processors) AS p ORDER BY h) AS locks;
-        DELETE FROM flow_starts f USING unnest(processors, periods) AS l(processor, period)
-         WHERE f.processor = l.processor AND l.period IS NOT NULL AND f.started_at <= now_ms - l.period;
+        IF cardinality(array_remove(periods, NULL)) > 0 THEN
+            DELETE FROM flow_starts f USING unnest(processors, periods) AS l(processor, period)
+             WHERE f.processor = l.processor AND l.period IS NOT NULL AND f.started_at <= now_ms - l.period;
+        END IF;
         RETURN QUERY
         WITH l AS (SELECT * FROM unnest(processors, paths, max_running, rate_counts)
                                  AS l(processor, path, max_running, rate_count)),
@@ -401,8 +403,7 @@ const MIGRATIONS: &[&str] = &[
                    attempts = j.attempts + 1,
                    lease_expires_at = least(now_ms::numeric + lease_ms, 9223372036854775807)::bigint,
                    updated_at = now_ms
-              FROM chosen c
-             WHERE j.seq = c.seq
+             WHERE j.seq = ANY (ARRAY(SELECT c.seq FROM chosen c))
             RETURNING j.seq, j.id, j.pool, j.processor, j.payload, j.attempts, j.max_attempts, j.priority, j.run_at),
         started AS (
             INSERT INTO attempts (job_seq, attempt, worker_id, started_at)
