@@ -365,6 +365,7 @@ const SUMMARY_KEYS: &[&str] = &[
     "host",
     "lease_expires_at",
     "last_error",
+    "unique_key",
 ];
 
 /// The job object's keys: a listed job's, and its payload, result, history and where its
@@ -2735,6 +2736,10 @@ fn unique_keys_answer_with_the_holder_and_debounce(backend: Backend) {
     let holder = api.enqueue(&json!({"processor": "echo", "unique_key": "order-1"}));
     let again = api.post("/api/v1/jobs", &json!({"processor": "echo", "unique_key": "order-1"})).expect(200);
     assert_eq!(again, json!({"id": holder, "outcome": "duplicate"}));
+    assert_eq!(api.job(&holder)["unique_key"], "order-1", "the job shows the key it holds");
+    let cli = pool.json(&["jobs", "show", &holder]);
+    assert_eq!(cli["unique_key"], "order-1");
+    assert!(pool.ok(&["jobs", "show", &holder]).contains("unique key order-1"));
 
     let batch = json!({"jobs": [
         {"processor": "echo", "unique_key": "order-2"},

@@ -605,6 +605,8 @@ pub struct JobSummary {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
+    /// The key that keeps a duplicate out while the job lives (`seed --unique-key`).
+    pub unique_key: Option<String>,
 }
 
 /// Most attempts a job's detail carries: its latest. The older ones are read a page at a

@@ -62,6 +62,9 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
             crate::outln!("processor  {}", job.processor)?;
             crate::outln!("status     {}", job.status.as_str())?;
             crate::outln!("priority   {}", job.priority)?;
+            if let Some(key) = &job.unique_key {
+                crate::outln!("unique key {}", for_stdout(key))?;
+            }
             crate::outln!("attempts   {} of {}", job.attempts, job.max_attempts)?;
             crate::outln!("created    {}", format_time(job.created_at))?;
             crate::outln!("run at     {}", format_time(job.run_at))?;

@@ -365,6 +365,7 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
             dt { "Processor" } dd { (job.processor) }
             dt { "Attempts" } dd { (job.attempts) " of " (job.max_attempts) }
             dt { "Priority" } dd { (job.priority) }
+            @if let Some(key) = &job.unique_key { dt { "Unique key" } dd #unique-key { (key) } }
             dt { "Created" } dd { (format_time(job.created_at)) }
             dt { "Runs at" } dd { (format_time(job.run_at)) }
             dt { "Finished" } dd { (time(job.finished_at)) }

@@ -686,7 +686,8 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
 }
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
-     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
+     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq, \
+     j.unique_key";
 
 /// A state stored by its name (see [`StoredName`]); a name this jobhost does not know fails
 /// the read, naming it.
@@ -721,6 +722,7 @@ fn summary_from_row(row: &Row) -> Result<JobSummary> {
         created_at: row.value(12)?,
         updated_at: row.value(13)?,
         finished_at: row.value(14)?,
+        unique_key: row.value(16)?,
     })
 }
 
@@ -790,7 +792,7 @@ pub(super) async fn jobs(
     let rows = client.query(jobs, &[&ids]).await?;
     let found = rows
         .iter()
-        .map(|row| Ok((summary_from_row(row)?, row.value::<String>(16)?, row.value::<Option<String>>(17)?)))
+        .map(|row| Ok((summary_from_row(row)?, row.value::<String>(17)?, row.value::<Option<String>>(18)?)))
         .collect::<Result<Vec<_>>>()?;
     let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
     let attempts = client

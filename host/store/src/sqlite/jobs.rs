@@ -399,7 +399,8 @@ pub(super) fn abandoned(conn: &Connection, pool: Option<&str>, now: Millis) -> R
 }
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
-     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq";
+     j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq, \
+     j.unique_key";
 
 /// A count column read at the width SQLite stores (64 bits) and clamped into `u32`.
 fn count_at(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
@@ -445,6 +446,7 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         finished_at: row.get(14)?,
+        unique_key: row.get(16)?,
     })
 }
 
@@ -481,7 +483,7 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
                FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
               WHERE j.id IN (SELECT value FROM json_each(?1))"
         ))?
-        .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(16)?, row.get(17)?)))?
+        .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(17)?, row.get(18)?)))?
         .collect::<rusqlite::Result<Vec<(JobSummary, String, Option<String>)>>>()?;
     let seqs = serde_json::to_string(&found.iter().map(|(job, _, _)| job.seq).collect::<Vec<_>>()).expect("numbers");
     // Each job's first attempt to show is found by one short walk down its end of the
