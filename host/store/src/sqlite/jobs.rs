@@ -323,14 +323,15 @@ fn flow_gate<'a>(tx: &Transaction<'_>, limits: &'a [FlowLimit], now: Millis) -> 
 }
 
 /// What each limit counts, per key: jobs claimed, ready (outside paused pools) and started
-/// within the rate's period. Keys are computed here, as the claim computes them.
+/// within the rate's period. Keys are computed here, as the claim computes them; each half
+/// of the union reads through its own partial index.
 pub(super) fn flow_counts(conn: &Connection, limits: &[FlowLimit], now: Millis) -> Result<Vec<FlowCount>> {
     let mut jobs = conn.prepare_cached(
-        "SELECT payload, status = 'claimed' FROM jobs
-          WHERE processor = ?1
-            AND (status = 'claimed'
-                 OR (status = 'pending' AND run_at <= ?2
-                     AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = jobs.pool)))",
+        "SELECT payload, true FROM jobs WHERE status = 'claimed' AND processor = ?1
+         UNION ALL
+         SELECT payload, false FROM jobs
+          WHERE status = 'pending' AND run_at <= ?2 AND processor = ?1
+            AND NOT EXISTS (SELECT 1 FROM paused_pools WHERE paused_pools.pool = jobs.pool)",
     )?;
     let mut started = conn.prepare_cached(
         "SELECT key, count(*) FROM flow_starts WHERE processor = ?1 AND started_at > ?2 GROUP BY key",

@@ -174,6 +174,9 @@ const MIGRATIONS: &[&str] = &[
         started_at INTEGER NOT NULL
     );
     CREATE INDEX flow_starts_by_time ON flow_starts (processor, started_at);
+    -- What a limit counts as running: the claimed jobs of one processor, found without
+    -- reading the others'.
+    CREATE INDEX jobs_claimed_by_processor ON jobs (processor) WHERE status = 'claimed';
     "#,
 ];
 
