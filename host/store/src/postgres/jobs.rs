@@ -480,11 +480,32 @@ const FLOW_COUNTS: &str = concat!(
       GROUP BY 1, 2"
 );
 
+/// Flow limits as the parallel arrays [`FLOW_CLAIM`] and [`FLOW_COUNTS`] take: processor,
+/// key path (a text array literal), max_running and rate count (NULL: no such limit), and
+/// rate period in milliseconds.
+struct LimitColumns<'a> {
+    processors: Vec<&'a str>,
+    paths: Vec<String>,
+    max_running: Vec<Option<i64>>,
+    rate_counts: Vec<Option<i64>>,
+    periods: Vec<Option<i64>>,
+}
+
+impl<'a> LimitColumns<'a> {
+    fn new(limits: &'a [FlowLimit]) -> LimitColumns<'a> {
+        LimitColumns {
+            processors: limits.iter().map(|limit| limit.processor.as_str()).collect(),
+            paths: limits.iter().map(|limit| path_literal(&limit.key)).collect(),
+            max_running: limits.iter().map(|limit| limit.max_running.map(i64::from)).collect(),
+            rate_counts: limits.iter().map(|limit| limit.rate.map(|rate| i64::from(rate.count))).collect(),
+            periods: limits.iter().map(|limit| limit.rate.map(|rate| millis(rate.period))).collect(),
+        }
+    }
+}
+
 pub(super) async fn flow_counts(client: &Client, limits: &[FlowLimit], now: Now) -> Result<Vec<FlowCount>> {
-    let processors: Vec<&str> = limits.iter().map(|limit| limit.processor.as_str()).collect();
-    let paths: Vec<String> = limits.iter().map(|limit| path_literal(&limit.key)).collect();
-    let periods: Vec<Option<i64>> = limits.iter().map(|limit| limit.rate.map(|rate| millis(rate.period))).collect();
-    let rows = client.query(FLOW_COUNTS, &[&now, &processors, &paths, &periods]).await?;
+    let columns = LimitColumns::new(limits);
+    let rows = client.query(FLOW_COUNTS, &[&now, &columns.processors, &columns.paths, &columns.periods]).await?;
     let count = |row: &Row, index: usize| -> Result<u64> { Ok(row.value::<i64>(index)?.max(0) as u64) };
     rows.iter()
         .map(|row| {
@@ -514,24 +535,18 @@ pub(super) async fn flow_claim(
     claim: &ClaimRequest<'_>,
     now: Now,
 ) -> Result<(Vec<ClaimedJob>, bool)> {
-    let limits = claim.flow;
-    let processors: Vec<&str> = limits.iter().map(|limit| limit.processor.as_str()).collect();
-    let paths: Vec<String> = limits.iter().map(|limit| path_literal(&limit.key)).collect();
-    let max_running: Vec<Option<i64>> = limits.iter().map(|limit| limit.max_running.map(i64::from)).collect();
-    let rate_counts: Vec<Option<i64>> =
-        limits.iter().map(|limit| limit.rate.map(|rate| i64::from(rate.count))).collect();
-    let periods: Vec<Option<i64>> = limits.iter().map(|limit| limit.rate.map(|rate| millis(rate.period))).collect();
+    let columns = LimitColumns::new(claim.flow);
     let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
     let rows = client
         .query(
             statement,
             &[
                 &now,
-                &processors,
-                &paths,
-                &max_running,
-                &rate_counts,
-                &periods,
+                &columns.processors,
+                &columns.paths,
+                &columns.max_running,
+                &columns.rate_counts,
+                &columns.periods,
                 &claim.pool,
                 &claim.worker_id,
                 &token,

@@ -265,10 +265,10 @@ impl Driver for PostgresDriver {
             // (their settlements come back stale and are recognized as recorded).
             let flow_claim = link.prepare(jobs::FLOW_CLAIM).await?;
             let settle = async {
-                match settlements.is_empty() {
-                    true => Ok(Vec::new()),
-                    false => Ok(jobs::turn(&link.client, &statement, settlements, None, now).await?.0),
+                if settlements.is_empty() {
+                    return Ok(Vec::new());
                 }
+                Ok(jobs::turn(&link.client, &statement, settlements, None, now).await?.0)
             };
             let (settled, (claimed, held_back)) =
                 tokio::try_join!(settle, jobs::flow_claim(&link.client, &flow_claim, claim, now))?;
