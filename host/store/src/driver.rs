@@ -107,6 +107,9 @@ pub trait Driver: Send + Sync {
     /// The jobs of `ids` that exist, in any order, each with its latest
     /// [`RECENT_ATTEMPTS`]` + 1` attempts, oldest first (see [`JobDetail::new`]).
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>>;
+    /// The parents still kept of each of `children` (by `seq`), with their results, in any
+    /// order.
+    async fn parent_results(&self, children: &[i64]) -> Result<Vec<ParentResult>>;
     /// One page of job `id`'s attempts, newest first; `None` when there is no such job.
     async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>>;
     /// One page of the matching jobs, newest (highest `seq`) first.

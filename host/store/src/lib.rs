@@ -206,6 +206,17 @@ impl Store {
         self.named(jobs)
     }
 
+    /// The results of the parents of each of `children` (claimed jobs, by their `seq`), for
+    /// a processor that reads them with its payload; parents deleted by retention are
+    /// missing.
+    pub async fn parent_results(&self, children: &[i64]) -> Result<Vec<ParentResult>> {
+        if children.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results = self.driver.parent_results(children).await;
+        self.named(results)
+    }
+
     /// One page of job `id`'s attempts, newest first (see [`AttemptPage`]); the last one's
     /// [`AttemptRecord::cursor`] in `page.before` asks for the next page. `None` when there
     /// is no such job.

@@ -188,7 +188,17 @@ pub struct NewJob {
     pub(crate) max_attempts: u32,
     pub(crate) ready: Ready,
     pub(crate) unique: Option<Unique>,
+    /// The ids of the jobs it waits for (see [`MAX_PARENTS`]), each once.
+    pub(crate) after: Vec<String>,
 }
+
+/// Most jobs one job can wait for.
+pub const MAX_PARENTS: usize = 100;
+
+/// A job waiting for parents is pending with its `run_at` here, at the end of time, so no
+/// claim, `check` or `ready_in` takes it for ready; its last parent's completion moves
+/// `run_at` to that moment.
+pub const WAITING_RUN_AT: Millis = Millis::MAX;
 
 /// A new job's unique key, and what it does when another job of its pool holds that key.
 ///
@@ -297,6 +307,9 @@ pub struct JobRequest {
     pub unique_key: Option<String>,
     pub unique_within: Option<Duration>,
     pub replace: bool,
+    /// The ids of the jobs it waits for: it becomes ready when every one has completed, and
+    /// is cancelled when one is poisoned or cancelled.
+    pub after: Vec<String>,
 }
 
 /// What a new job is checked against besides the rules every job meets.
@@ -321,6 +334,8 @@ pub enum JobField {
     Schedule,
     /// Its unique key, or an option that needs one.
     UniqueKey,
+    /// The jobs it waits for.
+    After,
 }
 
 /// Why [`NewJob::new`] refused a job.
@@ -372,6 +387,7 @@ impl NewJob {
             unique_key,
             unique_within,
             replace,
+            after,
         } = request;
         let rule = |field, reason: String| InvalidJob::Rule { field, reason };
         names::check_processor(&processor).map_err(InvalidJob::ProcessorName)?;
@@ -411,7 +427,8 @@ impl NewJob {
             }
             None => None,
         };
-        Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready, unique })
+        let after = check_after(after, rescheduled).map_err(|reason| rule(JobField::After, reason))?;
+        Ok(NewJob { id: NewJob::new_id(), pool, processor, payload, priority, max_attempts, ready, unique, after })
     }
 
     /// The id the job will be queued under.
@@ -423,6 +440,48 @@ impl NewJob {
     /// random page of it, which kept large pools' inserts from slowing down as they grew.
     pub fn new_id() -> String {
         uuid::Uuid::now_v7().to_string()
+    }
+}
+
+/// The parents of a new job, each once, in the order first given: at most [`MAX_PARENTS`],
+/// each a job id (printable text of at most 128 bytes), and no delay or `run_at` beside
+/// them, since the job's time comes when its last parent completes.
+fn check_after(after: Vec<String>, rescheduled: bool) -> Result<Vec<String>, String> {
+    if after.is_empty() {
+        return Ok(after);
+    }
+    if rescheduled {
+        return Err("cannot be given with a delay or a run_at: a job that waits for others becomes ready when \
+                    the last of them completes"
+            .into());
+    }
+    let mut parents: Vec<String> = Vec::with_capacity(after.len());
+    for id in after {
+        names::check_label(&id).map_err(|reason| format!("names a job id that {reason}"))?;
+        if !parents.contains(&id) {
+            parents.push(id);
+        }
+    }
+    if parents.len() > MAX_PARENTS {
+        return Err(format!("names {} jobs, more than {MAX_PARENTS}: wait for fewer, or chain them", parents.len()));
+    }
+    Ok(parents)
+}
+
+/// Why a new job cannot wait for job `parent`, whose status is `status` (`None`: there is no
+/// such job); `None` when it can.
+pub(super) fn parent_refusal(parent: &str, status: Option<JobStatus>) -> Option<String> {
+    match status {
+        None => Some(format!(
+            "job {parent}, which a new job waits for, does not exist: check the id (finished jobs are deleted \
+             once retention expires them)"
+        )),
+        Some(status @ (JobStatus::Poisoned | JobStatus::Cancelled)) => Some(format!(
+            "job {parent}, which a new job waits for, is {} and will never complete: retry it first \
+             (jobhost jobs retry {parent}), or queue the job without it",
+            status.as_str()
+        )),
+        Some(JobStatus::Pending | JobStatus::Claimed | JobStatus::Completed) => None,
     }
 }
 
@@ -607,6 +666,9 @@ pub struct JobSummary {
     pub finished_at: Option<Millis>,
     /// The key that keeps a duplicate out while the job lives (`seed --unique-key`).
     pub unique_key: Option<String>,
+    /// How many of the jobs it waits for (`seed --after`) have not completed; a pending job
+    /// with any is waiting, its `run_at` at the end of time ([`WAITING_RUN_AT`]).
+    pub waiting_for: u32,
 }
 
 /// Most attempts a job's detail carries: its latest. The older ones are read a page at a
@@ -686,6 +748,7 @@ impl JobDetail {
         payload: String,
         result: Option<String>,
         latest: Vec<AttemptRecord>,
+        links: Links,
     ) -> JobDetail {
         let (payload, payload_error) = stored_json(payload);
         let result = result.map(|text| stored_json(text).0);
@@ -695,24 +758,48 @@ impl JobDetail {
             attempt_history.drain(..attempt_history.len() - RECENT_ATTEMPTS as usize);
         }
         let older_attempts = attempt_history.first().filter(|_| older).map(AttemptRecord::cursor);
-        JobDetail { job, payload, payload_error, result, attempt_history, older_attempts }
+        let Links { parents, children, children_total } = links;
+        JobDetail {
+            job,
+            payload,
+            payload_error,
+            result,
+            attempt_history,
+            older_attempts,
+            parents,
+            children,
+            children_total,
+        }
     }
 
     /// The details of `jobs` (each with its payload and result text), given the latest
-    /// attempts of all of them as `(job seq, attempt)` pairs, oldest first within each job:
-    /// what both backends read in two statements, joined here once.
+    /// attempts of all of them as `(job seq, attempt)` pairs, oldest first within each job,
+    /// and their links (see [`LinkRow`]), oldest first: what both backends read in three
+    /// statements, joined here once.
     pub(super) fn join(
         jobs: Vec<(JobSummary, String, Option<String>)>,
         attempts: impl IntoIterator<Item = (i64, AttemptRecord)>,
+        links: impl IntoIterator<Item = LinkRow>,
     ) -> Vec<JobDetail> {
         let mut by_seq: std::collections::HashMap<i64, Vec<AttemptRecord>> = std::collections::HashMap::new();
         for (seq, attempt) in attempts {
             by_seq.entry(seq).or_default().push(attempt);
         }
+        let mut links_of: std::collections::HashMap<i64, Links> = std::collections::HashMap::new();
+        for (seq, parent, link, children_total) in links {
+            let links = links_of.entry(seq).or_default();
+            if parent {
+                links.parents.push(link);
+            } else {
+                links.children.push(link);
+                links.children_total = children_total;
+            }
+        }
         jobs.into_iter()
             .map(|(job, payload, result)| {
                 let latest = by_seq.remove(&job.seq).unwrap_or_default();
-                JobDetail::new(job, payload, result, latest)
+                let links = links_of.remove(&job.seq).unwrap_or_default();
+                JobDetail::new(job, payload, result, latest, links)
             })
             .collect()
     }
@@ -741,7 +828,46 @@ pub struct JobDetail {
     /// Where the attempts older than `attempt_history` begin, when there are any.
     #[serde(skip)]
     pub older_attempts: Option<AttemptCursor>,
+    /// The jobs it waits for (`seed --after`) that are still kept, oldest first.
+    pub parents: Vec<JobLink>,
+    /// The first [`SHOWN_CHILDREN`] jobs that wait for it, oldest first.
+    pub children: Vec<JobLink>,
+    /// How many jobs wait for it, shown or not.
+    pub children_total: u64,
 }
+
+/// A completed parent's result, for the job waiting for it (see
+/// [`super::Store::parent_results`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentResult {
+    /// The waiting job, by its [`ClaimedJob::seq`].
+    pub child_seq: i64,
+    pub parent_id: String,
+    /// Its result's JSON text; `None` if it has none (it has not completed).
+    pub result: Option<String>,
+}
+
+/// Most of a job's children its detail lists; `children_total` counts them all.
+pub const SHOWN_CHILDREN: u32 = 100;
+
+/// Another job a job's detail points to: a parent or a child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct JobLink {
+    pub id: String,
+    pub status: JobStatus,
+}
+
+/// A job's parents and children, as the backends read them for [`JobDetail::join`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct Links {
+    pub(super) parents: Vec<JobLink>,
+    pub(super) children: Vec<JobLink>,
+    pub(super) children_total: u64,
+}
+
+/// A link read by a backend: the job (by `seq`) it belongs to, whether it points to a parent,
+/// the linked job, and (for a child) how many children that job has in all.
+pub(super) type LinkRow = (i64, bool, JobLink, u64);
 
 /// A registered worker, as the API and dashboard list them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -1099,6 +1225,9 @@ pub struct ExportedJob {
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
     pub unique_key: Option<String>,
+    pub waiting_for: u32,
+    /// The ids of the jobs it waits for, as far as they are kept.
+    pub parents: Vec<String>,
     pub history: Vec<ExportedAttempt>,
 }
 
@@ -1143,6 +1272,7 @@ mod tests {
             unique_key: None,
             unique_within: None,
             replace: false,
+            after: Vec::new(),
         }
     }
 
@@ -1162,6 +1292,9 @@ mod tests {
         assert_eq!(delayed.unwrap().ready, Ready::After(Duration::from_secs(5)));
         let at = NewJob::new(JobRequest { run_at: Some(42), ..request() }, &rules(&known));
         assert_eq!(at.unwrap().ready, Ready::At(42));
+        let after = vec!["b".to_owned(), "a".to_owned(), "b".to_owned()];
+        let child = NewJob::new(JobRequest { after, ..request() }, &rules(&known)).unwrap();
+        assert_eq!(child.after, ["b", "a"], "each parent once, in the order given");
         let anywhere = JobRules { processors: None, max_payload: 1024 };
         let elsewhere = NewJob::new(JobRequest { processor: "resize".into(), ..request() }, &anywhere);
         assert_eq!(elsewhere.unwrap().processor, "resize", "with no list, any valid name is taken");
@@ -1221,6 +1354,21 @@ mod tests {
                 JobField::UniqueKey,
                 "--unique-key is required",
             ),
+            (
+                JobRequest { after: vec!["a".into()], delay: Some(Duration::from_secs(1)), ..request() },
+                JobField::After,
+                "--after cannot be given with a delay or a run_at",
+            ),
+            (
+                JobRequest { after: vec![String::new()], ..request() },
+                JobField::After,
+                "--after names a job id that must be 1 to 128 bytes",
+            ),
+            (
+                JobRequest { after: (0..=MAX_PARENTS).map(|n| n.to_string()).collect(), ..request() },
+                JobField::After,
+                "--after names 101 jobs, more than 100",
+            ),
         ];
         let flag = |field| match field {
             JobField::Pool => "--pool",
@@ -1229,6 +1377,7 @@ mod tests {
             JobField::MaxAttempts => "--max-attempts",
             JobField::Schedule => "--run-at",
             JobField::UniqueKey => "--unique-key",
+            JobField::After => "--after",
         };
         for (request, field, expected) in cases {
             let err = refused(request);

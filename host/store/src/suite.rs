@@ -182,6 +182,12 @@ for_each_backend!(
     racing_claimers_never_run_more_than_max_running,
     a_paused_pool_with_limits_holds_nothing_back,
     flow_usage_shows_per_limit_and_key_what_runs_and_what_is_held_back,
+    a_job_waits_for_every_parent_and_is_ready_when_the_last_completes,
+    a_poisoned_or_cancelled_parent_cancels_its_dependents_transitively_naming_why,
+    a_missing_poisoned_or_cancelled_parent_refuses_the_batch_and_queues_nothing,
+    a_retried_dependent_waits_again_until_its_retried_parent_completes,
+    racing_enqueuers_of_children_and_the_parents_completion_leave_none_waiting,
+    copied_jobs_keep_their_parents,
 );
 
 /// One reaping pass that never finds a worker stale, so only abandoned jobs are recovered.
@@ -200,6 +206,7 @@ fn job(pool: &str, priority: i64) -> NewJob {
         max_attempts: 3,
         ready: Ready::After(Duration::ZERO),
         unique: None,
+        after: Vec::new(),
     }
 }
 
@@ -1556,4 +1563,215 @@ async fn flow_usage_shows_per_limit_and_key_what_runs_and_what_is_held_back(t: T
     };
     assert_eq!(usage, [row("mail", "", 1, 1, 2), row("resize", "a", 2, 0, 2), row("resize", "b", 1, 0, 0)]);
     assert!(t.store.flow_usage(&[]).await.unwrap().is_empty());
+}
+
+fn child_of(parents: &[&String]) -> NewJob {
+    NewJob { after: parents.iter().map(|id| id.to_string()).collect(), ..job("default", 0) }
+}
+
+async fn detail(t: &TestStore, id: &str) -> JobDetail {
+    t.store.job(id).await.unwrap().unwrap()
+}
+
+fn linked(links: &[JobLink]) -> Vec<(&str, JobStatus)> {
+    links.iter().map(|link| (link.id.as_str(), link.status)).collect()
+}
+
+async fn a_job_waits_for_every_parent_and_is_ready_when_the_last_completes(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let parents = t.store.enqueue_all(&[job("default", 0), job("default", 0)]).await.unwrap();
+    let child = t.store.enqueue_all(&[child_of(&[&parents[0], &parents[1]])]).await.unwrap().remove(0);
+    let waiting = detail(&t, &child).await;
+    assert_eq!(
+        (waiting.job.status, waiting.job.waiting_for),
+        (JobStatus::Pending, 2),
+        "a parent named twice counts once"
+    );
+    assert_eq!(waiting.job.run_at, WAITING_RUN_AT);
+    assert_eq!(
+        linked(&waiting.parents),
+        [(parents[0].as_str(), JobStatus::Pending), (parents[1].as_str(), JobStatus::Pending)]
+    );
+    let parent = detail(&t, &parents[0]).await;
+    assert_eq!((linked(&parent.children), parent.children_total), (vec![(child.as_str(), JobStatus::Pending)], 1));
+    assert_eq!(t.store.ready_in("default").await.unwrap(), Some(Duration::ZERO), "the parents are ready");
+
+    let first = claim_one(&t, "w1").await.unwrap();
+    let second = claim_one(&t, "w1").await.unwrap();
+    assert_eq!([&first.id, &second.id], [&parents[0], &parents[1]]);
+    assert!(claim_one(&t, "w1").await.is_none(), "the child waits while its parents run");
+    let ok = AttemptReport::of(OutcomeKind::Ok);
+    t.advance(1_000);
+    t.complete(&first, r#"{"width":10}"#, &ok).await.unwrap();
+    assert_eq!(detail(&t, &child).await.job.waiting_for, 1);
+    assert!(claim_one(&t, "w1").await.is_none(), "one parent is not all of them");
+    t.advance(1_000);
+    t.complete(&second, "[2]", &ok).await.unwrap();
+    let ready = detail(&t, &child).await;
+    assert_eq!((ready.job.waiting_for, ready.job.run_at), (0, t.now()), "ready as the last parent completes");
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(claimed.id, child);
+
+    let mut results: Vec<(String, Option<String>)> = t
+        .store
+        .parent_results(&[claimed.seq])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|found| {
+            assert_eq!(found.child_seq, claimed.seq);
+            (found.parent_id, found.result)
+        })
+        .collect();
+    results.sort();
+    let mut expected =
+        vec![(parents[0].clone(), Some(r#"{"width":10}"#.to_owned())), (parents[1].clone(), Some("[2]".to_owned()))];
+    expected.sort();
+    assert_eq!(results, expected);
+
+    let late = t.store.enqueue_all(&[child_of(&[&parents[0]])]).await.unwrap().remove(0);
+    let late = detail(&t, &late).await;
+    assert_eq!((late.job.waiting_for, late.job.run_at), (0, t.now()), "a completed parent is no wait");
+
+    t.advance(10_000);
+    t.complete(&claimed, "{}", &ok).await.unwrap();
+    assert_eq!(
+        t.store.purge(Duration::from_secs(5), &[JobStatus::Completed]).await.unwrap(),
+        2,
+        "the parents, finished long enough ago"
+    );
+    assert!(detail(&t, &late.job.id).await.parents.is_empty(), "a deleted parent is no longer linked");
+    assert_eq!(t.counts("SELECT count(*) FROM job_parents").await, [0]);
+    t.assert_counts_exact().await;
+}
+
+async fn a_poisoned_or_cancelled_parent_cancels_its_dependents_transitively_naming_why(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let root = t.store.enqueue_all(&[NewJob { max_attempts: 1, ..job("default", 9) }]).await.unwrap().remove(0);
+    let other = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    let child = t.store.enqueue_all(&[child_of(&[&root])]).await.unwrap().remove(0);
+    let grandchild = t.store.enqueue_all(&[child_of(&[&child, &other])]).await.unwrap().remove(0);
+    let bystander = t.store.enqueue_all(&[child_of(&[&other])]).await.unwrap().remove(0);
+
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(claimed.id, root);
+    t.advance(1_000);
+    assert_eq!(t.fail(&claimed, &failure(OutcomeKind::Trap), &NO_BACKOFF).await.unwrap(), Settled::Poisoned);
+    let cancelled = detail(&t, &child).await.job;
+    assert_eq!((cancelled.status, cancelled.finished_at), (JobStatus::Cancelled, Some(t.now())));
+    assert_eq!(
+        cancelled.last_error.as_deref(),
+        Some(format!("job {root}, which it waits for, was poisoned: trap: boom").as_str())
+    );
+    let transitively = detail(&t, &grandchild).await.job;
+    assert_eq!(transitively.status, JobStatus::Cancelled);
+    let why = transitively.last_error.unwrap();
+    assert!(why.starts_with(&format!("job {child}, which it waits for, was cancelled: job {root}")), "{why}");
+    assert_eq!(detail(&t, &other).await.job.status, JobStatus::Pending, "a parent is not cancelled by its child");
+    assert_eq!(detail(&t, &bystander).await.job.status, JobStatus::Pending);
+
+    assert_eq!(t.store.cancel_job(&other).await.unwrap(), IdAnswer::Done);
+    let bystander = detail(&t, &bystander).await.job;
+    assert_eq!(bystander.status, JobStatus::Cancelled);
+    assert_eq!(bystander.last_error, Some(format!("job {other}, which it waits for, was cancelled")));
+    t.assert_counts_exact().await;
+}
+
+async fn a_missing_poisoned_or_cancelled_parent_refuses_the_batch_and_queues_nothing(t: TestStore) {
+    let cancelled = t.store.enqueue_all(&[job("default", 0)]).await.unwrap().remove(0);
+    t.store.cancel_job(&cancelled).await.unwrap();
+    let missing = "01900000-0000-7000-8000-000000000000".to_owned();
+    for (parent, expected) in [(&missing, "does not exist"), (&cancelled, "is cancelled and will never complete")] {
+        let err = t.store.enqueue_all(&[job("default", 0), child_of(&[parent])]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+        assert!(err.to_string().contains(&format!("job {parent}, which a new job waits for, {expected}")), "{err}");
+    }
+    let status = t.store.status(None).await.unwrap().jobs;
+    assert_eq!((status.pending, status.cancelled), (0, 1), "the batch was queued all or nothing");
+    assert_eq!(t.counts("SELECT count(*) FROM job_parents").await, [0]);
+    assert!(detail(&t, &cancelled).await.children.is_empty());
+    t.assert_counts_exact().await;
+}
+
+async fn a_retried_dependent_waits_again_until_its_retried_parent_completes(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let parent = t.store.enqueue_all(&[NewJob { max_attempts: 1, ..job("default", 0) }]).await.unwrap().remove(0);
+    let child = t.store.enqueue_all(&[child_of(&[&parent])]).await.unwrap().remove(0);
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    t.fail(&claimed, &failure(OutcomeKind::Exit), &NO_BACKOFF).await.unwrap();
+    assert_eq!(detail(&t, &child).await.job.status, JobStatus::Cancelled);
+
+    assert_eq!(t.store.retry_job(&child).await.unwrap(), IdAnswer::Done);
+    let retried = detail(&t, &child).await.job;
+    assert_eq!((retried.status, retried.waiting_for, retried.run_at), (JobStatus::Pending, 1, WAITING_RUN_AT));
+    assert!(claim_one(&t, "w1").await.is_none(), "it waits for its parent again");
+
+    assert_eq!(t.store.retry_job(&parent).await.unwrap(), IdAnswer::Done);
+    let again = claim_one(&t, "w1").await.unwrap();
+    assert_eq!(again.id, parent);
+    t.complete(&again, "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    assert_eq!(claim_one(&t, "w1").await.unwrap().id, child);
+    t.assert_counts_exact().await;
+}
+
+/// A parent completing while other processes queue its children: whichever commits first,
+/// no child is left counting a parent that completed.
+async fn racing_enqueuers_of_children_and_the_parents_completion_leave_none_waiting(t: TestStore) {
+    const PROCESSES: usize = 6;
+    const CHILDREN: usize = 20;
+    active_worker(&t, "w1").await;
+    let parent = t.store.enqueue_all(&[job("default", 9)]).await.unwrap().remove(0);
+    let claimed = claim_one(&t, "w1").await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..PROCESSES {
+        let store = t.another_store().await;
+        let parent = parent.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..CHILDREN {
+                store.enqueue_all(&[child_of(&[&parent])]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::task::yield_now().await;
+    t.complete(&claimed, "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let pending = t.store.list_jobs(&JobFilter { limit: 1_000, ..JobFilter::default() }).await.unwrap();
+    let waiting: Vec<_> = pending.iter().filter(|job| job.waiting_for > 0 || job.run_at == WAITING_RUN_AT).collect();
+    assert!(waiting.is_empty(), "children left waiting for a completed parent: {waiting:?}");
+    assert_eq!(t.claim("default", "w1", LEASE, 1_000).await.unwrap().len(), PROCESSES * CHILDREN);
+    t.assert_counts_exact().await;
+}
+
+async fn copied_jobs_keep_their_parents(t: TestStore) {
+    active_worker(&t, "w1").await;
+    let parents = t.store.enqueue_all(&[job("default", 0), job("default", 0)]).await.unwrap();
+    let child = t.store.enqueue_all(&[child_of(&[&parents[0], &parents[1]])]).await.unwrap().remove(0);
+    let first = claim_one(&t, "w1").await.unwrap();
+    t.complete(&first, "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+
+    let copy = if t.config.is_server() { TestStore::postgres().await } else { TestStore::sqlite().await };
+    assert_eq!(t.store.copy_to(&copy.store, false).await.unwrap(), 3);
+    let copied = detail(&copy, &child).await;
+    assert_eq!(copied.job.waiting_for, 1);
+    assert_eq!(
+        linked(&copied.parents),
+        [(parents[0].as_str(), JobStatus::Completed), (parents[1].as_str(), JobStatus::Pending)]
+    );
+    copy.store
+        .activate_worker(&NewWorker {
+            id: "w1".into(),
+            pool: "default".into(),
+            host: None,
+            pid: None,
+            following: false,
+        })
+        .await
+        .unwrap();
+    let last = claim_one(&copy, "w1").await.unwrap();
+    assert_eq!(last.id, parents[1]);
+    copy.complete(&last, "{}", &AttemptReport::of(OutcomeKind::Ok)).await.unwrap();
+    assert_eq!(claim_one(&copy, "w1").await.unwrap().id, child, "the copy's parent releases the copied child");
 }

@@ -187,12 +187,34 @@ pub(super) fn paused_pool(row: &Row) -> Result<PausedPool> {
     Ok(PausedPool { pool: row.value(0)?, paused_at: row.value(1)?, reason: row.value(2)? })
 }
 
+/// Before jobs that wait for others are linked to them: locks their parents (`$1`, ids) in
+/// `seq` order, flags each as having dependents, and returns each one's status. The lock
+/// holds until the enqueue commits, so no parent finishes between this read and its
+/// children's links: a parent finishing first is read finished, one finishing later fires
+/// its trigger (schema version 12) over the committed links.
+const LOCK_PARENTS: &str = "WITH locked AS (SELECT seq FROM jobs WHERE id = ANY($1) ORDER BY seq FOR NO KEY UPDATE)
+     UPDATE jobs j SET has_dependents = true FROM locked WHERE j.seq = locked.seq RETURNING j.id, j.status";
+
+/// Links jobs just inserted (`$1`, ids) to their parents (`$2`, ids, one pair per link), and
+/// holds back (`run_at` = `$3`) each one with a parent not completed, counting those
+/// parents. A job not inserted (its unique key was held) is passed over.
+const LINK_PARENTS: &str = "WITH e AS (SELECT * FROM unnest($1::text[], $2::text[]) AS e(child, parent)),
+     linked AS (
+       INSERT INTO job_parents (parent_seq, child_seq)
+       SELECT p.seq, c.seq FROM e JOIN jobs c ON c.id = e.child JOIN jobs p ON p.id = e.parent)
+     UPDATE jobs c SET parents_left = w.left, run_at = $3
+       FROM (SELECT e.child, count(*) AS left FROM e JOIN jobs p ON p.id = e.parent
+              WHERE p.status <> 'completed' GROUP BY e.child) w
+      WHERE c.id = w.child";
+
 /// The statements an enqueue uses: [`ENQUEUE`], prepared on the connection, and those for
-/// jobs with unique keys, prepared when the first such job comes.
+/// jobs with unique keys or parents, prepared when the first such job comes.
 pub(super) struct EnqueueStatements {
     pub(super) enqueue: Statement,
     /// [`RELEASE_KEYS`] and [`MATCH_HOLDERS`].
     pub(super) keyed: Option<[Statement; 2]>,
+    /// [`LOCK_PARENTS`] and [`LINK_PARENTS`].
+    pub(super) linking: Option<[Statement; 2]>,
 }
 
 impl EnqueueStatements {
@@ -201,6 +223,13 @@ impl EnqueueStatements {
             self.keyed = Some([client.prepare(RELEASE_KEYS).await?, client.prepare(MATCH_HOLDERS).await?]);
         }
         Ok(self.keyed.as_ref().expect("prepared above"))
+    }
+
+    async fn linking(&mut self, client: &impl GenericClient) -> Result<&[Statement; 2]> {
+        if self.linking.is_none() {
+            self.linking = Some([client.prepare(LOCK_PARENTS).await?, client.prepare(LINK_PARENTS).await?]);
+        }
+        Ok(self.linking.as_ref().expect("prepared above"))
     }
 }
 
@@ -217,7 +246,8 @@ pub(super) async fn enqueue(
 ) -> Result<EnqueueReport> {
     let first = next_chunk(jobs)?;
     let keyed = |chunk: &[NewJob]| chunk.iter().any(|job| job.unique.is_some());
-    if first.len() < CHUNK && !keyed(&first) {
+    let waiting = |chunk: &[NewJob]| chunk.iter().any(|job| !job.after.is_empty());
+    if first.len() < CHUNK && !keyed(&first) && !waiting(&first) {
         insert_chunk(&*client, &statements.enqueue, &first, now).await?;
         return Ok(EnqueueReport { queued: first.len() as u64, matched: Vec::new() });
     }
@@ -232,6 +262,9 @@ pub(super) async fn enqueue(
             insert_chunk(&tx, &statements.enqueue, &chunk, now).await?;
             Vec::new()
         };
+        if waiting(&chunk) {
+            link_parents(&tx, statements, &chunk).await?;
+        }
         report.queued += (chunk.len() - matched.len()) as u64;
         report.matched.extend(matched.into_iter().map(|matched| Matched { index: offset + matched.index, ..matched }));
         offset += chunk.len() as u64;
@@ -239,6 +272,26 @@ pub(super) async fn enqueue(
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Makes the jobs of `chunk` that were inserted wait for their parents, in the caller's
+/// transaction; a parent that does not exist or will never complete refuses them all.
+async fn link_parents(tx: &Transaction<'_>, statements: &mut EnqueueStatements, chunk: &[NewJob]) -> Result<()> {
+    let [lock, link] = statements.linking(tx).await?.clone();
+    let (children, parents): (Vec<&str>, Vec<&str>) =
+        chunk.iter().flat_map(|job| job.after.iter().map(|parent| (job.id.as_str(), parent.as_str()))).unzip();
+    let mut distinct = parents.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut statuses = std::collections::HashMap::new();
+    for row in tx.query(&lock, &[&distinct]).await? {
+        statuses.insert(row.value::<String>(0)?, name_at::<JobStatus>(&row, 1)?);
+    }
+    if let Some(why) = distinct.iter().find_map(|parent| parent_refusal(parent, statuses.get(*parent).copied())) {
+        return Err(StoreError::new(ErrorKind::Refused, why));
+    }
+    tx.execute(&link, &[&children, &parents, &WAITING_RUN_AT]).await?;
+    Ok(())
 }
 
 /// Up to [`CHUNK`] jobs; fewer only when `jobs` has no more. A refused job is the error.
@@ -702,7 +755,7 @@ pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> 
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
      j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq, \
-     j.unique_key";
+     j.unique_key, j.parents_left";
 
 /// A state stored by its name (see [`StoredName`]); a name this jobhost does not know fails
 /// the read, naming it.
@@ -738,6 +791,7 @@ fn summary_from_row(row: &Row) -> Result<JobSummary> {
         updated_at: row.value(13)?,
         finished_at: row.value(14)?,
         unique_key: row.value(16)?,
+        waiting_for: clamp_count(row.value(17)?),
     })
 }
 
@@ -796,18 +850,31 @@ fn attempt_from_row(row: &Row) -> Result<(i64, AttemptRecord)> {
     Ok((row.value(10)?, record))
 }
 
-/// The jobs of `ids` that exist, with their latest attempts: two statements however many ids
-/// and attempts.
+/// Every parent of each job of `$1` (by `seq`; a job has at most [`MAX_PARENTS`]), and its
+/// first `$2` children, each with how many it has in all.
+pub(super) const LINKS: &str = "SELECT d.child_seq, true, p.id, p.status, 0::bigint
+       FROM job_parents d JOIN jobs p ON p.seq = d.parent_seq
+      WHERE d.child_seq = ANY($1)
+     UNION ALL
+     SELECT wanted.seq, false, c.id, c.status, total.n
+       FROM unnest($1::bigint[]) AS wanted (seq)
+      CROSS JOIN LATERAL (SELECT count(*) AS n FROM job_parents d WHERE d.parent_seq = wanted.seq) total
+      CROSS JOIN LATERAL (SELECT d.child_seq FROM job_parents d WHERE d.parent_seq = wanted.seq
+                           ORDER BY d.child_seq LIMIT $2) shown
+       JOIN jobs c ON c.seq = shown.child_seq
+     ORDER BY 1, 2, 3";
+
+/// The jobs of `ids` that exist, with their latest attempts and their links: three
+/// statements however many ids and attempts.
 pub(super) async fn jobs(
     client: &Client,
-    jobs: &Statement,
-    histories: &Statement,
+    [jobs, histories, links]: &[Statement; 3],
     ids: &[&str],
 ) -> Result<Vec<JobDetail>> {
     let rows = client.query(jobs, &[&ids]).await?;
     let found = rows
         .iter()
-        .map(|row| Ok((summary_from_row(row)?, row.value::<String>(17)?, row.value::<Option<String>>(18)?)))
+        .map(|row| Ok((summary_from_row(row)?, row.value::<String>(18)?, row.value::<Option<String>>(19)?)))
         .collect::<Result<Vec<_>>>()?;
     let seqs: Vec<i64> = found.iter().map(|(job, _, _)| job.seq).collect();
     let attempts = client
@@ -816,7 +883,29 @@ pub(super) async fn jobs(
         .iter()
         .map(attempt_from_row)
         .collect::<Result<Vec<_>>>()?;
-    Ok(JobDetail::join(found, attempts))
+    let links = client
+        .query(links, &[&seqs, &i64::from(SHOWN_CHILDREN)])
+        .await?
+        .iter()
+        .map(|row| {
+            let link = JobLink { id: row.value(2)?, status: name_at(row, 3)? };
+            Ok((row.value(0)?, row.value(1)?, link, row.value::<i64>(4)?.max(0) as u64))
+        })
+        .collect::<Result<Vec<LinkRow>>>()?;
+    Ok(JobDetail::join(found, attempts, links))
+}
+
+pub(super) async fn parent_results(client: &Client, children: &[i64]) -> Result<Vec<ParentResult>> {
+    client
+        .query(
+            "SELECT d.child_seq, p.id, p.result FROM job_parents d JOIN jobs p ON p.seq = d.parent_seq
+              WHERE d.child_seq = ANY($1)",
+            &[&children],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok(ParentResult { child_seq: row.value(0)?, parent_id: row.value(1)?, result: row.value(2)? }))
+        .collect()
 }
 
 /// One page of job `id`'s attempts, newest first; `None` when there is no such job.
@@ -904,11 +993,12 @@ fn claimed_job(row: &Row, first: usize, seq: i64, worker_id: &str, token: i64) -
 }
 
 /// As on SQLite: the fresh attempts are counted on top of the used ones, up to the ceiling
-/// (`$2`); the time is `$1`.
+/// (`$2`), and a job with a parent that has not completed waits for it again; the time is `$1`.
 fn retry_update(filter: &str) -> String {
     format!(
         "UPDATE jobs j
-            SET status = 'pending', run_at = t.now, max_attempts = least(j.attempts + j.max_attempts, $2),
+            SET status = 'pending', run_at = CASE WHEN j.parents_left > 0 THEN {WAITING_RUN_AT} ELSE t.now END,
+                max_attempts = least(j.attempts + j.max_attempts, $2),
                 worker_id = NULL, claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL,
                 updated_at = t.now
            FROM (SELECT {NOW} AS now) t
@@ -996,7 +1086,7 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
         .query(
             "SELECT seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
                     claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at,
-                    unique_key
+                    unique_key, parents_left
                FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2",
             &[&after, &i64::from(limit)],
         )
@@ -1023,6 +1113,8 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             updated_at: row.value(16)?,
             finished_at: row.value(17)?,
             unique_key: row.value(18)?,
+            waiting_for: clamp_count(row.value(19)?),
+            parents: Vec::new(),
             history: Vec::new(),
         });
     }
@@ -1050,8 +1142,20 @@ pub(super) async fn export(client: &Client, after: i64, limit: u32) -> Result<Ve
             processor_sha256: row.value(10)?,
         });
     }
+    let parents = client
+        .query(
+            "SELECT d.child_seq, p.id FROM job_parents d JOIN jobs p ON p.seq = d.parent_seq
+              WHERE d.child_seq = ANY($1) ORDER BY d.child_seq, d.parent_seq",
+            &[&seqs],
+        )
+        .await?;
+    let mut parents_of: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+    for row in &parents {
+        parents_of.entry(row.value(0)?).or_default().push(row.value(1)?);
+    }
     for job in &mut jobs {
         job.history = by_seq.remove(&job.seq).unwrap_or_default();
+        job.parents = parents_of.remove(&job.seq).unwrap_or_default();
     }
     Ok(jobs)
 }
@@ -1061,8 +1165,8 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
         .prepare(
             "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
                                worker_id, claim_token, lease_expires_at, result, last_error, created_at, updated_at,
-                               finished_at, unique_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                               finished_at, unique_key, parents_left)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
              RETURNING seq",
         )
         .await?;
@@ -1097,11 +1201,21 @@ pub(super) async fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result
                     &job.updated_at,
                     &job.finished_at,
                     &job.unique_key,
+                    &i64::from(job.waiting_for),
                 ],
             )
             .await?
             .value(0)?;
         seqs.push(seq);
+        if !job.parents.is_empty() {
+            // Parents come first in `seq` order, so each is here already, unless it was not kept.
+            tx.execute(
+                "WITH parent AS (UPDATE jobs SET has_dependents = true WHERE id = ANY($1) RETURNING seq)
+                 INSERT INTO job_parents (parent_seq, child_seq) SELECT seq, $2 FROM parent",
+                &[&job.parents, &seq],
+            )
+            .await?;
+        }
         for attempt in &job.history {
             tx.execute(
                 &insert_attempt,

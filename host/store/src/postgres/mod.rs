@@ -237,7 +237,8 @@ impl Driver for PostgresDriver {
         now: Now,
     ) -> Result<EnqueueReport> {
         let mut link = self.connections.link().await?;
-        let mut statements = jobs::EnqueueStatements { enqueue: link.prepare(jobs::ENQUEUE).await?, keyed: None };
+        let mut statements =
+            jobs::EnqueueStatements { enqueue: link.prepare(jobs::ENQUEUE).await?, keyed: None, linking: None };
         let report = jobs::enqueue(&mut link.client, &mut statements, jobs, now).await?;
         let queued = report.queued;
         // Until autovacuum first analyses a freshly filled table, the planner believes it
@@ -289,8 +290,14 @@ impl Driver for PostgresDriver {
 
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
         let mut link = self.connections.link().await?;
-        let (jobs, histories) = (link.prepare(&jobs::JOBS).await?, link.prepare(jobs::HISTORIES).await?);
-        jobs::jobs(&link.client, &jobs, &histories, ids).await
+        let statements =
+            [link.prepare(&jobs::JOBS).await?, link.prepare(jobs::HISTORIES).await?, link.prepare(jobs::LINKS).await?];
+        jobs::jobs(&link.client, &statements, ids).await
+    }
+
+    async fn parent_results(&self, children: &[i64]) -> Result<Vec<ParentResult>> {
+        let link = self.connections.link().await?;
+        jobs::parent_results(&link.client, children).await
     }
 
     async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {

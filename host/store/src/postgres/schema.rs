@@ -431,12 +431,57 @@ const MIGRATIONS: &[&str] = &[
         END IF;
     END $$;
 "#,
+    // 12: jobs that wait for other jobs (`seed --after`). A waiting job is pending with its
+    // `run_at` at the end of time and counts its parents not yet completed in
+    // `parents_left`; a parent flagged `has_dependents` settles its children from the
+    // trigger below, in the statement that finishes it: its completion counts down each
+    // child and makes the last one waiting ready (the update wakes that pool's workers, as
+    // every update leaving jobs pending does), and its poisoning or cancelling cancels the
+    // children still pending, naming it, which fires the trigger for theirs in turn. The
+    // children are locked in `seq` order first, so parents finishing at once never wait for
+    // each other in a cycle. Enqueuers lock the parents (see `jobs::LINK_PARENTS`), so a
+    // parent cannot finish between the enqueuer reading it and linking its child.
+    r#"
+    ALTER TABLE jobs ADD COLUMN parents_left bigint NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+    CREATE TABLE job_parents (
+        parent_seq bigint NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+        child_seq  bigint NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+        PRIMARY KEY (parent_seq, child_seq)
+    );
+    CREATE INDEX job_parents_by_child ON job_parents (child_seq, parent_seq);
+
+    CREATE FUNCTION settle_dependents() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        PERFORM 1 FROM jobs
+         WHERE seq IN (SELECT child_seq FROM job_parents WHERE parent_seq = NEW.seq)
+         ORDER BY seq FOR NO KEY UPDATE;
+        IF NEW.status = 'completed' THEN
+            UPDATE jobs
+               SET parents_left = parents_left - 1,
+                   run_at = CASE WHEN parents_left = 1 AND status = 'pending' THEN NEW.updated_at ELSE run_at END,
+                   updated_at = NEW.updated_at
+             WHERE seq IN (SELECT child_seq FROM job_parents WHERE parent_seq = NEW.seq);
+        ELSE
+            UPDATE jobs
+               SET status = 'cancelled', finished_at = NEW.updated_at, updated_at = NEW.updated_at,
+                   last_error = left('job ' || NEW.id || ', which it waits for, was ' || NEW.status
+                                     || coalesce(': ' || NEW.last_error, ''), 2000)
+             WHERE seq IN (SELECT child_seq FROM job_parents WHERE parent_seq = NEW.seq) AND status = 'pending';
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER settle_dependents AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN (NEW.has_dependents AND OLD.status IS DISTINCT FROM NEW.status
+              AND NEW.status IN ('completed', 'poisoned', 'cancelled'))
+        EXECUTE FUNCTION settle_dependents();
+"#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Tables whose presence without a marker means the schema is someone else's.
-const OUR_TABLES: [&str; 10] = [
+const OUR_TABLES: [&str; 11] = [
     "jobs",
     "attempts",
     "workers",
@@ -446,6 +491,7 @@ const OUR_TABLES: [&str; 10] = [
     "schedule_runs",
     "paused_pools",
     "flow_starts",
+    "job_parents",
     "jobhost_schema",
 ];
 
@@ -550,7 +596,7 @@ mod tests {
         let schema = &config.schema;
         // Version 2 as it was: no attempt named the code it ran, no schedules, no index of
         // finished jobs, no following workers, inserted jobs counted by a trigger, no unique
-        // keys or enqueue function, and no paused pools.
+        // keys or enqueue function, no paused pools or flow limits, and no jobs waiting for others.
         client
             .batch_execute(&format!(
                 "CREATE FUNCTION {schema}.job_count_deltas_insert() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -560,7 +606,10 @@ mod tests {
                  END $$;
                  CREATE TRIGGER job_count_deltas_insert AFTER INSERT ON {schema}.jobs REFERENCING NEW TABLE AS new_jobs
                      FOR EACH STATEMENT EXECUTE FUNCTION {schema}.job_count_deltas_insert();
-                 DROP FUNCTION {schema}.flow_claim;
+                 DROP TRIGGER settle_dependents ON {schema}.jobs;
+                 DROP FUNCTION {schema}.settle_dependents, {schema}.flow_claim;
+                 DROP TABLE {schema}.job_parents;
+                 ALTER TABLE {schema}.jobs DROP COLUMN parents_left, DROP COLUMN has_dependents;
                  DROP TABLE {schema}.schedule_runs, {schema}.schedules, {schema}.paused_pools, {schema}.flow_starts;
                  DROP INDEX {schema}.jobs_finished, {schema}.jobs_claimed_by_processor;
                  ALTER TABLE {schema}.workers DROP COLUMN following;
@@ -597,6 +646,7 @@ mod tests {
             max_attempts: 3,
             ready: crate::Ready::After(std::time::Duration::ZERO),
             unique: None,
+            after: Vec::new(),
         };
         store.enqueue_all(&[job]).await.unwrap();
         let jobs = store.status(None).await.unwrap().jobs;

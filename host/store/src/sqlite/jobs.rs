@@ -60,6 +60,9 @@ pub(super) fn enqueue(
                 report.matched.push(Matched { index: index as u64, id, outcome });
             }
             _ => {
+                if !job.after.is_empty() {
+                    wait_for_parents(tx, &job)?;
+                }
                 tally.enqueued(&job.pool, &job.processor);
                 report.queued += 1;
             }
@@ -67,6 +70,35 @@ pub(super) fn enqueue(
     }
     record(tx, &tally, now)?;
     Ok(report)
+}
+
+/// Makes `job`, just inserted, wait for its parents: links it to each, flags each as having
+/// dependents (so its triggers settle the job; see schema version 12), and holds the job
+/// back while any has not completed. A parent that does not exist or will never complete
+/// refuses the job. The write lock keeps every parent as it was read until the commit.
+fn wait_for_parents(tx: &Transaction<'_>, job: &NewJob) -> Result<()> {
+    let mut flag = tx.prepare_cached("UPDATE jobs SET has_dependents = 1 WHERE id = ?1 RETURNING seq, status")?;
+    let mut link =
+        tx.prepare_cached("INSERT INTO job_parents (parent_seq, child_seq) SELECT ?1, seq FROM jobs WHERE id = ?2")?;
+    let mut left = 0;
+    for parent in &job.after {
+        let found: Option<(i64, JobStatus)> =
+            flag.query_row([parent], |row| Ok((row.get(0)?, name_at(row, 1)?))).optional()?;
+        if let Some(why) = parent_refusal(parent, found.map(|(_, status)| status)) {
+            return Err(StoreError::new(ErrorKind::Refused, why));
+        }
+        let (seq, status) = found.expect("a missing parent is refused above");
+        left += u32::from(status != JobStatus::Completed);
+        link.execute(params![seq, job.id])?;
+    }
+    if left > 0 {
+        tx.prepare_cached("UPDATE jobs SET parents_left = ?1, run_at = ?2 WHERE id = ?3")?.execute(params![
+            left,
+            WAITING_RUN_AT,
+            job.id
+        ])?;
+    }
+    Ok(())
 }
 
 /// Frees `unique.key` in `pool` if the job holding it no longer does (see [`Unique`]): it
@@ -401,7 +433,7 @@ pub(super) fn abandoned(conn: &Connection, pool: Option<&str>, now: Millis) -> R
 
 const SUMMARY_COLUMNS: &str = "j.id, j.pool, j.processor, j.status, j.priority, j.attempts, j.max_attempts, \
      j.run_at, j.worker_id, w.host, j.lease_expires_at, j.last_error, j.created_at, j.updated_at, j.finished_at, j.seq, \
-     j.unique_key";
+     j.unique_key, j.parents_left";
 
 /// A count column read at the width SQLite stores (64 bits) and clamped into `u32`.
 fn count_at(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
@@ -448,6 +480,7 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
         updated_at: row.get(13)?,
         finished_at: row.get(14)?,
         unique_key: row.get(16)?,
+        waiting_for: count_at(row, 17)?,
     })
 }
 
@@ -484,7 +517,7 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
                FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id
               WHERE j.id IN (SELECT value FROM json_each(?1))"
         ))?
-        .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(17)?, row.get(18)?)))?
+        .query_map([ids], |row| Ok((summary_from_row(row)?, row.get::<_, String>(18)?, row.get(19)?)))?
         .collect::<rusqlite::Result<Vec<(JobSummary, String, Option<String>)>>>()?;
     let seqs = serde_json::to_string(&found.iter().map(|(job, _, _)| job.seq).collect::<Vec<_>>()).expect("numbers");
     // Each job's first attempt to show is found by one short walk down its end of the
@@ -502,7 +535,43 @@ pub(super) fn jobs(conn: &Connection, ids: &[&str]) -> Result<Vec<JobDetail>> {
     ))?;
     let attempts =
         history.query_map(params![seqs, RECENT_ATTEMPTS], attempt_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(JobDetail::join(found, attempts))
+    // Every parent (a job has at most MAX_PARENTS), and the first children of each job.
+    let links = conn
+        .prepare_cached(
+            "SELECT d.child_seq, true, p.id, p.status, 0
+               FROM job_parents d JOIN jobs p ON p.seq = d.parent_seq
+              WHERE d.child_seq IN (SELECT value FROM json_each(?1))
+             UNION ALL
+             SELECT parent_seq, false, id, status, total
+               FROM (SELECT d.parent_seq, c.id, c.status,
+                            row_number() OVER (PARTITION BY d.parent_seq ORDER BY d.child_seq) AS place,
+                            count(*) OVER (PARTITION BY d.parent_seq) AS total
+                       FROM job_parents d JOIN jobs c ON c.seq = d.child_seq
+                      WHERE d.parent_seq IN (SELECT value FROM json_each(?1)))
+              WHERE place <= ?2
+             ORDER BY 1, 2, 3",
+        )?
+        .query_map(params![seqs, SHOWN_CHILDREN], |row| {
+            let link = JobLink { id: row.get(2)?, status: name_at(row, 3)? };
+            Ok((row.get(0)?, row.get(1)?, link, row.get::<_, i64>(4)?.max(0) as u64))
+        })?
+        .collect::<rusqlite::Result<Vec<LinkRow>>>()?;
+    Ok(JobDetail::join(found, attempts, links))
+}
+
+pub(super) fn parent_results(conn: &Connection, children: &[i64]) -> Result<Vec<ParentResult>> {
+    let children = serde_json::to_string(children).expect("numbers serialize");
+    let results = conn
+        .prepare_cached(
+            "SELECT d.child_seq, p.id, p.result
+               FROM job_parents d JOIN jobs p ON p.seq = d.parent_seq
+              WHERE d.child_seq IN (SELECT value FROM json_each(?1))",
+        )?
+        .query_map([children], |row| {
+            Ok(ParentResult { child_seq: row.get(0)?, parent_id: row.get(1)?, result: row.get(2)? })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(results)
 }
 
 /// One page of job `id`'s attempts, newest first; `None` when there is no such job.
@@ -581,15 +650,17 @@ pub(super) fn claims_held_by(conn: &Connection, worker_id: &str) -> Result<Vec<C
 }
 
 /// The attempt numbers already used stay in the history, so the fresh attempts are counted
-/// on top of them: `max_attempts` grows by its old value, up to [`ATTEMPTS_CEILING`].
+/// on top of them: `max_attempts` grows by its old value, up to [`ATTEMPTS_CEILING`]. A job
+/// with a parent that has not completed waits for it again.
 const RETRY_UPDATE: &str = "UPDATE jobs AS j
-    SET status = 'pending', run_at = :now, max_attempts = min(attempts + max_attempts, :ceiling), worker_id = NULL,
+    SET status = 'pending', run_at = CASE WHEN parents_left > 0 THEN :waiting ELSE :now END, max_attempts = min(attempts + max_attempts, :ceiling), worker_id = NULL,
         claim_token = NULL, lease_expires_at = NULL, result = NULL, finished_at = NULL, updated_at = :now
   WHERE j.status IN ('poisoned', 'cancelled') AND j.attempts < :ceiling";
 
 pub(super) fn retry(conn: &Connection, id: &str, now: Millis) -> Result<IdAnswer> {
     let changed = conn.prepare_cached(&format!("{RETRY_UPDATE} AND j.id = :id"))?.execute(named_params! {
         ":now": now,
+        ":waiting": WAITING_RUN_AT,
         ":ceiling": ATTEMPTS_CEILING,
         ":id": id,
     })?;
@@ -599,7 +670,7 @@ pub(super) fn retry(conn: &Connection, id: &str, now: Millis) -> Result<IdAnswer
 pub(super) fn retry_matching(conn: &Connection, matching: &JobMatch<'_>, now: Millis) -> Result<u64> {
     let status = matching.status.map(JobStatus::as_str);
     let mut params = match_params(matching, &status).to_vec();
-    params.extend([(":now", &now as &dyn ToSql), (":ceiling", &ATTEMPTS_CEILING)]);
+    params.extend([(":now", &now as &dyn ToSql), (":waiting", &WAITING_RUN_AT), (":ceiling", &ATTEMPTS_CEILING)]);
     let changed = conn.prepare_cached(&format!("{RETRY_UPDATE} AND {MATCHING}"))?.execute(params.as_slice())?;
     Ok(changed as u64)
 }
@@ -689,7 +760,7 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
         .prepare_cached(
             "SELECT seq, id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
                     claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at,
-                    unique_key
+                    unique_key, parents_left
                FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?
         .query_map(params![after, limit], |row| {
@@ -713,6 +784,8 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
                 updated_at: row.get(16)?,
                 finished_at: row.get(17)?,
                 unique_key: row.get(18)?,
+                waiting_for: count_at(row, 19)?,
+                parents: Vec::new(),
                 history: Vec::new(),
             })
         })?
@@ -722,7 +795,11 @@ pub(super) fn export(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Ex
                 processor_sha256
            FROM attempts WHERE job_seq = ?1 ORDER BY attempt",
     )?;
+    let mut parents = conn.prepare_cached(
+        "SELECT p.id FROM job_parents d JOIN jobs p ON p.seq = d.parent_seq WHERE d.child_seq = ?1 ORDER BY p.seq",
+    )?;
     for job in &mut jobs {
+        job.parents = parents.query_map([job.seq], |row| row.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
         job.history = history
             .query_map([job.seq], |row| {
                 Ok(ExportedAttempt {
@@ -747,10 +824,13 @@ pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
     let mut insert_job = tx.prepare_cached(
         "INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts, worker_id,
                            claim_token, lease_expires_at, result, last_error, created_at, updated_at, finished_at,
-                           unique_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                           unique_key, parents_left)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
          RETURNING seq",
     )?;
+    // Parents come first in `seq` order, so each is here already, unless it was not kept.
+    let mut flag = tx.prepare_cached("UPDATE jobs SET has_dependents = 1 WHERE id = ?1 RETURNING seq")?;
+    let mut link = tx.prepare_cached("INSERT INTO job_parents (parent_seq, child_seq) VALUES (?1, ?2)")?;
     let mut insert_attempt = tx.prepare_cached(
         "INSERT INTO attempts (job_seq, attempt, worker_id, started_at, finished_at, outcome, message, stderr,
                                fuel_used, duration_ms, processor_sha256)
@@ -776,10 +856,16 @@ pub(super) fn import(tx: &Transaction<'_>, jobs: &[ExportedJob]) -> Result<()> {
                 job.created_at,
                 job.updated_at,
                 job.finished_at,
-                job.unique_key
+                job.unique_key,
+                job.waiting_for
             ],
             |row| row.get(0),
         )?;
+        for parent in &job.parents {
+            if let Some(parent_seq) = flag.query_row([parent], |row| row.get::<_, i64>(0)).optional()? {
+                link.execute(params![parent_seq, seq])?;
+            }
+        }
         for attempt in &job.history {
             insert_attempt.execute(params![
                 seq,

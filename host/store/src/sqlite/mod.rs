@@ -218,6 +218,9 @@ fn configure(conn: &Connection, config: &DatabaseConfig) -> Result<()> {
     }
     conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // A cancelled job cancels the jobs waiting for it from a trigger (schema version 12),
+    // whose update must fire the same trigger for their own waiting jobs.
+    conn.pragma_update(None, "recursive_triggers", true)?;
     // Checkpoint every ~16 MiB of WAL rather than SQLite's 4 MiB: a checkpoint costs two
     // fsyncs and rewrites the hot pages, and busy workers trigger them constantly.
     conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
@@ -339,6 +342,10 @@ impl Driver for SqliteDriver {
 
     async fn jobs(&self, ids: &[&str]) -> Result<Vec<JobDetail>> {
         self.read(|conn| jobs::jobs(conn, ids))
+    }
+
+    async fn parent_results(&self, children: &[i64]) -> Result<Vec<ParentResult>> {
+        self.read(|conn| jobs::parent_results(conn, children))
     }
 
     async fn attempts(&self, id: &str, page: &AttemptPage) -> Result<Option<Vec<AttemptRecord>>> {

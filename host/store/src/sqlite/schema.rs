@@ -178,6 +178,41 @@ const MIGRATIONS: &[&str] = &[
     -- reading the others'.
     CREATE INDEX jobs_claimed_by_processor ON jobs (processor) WHERE status = 'claimed';
     "#,
+    // 12: jobs that wait for other jobs (`seed --after`). A waiting job is pending with its
+    // `run_at` at the end of time and counts its parents not yet completed in
+    // `parents_left`; a parent flagged `has_dependents` settles its children from these
+    // triggers, in the statement that finishes it: its completion counts down each child and
+    // makes the last one waiting ready, and its poisoning or cancelling cancels the children
+    // still pending, naming it, which cancels theirs in turn (the connection sets
+    // `recursive_triggers`). Jobs without children pay one test of the flag.
+    r#"
+    ALTER TABLE jobs ADD COLUMN parents_left INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN has_dependents INTEGER NOT NULL DEFAULT 0 CHECK (has_dependents IN (0, 1));
+    CREATE TABLE job_parents (
+        parent_seq INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+        child_seq  INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+        PRIMARY KEY (parent_seq, child_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_parents_by_child ON job_parents (child_seq, parent_seq);
+    CREATE TRIGGER release_dependents AFTER UPDATE OF status ON jobs
+        WHEN NEW.has_dependents AND NEW.status = 'completed' AND OLD.status IS NOT 'completed'
+    BEGIN
+        UPDATE jobs
+           SET parents_left = parents_left - 1,
+               run_at = CASE WHEN parents_left = 1 AND status = 'pending' THEN NEW.updated_at ELSE run_at END,
+               updated_at = NEW.updated_at
+         WHERE seq IN (SELECT child_seq FROM job_parents WHERE parent_seq = NEW.seq);
+    END;
+    CREATE TRIGGER cancel_dependents AFTER UPDATE OF status ON jobs
+        WHEN NEW.has_dependents AND NEW.status IN ('poisoned', 'cancelled') AND OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE jobs
+           SET status = 'cancelled', finished_at = NEW.updated_at, updated_at = NEW.updated_at,
+               last_error = substr('job ' || NEW.id || ', which it waits for, was ' || NEW.status
+                                   || coalesce(': ' || NEW.last_error, ''), 1, 2000)
+         WHERE seq IN (SELECT child_seq FROM job_parents WHERE parent_seq = NEW.seq) AND status = 'pending';
+    END;
+    "#,
 ];
 
 pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -243,6 +278,7 @@ mod tests {
             max_attempts: 3,
             ready: Ready::After(Duration::ZERO),
             unique: None,
+            after: Vec::new(),
         }
     }
 
