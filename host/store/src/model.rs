@@ -732,7 +732,37 @@ impl AttemptRecord {
     }
 }
 
+/// When a job runs, as people are told: its `run_at`, unless it waits for other jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunTime {
+    At(Millis),
+    /// When this many more of the jobs it waits for complete.
+    AfterParents(u32),
+    /// Never: it was cancelled while it waited for other jobs, so it has no time.
+    Never,
+}
+
+impl RunTime {
+    /// The time as people read it, with `format_time` writing an instant.
+    pub fn describe(self, format_time: impl Fn(Millis) -> String) -> String {
+        match self {
+            RunTime::At(at) => format_time(at),
+            RunTime::AfterParents(left) => format!("when {left} more of the jobs it waits for complete"),
+            RunTime::Never => "-".to_owned(),
+        }
+    }
+}
+
 impl JobSummary {
+    /// When the job runs (or ran): see [`RunTime`].
+    pub fn run_time(&self) -> RunTime {
+        match (self.status, self.waiting_for, self.run_at) {
+            (JobStatus::Pending, left @ 1.., _) => RunTime::AfterParents(left),
+            (_, _, WAITING_RUN_AT) => RunTime::Never,
+            (_, _, at) => RunTime::At(at),
+        }
+    }
+
     /// Where a listing that ended with this job goes on.
     pub fn cursor(&self) -> Cursor {
         Cursor(self.seq)

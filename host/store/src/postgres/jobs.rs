@@ -449,7 +449,7 @@ pub(super) const TURN: &str = concat!(
               updated_at = t.now
          FROM s, t
         WHERE j.seq = s.seq AND j.status = 'claimed' AND j.worker_id = s.worker_id AND j.claim_token = s.token
-       RETURNING j.seq, j.run_at, j.pool, j.processor),
+       RETURNING j.seq, j.run_at, j.pool, j.processor, j.has_dependents AND j.status = 'completed' AS readies),
      counted AS (
        INSERT INTO activity
        SELECT t.now / 60000, settled.pool, settled.processor, s.outcome, s.duration_bucket, s.fuel_bucket, count(*),
@@ -482,9 +482,9 @@ pub(super) const TURN: &str = concat!(
      started AS (
        INSERT INTO attempts (job_seq, attempt, worker_id, started_at)
        SELECT taken.seq, taken.attempts, $16, t.now FROM taken, t)
-     SELECT true, seq, run_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM settled
+     SELECT true, seq, run_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, readies FROM settled
      UNION ALL
-     SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority FROM taken"
+     SELECT false, seq, run_at, id, pool, processor, payload, attempts, max_attempts, priority, NULL FROM taken"
 );
 
 /// The flow key of job `j` when the `limits` row `l` (`processor`, `path` as a text array
@@ -622,13 +622,22 @@ pub(super) async fn flow_claim(
     Ok((claimed.into_iter().map(|(_, job)| job).collect(), held_back))
 }
 
+/// What a [`TURN`] did.
+pub(super) struct TurnRows {
+    pub(super) settled: Vec<Settled>,
+    pub(super) claimed: Vec<ClaimedJob>,
+    /// Whether it completed a job that others wait for: its trigger may have made them ready
+    /// after the claim read the jobs.
+    pub(super) readied: bool,
+}
+
 pub(super) async fn turn(
     client: &Client,
     statement: &Statement,
     settlements: &[Settlement<'_>],
     claim: Option<&ClaimRequest<'_>>,
     now: Now,
-) -> Result<(Vec<Settled>, Vec<ClaimedJob>)> {
+) -> Result<TurnRows> {
     let status_of = |resolution: &Resolution<'_>| match resolution {
         Resolution::Complete { .. } => "completed",
         Resolution::Retry { .. } => "pending",
@@ -696,11 +705,13 @@ pub(super) async fn turn(
 
     let mut settled_at = std::collections::HashMap::new();
     let mut claimed = Vec::new();
+    let mut readied = false;
     for row in &rows {
         let seq: i64 = row.value(1)?;
         let run_at: i64 = row.value(2)?;
         if row.value::<bool>(0)? {
             settled_at.insert(seq, run_at);
+            readied |= row.value::<bool>(10)?;
             continue;
         }
         let priority: i64 = row.value(9)?;
@@ -720,7 +731,7 @@ pub(super) async fn turn(
             (Some(&run_at), Resolution::Retry { .. }) => Settled::Retrying { run_at },
         })
         .collect();
-    Ok((settled, claimed.into_iter().map(|(_, job)| job).collect()))
+    Ok(TurnRows { settled, claimed: claimed.into_iter().map(|(_, job)| job).collect(), readied })
 }
 
 pub(super) async fn abandoned(client: &Client, pool: Option<&str>, now: Now) -> Result<Vec<Abandoned>> {

@@ -269,21 +269,23 @@ impl Driver for PostgresDriver {
                 if settlements.is_empty() {
                     return Ok(Vec::new());
                 }
-                Ok(jobs::turn(&link.client, &statement, settlements, None, now).await?.0)
+                Ok(jobs::turn(&link.client, &statement, settlements, None, now).await?.settled)
             };
             let (settled, (claimed, held_back)) =
                 tokio::try_join!(settle, jobs::flow_claim(&link.client, &flow_claim, claim, now))?;
             return Ok(Turn { settled, claimed, held_back });
         }
-        let (settled, mut claimed) = jobs::turn(&link.client, &statement, settlements, claim, now).await?;
+        let jobs::TurnRows { settled, mut claimed, readied } =
+            jobs::turn(&link.client, &statement, settlements, claim, now).await?;
         // The claim ran on the statement's snapshot, in which a job this turn sent back for
-        // an immediate retry was still claimed. Claim again rather than answer "nothing
-        // ready" while that job is; only turns that retried something pay for it.
+        // an immediate retry was still claimed, and the jobs waiting for one it completed
+        // were still waiting. Claim again rather than answer "nothing ready" while they are;
+        // only turns that retried or released something pay for it.
         if let Some(claim) = claim.filter(|claim| claimed.len() < claim.limit as usize)
-            && settled.iter().any(|settled| matches!(settled, Settled::Retrying { .. }))
+            && (readied || settled.iter().any(|settled| matches!(settled, Settled::Retrying { .. })))
         {
             let more = ClaimRequest { limit: claim.limit - claimed.len() as u32, ..*claim };
-            claimed.extend(jobs::turn(&link.client, &statement, &[], Some(&more), now).await?.1);
+            claimed.extend(jobs::turn(&link.client, &statement, &[], Some(&more), now).await?.claimed);
         }
         Ok(Turn { settled, claimed, held_back: false })
     }
