@@ -398,6 +398,21 @@ pub struct ProcessorOverrides {
     pub http: Option<HttpGrant>,
     /// Limits on its jobs across every worker (see [`crate::flow`]); none by default.
     pub flow: Option<FlowConfig>,
+    /// What its jobs read on stdin; the payload alone by default.
+    pub input: ProcessorInput,
+}
+
+/// `processors.overrides.NAME.input`: what a processor's job reads on stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessorInput {
+    /// The job's payload, exactly as it was queued.
+    #[default]
+    Payload,
+    /// `{"payload": PAYLOAD, "parents": {"ID": RESULT, …}}`: the payload beside the result of
+    /// each job it waited for (`seed --after`) that is still kept; `{}` for a job that waited
+    /// for none.
+    Envelope,
 }
 
 impl ProcessorOverrides {
@@ -675,6 +690,11 @@ impl Config {
             Some(overrides) => overrides.apply_to(self.processors.limits),
             None => self.processors.limits,
         }
+    }
+
+    /// What processor `name`'s jobs read on stdin.
+    pub fn input_for(&self, name: &str) -> ProcessorInput {
+        self.processors.overrides.get(name).map_or_else(ProcessorInput::default, |overrides| overrides.input)
     }
 
     /// The capabilities processor `name` is granted: nothing unless its override lists them.

@@ -35,6 +35,8 @@
 //! fences make its retry harmless, and the jobs it claimed are found by this worker's id and
 //! run (see [`Worker::settle`]), so none is run twice or left held.
 
+mod envelope;
+
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,14 +47,14 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use jobhost_core::config::Config;
+use jobhost_core::config::{Config, ProcessorInput};
 use jobhost_core::flow::FlowLimit;
 use jobhost_core::outcome::OutcomeKind;
 use jobhost_sandbox::processors::{self, Registry};
 use jobhost_sandbox::{JobInput, Outcome, RunReport, Sandbox};
 use jobhost_store::{
     Access, AttemptRecord, AttemptReport, ClaimRequest, ClaimedJob, ErrorKind, Fingerprint, Finished, NewWorker,
-    RetryPolicy, Settled, Store, StoreError, Wakeups, WorkerStatus,
+    ParentResult, RetryPolicy, Settled, Store, StoreError, Wakeups, WorkerStatus,
 };
 
 use crate::output::LineSink;
@@ -367,7 +369,7 @@ impl Worker {
                     }
                 }
                 claimed_total += claimed.len() as u64;
-                for job in claimed {
+                for job in self.with_parents(claimed).await? {
                     running.insert(job.seq);
                     in_flight.spawn(run_job(self.runner.clone(), job));
                 }
@@ -453,6 +455,28 @@ impl Worker {
     /// adopted here, as the claims the worker holds beyond the `running` ones: left alone,
     /// the heartbeat would renew their leases for as long as the worker lives. They are no
     /// more than the failed try asked for, so the worker never runs more than its slots.
+    /// The claimed jobs, those whose processor reads its parents' results (`input: envelope`)
+    /// with their payload wrapped with those results (see [`envelope`]): one read for all of
+    /// them, made only when there are such jobs.
+    async fn with_parents(&self, mut claimed: Vec<ClaimedJob>) -> Result<Vec<ClaimedJob>> {
+        let config = &self.runner.config;
+        let wrapped: Vec<i64> = claimed
+            .iter()
+            .filter(|job| config.input_for(&job.processor) == ProcessorInput::Envelope)
+            .map(|job| job.seq)
+            .collect();
+        if wrapped.is_empty() {
+            return Ok(claimed);
+        }
+        let results =
+            riding_out(&self.shutdown, "reading parents' results", || self.store.parent_results(&wrapped)).await?;
+        for job in claimed.iter_mut().filter(|job| wrapped.contains(&job.seq)) {
+            let parents: Vec<&ParentResult> = results.iter().filter(|result| result.child_seq == job.seq).collect();
+            job.payload = envelope::wrap(&job.payload, &parents);
+        }
+        Ok(claimed)
+    }
+
     async fn settle(&mut self, finished: Vec<FinishedRun>, want: u32, running: &HashSet<i64>) -> Result<TurnDone> {
         let messages: Vec<Option<String>> = finished.iter().map(|run| run.report.outcome.message()).collect();
         let results: Vec<Option<String>> = finished
