@@ -450,6 +450,43 @@ fn a_poisoned_job_page_shows_its_attempt_and_retry_makes_it_pending() {
 }
 
 #[test]
+fn a_waiting_job_page_links_the_job_it_waits_for_which_lists_it_as_needed() {
+    let pool = Pool::new("");
+    let seeded = |args: &[&str]| -> String {
+        let answer = pool.json(&[&["seed", "--ids"][..], args].concat());
+        answer["ids"][0].as_str().unwrap_or_else(|| panic!("seed --ids --json names the job: {answer}")).to_owned()
+    };
+    let parent = seeded(&[]);
+    let child = seeded(&["--after", &parent]);
+    let server = pool.serve(&[]);
+    let browser = Browser::start("a_waiting_job_page_links_the_job_it_waits_for_which_lists_it_as_needed");
+
+    browser.goto(&server.url(&format!("/jobs/{child}")));
+    let parent_item = format!(r#"#parents li[data-job="{parent}"]"#);
+    browser.wait_for_text(&format!("{parent_item} .status"), "pending");
+    browser.screenshot("child-waiting");
+    assert_eq!(browser.text("#job-status"), "pending", "the child is pending");
+    assert_eq!(
+        browser.text("#run-at"),
+        "when 1 more of the jobs it waits for complete",
+        "the waiting child has no time to run yet, not the end of time"
+    );
+    assert_eq!(browser.attributes("#parents li[data-job]", "data-job"), [parent.as_str()], "its one parent");
+    assert_eq!(browser.texts("#children li").len(), 0, "nothing waits for the child");
+
+    browser.click(&format!(r#"{parent_item} a[href="/jobs/{parent}"]"#));
+    browser.wait_for_path(&format!("/jobs/{parent}"));
+    let child_item = format!(r#"#children li[data-job="{child}"]"#);
+    browser.wait_for_text(&format!("{child_item} .status"), "pending");
+    browser.screenshot("parent-needed-by");
+    assert_eq!(browser.attributes("#children li[data-job]", "data-job"), [child.as_str()], "its one child");
+    assert_eq!(browser.attributes(&format!("{child_item} a"), "href"), [format!("/jobs/{child}")], "linked");
+    assert_eq!(browser.texts("#parents li").len(), 0, "the parent waits for nothing");
+    let ready = browser.text("#run-at");
+    assert!(ready.starts_with(|c: char| c.is_ascii_digit()) && ready.ends_with('Z'), "a time: {ready}");
+}
+
+#[test]
 fn bulk_retry_on_the_jobs_list_sends_only_the_selected_job_back_to_pending() {
     let (pool, poisoned) = pool_with_poisoned_jobs(2);
     let (chosen, other) = (&poisoned[0], &poisoned[1]);

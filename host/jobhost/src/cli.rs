@@ -124,6 +124,14 @@ pub struct SeedArgs {
     /// --delay, its later start), so a burst of enqueues runs once, with the last payload.
     #[arg(long, requires = "unique")]
     pub replace: bool,
+    /// Make the jobs wait for these jobs (ids, at most 100): each job becomes ready when every
+    /// one has completed, and is cancelled when one is poisoned or cancelled.
+    #[arg(long, value_name = "ID", num_args = 1.., conflicts_with = "delay")]
+    pub after: Vec<String>,
+    /// Also print each job's id in order (for a job not queued, the id of the job holding its
+    /// unique key): one per line, or as `ids` with --json. E.g. for a later --after.
+    #[arg(long)]
+    pub ids: bool,
     /// Print `{"queued": N, "pool": P, "matched": [...]}`.
     #[arg(long)]
     pub json: bool,

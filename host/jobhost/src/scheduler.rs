@@ -139,6 +139,7 @@ fn tick_job(config: &Config, name: &str) -> Result<NewJob> {
         unique_key: None,
         unique_within: None,
         replace: false,
+        after: Vec::new(),
     };
     // Processors may be installed only where the workers run, as with `seed --processor-elsewhere`.
     let rules = JobRules { processors: None, max_payload: config.jobs.max_payload.0 };
@@ -149,8 +150,9 @@ fn tick_job(config: &Config, name: &str) -> Result<NewJob> {
             JobField::Payload => "payload",
             JobField::MaxAttempts => "max_attempts",
             JobField::Schedule => "cron",
-            // A tick's job has no unique key: its tick is handled once already.
+            // A tick's job has no unique key (its tick is handled once already) and no parents.
             JobField::UniqueKey => "unique_key",
+            JobField::After => "after",
         };
         anyhow!(err.message(&format!("schedules.{name}.{key}")))
     })

@@ -67,7 +67,16 @@ pub async fn run(config: &Config, command: JobsCommand) -> Result<ExitCode> {
             }
             crate::outln!("attempts   {} of {}", job.attempts, job.max_attempts)?;
             crate::outln!("created    {}", format_time(job.created_at))?;
-            crate::outln!("run at     {}", format_time(job.run_at))?;
+            crate::outln!("run at     {}", job.run_time().describe(format_time))?;
+            for parent in &detail.parents {
+                crate::outln!("waits for  {} ({})", parent.id, parent.status.as_str())?;
+            }
+            for child in &detail.children {
+                crate::outln!("needed by  {} ({})", child.id, child.status.as_str())?;
+            }
+            if detail.children_total > detail.children.len() as u64 {
+                crate::outln!("           and {} more", detail.children_total - detail.children.len() as u64)?;
+            }
             if let Some(finished) = job.finished_at {
                 crate::outln!("finished   {}", format_time(finished))?;
             }

@@ -43,8 +43,11 @@ pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
     // The line each job came from, kept only when jobs may match others, to name them.
     let keyed = args.unique_key.is_some() || args.unique_key_from.is_some();
     let lines = Arc::new(Mutex::new(Vec::new()));
+    // Each job's id in order, kept only when asked for (`--ids`): a large seed stays flat.
+    let ids = Arc::new(Mutex::new(Vec::new()));
     let mut jobs = payloads.map({
         let lines = lines.clone();
+        let ids = ids.clone();
         let args = &args;
         move |payload| {
             let Payload { line, text } = payload?;
@@ -67,8 +70,13 @@ pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
                 unique_key,
                 unique_within: args.unique_within.map(|within| within.0),
                 replace: args.replace,
+                after: args.after.clone(),
             };
-            NewJob::new(request, &rules).map_err(|err| Refusal(refusal(&err, line, args, config)))
+            let job = NewJob::new(request, &rules).map_err(|err| Refusal(refusal(&err, line, args, config)))?;
+            if args.ids {
+                ids.lock().expect("never poisoned").push(job.id().to_owned());
+            }
+            Ok(job)
         }
     });
     // The first job shows whatever is wrong with the flags (and a first payload that breaks
@@ -78,6 +86,12 @@ pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
     let store = Store::open(&config.database, Access::CreateIfMissing).await?;
     let report = store.enqueue(first.map(Ok).into_iter().chain(jobs)).await?;
     let lines = lines.lock().expect("never poisoned");
+    let mut ids = std::mem::take(&mut *ids.lock().expect("never poisoned"));
+    for matched in &report.matched {
+        if let Some(id) = ids.get_mut(matched.index as usize) {
+            id.clone_from(&matched.id);
+        }
+    }
     let matched: Vec<MatchedJob> = report
         .matched
         .iter()
@@ -89,11 +103,17 @@ pub async fn run(config: &Config, args: SeedArgs) -> Result<ExitCode> {
         })
         .collect();
     if args.json {
-        let answer = serde_json::json!({"queued": report.queued, "pool": args.pool, "matched": matched});
+        let mut answer = serde_json::json!({"queued": report.queued, "pool": args.pool, "matched": matched});
+        if args.ids {
+            answer["ids"] = serde_json::json!(ids);
+        }
         crate::outln!("{answer}")?;
         return Ok(ExitCode::SUCCESS);
     }
     crate::outln!("queued {} job(s) in pool {}", report.queued, args.pool)?;
+    for id in &ids {
+        crate::outln!("{id}")?;
+    }
     for matched in &matched {
         let what = match matched.line {
             Some(line) => format!("line {line}"),
@@ -152,6 +172,7 @@ fn refusal(err: &InvalidJob, line: Option<usize>, args: &SeedArgs, config: &Conf
         (JobField::Schedule, ..) => "--delay".to_owned(),
         (JobField::UniqueKey, ..) if args.unique_key_from.is_some() => "the key at --unique-key-from".to_owned(),
         (JobField::UniqueKey, ..) => "--unique-key".to_owned(),
+        (JobField::After, ..) => "--after".to_owned(),
     };
     let fix = match err {
         InvalidJob::UnknownProcessor { processor, .. } => format!(

@@ -32,7 +32,7 @@ use jobhost_sandbox::Sandbox;
 use jobhost_sandbox::processors::{FolderVersion, ProcessorInfo};
 use jobhost_store::{
     AttemptCursor, AttemptPage, AttemptRecord, Cursor, EnqueueOutcome, FlowUsage, IdAnswer, InvalidJob, JobCounts,
-    JobDetail, JobField, JobFilter, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PausedPool,
+    JobDetail, JobField, JobFilter, JobLink, JobMatch, JobRequest, JobRules, JobStatus, JobSummary, NewJob, PausedPool,
     PoolSnapshot, RECENT_ATTEMPTS, ScheduleRun, StatusSnapshot, WorkerCounts, WorkerFilter, WorkerInfo, WorkerStatus,
     check_pause_reason,
 };
@@ -104,6 +104,10 @@ pub struct NewJobRequest {
     /// Debounce: a matching job still pending takes this job's payload (and, with `delay` or
     /// `run_at`, its later start). Default false.
     replace: Option<bool>,
+    /// Ids of jobs (at most 100) this job waits for: it becomes ready when every one has
+    /// completed, and is cancelled when one is poisoned or cancelled. Not with `delay` or
+    /// `run_at`.
+    after: Option<Vec<String>>,
 }
 
 /// A batch: queued in one transaction, all or nothing.
@@ -151,6 +155,11 @@ pub struct JobView {
     /// When the job has older attempts: pass as `cursor` to `GET /api/v1/jobs/{id}/attempts`
     /// to read them; `null` when `history` holds every attempt.
     pub history_cursor: Option<String>,
+    /// The jobs it waits for (`after`) that are still kept, oldest first.
+    pub parents: Vec<JobLink>,
+    /// The first 100 jobs that wait for it, oldest first; `children_total` counts them all.
+    pub children: Vec<JobLink>,
+    pub children_total: u64,
 }
 
 impl From<JobDetail> for JobView {
@@ -161,6 +170,9 @@ impl From<JobDetail> for JobView {
             result: detail.result,
             history: detail.attempt_history,
             history_cursor: detail.older_attempts.map(AttemptCursor::token),
+            parents: detail.parents,
+            children: detail.children,
+            children_total: detail.children_total,
         }
     }
 }
@@ -447,6 +459,7 @@ impl App {
             unique_key: request.unique_key,
             unique_within: request.unique_within.map(|within| within.0),
             replace: request.replace.unwrap_or(false),
+            after: request.after.unwrap_or_default(),
         };
         let rules = JobRules { processors: Some(known), max_payload: config.jobs.max_payload.0 };
         NewJob::new(request, &rules).map_err(|err| {
@@ -457,6 +470,7 @@ impl App {
                 JobField::MaxAttempts => "max_attempts",
                 JobField::Schedule => "run_at",
                 JobField::UniqueKey => "unique_key",
+                JobField::After => "after",
             });
             let fix = match &err {
                 InvalidJob::UnknownProcessor { processor, .. } => {

@@ -8,7 +8,8 @@
 //! Pages: the overview (counts, throughput over the last hour, pools, each paused or
 //! running with a button to pause or resume it, and what each flow limit runs and holds
 //! back per key), jobs (filters,
-//! pages, bulk retry and cancel), one job (payload, result, its latest attempts), its older
+//! pages, bulk retry and cancel), one job (payload, result, the jobs it waits for and those
+//! waiting for it, its latest attempts), its older
 //! attempts a page at a time, workers, processors, and schedules. Actions are POST forms carrying the
 //! caller's CSRF token, answered with a redirect back (303), so a reload never repeats them.
 
@@ -21,7 +22,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, html};
 
 use jobhost_core::outcome::OutcomeKind;
-use jobhost_store::{Activity, AttemptRecord, JobStatus, Millis};
+use jobhost_store::{Activity, AttemptRecord, JobLink, JobStatus, Millis};
 
 use super::App;
 use super::api::{Action, BulkRequest, FilterRequest, ListQuery, WorkerQuery, query};
@@ -367,7 +368,11 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
             dt { "Priority" } dd { (job.priority) }
             @if let Some(key) = &job.unique_key { dt { "Unique key" } dd #unique-key { (key) } }
             dt { "Created" } dd { (format_time(job.created_at)) }
-            dt { "Runs at" } dd { (format_time(job.run_at)) }
+            dt { "Runs at" } dd #run-at { (job.run_time().describe(format_time)) }
+            @if !view.parents.is_empty() { dt { "Waits for" } dd { (job_links("parents", &view.parents, 0)) } }
+            @if !view.children.is_empty() {
+                dt { "Needed by" } dd { (job_links("children", &view.children, view.children_total)) }
+            }
             dt { "Finished" } dd { (time(job.finished_at)) }
             @if let Some(worker) = &job.worker_id { dt { "Worker" } dd { (worker) " on " (job.host.as_deref().unwrap_or("an unknown host")) } }
             @if let Some(error) = &job.last_error { dt { "Last error" } dd.error { (error) } }
@@ -400,6 +405,23 @@ pub async fn job(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
         }
     };
     Ok(layout("Job", Some(&caller), body))
+}
+
+/// Other jobs (a job's parents or children) as the list `#id`, each linked to its page with
+/// its status (coloured as the listings colour it); `total` counts them when the store
+/// returned only the first ones.
+fn job_links(id: &str, links: &[JobLink], total: u64) -> Markup {
+    let more = total.saturating_sub(links.len() as u64);
+    html! {
+        ul.links id=(id) {
+            @for link in links {
+                li data-job=(link.id) class=(link.status.as_str()) {
+                    a.id href={ "/jobs/" (urlencode(&link.id)) } { (link.id) } " " span.status { (link.status.as_str()) }
+                }
+            }
+        }
+        @if more > 0 { p.muted.more { "and " (more) " more" } }
+    }
 }
 
 fn older_attempts(id: &str, cursor: &str) -> String {
