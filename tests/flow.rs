@@ -2,7 +2,8 @@
 //! `max_running` that binds across six workers of sixteen slots each, sampled every 10 ms
 //! while other jobs of the pool run beside it; one tenant's flood that cannot starve the
 //! others under a keyed limit; a rate counted over a sliding period; and limits written
-//! wrong, refused by name.
+//! wrong, refused by name. And jobs that wait for other jobs: run after their parents with
+//! their results, cancelled with them, and queued and shown through the API.
 
 mod support;
 
@@ -20,6 +21,9 @@ on_both_backends!(
     a_flooding_tenant_cannot_starve_the_others,
     a_rate_spaces_the_starts_over_its_period,
     the_api_and_metrics_show_per_key_what_runs_and_what_is_held_back,
+    a_child_runs_after_every_parent_and_reads_their_results,
+    a_poisoned_parent_cancels_its_dependents_transitively_naming_why,
+    the_api_queues_children_shows_the_links_and_refuses_bad_parents_by_name,
 );
 
 fn config(flow: &str) -> String {
@@ -179,4 +183,131 @@ fn limits_written_wrong_are_refused_by_name() {
         assert!(error.contains(expected), "{flow}: {error}");
         assert!(!pool.path("data/jobhost.db").exists(), "{flow}: nothing was created");
     }
+}
+
+/// `seed --ids`: the ids of the jobs it queued.
+fn seed_ids(pool: &Pool, args: &[&str]) -> Vec<String> {
+    let mut args = [&["seed", "--ids"], args].concat();
+    args.retain(|arg| !arg.is_empty());
+    let answer = pool.json(&args);
+    answer["ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect()
+}
+
+fn job(pool: &Pool, id: &str) -> Value {
+    pool.json(&["jobs", "show", id])
+}
+
+/// Two slow parents and a quick child after both, on a worker with room for all three: the
+/// child starts only once both parents finished, and (with `input: envelope`) reads their
+/// results beside its payload.
+fn a_child_runs_after_every_parent_and_reads_their_results(backend: Backend) {
+    let pool =
+        Pool::on(backend, "worker: {concurrency: 4}\nprocessors:\n  overrides:\n    echo:\n      input: envelope\n");
+    let parents = seed_ids(&pool, &["--count", "2", "--payload", r#"{"delay_ms": 300}"#]);
+    let child = seed_ids(&pool, &["--after", &parents[0], &parents[1], "--payload", r#"{"step": "merge"}"#]).remove(0);
+    let waiting = job(&pool, &child);
+    assert_eq!((waiting["status"].as_str(), waiting["waiting_for"].as_u64()), (Some("pending"), Some(2)));
+
+    let lines = work_lines(&pool);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[2]["job_id"], child.as_str(), "the child finished last: {lines:?}");
+    let child = job(&pool, &child);
+    let started = child["attempt_history"][0]["started_at"].as_i64().unwrap();
+    let mut expected = serde_json::Map::new();
+    for parent in &parents {
+        let parent = job(&pool, parent);
+        assert!(started >= parent["finished_at"].as_i64().unwrap(), "the child started after {parent}");
+        expected.insert(parent["id"].as_str().unwrap().to_owned(), parent["result"].clone());
+    }
+    assert_eq!(child["result"]["echo"], serde_json::json!({"payload": {"step": "merge"}, "parents": expected}));
+    assert_eq!(child["parents"].as_array().unwrap().len(), 2);
+}
+
+/// A parent that is poisoned cancels its child, whose cancelling cancels the grandchild;
+/// each records which job it waited for and why that one ended. A job waiting for another,
+/// healthy parent too is cancelled all the same; that parent runs.
+fn a_poisoned_parent_cancels_its_dependents_transitively_naming_why(backend: Backend) {
+    let pool = Pool::on(backend, "");
+    pool.add_processor("exit3.wat", "failing");
+    let parent = seed_ids(&pool, &["--processor", "failing", "--max-attempts", "1"]).remove(0);
+    let healthy = seed_ids(&pool, &[""]).remove(0);
+    let child = seed_ids(&pool, &["--after", &parent]).remove(0);
+    let grandchild = seed_ids(&pool, &["--after", &child, &healthy]).remove(0);
+    assert_eq!(work_lines(&pool).len(), 2, "the parent and the healthy job ran, the others never");
+
+    assert_eq!(job(&pool, &parent)["status"], "poisoned");
+    assert_eq!(job(&pool, &healthy)["status"], "completed");
+    let child = job(&pool, &child);
+    assert_eq!(child["status"], "cancelled");
+    let why = child["last_error"].as_str().unwrap();
+    assert!(why.starts_with(&format!("job {parent}, which it waits for, was poisoned: ")), "{why}");
+    let grandchild = job(&pool, &grandchild);
+    assert_eq!(grandchild["status"], "cancelled");
+    let why = grandchild["last_error"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "job {}, which it waits for, was cancelled: job {parent}",
+            child["id"].as_str().unwrap()
+        )),
+        "{why}"
+    );
+    assert_eq!(jobs_count(&pool.status(), "cancelled"), 2);
+}
+
+fn the_api_queues_children_shows_the_links_and_refuses_bad_parents_by_name(backend: Backend) {
+    let pool = Pool::on(backend, "");
+    let server = pool.serve(&[]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |body: Value| {
+        let mut reply = agent.post(&server.url("/api/v1/jobs")).send_json(&body).unwrap();
+        (reply.status().as_u16(), reply.body_mut().read_json::<Value>().unwrap())
+    };
+    let get = |id: &str| -> Value {
+        agent.get(&server.url(&format!("/api/v1/jobs/{id}"))).call().unwrap().body_mut().read_json().unwrap()
+    };
+    let (status, parent) = post(serde_json::json!({"processor": "echo"}));
+    assert_eq!(status, 201, "{parent}");
+    let parent = parent["id"].as_str().unwrap().to_owned();
+    let (status, child) = post(serde_json::json!({"processor": "echo", "after": [parent]}));
+    assert_eq!(status, 201, "{child}");
+    let child = child["id"].as_str().unwrap().to_owned();
+
+    let shown = get(&child);
+    assert_eq!(shown["parents"], serde_json::json!([{"id": parent, "status": "pending"}]));
+    assert_eq!(shown["waiting_for"], 1);
+    let shown = get(&parent);
+    assert_eq!(shown["children"], serde_json::json!([{"id": child, "status": "pending"}]));
+    assert_eq!(shown["children_total"], 1);
+
+    let missing = "01900000-0000-7000-8000-000000000000";
+    for (body, expected) in [
+        (
+            serde_json::json!({"processor": "echo", "after": [missing]}),
+            format!("job {missing}, which a new job waits for, does not exist"),
+        ),
+        (
+            serde_json::json!({"processor": "echo", "after": [parent], "delay": "1s"}),
+            "after cannot be given with a delay".to_owned(),
+        ),
+        (
+            serde_json::json!({"jobs": [{"processor": "echo"}, {"processor": "echo", "after": [""]}]}),
+            "jobs[1].after names a job id".to_owned(),
+        ),
+    ] {
+        let (status, error) = post(body.clone());
+        assert_eq!(status, 422, "{body}: {error}");
+        assert!(error.to_string().contains(&expected), "{body}: {error}");
+    }
+    assert_eq!(jobs_count(&pool.status(), "pending"), 2, "refused jobs queue nothing");
+    let openapi: Value = agent.get(&server.url("/api/v1/openapi.json")).call().unwrap().body_mut().read_json().unwrap();
+    assert!(
+        openapi["components"]["schemas"]["NewJobRequest"]["properties"]["after"].is_object(),
+        "after is documented"
+    );
+    let job_view = openapi["components"]["schemas"]["JobView"].to_string();
+    assert!(job_view.contains(r#""parents""#) && job_view.contains("JobLink"), "parents are documented: {job_view}");
 }
