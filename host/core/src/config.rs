@@ -814,6 +814,16 @@ mod tests {
     }
 
     #[test]
+    fn the_input_a_processor_reads_is_the_payload_unless_its_override_asks_for_the_envelope() {
+        let config = Config::parse("processors:\n  overrides:\n    merge:\n      input: envelope\n").unwrap();
+        assert_eq!(config.input_for("merge"), ProcessorInput::Envelope);
+        assert_eq!(config.input_for("other"), ProcessorInput::Payload);
+        let err = Config::parse("processors:\n  overrides:\n    merge:\n      input: parents\n").unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("processors.overrides.merge.input") && message.contains("`envelope`"), "{message}");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let err = Config::parse("retry:\n  max_attempts: 2\n  max_atempts: 3\n").unwrap_err();
         let message = format!("{err:#}");
