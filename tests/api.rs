@@ -366,12 +366,14 @@ const SUMMARY_KEYS: &[&str] = &[
     "lease_expires_at",
     "last_error",
     "unique_key",
+    "waiting_for",
 ];
 
-/// The job object's keys: a listed job's, and its payload, result, history and where its
-/// older history begins.
+/// The job object's keys: a listed job's, and its payload, result, history, where its older
+/// history begins, and the jobs it waits for and that wait for it.
 fn job_keys() -> Vec<&'static str> {
-    SUMMARY_KEYS.iter().copied().chain(["payload", "result", "history", "history_cursor"]).collect()
+    let detail = ["payload", "result", "history", "history_cursor", "parents", "children", "children_total"];
+    SUMMARY_KEYS.iter().copied().chain(detail).collect()
 }
 
 const HISTORY_KEYS: &[&str] = &[
