@@ -475,6 +475,149 @@ const MIGRATIONS: &[&str] = &[
         WHEN (NEW.has_dependents AND OLD.status IS DISTINCT FROM NEW.status
               AND NEW.status IN ('completed', 'poisoned', 'cancelled'))
         EXECUTE FUNCTION settle_dependents();
+
+    -- enqueue() learns `after`: the jobs the new one waits for, as `seed --after` does. The
+    -- other arguments are as they were; the function is made anew because its signature grew.
+    DROP FUNCTION enqueue(text, jsonb, text, bigint, interval, timestamptz, integer, text, interval, boolean);
+    CREATE FUNCTION enqueue(
+        processor     text,
+        payload       jsonb       DEFAULT '{}',
+        pool          text        DEFAULT 'default',
+        priority      bigint      DEFAULT 0,
+        delay         interval    DEFAULT NULL,
+        run_at        timestamptz DEFAULT NULL,
+        max_attempts  integer     DEFAULT 3,
+        unique_key    text        DEFAULT NULL,
+        unique_within interval    DEFAULT NULL,
+        replace       boolean     DEFAULT false,
+        after         text[]      DEFAULT NULL
+    ) RETURNS text LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
+    #variable_conflict use_column
+    DECLARE
+        now_ms    bigint := (extract(epoch FROM statement_timestamp()) * 1000)::bigint;
+        ready_ms  bigint;
+        text_form text   := enqueue.payload::text;
+        job_id    text;
+        holder    text;
+        parents   text[] := ARRAY(SELECT DISTINCT p FROM unnest(enqueue.after) AS p);
+        found_parents bigint;
+        refused   text;
+        left_to_wait  bigint := 0;
+    BEGIN
+        IF enqueue.processor IS NULL OR enqueue.processor !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+            RAISE EXCEPTION 'jobhost enqueue: processor % is not a processor name', quote_nullable(enqueue.processor)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'a processor name (the file stem of NAME.wasm) is 1 to 64 letters, digits, _ or -';
+        END IF;
+        IF enqueue.pool IS NULL OR octet_length(enqueue.pool) NOT BETWEEN 1 AND 128 OR enqueue.pool ~ '[[:cntrl:]]' THEN
+            RAISE EXCEPTION 'jobhost enqueue: pool % is not a pool name', quote_nullable(enqueue.pool)
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'a pool name is 1 to 128 bytes of printable text';
+        END IF;
+        IF enqueue.payload IS NULL OR octet_length(text_form) > 1048576 THEN
+            RAISE EXCEPTION 'jobhost enqueue: payload is missing or larger than 1 MiB (% bytes)', octet_length(text_form)
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'send a JSON payload of at most 1 MiB';
+        END IF;
+        IF enqueue.priority IS NULL OR enqueue.max_attempts IS NULL OR enqueue.max_attempts NOT BETWEEN 1 AND 10000 THEN
+            RAISE EXCEPTION 'jobhost enqueue: max_attempts must be between 1 and 10000 and priority given, got % and %',
+                    quote_nullable(enqueue.max_attempts), quote_nullable(enqueue.priority)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF enqueue.delay IS NOT NULL AND enqueue.run_at IS NOT NULL OR enqueue.delay < interval '0' THEN
+            RAISE EXCEPTION 'jobhost enqueue: give a delay of 0 or more, or a run_at, not both'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF enqueue.unique_key IS NULL AND (enqueue.replace OR enqueue.unique_within IS NOT NULL) THEN
+            RAISE EXCEPTION 'jobhost enqueue: unique_key is required with replace and unique_within'
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'give the job a unique key';
+        END IF;
+        IF octet_length(enqueue.unique_key) NOT BETWEEN 1 AND 128 OR enqueue.unique_key ~ '[[:cntrl:]]'
+                OR enqueue.unique_within < interval '0' OR enqueue.replace IS NULL THEN
+            RAISE EXCEPTION 'jobhost enqueue: unique_key must be 1 to 128 bytes of printable text, unique_within 0 or more'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF cardinality(parents) > 0 THEN
+            IF enqueue.delay IS NOT NULL OR enqueue.run_at IS NOT NULL OR cardinality(parents) > 100
+                    OR EXISTS (SELECT 1 FROM unnest(parents) AS p WHERE p IS NULL OR octet_length(p) NOT BETWEEN 1 AND 128) THEN
+                RAISE EXCEPTION 'jobhost enqueue: after must name 1 to 100 job ids, and not with a delay or a run_at'
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'a job that waits for others becomes ready when the last of them completes';
+            END IF;
+            -- Locked in seq order until the caller commits, so no parent finishes between
+            -- this read and the links below (see `jobs::LOCK_PARENTS`).
+            WITH locked AS (SELECT seq FROM jobs WHERE id = ANY (parents) ORDER BY seq FOR NO KEY UPDATE),
+                 flagged AS (UPDATE jobs j SET has_dependents = true FROM locked WHERE j.seq = locked.seq
+                             RETURNING j.id, j.status)
+            SELECT count(*), count(*) FILTER (WHERE status <> 'completed'),
+                   min(id) FILTER (WHERE status IN ('poisoned', 'cancelled'))
+              INTO found_parents, left_to_wait, refused FROM flagged;
+            IF refused IS NOT NULL THEN
+                RAISE EXCEPTION 'jobhost enqueue: job %, which the new job waits for, is % and will never complete',
+                        refused, (SELECT status FROM jobs WHERE id = refused)
+                    USING ERRCODE = 'invalid_parameter_value', HINT = 'retry it first, or queue the job without it';
+            END IF;
+            IF found_parents < cardinality(parents) THEN
+                RAISE EXCEPTION 'jobhost enqueue: job %, which the new job waits for, does not exist',
+                        (SELECT min(p) FROM unnest(parents) AS p WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = p))
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'check the id (finished jobs are deleted once retention expires them)';
+            END IF;
+        END IF;
+        ready_ms := CASE WHEN enqueue.run_at IS NULL
+            THEN least(now_ms::numeric + extract(epoch FROM coalesce(enqueue.delay, interval '0')) * 1000,
+                       9223372036854775807)::bigint
+            ELSE greatest((extract(epoch FROM enqueue.run_at) * 1000)::bigint, now_ms) END;
+        LOOP
+            IF enqueue.unique_key IS NOT NULL THEN
+                UPDATE jobs SET unique_key = NULL
+                 WHERE pool = enqueue.pool AND unique_key = enqueue.unique_key
+                   AND (status = 'cancelled' OR (status IN ('completed', 'poisoned') AND finished_at <=
+                        now_ms - (extract(epoch FROM coalesce(enqueue.unique_within, interval '0')) * 1000)::bigint));
+            END IF;
+            -- A UUIDv7, as jobhost's own ids: time-ordered, so new ids land at the end of the
+            -- index. The milliseconds, then random bits (md5 of random(), which every supported
+            -- server has) with the version (0111) and variant (10) bits set.
+            job_id := encode(set_bit(set_bit(set_bit(set_bit(set_bit(set_bit(
+                          overlay(decode(md5(random()::text || random()::text || clock_timestamp()::text), 'hex')
+                                  PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                                    FROM 3)
+                                  FROM 1 FOR 6),
+                          52, 1), 53, 1), 54, 1), 55, 0), 70, 0), 71, 1), 'hex')::uuid::text;
+            INSERT INTO jobs (id, pool, processor, payload, status, priority, run_at, attempts, max_attempts,
+                              created_at, updated_at, unique_key)
+            VALUES (job_id, enqueue.pool, enqueue.processor, text_form, 'pending', enqueue.priority, ready_ms, 0,
+                    enqueue.max_attempts, now_ms, now_ms, enqueue.unique_key)
+            ON CONFLICT (pool, unique_key) WHERE unique_key IS NOT NULL DO NOTHING;
+            IF FOUND THEN
+                IF cardinality(parents) > 0 THEN
+                    INSERT INTO job_parents (parent_seq, child_seq)
+                    SELECT p.seq, c.seq FROM jobs p, jobs c WHERE p.id = ANY (parents) AND c.id = job_id;
+                    IF left_to_wait > 0 THEN
+                        UPDATE jobs SET parents_left = left_to_wait, run_at = 9223372036854775807 WHERE id = job_id;
+                    END IF;
+                END IF;
+                INSERT INTO job_count_deltas VALUES (enqueue.pool, 'pending', 1);
+                INSERT INTO activity VALUES (now_ms / 60000, enqueue.pool, enqueue.processor, 'enqueued', -1, -1, 1, 0, 0);
+                PERFORM pg_notify('jobhost_ready', current_schema() || '.' || enqueue.pool);
+                RETURN job_id;
+            END IF;
+            IF enqueue.replace THEN
+                UPDATE jobs SET payload = text_form, updated_at = now_ms,
+                                run_at = CASE WHEN enqueue.delay IS NULL AND enqueue.run_at IS NULL
+                                              THEN run_at ELSE ready_ms END
+                 WHERE pool = enqueue.pool AND unique_key = enqueue.unique_key AND status = 'pending'
+                RETURNING id INTO holder;
+            END IF;
+            IF holder IS NULL THEN
+                SELECT id INTO holder FROM jobs WHERE pool = enqueue.pool AND unique_key = enqueue.unique_key;
+            END IF;
+            -- None when the holder let go of the key since the insert found it held: try again.
+            IF holder IS NOT NULL THEN
+                RETURN holder;
+            END IF;
+        END LOOP;
+    END $$;
+    COMMENT ON FUNCTION enqueue IS
+        'jobhost: queues a job in the calling transaction; returns its id, or that of the job holding its unique key. See docs/postgres.md.';
 "#,
 ];
 
@@ -747,5 +890,40 @@ mod tests {
             assert!(db.message().contains(expected), "{args}: {}", db.message());
         }
         assert_eq!(store.status(None).await.unwrap().jobs.pending, 1, "a refused call queues nothing");
+    }
+
+    /// `enqueue(after => …)`: the job waits for its parents, locked as the store's own
+    /// enqueue locks them, and refuses parents that will never complete.
+    #[tokio::test]
+    async fn the_enqueue_function_makes_a_job_wait_for_its_parents() {
+        let (config, client) = server().await;
+        let store = Store::open(&config, Access::CreateIfMissing).await.unwrap();
+        let schema = &config.schema;
+        let call = |args: &str| format!("SELECT {schema}.enqueue({args})");
+        let parent: String = client.query_one(&call("processor => 'echo'"), &[]).await.unwrap().get(0);
+        let child: String = client
+            .query_one(&call(&format!("processor => 'echo', after => ARRAY['{parent}', '{parent}']")), &[])
+            .await
+            .unwrap()
+            .get(0);
+        let waiting = store.job(&child).await.unwrap().unwrap();
+        assert_eq!((waiting.job.waiting_for, waiting.job.run_at), (1, crate::WAITING_RUN_AT));
+        assert_eq!(waiting.parents.iter().map(|link| link.id.as_str()).collect::<Vec<_>>(), [parent.as_str()]);
+        assert_eq!(store.job(&parent).await.unwrap().unwrap().children_total, 1);
+
+        store.cancel_job(&parent).await.unwrap();
+        assert_eq!(store.job(&child).await.unwrap().unwrap().job.status, crate::JobStatus::Cancelled);
+        let missing = "01900000-0000-7000-8000-000000000000";
+        for (args, expected) in [
+            (format!("processor => 'echo', after => ARRAY['{parent}']"), "is cancelled and will never complete"),
+            (format!("processor => 'echo', after => ARRAY['{missing}']"), "does not exist"),
+            (format!("processor => 'echo', after => ARRAY['{parent}'], delay => '1s'"), "not with a delay"),
+        ] {
+            let err = client.query_one(&call(&args), &[]).await.unwrap_err();
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{args}: {err}"));
+            assert_eq!(db.code(), &tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE, "{args}");
+            assert!(db.message().contains(expected), "{args}: {}", db.message());
+        }
+        assert!(store.driver.drifted_counts().await.unwrap().is_empty());
     }
 }
