@@ -200,7 +200,28 @@ fn following_workers_ride_out(fault: Fault) {
         if done == JOBS {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the drain stalled at {done} of {JOBS} completed");
+        if std::time::Instant::now() >= deadline {
+            // What the unfinished jobs went through, so a stall can be told apart from a slow drain.
+            let schema = observer.schema();
+            let stuck = observer.server_rows(&format!(
+                "SELECT j.id, j.status, j.worker_id, j.claim_token, j.attempts, j.run_at, j.lease_expires_at,
+                        (SELECT string_agg(a.attempt || ':' || a.worker_id || ':' || coalesce(a.outcome, 'open'), ' ')
+                           FROM {schema}.attempts a WHERE a.job_seq = j.seq)
+                   FROM {schema}.jobs j WHERE j.status <> 'completed'"
+            ));
+            let workers = observer.server_rows(&format!("SELECT id, status, last_heartbeat_at FROM {schema}.workers"));
+            let tails: Vec<Vec<String>> = logs
+                .iter()
+                .map(|log| {
+                    let lines: Vec<String> = log.try_iter().collect();
+                    lines[lines.len().saturating_sub(40)..].to_vec()
+                })
+                .collect();
+            panic!(
+                "the drain stalled at {done} of {JOBS} completed; unfinished jobs: {stuck:#?}; workers: {workers:#?}; \
+                 the workers' last log lines: {tails:#?}"
+            );
+        }
         match fault {
             Fault::TerminateSessions if done > 0 => {
                 let ended = observer.end_sessions_named(&name).into_iter().filter(|&ended| ended).count();
