@@ -238,6 +238,7 @@ pub fn enqueue_each(
             unique_key,
             unique_within: None,
             replace: false,
+            after: Vec::new(),
         };
         NewJob::new(request, &rules).map_err(|err| Refusal(err.message("the benchmark's job")))
     });
