@@ -247,6 +247,14 @@ fn proc_exit_zero_is_success() {
     assert_eq!(report["exit_code"], 0);
 }
 
+/// The same code computes the same bits on every machine: a NaN the hardware would give its
+/// own sign or payload comes out canonical, so a replay elsewhere reads what the run read.
+#[test]
+fn nans_are_canonical_whatever_the_hardware_makes_of_them() {
+    let report = run_fixture("nan_bits", &[]);
+    assert_eq!(report["outcome"], "ok", "{report}");
+}
+
 #[test]
 fn modules_that_cannot_load_are_load_errors() {
     let pool = Pool::new("");

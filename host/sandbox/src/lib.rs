@@ -569,6 +569,10 @@ fn engine_config(pool_slots: Option<u32>) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.consume_fuel(true).epoch_interruption(true);
     config.wasm_features(WasmFeatures::all().difference(ACCEPTED_FEATURES), false);
+    // The same code on the same inputs computes the same bits on every machine, which
+    // replaying an attempt elsewhere relies on: NaNs come out canonical instead of with
+    // the sign and payload the CPU picks, and relaxed SIMD takes its deterministic results.
+    config.cranelift_nan_canonicalization(true).relaxed_simd_deterministic(true);
     if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
